@@ -1,0 +1,202 @@
+"""Scene matching at RefCOCO+ scale: the vectorised matcher against per-pair Python Jaccard.
+
+Generates RefCOCO+-shaped metadata (records only, no images): 19,992 images, 49,856 refs, 141,564
+expressions, a Zipf vocabulary of about 10k words, a RefCOCO+-like category mix (about half persons),
+about 10 annotations per image. The real matcher runs on all of it in a child process, which reports
+its own wall time and peak RSS. The straightforward per-pair Python Jaccard (``reference_match``) runs
+on a random subsample of refs against their full clusters; its per-ref time is extrapolated to the
+whole dataset, and the two paths must agree exactly on the subsample.
+
+    python benchmarks/matching.py            # full scale
+    python benchmarks/matching.py --quick    # a tenth of the data
+
+Targets on a 2-core machine: full scale <= 30 s, peak RSS <= 2 GiB, speed ratio >= 200x.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import resource
+import subprocess
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+import numpy as np
+
+sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+
+from comcoco.matching.clusters import CLUSTERS  # noqa: E402
+from comcoco.matching.scene import (  # noqa: E402
+    match_backgrounds,
+    read_candidates,
+    reference_match,
+    write_candidates,
+)
+from comcoco.records import Annotation, Ref, Sentence  # noqa: E402
+
+FULL = {"images": 19_992, "refs": 49_856, "sentences": 141_564, "vocab": 10_000}
+
+# Approximate share of RefCOCO+ refs per cluster (persons dominate; the rest follows COCO frequency).
+CLUSTER_SHARE = {
+    0: 0.47, 1: 0.08, 2: 0.01, 3: 0.005, 4: 0.01, 5: 0.02, 6: 0.12, 7: 0.02, 8: 0.02,
+    9: 0.005, 10: 0.005, 11: 0.04, 12: 0.04, 13: 0.03, 14: 0.07, 15: 0.02, 16: 0.03,
+}  # fmt: skip
+
+
+def generate(scale: float = 1.0, seed: int = 0) -> tuple[list[Ref], list[Annotation]]:
+    """RefCOCO+-shaped refs and annotations (synthetic words, real category ids and cluster mix)."""
+    rng = np.random.default_rng(seed)
+    n_img = max(20, round(FULL["images"] * scale))
+    n_ref = max(n_img, round(FULL["refs"] * scale))
+    n_sent = max(n_ref, round(FULL["sentences"] * scale))
+    n_vocab = FULL["vocab"]
+
+    share = np.array([CLUSTER_SHARE[c.index] for c in CLUSTERS])
+    share = share / share.sum()
+    # Within a cluster, categories get Zipf-ish weights (a few common ones, a long tail).
+    cat_choices = [np.array(c.category_ids) for c in CLUSTERS]
+    cat_weights = [1.0 / np.arange(1, len(c) + 1) ** 1.2 for c in cat_choices]
+    cat_weights = [w / w.sum() for w in cat_weights]
+
+    def draw_categories(n: int) -> np.ndarray:
+        cl = rng.choice(len(CLUSTERS), size=n, p=share)
+        return np.array([rng.choice(cat_choices[c], p=cat_weights[c]) for c in cl], dtype=np.int64)
+
+    # Words: a global Zipf vocabulary plus a few head words per category ("man", "woman", "guy"...).
+    ranks = np.arange(1, n_vocab + 1, dtype=np.float64)
+    zipf = 1.0 / ranks**1.05
+    zipf /= zipf.sum()
+    words = np.array([f"w{i}" for i in range(n_vocab)], dtype=object)
+    heads = {cid: [f"c{cid}h{j}" for j in range(6)] for c in CLUSTERS for cid in c.category_ids}
+
+    refs_per_img = 1 + rng.multinomial(n_ref - n_img, rng.dirichlet(np.full(n_img, 2.0)))
+    sents_per_ref = 1 + rng.multinomial(n_sent - n_ref, np.full(n_ref, 1.0 / n_ref))
+    main_cat = draw_categories(n_img)
+    extra_anns = rng.poisson(7.3, size=n_img)
+
+    refs: list[Ref] = []
+    anns: list[Annotation] = []
+    ann_id, sent_id, ref_id = 1, 1, 0
+    sent_iter = iter(sents_per_ref.tolist())
+    for i in range(n_img):
+        image_id = 100_000 + 7 * i
+        own = [
+            int(main_cat[i]) if rng.random() < 0.9 else int(draw_categories(1)[0])
+            for _ in range(refs_per_img[i])
+        ]
+        others = [1 if rng.random() < 0.35 else int(draw_categories(1)[0]) for _ in range(extra_anns[i])]
+        for j, cid in enumerate(own + others):
+            anns.append(Annotation(ann_id, image_id, cid, (0.0, 0.0, 10.0, 10.0), 100.0, 0, []))
+            if j < len(own):
+                sentences = []
+                for _ in range(next(sent_iter)):
+                    n_tok = 1 + rng.poisson(2.5)
+                    toks = list(words[rng.choice(n_vocab, size=n_tok, p=zipf)])
+                    if rng.random() < 0.6:
+                        toks[0] = heads[cid][int(rng.integers(6))]
+                    sentences.append(Sentence(sent_id, " ".join(toks), " ".join(toks), tuple(toks)))
+                    sent_id += 1
+                refs.append(Ref(ref_id, ann_id, image_id, cid, "train", tuple(sentences)))
+                ref_id += 1
+            ann_id += 1
+    return refs, anns
+
+
+def _peak_rss_mib() -> float:
+    return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024.0
+
+
+def child(scale: float, seed: int, out: Path) -> None:
+    """Run the real matcher once on generated data; print timings and this process's peak RSS."""
+    t0 = time.perf_counter()
+    refs, anns = generate(scale, seed)
+    t_gen = time.perf_counter() - t0
+    rss_before = _peak_rss_mib()
+    t0 = time.perf_counter()
+    cands = match_backgrounds(refs, anns, k=5, seed=seed)
+    t_match = time.perf_counter() - t0
+    write_candidates(out, cands)
+    n_sent = sum(len(r.sentences) for r in refs)
+    report = {
+        "refs": len(refs),
+        "images": len({a.image_id for a in anns}),
+        "annotations": len(anns),
+        "sentences": n_sent,
+        "candidates": len(cands),
+        "zero_similarity_share": float(np.mean([c.similarity == 0.0 for c in cands])) if cands else 0.0,
+        "generate_s": t_gen,
+        "match_s": t_match,
+        "peak_rss_before_match_mib": rss_before,
+        "peak_rss_mib": _peak_rss_mib(),
+    }
+    print(json.dumps(report))
+
+
+def main() -> int:
+    ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    ap.add_argument("--quick", action="store_true", help="a tenth of the full scale")
+    ap.add_argument(
+        "--scale", type=float, default=None, help="fraction of RefCOCO+ size (default 1, or 0.1 with --quick)"
+    )
+    ap.add_argument("--subsample", type=int, default=30, help="refs timed with the per-pair Python baseline")
+    ap.add_argument("--seed", type=int, default=0)
+    ap.add_argument("--child", type=Path, default=None, help=argparse.SUPPRESS)
+    args = ap.parse_args()
+    scale = args.scale if args.scale is not None else (0.1 if args.quick else 1.0)
+    if args.child is not None:
+        child(scale, args.seed, args.child)
+        return 0
+
+    with tempfile.TemporaryDirectory() as tmp:
+        out = Path(tmp) / "candidates.parquet"
+        cmd = [sys.executable, __file__, "--scale", str(scale), "--seed", str(args.seed), "--child", str(out)]
+        proc = subprocess.run(cmd, capture_output=True, text=True, env=dict(os.environ))
+        if proc.returncode != 0:
+            sys.stderr.write(proc.stderr)
+            return 1
+        fast = json.loads(proc.stdout.strip().splitlines()[-1])
+        fast_cands = read_candidates(out)
+
+    refs, anns = generate(scale, args.seed)
+    rng = np.random.default_rng(args.seed + 1)
+    sub = sorted(
+        rng.choice([r.ref_id for r in refs], size=min(args.subsample, len(refs)), replace=False).tolist()
+    )
+    t0 = time.perf_counter()
+    reference_match(refs, anns, k=5, seed=args.seed, only_ref_ids=[])
+    t_setup = time.perf_counter() - t0
+    t0 = time.perf_counter()
+    naive = reference_match(refs, anns, k=5, seed=args.seed, only_ref_ids=sub)
+    t_sub = time.perf_counter() - t0
+    per_ref = max(t_sub - t_setup, 1e-9) / len(sub)
+    naive_total = t_setup + per_ref * len(refs)
+
+    wanted = set(sub)
+    fast_sub = [c for c in fast_cands if c.ref_id in wanted]
+    assert fast_sub == naive, "fast and per-pair Python matching disagree on the subsample"
+
+    ratio = naive_total / fast["match_s"]
+    print(
+        f"scale {scale:g}: {fast['refs']} refs, {fast['images']} images, {fast['sentences']} expressions, "
+        f"{fast['annotations']} annotations; {fast['candidates']} candidates "
+        f"({fast['zero_similarity_share']:.1%} with similarity 0)"
+    )
+    print(f"full-scale matching: {fast['match_s']:.2f} s (target <= 30 s)")
+    print(
+        f"peak RSS of the matching process: {fast['peak_rss_mib']:.0f} MiB "
+        f"({fast['peak_rss_before_match_mib']:.0f} MiB after generating the records; target <= 2048 MiB)"
+    )
+    print(
+        f"per-pair Python Jaccard: {per_ref * 1000:.1f} ms/ref on {len(sub)} refs + {t_setup:.2f} s setup "
+        f"-> {naive_total:.0f} s extrapolated"
+    )
+    print(f"speed ratio: {ratio:.0f}x (target >= 200x); subsample agreement: exact ({len(naive)} rows)")
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())

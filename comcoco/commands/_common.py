@@ -1,0 +1,35 @@
+"""Helpers shared by CLI verbs: expected errors become one line on stderr and an exit code."""
+
+from __future__ import annotations
+
+import sys
+from collections.abc import Iterator
+from contextlib import contextmanager
+import typer
+
+class UserError(Exception):
+    """An expected, explainable failure: printed as one line, no traceback."""
+
+    def __init__(self, message: str, code: int = 2):
+        super().__init__(message)
+        self.code = code
+
+
+@contextmanager
+def user_errors(*kinds: type[BaseException]) -> Iterator[None]:
+    """Turn expected exceptions into ``error: <message>`` and exit code 2 (or the error's code)."""
+    try:
+        yield
+    except UserError as exc:
+        typer.echo(f"error: {exc}", err=True)
+        raise typer.Exit(exc.code) from None
+    except kinds as exc:  # type: ignore[misc]
+        typer.echo(f"error: {exc}", err=True)
+        raise typer.Exit(2) from None
+
+
+def fail(message: str, code: int = 2) -> None:
+    typer.echo(f"error: {message}", err=True)
+    sys.stderr.flush()
+    raise typer.Exit(code)
+

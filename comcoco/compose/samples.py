@@ -1,0 +1,181 @@
+"""The per-sample table (``samples.parquet``) the compose stage writes.
+
+The schema is fixed and explicit (no pandas metadata), rows are sorted by ``sample_id`` and the file
+is written atomically, so the same samples always give the same bytes.
+"""
+
+from __future__ import annotations
+
+import io
+import math
+from collections.abc import Sequence
+from dataclasses import dataclass, field, fields, replace
+from pathlib import Path
+from typing import Any
+
+import pyarrow as pa
+import pyarrow.parquet as pq
+
+from comcoco.io import write_bytes_atomic
+from comcoco.records import FILTER_NAMES, STATUS_OK, STATUSES, FilterArgs
+
+
+class SamplesFileError(ValueError):
+    """A samples table is missing, unreadable or lacks required columns."""
+
+
+@dataclass(frozen=True)
+class SampleRow:
+    """One composed sample (or one failed attempt, with ``status`` ≠ ``ok`` and a ``reason``).
+
+    Image paths are relative to the output directory. ``box_*`` is the placed box in composite
+    pixels; ``polygon`` the placed outline as JSON (COCO flat lists, composite coordinates).
+    ``objects``/``object_ann_ids`` name the *other* samples pasted into the same composite; each
+    sample's ground truth shows those objects but not its own.
+    """
+
+    sample_id: str
+    composite_id: str
+    status: str
+    reason: str
+    fg_ref_id: int
+    fg_ann_id: int
+    fg_image_id: int
+    bg_image_id: int
+    category_id: int
+    candidate_rank: int
+    seed: int
+    config: str
+    composite: str | None = None
+    ground_truth: str | None = None
+    mask: str | None = None
+    box_x: int | None = None
+    box_y: int | None = None
+    box_w: int | None = None
+    box_h: int | None = None
+    s: float | None = None
+    rx: float | None = None
+    ry: float | None = None
+    plausibility: float | None = None
+    temperature: float | None = None
+    brightness: float | None = None
+    contrast: float | None = None
+    saturation: float | None = None
+    highlight: float | None = None
+    shadow: float | None = None
+    polygon: str | None = None
+    mask_area: int | None = None
+    outside_error: float | None = None
+    objects: tuple[str, ...] = field(default=())
+    object_ann_ids: tuple[int, ...] = field(default=())
+
+    @property
+    def ok(self) -> bool:
+        return self.status == STATUS_OK
+
+    @property
+    def box(self) -> tuple[int, int, int, int] | None:
+        if self.box_x is None:
+            return None
+        return (int(self.box_x), int(self.box_y), int(self.box_w), int(self.box_h))  # type: ignore[arg-type]
+
+    @property
+    def filter_args(self) -> FilterArgs | None:
+        if self.temperature is None:
+            return None
+        return FilterArgs.from_sequence([getattr(self, n) for n in FILTER_NAMES])
+
+    def with_filters(self, args: FilterArgs) -> SampleRow:
+        return replace(self, **dict(zip(FILTER_NAMES, args.as_tuple(), strict=True)))
+
+
+_I64, _I32, _F64, _STR = pa.int64(), pa.int32(), pa.float64(), pa.string()
+_TYPES: dict[str, pa.DataType] = {
+    "sample_id": _STR,
+    "composite_id": _STR,
+    "status": _STR,
+    "reason": _STR,
+    "fg_ref_id": _I64,
+    "fg_ann_id": _I64,
+    "fg_image_id": _I64,
+    "bg_image_id": _I64,
+    "category_id": _I64,
+    "candidate_rank": _I32,
+    "seed": _I64,
+    "config": _STR,
+    "composite": _STR,
+    "ground_truth": _STR,
+    "mask": _STR,
+    "box_x": _I32,
+    "box_y": _I32,
+    "box_w": _I32,
+    "box_h": _I32,
+    **{n: _F64 for n in ("s", "rx", "ry", "plausibility", *FILTER_NAMES)},
+    "polygon": _STR,
+    "mask_area": _I64,
+    "outside_error": _F64,
+    "objects": pa.list_(_STR),
+    "object_ann_ids": pa.list_(_I64),
+}
+_REQUIRED = {"sample_id", "composite_id", "status", "reason", "fg_ref_id", "fg_ann_id", "fg_image_id",
+             "bg_image_id", "category_id", "candidate_rank", "seed", "config"}
+SAMPLES_SCHEMA = pa.schema(
+    [pa.field(f.name, _TYPES[f.name], nullable=f.name not in _REQUIRED) for f in fields(SampleRow)]
+)
+assert [f.name for f in fields(SampleRow)] == SAMPLES_SCHEMA.names
+
+
+def _clean_float(v: float | None) -> float | None:
+    if v is None:
+        return None
+    v = float(v)
+    return None if math.isnan(v) else v
+
+
+def samples_table(rows: Sequence[SampleRow]) -> pa.Table:
+    """Rows as an Arrow table with the fixed schema, sorted by sample_id."""
+    ordered = sorted(rows, key=lambda r: r.sample_id)
+    cols: dict[str, list[Any]] = {name: [] for name in SAMPLES_SCHEMA.names}
+    for r in ordered:
+        if r.status not in STATUSES:
+            raise ValueError(f"sample {r.sample_id}: unknown status {r.status!r}")
+        for f in fields(SampleRow):
+            v = getattr(r, f.name)
+            if _TYPES[f.name] == _F64:
+                v = _clean_float(v)
+            elif f.name in ("objects", "object_ann_ids"):
+                v = list(v)
+            cols[f.name].append(v)
+    return pa.table(cols, schema=SAMPLES_SCHEMA)
+
+
+def write_samples(path: str | Path, rows: Sequence[SampleRow]) -> Path:
+    """Write rows to a Parquet file, sorted and byte-deterministic, atomically."""
+    path = Path(path)
+    buf = io.BytesIO()
+    pq.write_table(samples_table(rows), buf, compression="zstd", store_schema=False)
+    write_bytes_atomic(path, buf.getvalue())
+    return path
+
+
+def read_samples(path: str | Path) -> list[SampleRow]:
+    """Read a samples table written by :func:`write_samples` (extra columns are ignored)."""
+    path = Path(path)
+    try:
+        table = pq.read_table(path)
+    except FileNotFoundError:
+        raise SamplesFileError(f"{path}: no such samples file") from None
+    except (pa.ArrowInvalid, OSError) as exc:
+        raise SamplesFileError(f"{path}: not a readable Parquet file ({exc})") from None
+    missing = [n for n in SAMPLES_SCHEMA.names if n not in table.column_names]
+    if missing:
+        raise SamplesFileError(f"{path}: missing columns {', '.join(missing)}")
+    data = table.select(SAMPLES_SCHEMA.names).to_pylist()
+    out = []
+    for i, d in enumerate(data):
+        if d["sample_id"] is None or d["status"] not in STATUSES:
+            raise SamplesFileError(f"{path}: row {i} has no sample_id or an unknown status {d['status']!r}")
+        d["objects"] = tuple(d["objects"] or ())
+        d["object_ann_ids"] = tuple(int(v) for v in (d["object_ann_ids"] or ()))
+        out.append(SampleRow(**d))
+    return out

@@ -1,0 +1,1 @@
+"""comcoco placement stage."""

@@ -1,0 +1,1 @@
+"""comcoco release stage."""

@@ -1,0 +1,323 @@
+"""SAHM trainer core: one G/D train step, checkpoints with exact resume, device/AMP/data-parallel setup.
+
+Works on any ``torch.utils.data.Dataset`` whose items are dicts with ``image`` and ``ground_truth``
+(3,H,W float in [0,1]), ``mask`` (1,H,W in {0,1}) and ``expression`` (str). H and W must be multiples of 32.
+On CUDA the step runs under autocast (bf16 when supported, else fp16 with a grad scaler); under ``torchrun``
+(``WORLD_SIZE`` > 1) both networks are wrapped in DistributedDataParallel and data is split by a
+``DistributedSampler``. Randomness is seeded; checkpoints carry optimiser, scheduler, scaler and RNG state.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import random
+from collections.abc import Sequence
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+from torch import nn
+from torch.utils.data import DataLoader, Dataset
+
+from comcoco.io import atomic_write
+from comcoco.sahm.config import SAHMConfig, get_config
+from comcoco.sahm.losses import discriminator_loss, generator_losses
+from comcoco.sahm.metrics import RemovalMetrics
+from comcoco.sahm.model import SAHMGenerator, build_discriminator, build_generator
+from comcoco.sahm.text import encode_expressions
+
+CHECKPOINT_FORMAT = 1
+
+
+class TrainError(Exception):
+    """Unusable training input or checkpoint; the message names the file or sample."""
+
+
+def select_device(device: str | torch.device | None = None) -> torch.device:
+    """The requested device, else the local CUDA device under torchrun, else CUDA if present, else CPU."""
+    if device is not None:
+        return torch.device(device)
+    if torch.cuda.is_available():
+        return torch.device("cuda", int(os.environ.get("LOCAL_RANK", "0")))
+    return torch.device("cpu")
+
+
+def amp_dtype(device: torch.device, amp: bool | None) -> torch.dtype | None:
+    """Autocast dtype: None on CPU or when disabled; bf16 if the GPU supports it, else fp16."""
+    if device.type != "cuda" or amp is False:
+        return None
+    return torch.bfloat16 if torch.cuda.is_bf16_supported() else torch.float16
+
+
+def setup_distributed() -> tuple[int, int]:
+    """Initialise the process group under torchrun; returns (rank, world_size), (0, 1) when not distributed."""
+    world = int(os.environ.get("WORLD_SIZE", "1"))
+    if world <= 1:
+        return 0, 1
+    import torch.distributed as dist
+
+    if not dist.is_initialized():
+        dist.init_process_group("nccl" if torch.cuda.is_available() else "gloo")
+    if torch.cuda.is_available():
+        torch.cuda.set_device(int(os.environ.get("LOCAL_RANK", "0")))
+    return dist.get_rank(), dist.get_world_size()
+
+
+def seed_everything(seed: int) -> None:
+    random.seed(seed)
+    np.random.seed(seed % 2**32)
+    torch.manual_seed(seed)
+
+
+@dataclass(frozen=True)
+class Collator:
+    """Stacks dataset items and tokenizes expressions (picklable, for DataLoader workers)."""
+
+    tokenizer: Any
+    max_len: int
+
+    def __call__(self, items: Sequence[dict[str, Any]]) -> dict[str, torch.Tensor]:
+        for i, it in enumerate(items):
+            missing = {"image", "ground_truth", "mask", "expression"} - set(it)
+            if missing:
+                raise TrainError(f"sample {i} of the batch lacks {sorted(missing)}")
+            h, w = it["image"].shape[-2:]
+            if h % 32 or w % 32:
+                raise TrainError(f"sample {i}: image size {h}x{w} is not a multiple of 32")
+        enc = encode_expressions(self.tokenizer, [str(it["expression"]) for it in items], self.max_len)
+        return {
+            "image": torch.stack([torch.as_tensor(it["image"], dtype=torch.float32) for it in items]),
+            "ground_truth": torch.stack([torch.as_tensor(it["ground_truth"], dtype=torch.float32) for it in items]),
+            "mask": torch.stack([torch.as_tensor(it["mask"], dtype=torch.float32) for it in items]),
+            "input_ids": enc.input_ids,
+            "attention_mask": enc.attention_mask,
+            "tags": enc.tags,
+        }
+
+
+def _unwrap(m: nn.Module) -> nn.Module:
+    return m.module if hasattr(m, "module") else m
+
+
+class Trainer:
+    """Owns G, D, their AdamW optimisers and schedulers; runs train steps, checkpoints and evaluation."""
+
+    def __init__(
+        self,
+        config: str | SAHMConfig,
+        tokenizer: Any,
+        device: str | torch.device | None = None,
+        amp: bool | None = None,
+        seed: int = 0,
+    ):
+        self.cfg = get_config(config) if isinstance(config, str) else config
+        self.cfg.validate()
+        self.tokenizer = tokenizer
+        self.seed = seed
+        self.device = select_device(device)
+        self.rank, self.world = setup_distributed()
+        seed_everything(seed)
+        g: nn.Module = build_generator(self.cfg).to(self.device)
+        d: nn.Module = build_discriminator(self.cfg).to(self.device)
+        if self.world > 1:
+            from torch.nn.parallel import DistributedDataParallel as DDP
+
+            ids = [self.device.index] if self.device.type == "cuda" else None
+            g, d = DDP(g, device_ids=ids), DDP(d, device_ids=ids)
+        self.G, self.D = g, d
+        c = self.cfg
+        self.opt_g = torch.optim.AdamW(self.G.parameters(), lr=c.lr, betas=c.betas, weight_decay=c.weight_decay)
+        self.opt_d = torch.optim.AdamW(self.D.parameters(), lr=c.lr, betas=c.betas, weight_decay=c.weight_decay)
+        self.sched_g = torch.optim.lr_scheduler.ExponentialLR(self.opt_g, gamma=c.lr_decay)
+        self.sched_d = torch.optim.lr_scheduler.ExponentialLR(self.opt_d, gamma=c.lr_decay)
+        self.amp_dtype = amp_dtype(self.device, amp)
+        self.scaler = torch.amp.GradScaler("cuda", enabled=self.amp_dtype == torch.float16)
+        self.collate = Collator(tokenizer, c.max_text_len)
+        self.step = 0
+        self.epoch = 0
+
+    @property
+    def generator(self) -> SAHMGenerator:
+        return _unwrap(self.G)  # type: ignore[return-value]
+
+    def _autocast(self):
+        if self.amp_dtype is None:
+            return torch.autocast("cpu", enabled=False)
+        return torch.autocast(self.device.type, dtype=self.amp_dtype)
+
+    def to_device(self, batch: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
+        return {k: v.to(self.device, non_blocking=True) for k, v in batch.items()}
+
+    def train_step(self, batch: dict[str, torch.Tensor]) -> dict[str, float]:
+        """One D update on detached fakes, then one G update on the full objective; returns losses."""
+        b = self.to_device(batch)
+        self.G.train()
+        self.D.train()
+        gen = self.generator
+        with self._autocast():
+            out = self.G(b["image"], b["input_ids"], b["attention_mask"], b["tags"])
+            fake = out.image
+            d_loss = discriminator_loss(self.D(b["ground_truth"]).float(), self.D(fake.detach()).float(),
+                                        self.cfg.gan_loss)
+        self.opt_d.zero_grad(set_to_none=True)
+        self.scaler.scale(d_loss).backward()
+        self.scaler.step(self.opt_d)
+
+        with self._autocast():
+            crf = gen.tagger.loss(out.tag_emissions, b["tags"], b["attention_mask"])
+            fake_logits = self.D(fake).float()
+            losses = generator_losses(self.cfg, out, b["mask"], b["ground_truth"], fake_logits, crf, self.step)
+        self.opt_g.zero_grad(set_to_none=True)
+        self.scaler.scale(losses.total).backward()
+        self.scaler.step(self.opt_g)
+        self.scaler.update()
+        self.opt_d.zero_grad(set_to_none=True)  # D grads from the G pass are discarded
+        self.step += 1
+        return {**losses.as_floats(), "d": float(d_loss.detach()), "step": self.step}
+
+    def end_epoch(self) -> None:
+        """Apply the per-epoch exponential learning-rate decay."""
+        self.sched_g.step()
+        self.sched_d.step()
+        self.epoch += 1
+
+    # --- checkpoints --------------------------------------------------------------------------
+
+    def state_dict(self) -> dict[str, Any]:
+        return {
+            "format": CHECKPOINT_FORMAT,
+            "config": self.cfg.to_dict(),
+            "seed": self.seed,
+            "step": self.step,
+            "epoch": self.epoch,
+            "generator": _unwrap(self.G).state_dict(),
+            "discriminator": _unwrap(self.D).state_dict(),
+            "opt_g": self.opt_g.state_dict(),
+            "opt_d": self.opt_d.state_dict(),
+            "sched_g": self.sched_g.state_dict(),
+            "sched_d": self.sched_d.state_dict(),
+            "scaler": self.scaler.state_dict(),
+            "rng": {
+                "torch": torch.get_rng_state(),
+                "cuda": torch.cuda.get_rng_state_all() if torch.cuda.is_available() else [],
+                "numpy": np.random.get_state(),
+                "python": random.getstate(),
+            },
+        }
+
+    def save(self, path: str | Path) -> Path:
+        """Write a checkpoint atomically (rank 0 only under data parallelism)."""
+        p = Path(path)
+        if self.rank == 0:
+            p.parent.mkdir(parents=True, exist_ok=True)
+            with atomic_write(p, "wb") as fh:
+                torch.save(self.state_dict(), fh)
+        return p
+
+    def load(self, path: str | Path) -> None:
+        """Restore every piece of training state from a checkpoint written by ``save``."""
+        p = Path(path)
+        if not p.is_file():
+            raise TrainError(f"checkpoint not found: {p}")
+        try:
+            st = torch.load(p, map_location=self.device, weights_only=False)
+        except Exception as exc:
+            raise TrainError(f"cannot read checkpoint {p}: {exc}") from exc
+        if not isinstance(st, dict) or st.get("format") != CHECKPOINT_FORMAT:
+            raise TrainError(f"{p} is not a SAHM checkpoint (format {CHECKPOINT_FORMAT})")
+        if SAHMConfig.from_dict(st["config"]) != self.cfg:
+            raise TrainError(f"{p} was written with a different SAHM config ({st['config'].get('name')})")
+        _unwrap(self.G).load_state_dict(st["generator"], strict=True)
+        _unwrap(self.D).load_state_dict(st["discriminator"], strict=True)
+        self.opt_g.load_state_dict(st["opt_g"])
+        self.opt_d.load_state_dict(st["opt_d"])
+        self.sched_g.load_state_dict(st["sched_g"])
+        self.sched_d.load_state_dict(st["sched_d"])
+        self.scaler.load_state_dict(st["scaler"])
+        self.step, self.epoch, self.seed = int(st["step"]), int(st["epoch"]), int(st["seed"])
+        rng = st["rng"]
+        torch.set_rng_state(rng["torch"].cpu())
+        if rng["cuda"] and torch.cuda.is_available():
+            torch.cuda.set_rng_state_all([s.cpu() for s in rng["cuda"]])
+        np.random.set_state(rng["numpy"])
+        random.setstate(rng["python"])
+
+    @classmethod
+    def resume(cls, path: str | Path, tokenizer: Any, device: str | torch.device | None = None,
+               amp: bool | None = None) -> Trainer:
+        """A trainer rebuilt from a checkpoint's config and state."""
+        p = Path(path)
+        if not p.is_file():
+            raise TrainError(f"checkpoint not found: {p}")
+        st = torch.load(p, map_location="cpu", weights_only=False)
+        if not isinstance(st, dict) or "config" not in st:
+            raise TrainError(f"{p} is not a SAHM checkpoint")
+        t = cls(SAHMConfig.from_dict(st["config"]), tokenizer, device=device, amp=amp, seed=int(st["seed"]))
+        t.load(p)
+        return t
+
+    # --- loops --------------------------------------------------------------------------------
+
+    def loader(self, dataset: Dataset, batch_size: int, shuffle: bool = True, num_workers: int = 0) -> DataLoader:
+        """A seeded DataLoader (distributed sampler under data parallelism); reshuffles per epoch."""
+        gen = torch.Generator().manual_seed(self.seed + self.epoch)
+        sampler = None
+        if self.world > 1:
+            from torch.utils.data.distributed import DistributedSampler
+
+            sampler = DistributedSampler(dataset, shuffle=shuffle, seed=self.seed)
+            sampler.set_epoch(self.epoch)
+        return DataLoader(
+            dataset, batch_size=batch_size, shuffle=shuffle and sampler is None, sampler=sampler,
+            num_workers=num_workers, collate_fn=self.collate, generator=gen, drop_last=shuffle,
+            pin_memory=self.device.type == "cuda", persistent_workers=False,
+        )
+
+    def fit(
+        self,
+        dataset: Dataset,
+        max_steps: int,
+        batch_size: int,
+        out_dir: str | Path | None = None,
+        num_workers: int = 0,
+        checkpoint_every: int = 0,
+        log_every: int = 1,
+    ) -> list[dict[str, float]]:
+        """Train until ``max_steps`` (resuming from ``self.step``); logs JSON lines and checkpoints to out_dir."""
+        out = Path(out_dir) if out_dir else None
+        if out:
+            out.mkdir(parents=True, exist_ok=True)
+        log: list[dict[str, float]] = []
+        while self.step < max_steps:
+            for batch in self.loader(dataset, batch_size, num_workers=num_workers):
+                rec = self.train_step(batch)
+                log.append(rec)
+                if out and self.rank == 0 and self.step % max(log_every, 1) == 0:
+                    with open(out / "train_log.jsonl", "a", encoding="utf-8") as fh:
+                        fh.write(json.dumps(rec, sort_keys=True) + "\n")
+                if out and checkpoint_every and self.step % checkpoint_every == 0:
+                    self.save(out / "checkpoint.pt")
+                if self.step >= max_steps:
+                    break
+            else:
+                self.end_epoch()
+        if out:
+            self.save(out / "checkpoint.pt")
+        return log
+
+    @torch.no_grad()
+    def evaluate(self, dataset: Dataset, batch_size: int = 4, metrics: RemovalMetrics | None = None,
+                 num_workers: int = 0) -> dict[str, dict[str, Any]]:
+        """Predict masks and removals for a dataset and compute the ``metrics.json`` dictionary."""
+        m = metrics or RemovalMetrics()
+        g = self.generator
+        g.eval()
+        for batch in self.loader(dataset, batch_size, shuffle=False, num_workers=num_workers):
+            b = self.to_device(batch)
+            with self._autocast():
+                mask, removed = g.predict(b["image"], b["input_ids"], b["attention_mask"])
+            m.update(removed.float(), b["ground_truth"], mask > 0.5, b["mask"] > 0.5)
+        return m.compute()

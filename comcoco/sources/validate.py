@@ -1,0 +1,278 @@
+"""Validation of a loaded REFER-format source: counts per split and a list of problems.
+
+Problems are listed, never raised: a source that loads is usable, and the build stages skip the
+records a problem names. Without ``deep`` only file headers are read (cheap); with ``deep`` every
+image is fully decoded, which also finds truncated files.
+"""
+
+from __future__ import annotations
+
+import math
+import numbers
+import os
+from collections import Counter
+from collections.abc import Iterator, Sequence
+from concurrent.futures import ThreadPoolExecutor
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+from comcoco.records import Annotation, ImageInfo, Problem
+from comcoco.sources.images import ImageReadError, image_size, is_rle, polygon_area, read_image
+from comcoco.sources.refer import KNOWN_SPLITS, ReferSource
+
+# How far (pixels) a bbox may reach past the image border before it counts as outside: COCO boxes
+# are float and computed from polygons, so tiny overshoots are rounding, not defects.
+BBOX_TOLERANCE = 1.0
+
+PROBLEM_KINDS: tuple[str, ...] = (
+    "missing_annotation",
+    "missing_image",
+    "missing_image_dir",
+    "missing_image_file",
+    "unreadable_image",
+    "image_size_mismatch",
+    "empty_polygon",
+    "degenerate_polygon",
+    "invalid_segmentation",
+    "rle_size_mismatch",
+    "referred_rle",
+    "degenerate_bbox",
+    "bbox_outside_image",
+    "duplicate_ref_id",
+    "duplicate_sent_id",
+    "duplicate_annotation_id",
+    "duplicate_image_id",
+    "duplicate_category_id",
+    "orphan_annotation",
+    "unknown_category",
+    "annotation_image_mismatch",
+    "category_mismatch",
+    "sent_ids_mismatch",
+)
+
+
+@dataclass(frozen=True)
+class SplitCounts:
+    refs: int
+    expressions: int
+    images: int
+
+    def to_dict(self) -> dict[str, int]:
+        return {"refs": self.refs, "expressions": self.expressions, "images": self.images}
+
+
+@dataclass
+class InspectReport:
+    """What ``comcoco inspect`` prints: totals, per-split counts and every problem found."""
+
+    source: str
+    dataset: str
+    split_by: str
+    refs_file: str
+    image_dir: str
+    deep: bool
+    refs: int
+    expressions: int
+    images: int
+    annotations: int
+    referred_images: int
+    splits: dict[str, SplitCounts]
+    problems: list[Problem] = field(default_factory=list)
+
+    def problem_counts(self) -> dict[str, int]:
+        counts = Counter(p.kind for p in self.problems)
+        return {kind: counts[kind] for kind in sorted(counts)}
+
+    def to_dict(self) -> dict[str, Any]:
+        return {
+            "source": self.source,
+            "dataset": self.dataset,
+            "split_by": self.split_by,
+            "refs_file": self.refs_file,
+            "image_dir": self.image_dir,
+            "deep": self.deep,
+            "refs": self.refs,
+            "expressions": self.expressions,
+            "images": self.images,
+            "annotations": self.annotations,
+            "referred_images": self.referred_images,
+            "splits": {name: counts.to_dict() for name, counts in self.splits.items()},
+            "problem_counts": self.problem_counts(),
+            "problems": [p.to_dict() for p in self.problems],
+        }
+
+
+def _split_order(name: str) -> tuple[int, str]:
+    return (KNOWN_SPLITS.index(name), "") if name in KNOWN_SPLITS else (len(KNOWN_SPLITS), name)
+
+
+def split_counts(source: ReferSource) -> dict[str, SplitCounts]:
+    """Refs, expressions and distinct images per split, in REFER's split order then by name."""
+    refs: Counter[str] = Counter()
+    expressions: Counter[str] = Counter()
+    images: dict[str, set[int]] = {}
+    for ref in source.refs():
+        refs[ref.split] += 1
+        expressions[ref.split] += len(ref.sentences)
+        images.setdefault(ref.split, set()).add(ref.image_id)
+    return {
+        name: SplitCounts(refs[name], expressions[name], len(images[name]))
+        for name in sorted(refs, key=_split_order)
+    }
+
+
+# --- geometry ----------------------------------------------------------------------------------
+
+
+def _is_number(v: Any) -> bool:
+    if type(v) is float:
+        return math.isfinite(v)
+    if type(v) is int:
+        return True
+    return isinstance(v, numbers.Real) and not isinstance(v, bool) and math.isfinite(float(v))
+
+
+def _polygon_problems(ann: Annotation, file: str) -> Iterator[Problem]:
+    seg = ann.segmentation
+    aid = ann.ann_id
+    if len(seg) == 0:
+        yield Problem("empty_polygon", file, aid, f"annotation {aid} has no polygons")
+        return
+    for k, poly in enumerate(seg):
+        if not isinstance(poly, list | tuple) or not all(_is_number(v) for v in poly):
+            yield Problem("invalid_segmentation", file, aid, f"annotation {aid}: polygon {k} is not a list of finite numbers")
+        elif len(poly) == 0:
+            yield Problem("empty_polygon", file, aid, f"annotation {aid}: polygon {k} is empty")
+        elif len(poly) < 6 or len(poly) % 2:
+            yield Problem(
+                "degenerate_polygon", file, aid,
+                f"annotation {aid}: polygon {k} has {len(poly)} coordinates (needs an even count, at least 3 points)",
+            )
+        elif polygon_area(poly) <= 0.0:
+            yield Problem("degenerate_polygon", file, aid, f"annotation {aid}: polygon {k} has zero area")
+
+
+def _rle_problems(seg: dict[str, Any], ann: Annotation, image: ImageInfo | None, file: str) -> Iterator[Problem]:
+    size = seg.get("size")
+    if not isinstance(size, list | tuple) or len(size) != 2:
+        yield Problem("invalid_segmentation", file, ann.ann_id, f"annotation {ann.ann_id}: RLE without a [height, width] size")
+    elif image is not None and [size[0], size[1]] != [image.height, image.width]:
+        yield Problem(
+            "rle_size_mismatch", file, ann.ann_id,
+            f"annotation {ann.ann_id}: RLE size {list(size)} but image {image.image_id} is "
+            f"{image.height}x{image.width} (height x width)",
+        )
+
+
+def annotation_problems(ann: Annotation, image: ImageInfo | None, file: str, referred: bool = False) -> list[Problem]:
+    """Geometry defects of one annotation: polygons, RLE size, bbox against its image."""
+    out: list[Problem] = []
+    seg = ann.segmentation
+    aid = ann.ann_id
+    if is_rle(seg):
+        out.extend(_rle_problems(seg, ann, image, file))
+        if referred:
+            out.append(Problem("referred_rle", file, aid, f"annotation {aid} is referred but stored as RLE; original REFER getMask needs polygons"))
+    elif isinstance(seg, list | tuple) and seg and all(is_rle(part) for part in seg):
+        for part in seg:
+            out.extend(_rle_problems(part, ann, image, file))
+    else:
+        out.extend(_polygon_problems(ann, file))
+
+    x, y, w, h = ann.bbox
+    if not all(math.isfinite(v) for v in ann.bbox) or w <= 0 or h <= 0:
+        out.append(Problem("degenerate_bbox", file, aid, f"annotation {aid}: bbox {list(ann.bbox)} has no extent"))
+    elif image is not None and (
+        x < -BBOX_TOLERANCE
+        or y < -BBOX_TOLERANCE
+        or x + w > image.width + BBOX_TOLERANCE
+        or y + h > image.height + BBOX_TOLERANCE
+    ):
+        out.append(
+            Problem(
+                "bbox_outside_image", file, aid,
+                f"annotation {aid}: bbox {list(ann.bbox)} reaches outside image {image.image_id} "
+                f"({image.width}x{image.height})",
+            )
+        )
+    return out
+
+
+# --- image files -------------------------------------------------------------------------------
+
+
+def _check_image_file(path: Path, image: ImageInfo, deep: bool) -> list[Problem]:
+    iid = image.image_id
+    if not path.is_file():
+        return [Problem("missing_image_file", str(path), iid, f"image {iid}: file not found")]
+    try:
+        if deep:
+            h, w = read_image(path).shape[:2]
+        else:
+            w, h = image_size(path)
+    except ImageReadError as exc:
+        return [Problem("unreadable_image", str(path), iid, f"image {iid}: {exc.reason}")]
+    if (w, h) != (image.width, image.height):
+        return [
+            Problem(
+                "image_size_mismatch", str(path), iid,
+                f"image {iid}: file is {w}x{h} but instances.json says {image.width}x{image.height}",
+            )
+        ]
+    return []
+
+
+def image_file_problems(
+    source: ReferSource, images: Sequence[ImageInfo], deep: bool = False, workers: int | None = None
+) -> list[Problem]:
+    """Existence, readability and size of each image file, in the given order.
+
+    Decoding releases the GIL, so a thread pool spreads ``deep`` checks over the cores.
+    """
+    image_dir = Path(source.IMAGE_DIR)
+    if not image_dir.is_dir():
+        return [Problem("missing_image_dir", str(image_dir), None, f"image directory {image_dir} does not exist")]
+    n_workers = workers if workers is not None else min(8, os.cpu_count() or 1)
+    jobs = [(image_dir / image.file_name, image) for image in images]
+    if n_workers <= 1 or len(jobs) < 2:
+        results = [_check_image_file(p, i, deep) for p, i in jobs]
+    else:
+        with ThreadPoolExecutor(max_workers=n_workers) as pool:
+            results = list(pool.map(lambda job: _check_image_file(job[0], job[1], deep), jobs))
+    return [p for found in results for p in found]
+
+
+def inspect_source(source: ReferSource, deep: bool = False, workers: int | None = None) -> InspectReport:
+    """Count refs, expressions, images and annotations per split and list every problem found.
+
+    Problems come in a fixed order: those found while indexing, then annotation geometry (file
+    order), then image files (file order).
+    """
+    images = source.images()
+    annotations = source.annotations()
+    refs = source.refs()
+    inst = str(source.instances_file)
+    image_by_id = {image.image_id: image for image in images}
+    referred = {ref.ann_id for ref in refs}
+
+    problems = list(source.problems)
+    for ann in annotations:
+        problems.extend(annotation_problems(ann, image_by_id.get(ann.image_id), inst, ann.ann_id in referred))
+    problems.extend(image_file_problems(source, images, deep=deep, workers=workers))
+
+    return InspectReport(
+        source=source.DATA_DIR,
+        dataset=source.dataset,
+        split_by=source.split_by,
+        refs_file=str(source.refs_file),
+        image_dir=source.IMAGE_DIR,
+        deep=deep,
+        refs=len(refs),
+        expressions=sum(len(ref.sentences) for ref in refs),
+        images=len(images),
+        annotations=len(annotations),
+        referred_images=len({ref.image_id for ref in refs}),
+        splits=split_counts(source),
+        problems=problems,
+    )

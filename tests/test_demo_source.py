@@ -1,0 +1,201 @@
+"""The embedded demo source: a REFER source that loads, validates and has RefCOCO+'s shape."""
+
+from __future__ import annotations
+
+import hashlib
+from collections import defaultdict
+from pathlib import Path
+
+import cv2
+import numpy as np
+import pytest
+from pycocotools import mask as mask_utils
+from typer.testing import CliRunner
+
+from comcoco.cli import app
+from comcoco.matching.clusters import cluster_of
+from comcoco.sources import demo
+from comcoco.sources.images import read_image
+from comcoco.sources.refer import COCO_CATEGORIES, load_source, normalize_sentence
+from comcoco.sources.validate import inspect_source
+from comcoco.text.syntax import ATTRIBUTE_WORDS
+
+# Location words RefCOCO+ forbade its annotators (appearance-only expressions).
+SPATIAL = demo.SPATIAL_WORDS | frozenset(
+    "left right middle center centre top bottom front back behind near far closest farthest nearest upper lower "
+    "corner edge side above below under beside next between leftmost rightmost first second third last rear".split()
+)
+
+# Appearance words: the tagger's attribute lexicon plus the pattern nouns the demo also uses.
+APPEARANCE = ATTRIBUTE_WORDS | frozenset("stripes stripy spots dots polka checks".split())
+
+
+@pytest.fixture(scope="module")
+def demo30(tmp_path_factory):
+    root = tmp_path_factory.mktemp("demo") / "source"
+    report = demo.generate_demo(root, n_images=30, seed=0)
+    return root, report, load_source(root)
+
+
+def test_loads_and_passes_deep_inspection(demo30):
+    root, report, src = demo30
+    assert (root / "refcoco+" / "refs(unc).p").is_file()
+    assert (root / "refcoco+" / "instances.json").is_file()
+    assert len(src.images()) == report.images == 30
+    assert len(src.refs()) == report.refs > 30
+    result = inspect_source(src, deep=True)
+    assert result.problems == []
+    assert result.to_dict()["images"] == 30
+    for image in src.images():  # instances.json sizes are the JPEG's own
+        h, w = read_image(src.image_path(image.image_id)).shape[:2]
+        assert (w, h) == (image.width, image.height)
+        assert 360 <= min(w, h) and max(w, h) <= 640
+
+
+def test_scenes_cover_many_clusters_each_image_one(demo30):
+    _, _, src = demo30
+    per_image: dict[int, set[int]] = defaultdict(set)
+    for ann in src.annotations():
+        per_image[ann.image_id].add(cluster_of(ann.category_id))
+    assert all(len(c) == 1 for c in per_image.values())  # coherent scenes, no fridge among elephants
+    referred_clusters = {cluster_of(r.category_id) for r in src.refs()}
+    assert len(referred_clusters) >= 8
+    # Several annotated objects per image, and some annotations are never referred (as in RefCOCO+).
+    assert min(len(src.imgToAnns[i]) for i in per_image) >= 2
+    assert len(src.annotations()) > len(src.refs())
+
+
+def test_expressions_are_refcoco_plus_like(demo30):
+    _, _, src = demo30
+    sent_ids, ref_ids = [], []
+    for ref in src.refs():
+        ref_ids.append(ref.ref_id)
+        assert 2 <= len(ref.sentences) <= 6
+        sents = [s.sent for s in ref.sentences]
+        assert len(set(sents)) == len(sents)
+        for s in ref.sentences:
+            sent_ids.append(s.sent_id)
+            assert (s.sent, s.tokens) == normalize_sentence(s.raw)
+            assert not SPATIAL & set(s.tokens), s.raw
+            # Every expression carries an appearance attribute (colour, size, pattern, clothing).
+            assert APPEARANCE & set(s.tokens), s.raw
+    assert len(set(sent_ids)) == len(sent_ids)
+    assert len(set(ref_ids)) == len(ref_ids)
+    vocabulary = {t for ref in src.refs() for s in ref.sentences for t in s.tokens}
+    assert len(vocabulary) > 60  # varied words, so Jaccard matching has something to rank
+
+
+def test_refcoco_plus_splits(demo30):
+    _, _, src = demo30
+    refs = src.refs()
+    assert {r.split for r in refs} == {"train", "val", "testA", "testB"}
+    assert all(r.category_id == 1 for r in refs if r.split == "testA")
+    assert all(r.category_id != 1 for r in refs if r.split == "testB")
+    splits_of_image: dict[int, set[str]] = defaultdict(set)
+    for r in refs:
+        splits_of_image[r.image_id].add(r.split)
+    assert all(len(s) == 1 for s in splits_of_image.values())
+    train = sum(r.split == "train" for r in refs)
+    assert train > len(refs) / 2
+
+
+@pytest.mark.parametrize("n", [4, 9, 57, 200])
+def test_split_plan_any_size(n):
+    themes = demo.plan_themes(n, seed=2)
+    splits = demo.plan_splits(themes, seed=2)
+    assert set(splits) == {"train", "val", "testA", "testB"}
+    assert all(t == demo.PERSON_THEME for t, s in zip(themes, splits, strict=True) if s == "testA")
+    assert all(t != demo.PERSON_THEME for t, s in zip(themes, splits, strict=True) if s == "testB")
+
+
+def test_theme_plan_gives_every_cluster_enough_images():
+    themes = demo.plan_themes(200, seed=0)
+    counts = {t.name: themes.count(t.name) for t in demo.THEMES}
+    assert min(counts.values()) >= 6  # scene matching needs 5 same-cluster backgrounds
+    assert counts[demo.PERSON_THEME] == max(counts.values())
+    assert set(demo.plan_themes(len(demo.THEMES) + 3, seed=9)) == set(counts)
+
+
+def test_annotations_match_drawn_pixels_and_rest_on_ground(demo30):
+    _, _, src = demo30
+    contrasts, sizes = [], set()
+    for image in src.images():
+        pixels = read_image(src.image_path(image.image_id)).astype(np.float32)
+        ground_y = image.extra["demo_ground_y"]
+        for ann in src.imgToAnns[image.image_id]:
+            rle = mask_utils.merge(mask_utils.frPyObjects(ann["segmentation"], image.height, image.width))
+            mask = mask_utils.decode(rle)
+            assert abs(float(mask_utils.area(rle)) - ann["area"]) < 1e-6
+            ys, xs = np.nonzero(mask)
+            x, y, w, h = ann["bbox"]
+            assert x - 1 <= xs.min() and xs.max() <= x + w + 1 and y - 1 <= ys.min() and ys.max() <= y + h + 1
+            assert y + h > ground_y  # standing on the ground region
+            ring = cv2.dilate(mask, np.ones((7, 7), np.uint8)) - mask
+            inner = cv2.erode(mask, np.ones((3, 3), np.uint8)).astype(bool)
+            if inner.sum() < 20:
+                continue
+            contrasts.append(float(np.linalg.norm(pixels[inner].mean(0) - pixels[ring.astype(bool)].mean(0))))
+            sizes.add("small" if ann["area"] < 32**2 else "medium" if ann["area"] < 96**2 else "large")
+    contrasts = np.asarray(contrasts)
+    assert np.median(contrasts) > 25.0
+    assert (contrasts > 8.0).mean() > 0.8
+    assert sizes == {"small", "medium", "large"}
+
+
+def test_colour_words_match_the_drawn_tint(tmp_path):
+    categories = {c.name: c.id for c in COCO_CATEGORIES}
+    checked = 0
+    for index, theme in enumerate(t.name for t in demo.THEMES[1:]):
+        image = demo.render_demo_image(index, theme, "train", 0, categories)
+        pixels = image.pixels.astype(np.float32)
+        for obj in image.objects:
+            if obj.pattern != "plain" or obj.colour not in ("red", "green", "blue", "yellow") or obj.category == "potted plant":
+                continue
+            ann = obj.annotation
+            mask = demo.polygon_mask(ann.segmentation[0], image.info.height, image.info.width).astype(bool)
+            r, g, b = np.median(pixels[mask], axis=0)
+            dominant = {"red": r > 1.3 * g and r > 1.3 * b, "green": g > r and g > b,
+                        "blue": b > r and b > g, "yellow": r > b * 1.4 and g > b * 1.4}[obj.colour]
+            assert dominant, (obj.category, obj.colour, (r, g, b))
+            checked += 1
+    assert checked >= 4
+
+
+def _digest(root: Path) -> dict[str, str]:
+    return {str(p.relative_to(root)): hashlib.sha256(p.read_bytes()).hexdigest()
+            for p in sorted(root.rglob("*")) if p.is_file()}
+
+
+def test_same_seed_same_bytes(tmp_path):
+    a = demo.generate_demo_source(tmp_path / "a", n_images=12, seed=5)
+    b = demo.generate_demo_source(tmp_path / "b", n_images=12, seed=5)
+    da, db = _digest(a), _digest(b)
+    assert len(da) == 12 + 3 and da == db
+    categories = {c.name: c.id for c in COCO_CATEGORIES}
+    first = demo.render_demo_image(0, "street", "train", 5, categories)
+    other = demo.render_demo_image(0, "street", "train", 6, categories)
+    assert first.objects != other.objects
+
+
+def test_cli_writes_rewrites_and_refuses(tmp_path):
+    runner = CliRunner()
+    out = tmp_path / "src"
+    result = runner.invoke(app, ["demo-source", str(out), "--images", "6", "--seed", "1"])
+    assert result.exit_code == 0, result.output
+    assert "6 images" in result.output
+    image_dir = out / "images/mscoco/images/train2014"
+    assert len(list(image_dir.glob("*.jpg"))) == 6
+    # Rerunning over a demo source replaces it, stale images included.
+    result = runner.invoke(app, ["demo-source", str(out), "--images", "4"])
+    assert result.exit_code == 0, result.output
+    assert len(list(image_dir.glob("*.jpg"))) == 4 and len(load_source(out).images()) == 4
+
+    result = runner.invoke(app, ["demo-source", str(tmp_path / "tiny"), "--images", "2"])
+    assert result.exit_code == 2 and "error:" in result.output and "at least 4" in result.output
+
+    foreign = tmp_path / "real"
+    (foreign / "refcoco+").mkdir(parents=True)
+    (foreign / "refcoco+" / "refs(unc).p").write_bytes(b"not ours")
+    result = runner.invoke(app, ["demo-source", str(foreign), "--images", "4"])
+    assert result.exit_code == 2 and "not written by demo-source" in result.output
+    assert (foreign / "refcoco+" / "refs(unc).p").read_bytes() == b"not ours"
