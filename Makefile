@@ -18,7 +18,7 @@ export HF_DATASETS_OFFLINE := 1
 export PREFECT_SERVER_ANALYTICS_ENABLED := false
 export DO_NOT_TRACK := 1
 
-.PHONY: setup demo test lint bench lock clean prefect-server label-studio label-studio-stop label-studio-status
+.PHONY: setup demo test lint bench lock clean prefect-server label-studio label-studio-stop label-studio-status card-screenshot chromium review-screenshot
 
 setup: $(STAMP)
 
@@ -32,16 +32,21 @@ $(STAMP): pyproject.toml requirements.lock
 	$(PY) -c "import comcoco, torch, prefect, pycocotools, cv2"
 	touch $(STAMP)
 
-# The full pipeline on the embedded demo source: generate → build (→ release once available).
+# The full pipeline on the embedded demo source: generate → inspect → build → release.
+DEMO_VERSION ?= 0.1.0
 demo: setup
 	$(COMCOCO) demo-source $(DEMO_DIR)/source --images $(DEMO_IMAGES) --seed $(SEED)
 	$(COMCOCO) inspect $(DEMO_DIR)/source --deep
 	PREFECT_HOME=$${PREFECT_HOME:-$(CURDIR)/.prefect} $(COMCOCO) build $(DEMO_DIR)/source -o $(DEMO_DIR)/work --seed $(SEED) --workers $(WORKERS)
+	test -d $(DEMO_DIR)/releases/comcoco-$(DEMO_VERSION) || PREFECT_HOME=$${PREFECT_HOME:-$(CURDIR)/.prefect} $(COMCOCO) release $(DEMO_DIR)/work -o $(DEMO_DIR)/releases --version $(DEMO_VERSION)
+	$(COMCOCO) verify $(DEMO_DIR)/releases/comcoco-$(DEMO_VERSION)
 	@echo
 	@echo "Results:"
-	@echo "  source:      $(DEMO_DIR)/source      (comcoco inspect $(DEMO_DIR)/source)"
-	@echo "  composites:  $(DEMO_DIR)/work/shards/*/images/   ground truth: */gt/   masks: */masks/"
-	@echo "  every sample: $(DEMO_DIR)/work/status.parquet   checksums: $(DEMO_DIR)/work/manifest.json"
+	@echo "  source:       $(DEMO_DIR)/source             (comcoco inspect $(DEMO_DIR)/source)"
+	@echo "  work:         $(DEMO_DIR)/work/status.parquet (every sample), shards/*/images|gt|masks"
+	@echo "  release:      $(DEMO_DIR)/releases/comcoco-$(DEMO_VERSION)/card.html (open in a browser), README.md"
+	@echo "  for users:    $(DEMO_DIR)/releases/comcoco-$(DEMO_VERSION)/dist/index.json (comcoco download ... -o DIR)"
+	@echo "  in Python:    import comcoco; ds = comcoco.load('$(DEMO_DIR)/releases/comcoco-$(DEMO_VERSION)', split='train')"
 
 test: setup
 	$(PY) -m pytest -q $(PYTEST_ARGS)
@@ -66,6 +71,23 @@ label-studio-stop:
 
 label-studio-status:
 	scripts/label_studio.sh status
+
+# Headless Chromium from Debian's packages (for the card and review screenshots).
+chromium:
+	@command -v chromium >/dev/null || { apt-get update -q && apt-get install -y -q chromium; }
+
+# Render a release's card.html to RELEASE/card-screenshot.png.
+card-screenshot: chromium
+	@test -n "$(RELEASE)" || { echo "usage: make card-screenshot RELEASE=RELEASES/comcoco-X.Y.Z"; exit 2; }
+	@tmp=$$(mktemp -d); chromium --headless --no-sandbox --disable-gpu --disable-background-networking \
+	  --disable-component-update --disable-sync --no-first-run --user-data-dir=$$tmp \
+	  --screenshot=$(RELEASE)/card-screenshot.png --window-size=1280,2400 \
+	  file://$$(realpath $(RELEASE))/card.html; rc=$$?; rm -rf $$tmp; exit $$rc
+
+# A stage-1 review task in headless Chromium, saved as runs/review-screenshot.png (starts Label Studio if needed).
+review-screenshot: setup label-studio chromium
+	@$(PY) -c "import playwright" 2>/dev/null || $(PY) -m pip install -q --disable-pip-version-check "playwright==1.65.2"
+	$(PY) scripts/review_screenshot.py --out runs/review-screenshot.png
 
 # Refresh requirements.lock from the current environment (after editing pyproject.toml).
 lock: setup

@@ -10,7 +10,7 @@ from __future__ import annotations
 
 import json
 from collections.abc import Sequence
-from dataclasses import asdict, dataclass, field, fields
+from dataclasses import asdict, dataclass, fields
 from pathlib import Path
 from typing import Any
 
@@ -55,11 +55,14 @@ class BuildConfig:
     k: int = 5
     similarity: str = "max"
     max_uses: int | None = None
+    match_within_splits: bool = True  # backgrounds only from the object's own source split group
     limit: int | None = None
     shard_size: int = DEFAULT_SHARD_SIZE
-    compose: ComposeConfig = field(default_factory=ComposeConfig)
+    compose: ComposeConfig | None = None  # None: the default composing configuration with this seed
 
     def __post_init__(self) -> None:
+        if self.compose is None:
+            object.__setattr__(self, "compose", ComposeConfig(seed=self.seed))
         if self.compose.seed != self.seed:  # one seed drives matching and composing
             raise ValueError(f"compose seed {self.compose.seed} differs from build seed {self.seed}")
         if self.shard_size < 1:

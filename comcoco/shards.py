@@ -101,7 +101,7 @@ def source_index(spec: SourceSpec) -> SourceIndex:
     return cached_source(spec)[1]
 
 
-def _models(config: BuildConfig) -> ComposeModels:
+def cached_models(config: BuildConfig) -> ComposeModels:
     key = config.compose.fingerprint()
     with _CACHE_LOCK:
         if key not in _MODELS:
@@ -193,7 +193,7 @@ def run_shard(workdir: str | Path, shard: int, retry_failed: bool = False) -> Sh
         raise ValueError(f"{workdir / PLAN_FILE}: shard {shard_name(shard)} has no samples")
     tmp = _tmp_dir(workdir, shard, "tmp")
     try:
-        rows = _compose_rows(tmp, plan_rows, config, source_index(spec), _models(config))
+        rows = _compose_rows(tmp, plan_rows, config, source_index(spec), cached_models(config))
         write_samples(tmp / SAMPLES_FILE, rows)
         os.rename(tmp, final)
     except BaseException:
@@ -219,7 +219,7 @@ def _retry_failed(
         for rel in sorted({p for r in keep for p in (r.composite, r.ground_truth, r.mask) if p}):
             (tmp / rel).parent.mkdir(parents=True, exist_ok=True)
             os.link(final / rel, tmp / rel)
-        new_rows = keep + _compose_rows(tmp, plan_rows, config, source_index(spec), _models(config))
+        new_rows = keep + _compose_rows(tmp, plan_rows, config, source_index(spec), cached_models(config))
         write_samples(tmp / SAMPLES_FILE, new_rows)
         # Swap: a crash between these renames leaves no marked folder, so the shard is redone whole.
         os.rename(final, old)

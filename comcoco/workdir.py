@@ -80,8 +80,41 @@ def check_source(spec: SourceSpec, workdir: str | Path) -> dict[str, Any]:
     }
 
 
+def image_split_groups(refs: Sequence[Any], image_ids: Sequence[int], seed: int) -> dict[int, str]:
+    """Each image's release split group from the refs on it (train, val; testA/testB → test).
+
+    An image without refs joins a group by a seeded hash, in proportion to the images with refs; an
+    image whose refs disagree (not the case in RefCOCO+) takes the first group in train, val, test order.
+    """
+    from comcoco.ids import stable_hash64
+    from comcoco.release.splits import SPLITS, release_split_of
+
+    groups: dict[int, set[str]] = {}
+    for r in refs:
+        groups.setdefault(int(r.image_id), set()).add(release_split_of(r.split))
+    out = {i: min(g, key=SPLITS.index) for i, g in groups.items()}
+    counts = Counter(out.values())
+    total = sum(counts.values())
+    shares = [(s, counts.get(s, 0) / total) for s in SPLITS] if total else [("train", 1.0)]
+    for image_id in sorted(set(int(i) for i in image_ids) - set(out)):
+        u = stable_hash64(seed, "split-group", image_id) / 2**64
+        acc, chosen = 0.0, shares[-1][0]
+        for name, share in shares:
+            acc += share
+            if u < acc:
+                chosen = name
+                break
+        out[image_id] = chosen
+    return out
+
+
 def match_stage(spec: SourceSpec, workdir: str | Path, config: BuildConfig, progress: bool = False) -> Path:
-    """Scene matching for every ref of the source; reuses the candidates of a matching plan."""
+    """Scene matching for every ref of the source; reuses the candidates of a matching plan.
+
+    By default an object's backgrounds come only from images of its own split group (train, val,
+    test), so that samples never tie a training image to a test image and the release can be split
+    without leaks (see docs/matching.md).
+    """
     from comcoco.matching.scene import match_backgrounds, write_candidates
 
     out = Path(workdir) / CANDIDATES_FILE
@@ -90,9 +123,19 @@ def match_stage(spec: SourceSpec, workdir: str | Path, config: BuildConfig, prog
     index = source_index(spec)
     refs = sorted(index.refs.values(), key=lambda r: r.ref_id)
     anns = sorted(index.annotations.values(), key=lambda a: a.ann_id)
-    candidates = match_backgrounds(refs, anns, k=config.k, seed=config.seed, similarity=config.similarity,
-                                   max_uses=config.max_uses, progress=progress)
-    params = {"k": config.k, "seed": config.seed, "similarity": config.similarity, "max_uses": config.max_uses}
+    kwargs = {"k": config.k, "seed": config.seed, "similarity": config.similarity, "max_uses": config.max_uses}
+    if not config.match_within_splits:
+        candidates = match_backgrounds(refs, anns, progress=progress, **kwargs)
+    else:
+        group_of = image_split_groups(refs, [a.image_id for a in anns], config.seed)
+        candidates = []
+        for group in sorted(set(group_of.values())):
+            g_refs = [r for r in refs if group_of.get(int(r.image_id)) == group]
+            g_anns = [a for a in anns if group_of.get(int(a.image_id)) == group]
+            if g_refs:
+                candidates += match_backgrounds(g_refs, g_anns, progress=progress, **kwargs)
+        candidates.sort(key=lambda c: (c.ref_id, c.rank))
+    params = {**kwargs, "match_within_splits": config.match_within_splits}
     return write_candidates(out, candidates, params)
 
 

@@ -76,7 +76,10 @@ cmd_install() {
     rm -rf "$VENV"
     say "installing label-studio==$LS_VERSION into $VENV (about a minute)"
     "$PYTHON" -m venv "$VENV" || die "could not create the virtualenv $VENV with $PYTHON"
-    if ! "$VENV/bin/python" -m pip install -q --disable-pip-version-check "label-studio==$LS_VERSION" \
+    # --no-compile: byte-compiling all of Django and friends up front costs ~40 s of CPU; the modules
+    # the server imports are compiled on first use instead.
+    if ! "$VENV/bin/python" -m pip install -q --no-compile --disable-pip-version-check \
+            "label-studio==$LS_VERSION" \
             >"$(dirname "$VENV")/install.log" 2>&1; then
         tail -n 20 "$(dirname "$VENV")/install.log" >&2 || true
         die "pip install label-studio==$LS_VERSION failed (full log: $(dirname "$VENV")/install.log)"

@@ -49,7 +49,10 @@ def label_studio(tmp_path_factory: pytest.TempPathFactory) -> Iterator[LabelStud
     try:
         ls_server.start(settings)
     except ls_server.LabelStudioError as exc:
-        ls_server.stop(settings)
+        try:
+            ls_server.stop(settings)  # a server that never became ready must not outlive the session
+        except ls_server.LabelStudioError as stop_exc:
+            exc = ls_server.LabelStudioError(f"{exc}\n(stopping it failed too: {stop_exc})")
         pytest.fail(f"Label Studio could not be started: {exc}", pytrace=False)
     try:
         yield LabelStudioServer(settings.url, settings.token, settings.document_root.resolve(), settings)

@@ -60,7 +60,9 @@ def test_filter_directions():
         return float((x.max(-1) - x.min(-1)).mean())
 
     assert mean_sat(flt.saturation(img, 0.4)) > mean_sat(img) > mean_sat(flt.saturation(img, -0.4))
-    np.testing.assert_allclose(flt.saturation(img, -1.0), np.repeat(((img.max(-1) + img.min(-1)) / 2)[..., None], 3, -1), atol=1e-6)
+    np.testing.assert_allclose(
+        flt.saturation(img, -1.0), np.repeat(((img.max(-1) + img.min(-1)) / 2)[..., None], 3, -1), atol=1e-6
+    )
     assert flt.highlight(img, 0.3).mean() > img.mean() > flt.highlight(img, -0.3).mean()
     assert flt.shadow(img, 0.3).mean() > img.mean() > flt.shadow(img, -0.3).mean()
     # highlight barely moves dark tones, shadow barely moves bright ones
@@ -80,7 +82,9 @@ def test_global_means_are_whole_image():
         assert np.abs(a - b).max() > 1e-3, name
     # per-pixel filters do not depend on the rest of the image
     for name in ("brightness", "saturation", "highlight", "shadow"):
-        np.testing.assert_array_equal(flt.apply_filter(name, img, 0.4)[8:], flt.apply_filter(name, other, 0.4)[8:])
+        np.testing.assert_array_equal(
+            flt.apply_filter(name, img, 0.4)[8:], flt.apply_filter(name, other, 0.4)[8:]
+        )
 
 
 @pytest.mark.parametrize("x", [-1.0, 1.0, 0.999, -0.999])
@@ -115,10 +119,14 @@ def test_numpy_and_torch_agree_on_chains_with_masks():
         args = rng.uniform(-1, 1, 6) if trial % 3 else rng.choice([-1.0, 0.0, 1.0], 6)
         mask = rng.random((23, 31)).astype(np.float32)
         a = flt.apply_filters(img, args, mask)
-        b = flt.apply_filters_torch(_to_t(img), torch.tensor(args, dtype=torch.float32)[None], torch.from_numpy(mask)[None])
+        b = flt.apply_filters_torch(
+            _to_t(img), torch.tensor(args, dtype=torch.float32)[None], torch.from_numpy(mask)[None]
+        )
         assert np.abs(a - _to_np(b)).max() <= 1e-5, args
         s = flt.synthesize(img, mask, args)
-        st = flt.synthesize_torch(_to_t(img), torch.from_numpy(mask)[None], torch.tensor(args, dtype=torch.float32)[None])
+        st = flt.synthesize_torch(
+            _to_t(img), torch.from_numpy(mask)[None], torch.tensor(args, dtype=torch.float32)[None]
+        )
         assert np.abs(s - _to_np(st)).max() <= 1e-5, args
 
 
@@ -126,7 +134,9 @@ def test_torch_batch_is_per_image():
     rng = np.random.default_rng(6)
     imgs = [rng.random((9, 11, 3), dtype=np.float32) for _ in range(3)]
     args = rng.uniform(-0.5, 0.5, (3, 6))
-    batch = flt.apply_filters_torch(torch.cat([_to_t(i) for i in imgs]), torch.tensor(args, dtype=torch.float32))
+    batch = flt.apply_filters_torch(
+        torch.cat([_to_t(i) for i in imgs]), torch.tensor(args, dtype=torch.float32)
+    )
     for i in range(3):
         np.testing.assert_allclose(_to_np(batch[i : i + 1]), flt.apply_filters(imgs[i], args[i]), atol=1e-5)
 
@@ -162,7 +172,9 @@ def test_synthesis_runs_in_reverse_order():
     for i in reversed(range(6)):
         expected = flt.apply_filter(FILTER_NAMES[i], expected, args[i])
     np.testing.assert_array_equal(flt.synthesize(img, None, args), expected)
-    assert np.abs(flt.synthesize(img, None, args) - flt.apply_filters(img, args)).max() > 1e-3  # not commutative
+    assert (
+        np.abs(flt.synthesize(img, None, args) - flt.apply_filters(img, args)).max() > 1e-3
+    )  # not commutative
 
 
 def test_synthesis_arguments_respect_ranges():

@@ -88,6 +88,18 @@ def test_fit_stays_in_the_prior_box_and_is_deterministic(real_objects):
         assert np.all(vals <= np.asarray(flt.FILTER_RANGES) + 2 / 255)  # contrast is quantized by 1/255
 
 
+def test_fit_restores_random_synthesis_better_than_none_and_reinhard(real_objects):
+    rng = np.random.default_rng(0)
+    errs = {m: [] for m in ("none", "reinhard", "fit")}
+    for image, mask in real_objects:
+        for _ in range(3):
+            comp = _perturb(image, mask, flt.sample_synthesis_args(rng))
+            for m in errs:
+                errs[m].append(_fmse(harmonize(comp, mask, m)[0], image, mask))
+    assert np.mean(errs["fit"]) < 0.85 * np.mean(errs["none"])
+    assert np.mean(errs["fit"]) < np.mean(errs["reinhard"])
+
+
 @pytest.mark.parametrize(
     "args",
     [
@@ -117,7 +129,11 @@ def test_a_strong_darkening_is_largely_undone(real_objects):
 
 def test_fast_application_matches_the_float_chain(real_objects):
     image, mask = real_objects[2]
-    for args in ([0.2, -0.3, 0.25, 0.0, 0.3, -0.2], [-0.25, 0.3, -0.3, 0.45, -0.3, 0.3], [0.1, 0.4, 0.6, -0.5, 0.0, 0.0]):
+    for args in (
+        [0.2, -0.3, 0.25, 0.0, 0.3, -0.2],
+        [-0.25, 0.3, -0.3, 0.45, -0.3, 0.3],
+        [0.1, 0.4, 0.6, -0.5, 0.0, 0.0],
+    ):
         fast = apply_arguments(image, mask, args)
         ref = flt.apply_filters(image.astype(np.float32) / 255.0, args, mask)
         ref8 = np.clip(np.rint(ref * 255.0), 0, 255).astype(np.uint8)
@@ -178,3 +194,7 @@ def test_bad_inputs():
         harmonize(comp, np.zeros((9, 10)))
     with pytest.raises(ValueError, match="uint8"):
         harmonize(comp.astype(np.float32), np.zeros((10, 10)))
+    with pytest.raises(ValueError, match="strength"):
+        FitConfig(strength=1.5)
+    with pytest.raises(ValueError, match="ranges"):
+        FitConfig(ranges=(0.3, 0.5))

@@ -87,6 +87,15 @@ def _random_state(seed: int = 0) -> dict[str, torch.Tensor]:
     return state
 
 
+@pytest.fixture(autouse=True, scope="module")
+def _one_thread():
+    """Small forwards are fastest single-threaded on a shared CI core; restore the setting after."""
+    before = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(before)
+
+
 @pytest.fixture(scope="module")
 def checkpoint(tmp_path_factory):
     path = tmp_path_factory.mktemp("ckpt") / "harmonizer.pth"
@@ -101,7 +110,9 @@ def test_manifest_matches_the_official_layout():
     assert sorted(ours) == sorted(theirs)
     assert {k: ours[k] for k in theirs} == theirs
     assert len([k for k in theirs if k.startswith("backbone._blocks.")]) > 0
-    assert "backbone._blocks.0._expand_conv.weight" not in ours and ours["backbone._blocks.0._depthwise_conv.weight"] == (32, 1, 3, 3)
+    assert "backbone._blocks.0._expand_conv.weight" not in ours and ours[
+        "backbone._blocks.0._depthwise_conv.weight"
+    ] == (32, 1, 3, 3)
     assert max(int(k.split(".")[2]) for k in ours if k.startswith("backbone._blocks.")) == 15
     n_params = sum(p.numel() for p in HarmonizerNet().parameters())
     assert 4_600_000 < n_params < 4_800_000  # "≈4.7 M params"
@@ -192,7 +203,9 @@ def test_predict_arguments_shapes_masks_and_clamp(checkpoint):
     mask01[10:30, 20:50] = 1
     a1 = predict_arguments(net, comp, mask01)
     # 0/1, 0/255 and float masks are the same alpha
-    m1, m2, m3 = (_mask_tensor(m, (50, 70)) for m in (mask01, mask01 * np.uint8(255), mask01.astype(np.float32)))
+    m1, m2, m3 = (
+        _mask_tensor(m, (50, 70)) for m in (mask01, mask01 * np.uint8(255), mask01.astype(np.float32))
+    )
     assert torch.equal(m1, m2) and torch.equal(m1, m3) and float(m1.max()) == 1.0
     assert isinstance(a1, FilterArgs)
     assert all(-1.0 <= v <= 1.0 for v in a1.as_tuple())

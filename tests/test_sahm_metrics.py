@@ -57,8 +57,15 @@ def test_psnr_ssim_match_scikit_image(coco_real_dir):
     t_img = torch.from_numpy(img).permute(2, 0, 1)[None].float()
     t_noisy = torch.from_numpy(noisy).permute(2, 0, 1)[None].float()
     ref_psnr = peak_signal_noise_ratio(img, noisy, data_range=1.0)
-    ref_ssim = structural_similarity(img, noisy, channel_axis=2, data_range=1.0, gaussian_weights=True,
-                                     sigma=1.5, use_sample_covariance=False)
+    ref_ssim = structural_similarity(
+        img,
+        noisy,
+        channel_axis=2,
+        data_range=1.0,
+        gaussian_weights=True,
+        sigma=1.5,
+        use_sample_covariance=False,
+    )
     assert float(psnr_per_image(t_noisy, t_img)[0]) == pytest.approx(ref_psnr, abs=1e-3)
     assert float(ssim_per_image(t_noisy, t_img)[0]) == pytest.approx(ref_ssim, abs=1e-3)
 

@@ -18,9 +18,17 @@ from comcoco.sahm.text import (
     tagging_accuracy,
     train_tokenizer,
 )
-from comcoco.text.syntax import TAG_ATTRIBUTE, TAG_IDENTITY, TAG_OTHER, split_words, tag_expression, tag_words
+from comcoco.text.syntax import (
+    TAG_ATTRIBUTE,
+    TAG_IDENTITY,
+    TAG_OTHER,
+    extend_identity,
+    split_words,
+    tag_expression,
+    tag_words,
+)
 
-O, I, A = TAG_OTHER, TAG_IDENTITY, TAG_ATTRIBUTE
+O, I, A = TAG_OTHER, TAG_IDENTITY, TAG_ATTRIBUTE  # noqa: E741 (tag letters, as in BIO tables)
 
 # Hand-labelled RefCOCO-style expressions (labels chosen by reading, not by running the lexicon).
 GOLD: list[tuple[str, list[int]]] = [
@@ -67,6 +75,9 @@ def test_plural_and_multiword_identity():
     assert tag_words(["puppies", "hot", "dogs", "teddy", "bear", "the"]) == [I, I, I, I, I, O]
     assert split_words("Man's RED shirt, left!") == ["man's", "red", "shirt", "left"]
     assert tag_words(split_words("Man's RED shirt")) == [I, A, A]
+    assert tag_words(["the", "circle"]) == [O, O]
+    assert tag_words(["the", "circle"], extend_identity(["red circle"])) == [O, I]  # colour stays attribute
+    assert tag_words(["red"], extend_identity(["red circle"])) == [A]
 
 
 def test_tagging_accuracy_by_hand():
@@ -88,7 +99,9 @@ def test_trained_tokenizer_has_real_vocabulary(tmp_path, refer_examples_path):
         assert tok.unk_token_id not in ids, word
     assert tok.tokenize("the red circle") == ["▁the", "▁red", "▁circle"]
     again = load_tokenizer(tmp_path / "tok")
-    assert again("the lady with the blue shirt")["input_ids"] == tok("the lady with the blue shirt")["input_ids"]
+    assert (
+        again("the lady with the blue shirt")["input_ids"] == tok("the lady with the blue shirt")["input_ids"]
+    )
 
 
 def test_special_tokens_only_tokenizer_is_rejected(tmp_path):
@@ -120,7 +133,11 @@ def test_token_tags_follow_word_tags(tmp_path):
 
 def test_bilstm_crf_learns_silver_tags(tmp_path, refer_examples_path):
     torch.manual_seed(0)
-    corpus = _real_sentences(refer_examples_path) + [s for s, _ in GOLD] + SyntheticRemovalDataset(24).expressions()
+    corpus = (
+        _real_sentences(refer_examples_path)
+        + [s for s, _ in GOLD]
+        + SyntheticRemovalDataset(24).expressions()
+    )
     tok = train_tokenizer(corpus, tmp_path / "tok", vocab_size=300)
     enc = encode_expressions(tok, corpus, max_len=12)
     emb = nn.Embedding(len(tok), 32)

@@ -92,3 +92,34 @@ def test_bad_inputs_are_refused():
         assign_splits([SplitItem("x", (1,), 0)], proportions={"train": 1, "dev": 1})
     with pytest.raises(ValueError, match="no image ids"):
         assign_splits([SplitItem("x", (), 0)])
+
+
+def test_components_follow_their_source_split():
+    # Three source splits, each internally connected (as split-aware matching makes them).
+    items = []
+    sizes = {"train": 850, "val": 77, "test": 73}
+    base = 0
+    for split, n in sizes.items():
+        for i in range(n):
+            items.append(SplitItem(f"{split}{i:04d}", (base + i, base + (i + 1) % n), i % 17, preferred=split))
+        base += 10_000
+    for seed in range(5):
+        res = assign_splits(items, seed=seed)
+        assert res.counts == sizes
+        assert all(res.assignment[it.sample_id] == it.preferred for it in items)
+
+
+def test_preference_does_not_override_gross_imbalance():
+    # Everything prefers val, but the targets still dominate for many small components.
+    items = [SplitItem(f"s{i:04d}", (2 * i, 2 * i + 1), 0, preferred="val") for i in range(1000)]
+    res = assign_splits(items, seed=0)
+    assert res.counts["train"] > res.counts["val"] > 0
+
+
+def test_release_split_of():
+    from comcoco.release.splits import release_split_of
+
+    assert [release_split_of(s) for s in ("train", "val", "testA", "testB", "test")] == [
+        "train", "val", "test", "test", "test"]
+    with pytest.raises(ValueError):
+        release_split_of("dev")

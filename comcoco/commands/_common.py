@@ -5,7 +5,9 @@ from __future__ import annotations
 import sys
 from collections.abc import Iterator
 from contextlib import contextmanager
+
 import typer
+
 
 class UserError(Exception):
     """An expected, explainable failure: printed as one line, no traceback."""

@@ -22,6 +22,10 @@ def build(
     k: int = typer.Option(5, min=1, help="Background candidates per object from scene matching."),
     similarity: str = typer.Option("max", help="Jaccard aggregation: max | union."),
     max_uses: int | None = typer.Option(None, min=1, help="Cap on how often one background is chosen."),
+    match_across_splits: bool = typer.Option(
+        False, "--match-across-splits",
+        help="Draw backgrounds from any split (default: only the object's own train/val/test group, "
+             "so releases can be split without leaks)."),
     placement: str = typer.Option("prior", help="Placement: prior | graconet."),
     graconet_ckpt: Path | None = typer.Option(None, help="GracoNet checkpoint for --placement graconet."),
     harmonize: str = typer.Option("fit", help="Harmonization: fit | reinhard | none | network."),
@@ -38,10 +42,12 @@ def build(
 ) -> None:
     """Validate, match, plan and compose SOURCE into the work directory OUT, resumably."""
     from comcoco.compose.engine import ComposeConfig, ComposeConfigError
+    from comcoco.harmonize.network import CheckpointError
+    from comcoco.placement.graconet import GracoNetError
     from comcoco.plan import BuildConfig, PlanMismatchError, SourceSpec
     from comcoco.sources.refer import SourceError
 
-    with user_errors(ComposeConfigError, PlanMismatchError, SourceError, ValueError):
+    with user_errors(ComposeConfigError, PlanMismatchError, SourceError, GracoNetError, CheckpointError, ValueError):
         compose = ComposeConfig(
             seed=seed, placement=placement, harmonize=harmonize, objects_per_image=objects_per_image,
             candidates_per_ref=candidates_per_ref, image_format=image_format,
@@ -49,7 +55,8 @@ def build(
             harmonizer_ckpt=str(harmonizer_ckpt.resolve()) if harmonizer_ckpt else None,
         )
         compose.validate()
-        config = BuildConfig(seed=seed, k=k, similarity=similarity, max_uses=max_uses, limit=limit,
+        config = BuildConfig(seed=seed, k=k, similarity=similarity, max_uses=max_uses,
+                             match_within_splits=not match_across_splits, limit=limit,
                              shard_size=shard_size, compose=compose)
         spec = SourceSpec(root=str(source.resolve()), dataset=dataset, split_by=split_by,
                           images=str(images.resolve()) if images else None)
@@ -57,10 +64,11 @@ def build(
 
         runner_spec = RunnerSpec(kind=runner, workers=workers, address=dask_address)
         from comcoco.plan import check_resume
-        from comcoco.shards import cached_source
+        from comcoco.shards import cached_models, cached_source
 
         check_resume(out, config, spec)  # refuse a mismatched work directory before any work
         cached_source(spec)  # an unreadable source fails here, in one line, before the flow starts
+        cached_models(config)  # so does a checkpoint that does not load
         from pipelines.build import run_build
 
         show = sys.stderr.isatty() if progress is None else progress

@@ -71,7 +71,10 @@ def compose(
         graconet_ckpt=str(graconet_ckpt) if graconet_ckpt is not None else None,
         harmonizer_ckpt=str(harmonizer_ckpt) if harmonizer_ckpt is not None else None,
     )
-    with user_errors(ComposeConfigError, SourceError, SamplesFileError, CandidatesFileError):
+    from comcoco.harmonize.network import CheckpointError
+    from comcoco.placement.graconet import GracoNetError
+
+    with user_errors(ComposeConfigError, SourceError, SamplesFileError, CandidatesFileError, GracoNetError, CheckpointError):
         config.validate()
         if not candidates.is_file():
             raise UserError(f"{candidates}: no such candidates file")

@@ -414,6 +414,7 @@ def _place(
     avoid: Sequence[tuple[int, int, int, int]],
     config: ComposeConfig,
     models: ComposeModels,
+    given_box: tuple[int, int, int, int] | None = None,
 ) -> Placement:
     from comcoco.placement.sampler import (
         PlacementError,
@@ -432,7 +433,9 @@ def _place(
         bg_objects=group.bg_objects,
         avoid=tuple(tuple(float(v) for v in b) for b in avoid),  # type: ignore[misc]
     )
-    if config.placement == "prior":
+    if given_box is not None:
+        pl = _given_placement(req, given_box)
+    elif config.placement == "prior":
         pl = sample_placement(req, config.seed, key=plan.sample_id, k=config.placement_k)
     else:
         crop = np.ascontiguousarray(fg[ry : ry + rh, rx : rx + rw])
@@ -468,18 +471,50 @@ def _place(
     return pl
 
 
+def _given_placement(req: Any, box: Sequence[float]) -> Placement:
+    """The placement for a box chosen outside the sampler (a reviewer's correction).
+
+    The box sets scale and position the way GracoNet reads one (``params_from_box``: the limiting side
+    gives s, the corner gives rx, ry); the object keeps its aspect ratio, so the final box is the
+    ``placement_box`` of those parameters (a box already aspect-true to within a pixel is kept exactly,
+    so re-placing an existing box reproduces it). Its plausibility is scored like a sampled one, but a soft
+    rejection (e.g. covering a background object) does not overrule the person who chose it; the
+    hard limits (inside the frame, no overlap with pasted objects) are checked by the caller.
+    """
+    from comcoco.placement.sampler import evaluate_box, params_from_box, placement_box
+
+    fw, fh = float(req.fg_box[2]), float(req.fg_box[3])
+    bg_w, bg_h = req.bg_size
+    s, rx, ry = params_from_box(box, fw, fh, bg_w, bg_h)
+    placed = placement_box(s, rx, ry, fw, fh, bg_w, bg_h)
+    x, y, w, h = (int(round(float(v))) for v in box)
+    inside = x >= 0 and y >= 0 and w >= 1 and h >= 1 and x + w <= bg_w and y + h <= bg_h
+    if inside and abs(placed[2] - w) <= 1 and abs(placed[3] - h) <= 1:
+        # already aspect-true up to the integer rounding: keep it exactly, so boxes never drift
+        placed = (x, y, w, h)
+    score, components, _soft_reason = evaluate_box(req, placed)
+    return Placement(s=s, rx=rx, ry=ry, box=placed, score=score, components=components)
+
+
 def _failed(row: SampleRow, status: str, reason: str) -> ComposedSample:
     return ComposedSample(row=replace(row, status=status, reason=reason))
 
 
 def compose_group(
-    group: GroupPlan, images: ImageCache, config: ComposeConfig, models: ComposeModels | None = None
+    group: GroupPlan,
+    images: ImageCache,
+    config: ComposeConfig,
+    models: ComposeModels | None = None,
+    boxes: Mapping[str, Sequence[float]] | None = None,
 ) -> ComposedGroup:
     """Compose one background with its objects. Bad data yields failure rows, never an exception.
 
     Objects are pasted in member order, each harmonized on the running composite, inside its own
     box, so object i's ground truth is the final composite with only object i's pixels restored to
     the background: exact outside object i's mask.
+
+    ``boxes`` (sample id → x, y, w, h in background pixels) skips placement sampling for those
+    members: review uses it to recompose a sample from a corrected box (see ``_given_placement``).
     """
     from comcoco.harmonize.fit import harmonize
     from comcoco.placement.sampler import PlacementError
@@ -519,7 +554,9 @@ def compose_group(
             out.samples.append(_failed(row, STATUS_BAD_SOURCE, f"ann {m.annotation.ann_id} of ref {m.candidate.ref_id} in image {m.fg_image.image_id}: {exc}"))
             continue
         try:
-            pl = _place(m, shape, fg, bg, group, avoid, config, models)
+            given = boxes.get(m.sample_id) if boxes else None
+            pl = _place(m, shape, fg, bg, group, avoid, config, models,
+                        None if given is None else tuple(int(round(float(v))) for v in given))  # type: ignore[arg-type]
             cut = cut_object(fg, shape, tuple(int(v) for v in pl.box))  # type: ignore[arg-type]
         except (PlacementError, ValueError) as exc:  # CutoutError is a ValueError; so are NaN proposals
             out.samples.append(_failed(row, STATUS_PLACEMENT_FAILED, f"{ids} into background {group.bg_image_id}: {exc}"))

@@ -188,7 +188,9 @@ def _mask_hw1(mask: np.ndarray, shape: tuple[int, ...]) -> np.ndarray:
     return np.clip(m, 0.0, 1.0)[..., None]
 
 
-def _run_chain(img: np.ndarray, names: Sequence[str], vals: Sequence[float], mask: np.ndarray | None) -> np.ndarray:
+def _run_chain(
+    img: np.ndarray, names: Sequence[str], vals: Sequence[float], mask: np.ndarray | None
+) -> np.ndarray:
     img = _as_image(img)
     out = img
     for name, x in zip(names, vals, strict=True):
@@ -232,7 +234,8 @@ def temperature_torch(img: torch.Tensor, x: torch.Tensor) -> torch.Tensor:
     ax = x.abs()
     zero = torch.zeros_like(x)
     shift = torch.cat(
-        [torch.where(x < 0, ax, zero), torch.where(x != 0, 0.5 * ax, zero), torch.where(x > 0, ax, zero)], dim=1
+        [torch.where(x < 0, ax, zero), torch.where(x != 0, 0.5 * ax, zero), torch.where(x > 0, ax, zero)],
+        dim=1,
     )
     m2 = m + shift
     g2 = m2.mean(dim=1, keepdim=True)
@@ -331,7 +334,9 @@ def _run_chain_torch(
     return out * m + img * (1.0 - m)
 
 
-def apply_filters_torch(img: torch.Tensor, args: torch.Tensor, mask: torch.Tensor | None = None) -> torch.Tensor:
+def apply_filters_torch(
+    img: torch.Tensor, args: torch.Tensor, mask: torch.Tensor | None = None
+) -> torch.Tensor:
     """Torch chain in Harmonizer order; differentiable in the image and the arguments."""
     return _run_chain_torch(img, args, mask, range(len(FILTER_NAMES)))
 

@@ -1,25 +1,28 @@
 """Harmonize a pasted object: per-image filter fitting (default), Reinhard transfer, identity, network.
 
 ``fit`` finds the six Harmonizer filter arguments for one composite without any learned weights, so
-that the pasted object's colour statistics move towards those of its own surroundings (a ring around
-the object), then applies them at full resolution inside the object only. It is a closed-form,
-filter-by-filter solve on a small working copy (≤128 px long side), cheap enough to run for every
-composite of the pipeline (a few ms per object on one core).
+that the pasted object's colour statistics move towards those of the scene across its outline, then
+applies them at full resolution inside the object only. It is a closed-form, filter-by-filter solve
+on a small working copy (≤128 px long side), cheap enough to run for every composite of the pipeline
+(a few ms per object on one core).
 
-Objective, per filter j in Harmonizer order (running object F after filters 1..j−1, ring R):
+Seam statistics: F = the object's pixels within ``band`` (1 working-copy pixel) inside its outline,
+R = the surroundings' pixels within ``band`` outside it. Across the seam the scene is most alike, so
+the gap between F and R says more about a colour mismatch and less about the object simply being a
+different thing than a comparison of the whole object with a wide ring would.
+
+Objective, per filter j in Harmonizer order (running F after filters 1..j−1):
 
     minimise  (g_j(θ_j) − Δ_j)² + λ_j θ_j²,   Δ_j = log stat_j(R) − log stat_j(F)
 
-where g_j is the log-change of stat_j that argument θ_j produces. Because an object's true statistics
-differ from its surroundings', matching the ring fully is wrong as often as leaving the object alone;
-the L2 term makes the solution close a fixed fraction ``strength`` = c²/(c² + λ) of the gap (a
-Gaussian-prior shrinkage: the expected mismatch is split between "the paste is off" and "the object
-is naturally different"). The unconstrained solution is mapped into the prior box by
-θ = r·tanh(θ*/r) with Harmonizer's synthesis ranges r.
+where g_j is the log-change of stat_j that argument θ_j produces. The L2 term makes the solution
+close a fixed fraction ``strength`` = c²/(c² + λ) = 0.5 of the gap: Gaussian-prior shrinkage with
+the natural seam difference and the paste mismatch assumed equally spread. The unconstrained
+solution is mapped into the prior box by θ = r·tanh(θ*/r) with Harmonizer's synthesis ranges r.
 
-Statistics: temperature — log chromaticities log(μR/μG), log(μB/μG) (1-D grid search, gains from the
-whole-image means); brightness — mean HSV V; contrast — std of luma; saturation — mean HSL S;
-highlight — 95th luma percentile; shadow — 5th luma percentile.
+Statistics: temperature — log chromaticities log(μR/μG), log(μB/μG) of the least saturated 30 %
+(1-D grid search, gains from the whole-image means); brightness — mean HSV V; contrast — std of
+luma; saturation — mean HSL S; highlight — 95th luma percentile; shadow — 5th luma percentile.
 """
 
 from __future__ import annotations
@@ -38,7 +41,8 @@ HARMONIZE_METHODS: tuple[str, ...] = ("fit", "reinhard", "none", "network")
 
 _LUMA = np.array([0.299, 0.587, 0.114], dtype=np.float32)
 _MIN_PIXELS = 16
-_GAMMA_LEVELS = 16384
+_GAMMA_LEVELS = 12288  # a multiple of 3: the table is computed as an (n/3, 3) image
+_MAX_PIXELS = 4096
 
 
 @dataclass(frozen=True)
@@ -46,13 +50,21 @@ class FitConfig:
     """Knobs of the closed-form fit (defaults are the documented project choices)."""
 
     ranges: tuple[float, ...] = flt.FILTER_RANGES  # prior box r_i of θ_i = r_i·tanh(u_i)
-    strength: float = 0.25  # fraction of the log-statistic gap closed per filter (sets λ)
+    strength: float = 0.5  # fraction of the log-statistic gap closed per filter (sets λ)
     work_size: int = 128  # long side of the working copy the fit runs on
-    ring_frac: float = 0.15  # ring width as a fraction of sqrt(object area), full-res pixels
-    ring_min: int = 4  # minimum ring width, full-res pixels
-    ring_max: int = 40  # maximum ring width, full-res pixels
+    band: int = 1  # width of the seam bands (inside and outside the object), working-copy pixels
     temperature_grid: int = 61  # grid points of the 1-D temperature search
     grey_frac: float = 0.3  # temperature compares the least saturated 30 % of each region
+
+    def __post_init__(self) -> None:
+        if len(self.ranges) != len(FILTER_NAMES) or any(not 0 <= r <= 1 for r in self.ranges):
+            raise ValueError(f"ranges must be {len(FILTER_NAMES)} values in [0, 1], got {self.ranges}")
+        if not 0 <= self.strength <= 1:
+            raise ValueError(f"strength must be in [0, 1], got {self.strength}")
+        if self.work_size < 16 or self.temperature_grid < 3 or not 0 < self.grey_frac <= 1:
+            raise ValueError("work_size must be ≥ 16, temperature_grid ≥ 3 and grey_frac in (0, 1]")
+        if self.band < 1:
+            raise ValueError(f"band must be ≥ 1 pixel, got {self.band}")
 
 
 @dataclass(frozen=True)
@@ -116,23 +128,27 @@ def _resize(img: np.ndarray, scale: float) -> np.ndarray:
 
 @dataclass
 class _Work:
-    """The small working copy of one composite: object pixels, ring pixels and a thumbnail."""
+    """The small working copy of one composite: object, seam bands and a whole-image thumbnail."""
 
-    obj: np.ndarray  # (N, 3) float32 object pixels
-    ring: np.ndarray  # (M, 3) float32 ring pixels
+    obj: np.ndarray  # (N, 3) float32 pixels of the whole object
+    inner: np.ndarray  # object pixels within `band` of its outline (whole object if too few)
+    outer: np.ndarray  # surroundings within `band` of the outline, object excluded
     thumb: np.ndarray  # (K, 3) float32 whole-image thumbnail pixels
-    ring_width: int  # full-resolution ring width used
+
+
+def _disk(r: int) -> np.ndarray:
+    return cv2.getStructuringElement(cv2.MORPH_ELLIPSE, (2 * r + 1, 2 * r + 1))
 
 
 def _working_copy(composite: np.ndarray, al: _Alpha, cfg: FitConfig) -> _Work | None:
     if al.box is None:
         return None
     h, w = al.shape
-    area = float(np.count_nonzero(al.crop >= 0.5))
-    ring_w = int(np.clip(round(cfg.ring_frac * np.sqrt(max(area, 1.0))), cfg.ring_min, cfg.ring_max))
     by0, by1, bx0, bx1 = al.box
-    y0, x0 = max(0, by0 - ring_w - 1), max(0, bx0 - ring_w - 1)
-    y1, x1 = min(h, by1 + ring_w + 1), min(w, bx1 + ring_w + 1)
+    scale0 = min(1.0, cfg.work_size / max(by1 - by0, bx1 - bx0))
+    margin = int(np.ceil((cfg.band + 2) / scale0))
+    y0, x0 = max(0, by0 - margin), max(0, bx0 - margin)
+    y1, x1 = min(h, by1 + margin), min(w, bx1 + margin)
     crop = composite[y0:y1, x0:x1]
     a_reg = np.zeros((y1 - y0, x1 - x0), np.float32)
     a_reg[by0 - y0 : by1 - y0, bx0 - x0 : bx1 - x0] = al.crop
@@ -140,15 +156,28 @@ def _working_copy(composite: np.ndarray, al: _Alpha, cfg: FitConfig) -> _Work | 
     crop_s = _resize(crop, scale).astype(np.float32) / np.float32(255.0)
     a_s = _resize(a_reg, scale)
     obj_m = a_s >= 0.5
-    excl = a_s > 0.01
-    rw = max(1, round(ring_w * scale))
-    kernel = cv2.getStructuringElement(cv2.MORPH_ELLIPSE, (2 * rw + 1, 2 * rw + 1))
-    ring_m = (cv2.dilate(obj_m.view(np.uint8), kernel) > 0) & ~excl
-    if np.count_nonzero(ring_m) < _MIN_PIXELS:
-        ring_m = ~excl
-    tscale = min(1.0, 64.0 / max(h, w))
-    thumb = _resize(composite, tscale).astype(np.float32).reshape(-1, 3) / np.float32(255.0)
-    return _Work(obj=crop_s[obj_m], ring=crop_s[ring_m], thumb=thumb, ring_width=ring_w)
+    outside = ~(a_s > 0.01)
+    obj_u8 = obj_m.view(np.uint8)
+    inner_m = obj_m & ~(cv2.erode(obj_u8, _disk(cfg.band), borderType=cv2.BORDER_REPLICATE) > 0)
+    outer_m = (cv2.dilate(obj_u8, _disk(cfg.band)) > 0) & outside
+    if np.count_nonzero(inner_m) < _MIN_PIXELS:
+        inner_m = obj_m
+    if np.count_nonzero(outer_m) < _MIN_PIXELS:
+        outer_m = outside
+    step = max(1, -(-max(h, w) // 64))  # whole-image means from a strided ~64 px thumbnail
+    thumb = composite[::step, ::step].reshape(-1, 3).astype(np.float32) / np.float32(255.0)
+    return _Work(
+        obj=_cap(crop_s[obj_m]),
+        inner=_cap(crop_s[inner_m]),
+        outer=_cap(crop_s[outer_m]),
+        thumb=thumb,
+    )
+
+
+def _cap(px: np.ndarray) -> np.ndarray:
+    """At most _MAX_PIXELS pixels, by a fixed stride: statistics need no more, and cost scales with it."""
+    step = -(-len(px) // _MAX_PIXELS)
+    return px[::step] if step > 1 else px
 
 
 # --- statistics ----------------------------------------------------------------------------------
@@ -212,7 +241,9 @@ def _temperature_gains_grid(means: np.ndarray, xs: np.ndarray) -> np.ndarray:
     ax = np.abs(x)
     g = m.mean(axis=1, keepdims=True)
     a = 1.0 - g / (m + flt.EPS)
-    shift = np.concatenate([np.where(x < 0, ax, 0.0), np.where(x != 0, 0.5 * ax, 0.0), np.where(x > 0, ax, 0.0)], axis=1)
+    shift = np.concatenate(
+        [np.where(x < 0, ax, 0.0), np.where(x != 0, 0.5 * ax, 0.0), np.where(x > 0, ax, 0.0)], axis=1
+    )
     m2 = m + shift
     return m2.mean(axis=1, keepdims=True) / (m2 + flt.EPS) + a
 
@@ -220,13 +251,13 @@ def _temperature_gains_grid(means: np.ndarray, xs: np.ndarray) -> np.ndarray:
 def _fit_work(work: _Work, cfg: FitConfig) -> tuple[np.ndarray, ChainStats]:
     r = cfg.ranges
     theta = np.zeros(len(FILTER_NAMES), dtype=np.float64)
-    obj, ring, thumb = work.obj, work.ring, work.thumb
+    obj, ref, thumb = work.inner, work.outer, work.thumb
 
     # 1. temperature: 1-D search over the prior box, gains from the whole-image means.
     means = flt.channel_means(thumb)
     k = float(cfg.strength)
-    c_obj, c_ring = _chroma(obj, cfg.grey_frac), _chroma(ring, cfg.grey_frac)
-    target = c_obj + k * (c_ring - c_obj)
+    c_obj, c_ref = _chroma(obj, cfg.grey_frac), _chroma(ref, cfg.grey_frac)
+    target = c_obj + k * (c_ref - c_obj)
     grey = obj
     if 0 < cfg.grey_frac < 1 and len(obj) >= 2 * _MIN_PIXELS:
         so = _hsl_s(obj)
@@ -247,32 +278,32 @@ def _fit_work(work: _Work, cfg: FitConfig) -> tuple[np.ndarray, ChainStats]:
     thumb = flt.temperature(thumb, theta[0], means=means)
 
     # 2. brightness: mean HSV value.
-    lg = k * _log_ratio(float(_value(ring).mean()), float(_value(obj).mean()))
+    lg = k * _log_ratio(float(_value(ref).mean()), float(_value(obj).mean()))
     theta[1] = _squash(_arg_from_gain(lg), r[1])
     obj = flt.brightness(obj, theta[1])
     thumb = flt.brightness(thumb, theta[1])
 
     # 3. contrast: std of luma; pivot is the whole-image mean of the running image.
     t = float(thumb.mean(dtype=np.float64))
-    lg = k * _log_ratio(float(_luma(ring).std()), float(_luma(obj).std()))
+    lg = k * _log_ratio(float(_luma(ref).std()), float(_luma(obj).std()))
     theta[2] = _contrast_arg(_squash(float(np.expm1(lg)), r[2]))
     obj = flt.contrast(obj, theta[2], mean=t)
 
     # 4. saturation: mean HSL saturation.
-    lg = k * _log_ratio(float(_hsl_s(ring).mean()), float(_hsl_s(obj).mean()))
+    lg = k * _log_ratio(float(_hsl_s(ref).mean()), float(_hsl_s(obj).mean()))
     theta[3] = _squash(_arg_from_gain(lg), r[3])
     obj = flt.saturation(obj, theta[3])
 
     # 5. highlight: 95th luma percentile, exponent of 1 − (1 − I)^(1+x), shrunk geometrically.
     p = float(np.clip(np.percentile(_luma(obj), 95), 0.02, 0.98))
-    q = float(np.clip(np.percentile(_luma(ring), 95), 0.02, 0.98))
+    q = float(np.clip(np.percentile(_luma(ref), 95), 0.02, 0.98))
     e = float(np.exp(k * np.log(np.log1p(-q) / np.log1p(-p))))
     theta[4] = _squash(e - 1.0, r[4])
     obj = flt.highlight(obj, theta[4])
 
     # 6. shadow: 5th luma percentile, exponent of I^(1−x).
     p = float(np.clip(np.percentile(_luma(obj), 5), 0.02, 0.98))
-    q = float(np.clip(np.percentile(_luma(ring), 5), 0.02, 0.98))
+    q = float(np.clip(np.percentile(_luma(ref), 5), 0.02, 0.98))
     e = float(np.exp(k * np.log(np.log(q) / np.log(p))))
     theta[5] = _squash(1.0 - e, r[5])
 
@@ -283,7 +314,7 @@ def _fit_work(work: _Work, cfg: FitConfig) -> tuple[np.ndarray, ChainStats]:
 def fit_arguments(
     composite: np.ndarray, mask: np.ndarray, config: FitConfig | None = None
 ) -> tuple[FilterArgs, ChainStats | None]:
-    """Fit the six filter arguments for one composite (identity when the object or ring is too small).
+    """Fit the six filter arguments for one composite (identity when the object or seam is too small).
 
     Returns the arguments and the whole-image statistics the fit assumed, for :func:`apply_arguments`.
     """
@@ -293,7 +324,7 @@ def fit_arguments(
 
 def _fit(comp: np.ndarray, al: _Alpha, cfg: FitConfig) -> tuple[FilterArgs, ChainStats | None]:
     work = _working_copy(comp, al, cfg)
-    if work is None or len(work.obj) < _MIN_PIXELS or len(work.ring) < _MIN_PIXELS:
+    if work is None or len(work.inner) < _MIN_PIXELS or len(work.outer) < _MIN_PIXELS:
         return FilterArgs(), None
     theta, stats = _fit_work(work, cfg)
     return FilterArgs.from_sequence(theta), stats
@@ -354,8 +385,10 @@ def _apply(comp: np.ndarray, al: _Alpha, vals: tuple[float, ...], stats: ChainSt
         f = flt.saturation(f, vals[3])
         if vals[4] != 0 or vals[5] != 0:
             # highlight∘shadow as a table over _GAMMA_LEVELS input levels (≤0.5 of a uint8 step off)
-            levels = np.arange(_GAMMA_LEVELS, dtype=np.float32) / np.float32(_GAMMA_LEVELS - 1)
-            curve = flt.shadow(flt.highlight(np.repeat(levels[:, None], 3, axis=1), vals[4]), vals[5])[:, 0]
+            levels = (np.arange(_GAMMA_LEVELS, dtype=np.float32) / np.float32(_GAMMA_LEVELS - 1)).reshape(
+                -1, 3
+            )
+            curve = flt.shadow(flt.highlight(levels, vals[4]), vals[5]).reshape(-1)
             f = curve[np.rint(f * np.float32(_GAMMA_LEVELS - 1)).astype(np.intp)]
     _write(out, al, sel, px, f)
     return out
@@ -370,7 +403,9 @@ def _write(out: np.ndarray, al: _Alpha, sel: np.ndarray, px: np.ndarray, f: np.n
         val = f * np.float32(255.0)
     else:
         a = al_px[:, None]
-        val = (f * a + (px.astype(np.float32) / np.float32(255.0)) * (np.float32(1.0) - a)) * np.float32(255.0)
+        val = (f * a + (px.astype(np.float32) / np.float32(255.0)) * (np.float32(1.0) - a)) * np.float32(
+            255.0
+        )
     region = out[y0:y1, x0:x1]
     region[sel] = np.clip(np.rint(val), 0, 255).astype(np.uint8)
 
@@ -383,7 +418,7 @@ def _lab(px_rgb01: np.ndarray) -> np.ndarray:
 
 
 def reinhard(composite: np.ndarray, mask: np.ndarray, config: FitConfig | None = None) -> np.ndarray:
-    """Masked Reinhard transfer in Lab: object mean/std per channel → those of its ring."""
+    """Masked Reinhard transfer in Lab: object mean/std per channel → those of the surroundings' seam band."""
     comp = _check_composite(composite)
     return _reinhard(comp, _alpha(mask, comp.shape[:2]), config or FitConfig())
 
@@ -391,9 +426,9 @@ def reinhard(composite: np.ndarray, mask: np.ndarray, config: FitConfig | None =
 def _reinhard(comp: np.ndarray, al: _Alpha, cfg: FitConfig) -> np.ndarray:
     out = comp.copy()
     work = _working_copy(comp, al, cfg)
-    if work is None or len(work.obj) < _MIN_PIXELS or len(work.ring) < _MIN_PIXELS:
+    if work is None or len(work.obj) < _MIN_PIXELS or len(work.outer) < _MIN_PIXELS:
         return out
-    lo, lr = _lab(work.obj), _lab(work.ring)
+    lo, lr = _lab(work.obj), _lab(work.outer)
     mu_o, sd_o = lo.mean(axis=0), lo.std(axis=0)
     mu_r, sd_r = lr.mean(axis=0), lr.std(axis=0)
     gain = np.where(sd_o > 1e-6, sd_r / np.maximum(sd_o, 1e-6), 1.0).astype(np.float32)
@@ -425,7 +460,9 @@ def harmonize(
     :class:`comcoco.harmonize.network.HarmonizerNet` in ``network``.
     """
     if method not in HARMONIZE_METHODS:
-        raise ValueError(f"unknown harmonize method {method!r}; expected one of {', '.join(HARMONIZE_METHODS)}")
+        raise ValueError(
+            f"unknown harmonize method {method!r}; expected one of {', '.join(HARMONIZE_METHODS)}"
+        )
     comp = _check_composite(composite)
     al = _alpha(mask, comp.shape[:2])
     cfg = config or FitConfig()

@@ -60,7 +60,9 @@ B0_STAGES: tuple[BlockSpec, ...] = (
 class SameConv2d(nn.Conv2d):
     """Conv2d with TensorFlow "same" padding computed from the input size (extra pixel right/bottom)."""
 
-    def __init__(self, in_ch: int, out_ch: int, kernel: int, stride: int = 1, groups: int = 1, bias: bool = True):
+    def __init__(
+        self, in_ch: int, out_ch: int, kernel: int, stride: int = 1, groups: int = 1, bias: bool = True
+    ):
         super().__init__(in_ch, out_ch, kernel, stride=stride, padding=0, groups=groups, bias=bias)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
@@ -81,7 +83,9 @@ def _bn(ch: int) -> nn.BatchNorm2d:
 class MBConvBlock(nn.Module):
     """Mobile inverted bottleneck with squeeze-and-excitation (lukemelas key names)."""
 
-    def __init__(self, in_ch: int, out_ch: int, expand: int, kernel: int, stride: int, se_ratio: float = 0.25):
+    def __init__(
+        self, in_ch: int, out_ch: int, expand: int, kernel: int, stride: int, se_ratio: float = 0.25
+    ):
         super().__init__()
         mid = in_ch * expand
         self.expand = expand
@@ -203,9 +207,13 @@ def check_state_dict(state: Mapping[str, object], source: str = "checkpoint") ->
     extra = sorted(set(state) - set(expected))
     problems = []
     if missing:
-        problems.append(f"missing key {missing[0]!r}" + (f" (+{len(missing) - 1} more)" if len(missing) > 1 else ""))
+        problems.append(
+            f"missing key {missing[0]!r}" + (f" (+{len(missing) - 1} more)" if len(missing) > 1 else "")
+        )
     if extra:
-        problems.append(f"unexpected key {extra[0]!r}" + (f" (+{len(extra) - 1} more)" if len(extra) > 1 else ""))
+        problems.append(
+            f"unexpected key {extra[0]!r}" + (f" (+{len(extra) - 1} more)" if len(extra) > 1 else "")
+        )
     for key in sorted(set(expected) & set(state)):
         value = state[key]
         if not isinstance(value, torch.Tensor):

@@ -29,7 +29,7 @@ similarities from sparse integer products (sentence × sentence), max-reduced pe
 from __future__ import annotations
 
 import sys
-from collections.abc import Collection, Iterator, Sequence
+from collections.abc import Collection, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -73,6 +73,8 @@ _EXACT_ELEMS = 1 << 21
 _KEY_SLACK = (4.0, 8.0)
 # Extra candidates ranked per ref when a usage cap may skip some of them.
 _CAP_MARGIN = 16
+# Refs per chunk of the usage-capped greedy whose stale rankings are refreshed together.
+_CAP_CHUNK = 256
 
 _U64_MAX = np.uint64(0xFFFFFFFFFFFFFFFF)
 _GOLDEN = np.uint64(0x9E3779B97F4A7C15)
@@ -319,27 +321,22 @@ class _Corpus:
 
 
 def _mix(z: np.ndarray) -> np.ndarray:
-    """The splitmix64 finaliser of ``comcoco.ids.seeded_keys``, in place on a uint64 array."""
-    with np.errstate(over="ignore"):
-        z += _GOLDEN
-        z ^= z >> np.uint64(30)
-        z *= _MIX1
-        z ^= z >> np.uint64(27)
-        z *= _MIX2
-        z ^= z >> np.uint64(31)
+    """The splitmix64 finaliser of ``comcoco.ids.seeded_keys``, in place on a uint64 array.
+
+    Array arithmetic wraps modulo 2**64 silently, exactly like the scalar version there.
+    """
+    z += _GOLDEN
+    z ^= z >> np.uint64(30)
+    z *= _MIX1
+    z ^= z >> np.uint64(27)
+    z *= _MIX2
+    z ^= z >> np.uint64(31)
     return z
 
 
-def _tie_keys(images: np.ndarray, offsets: np.ndarray) -> np.ndarray:
-    """``seeded_keys`` for a block: row i equals ``seeded_keys(seed, ref_id_i, images)``."""
-    with np.errstate(over="ignore"):
-        return _mix(images.astype(np.uint64)[None, :] + offsets[:, None])
-
-
 def _pair_keys(images: np.ndarray, offsets: np.ndarray) -> np.ndarray:
-    """``seeded_keys`` for aligned (image, ref offset) pairs."""
-    with np.errstate(over="ignore"):
-        return _mix(images.astype(np.uint64) + offsets)
+    """``seeded_keys`` for aligned (image, ref offset) pairs (or one offset for all images)."""
+    return _mix(images.astype(np.uint64) + offsets)
 
 
 def _rows_of(indptr: np.ndarray, rows: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
@@ -358,6 +355,7 @@ class _ClusterIndex:
         self.corpus = corpus
         self.similarity = similarity
         self.images = images
+        self.images_u64 = images.astype(np.uint64)
         self.n = len(images)
         pos = np.searchsorted(corpus.text_images, images)
         pos_c = np.minimum(pos, max(len(corpus.text_images) - 1, 0))
@@ -450,13 +448,17 @@ def _own_columns(ci: _ClusterIndex, ref_images: np.ndarray) -> np.ndarray:
     return np.where(ci.images[pos] == ref_images, pos, -1).astype(np.int64)
 
 
-def _rank_exact(ci: _ClusterIndex, rows: np.ndarray, own: np.ndarray, need: int) -> list[_Ranked]:
+def _rank_exact(
+    ci: _ClusterIndex, rows: np.ndarray, own: np.ndarray, need: int, blocked: np.ndarray | None = None
+) -> list[_Ranked]:
     """Rank with exact similarities: the ``need`` best of each ref by (similarity, key, image id)."""
     c = ci.corpus
     sims = ci.similarities(rows)
     has_own = own >= 0
     sims[np.nonzero(has_own)[0], own[has_own]] = np.inf
-    pool = ci.n - has_own.astype(np.int64)
+    if blocked is not None:
+        sims[:, blocked] = np.inf
+    pool = _pool_sizes(ci, own, blocked)
     kk = min(need, ci.n)
     vstar = np.partition(sims, kk - 1, axis=1)[:, kk - 1]
     mask = (sims <= vstar[:, None]) & np.isfinite(sims)
@@ -490,52 +492,54 @@ def _rank_zero_rows(
     zero-similarity images keeps the sort tiny; a row where fewer pass is redone without threshold,
     so the result is always exact. Keys are hashed only for zero entries when those are a minority.
     """
+    images = ci.images_u64
     offsets = ci.corpus.offsets[rows[ok_idx]]
-    w = want[ok_idx].astype(np.float64)
-    frac = np.maximum(w + _KEY_SLACK[0] * np.sqrt(w) + _KEY_SLACK[1], 0.0) / np.maximum(zero_count, 1)
-    thr = np.full(len(ok_idx), _U64_MAX, dtype=np.uint64)
-    low = frac < 1.0
-    thr[low] = (frac[low] * 2.0**64).astype(np.uint64)
-    if int(zero_count.sum()) * 2 < zero.size:
-        zr, zc = np.nonzero(zero)
-        zkeys = _pair_keys(ci.images[zc], offsets[zr])
-    else:
-        zr = zc = None
-        dense_keys = _tie_keys(ci.images, offsets)
-    for attempt in range(2):
-        if zr is not None:
-            m = zkeys <= thr[zr]
-            rr, cc, kv = zr[m], zc[m], zkeys[m]
+    for j, i in enumerate(ok_idx.tolist()):
+        take, count = int(want[i]), int(zero_count[j])
+        expect = max(take + _KEY_SLACK[0] * take**0.5 + _KEY_SLACK[1], 0.0)
+        thr = _U64_MAX if expect >= count else np.uint64(int(expect / count * 2.0**64))
+        if 2 * count < ci.n:
+            cols = np.flatnonzero(zero[j])
+            keys = _pair_keys(images[cols], offsets[j])
+            passed = np.flatnonzero(keys <= thr)
         else:
-            rr, cc = np.nonzero(zero & (dense_keys <= thr[:, None]))
-            kv = dense_keys[rr, cc]
-        order = np.lexsort((kv, rr))
-        rr, cc = rr[order], cc[order]
-        bounds = np.searchsorted(rr, np.arange(len(ok_idx) + 1))
-        short = []
-        for j, i in enumerate(ok_idx.tolist()):
-            if result[i] is not None:
-                continue
-            a, take = int(bounds[j]), int(want[i])
-            if int(bounds[j + 1]) - a >= take:
-                cols = cc[a : a + take]
-                result[i] = _Ranked(ci.images[cols], np.zeros(take), complete=take == int(pool[i]))
-            else:
-                short.append(j)
-        if not short or attempt:
-            break
-        thr[:] = 0  # rows already ranked are skipped above
-        thr[short] = _U64_MAX
+            all_keys = _pair_keys(images, offsets[j])
+            passed = np.flatnonzero(zero[j] & (all_keys <= thr))
+            cols, keys, passed = passed, all_keys[passed], None
+        if passed is not None:
+            if len(passed) >= take:
+                cols, keys = cols[passed], keys[passed]
+        elif len(cols) < take:  # dense row below the threshold: fall back to every zero entry
+            cols = np.flatnonzero(zero[j])
+            keys = all_keys[cols]
+        best = cols[np.argsort(keys, kind="stable")[:take]]
+        result[i] = _Ranked(ci.images[best], np.zeros(take), complete=take == int(pool[i]))
 
 
-def _rank_block(ci: _ClusterIndex, rows: np.ndarray, need: int) -> list[_Ranked]:
-    """Rank a block of refs: zero-similarity shortcut where possible, exact similarities otherwise."""
+def _pool_sizes(ci: _ClusterIndex, own: np.ndarray, blocked: np.ndarray | None) -> np.ndarray:
+    """How many cluster images each ref may choose: not its own image, not a blocked one."""
+    has_own = own >= 0
+    if blocked is None:
+        return ci.n - has_own.astype(np.int64)
+    own_free = has_own & ~blocked[np.maximum(own, 0)]
+    return int(ci.n - blocked.sum()) - own_free.astype(np.int64)
+
+
+def _rank_block(
+    ci: _ClusterIndex, rows: np.ndarray, need: int, blocked: np.ndarray | None = None
+) -> list[_Ranked]:
+    """Rank a block of refs: zero-similarity shortcut where possible, exact similarities otherwise.
+
+    ``blocked`` (bool per cluster image) removes images from every pool, as the usage cap needs.
+    """
     c = ci.corpus
     own = _own_columns(ci, c.ref_images[rows])
     has_own = own >= 0
     zero = ~ci.hits(rows)
     zero[np.nonzero(has_own)[0], own[has_own]] = False
-    pool = ci.n - has_own.astype(np.int64)
+    if blocked is not None:
+        zero[:, blocked] = False
+    pool = _pool_sizes(ci, own, blocked)
     want = np.minimum(need, pool)
     zero_count = zero.sum(axis=1)
     ok_idx = np.nonzero(zero_count >= want)[0]
@@ -548,7 +552,9 @@ def _rank_block(ci: _ClusterIndex, rows: np.ndarray, need: int) -> list[_Ranked]
         for s in range(0, len(rest), step):
             part_rows = rest[s : s + step]
             for i, ranked in zip(
-                part_rows.tolist(), _rank_exact(ci, rows[part_rows], own[part_rows], need), strict=True
+                part_rows.tolist(),
+                _rank_exact(ci, rows[part_rows], own[part_rows], need, blocked),
+                strict=True,
             ):
                 result[i] = ranked
     return [r for r in result if r is not None]
@@ -616,20 +622,70 @@ def match_backgrounds(
         }
         return _candidates(refs, corpus.clusters.tolist(), chosen)
 
-    def ranking(pos: int) -> Iterator[tuple[int, float]]:
-        r = ranked[pos]
-        yield from zip(r.images.tolist(), r.sims.tolist(), strict=True)
-        if not r.complete:
-            ci = indexes[int(corpus.clusters[pos])]
-            rows = np.asarray([pos], dtype=np.int64)
-            full = _rank_exact(ci, rows, _own_columns(ci, corpus.ref_images[rows]), ci.n)[0]
-            yield from zip(
-                full.images[len(r.images) :].tolist(), full.sims[len(r.images) :].tolist(), strict=True
-            )
-
     order = _usage_order(int(seed), corpus.ref_ids).tolist()
-    chosen = _greedy_cap(order, ranking, k, int(max_uses))
+    chosen = _capped_choice(order, ranked, indexes, corpus, pools, k, int(max_uses), need)
     return _candidates(refs, corpus.clusters.tolist(), chosen)
+
+
+def _capped_choice(
+    order: Sequence[int],
+    ranked: dict[int, _Ranked],
+    indexes: dict[int, _ClusterIndex],
+    corpus: _Corpus,
+    pools: dict[int, np.ndarray],
+    k: int,
+    max_uses: int,
+    need: int,
+) -> dict[int, list[tuple[int, float]]]:
+    """The usage-capped greedy of ``_greedy_cap``, without walking long saturated rankings.
+
+    Each ref walks its best candidates, skipping saturated images. Refs are taken in chunks: a ref
+    whose prefix no longer holds ``k`` unsaturated images when its chunk starts gets a fresh prefix,
+    ranked (in one batch per cluster) among the images still available; images only ever leave that
+    set, so walking the fresh prefix gives the same choice. A ref that still falls short has the rest
+    of its choice ranked on its own among the images available at that moment (saturated and already
+    picked ones blocked), which yields exactly the next unsaturated images of its full ranking.
+    """
+    all_images = np.unique(np.concatenate([p for p in pools.values()])) if pools else np.zeros(0, np.int64)
+    slot = {int(img): i for i, img in enumerate(all_images.tolist())}
+    uses = np.zeros(len(all_images), dtype=np.int64)
+    cluster_slots = {cl: np.searchsorted(all_images, ci.images) for cl, ci in indexes.items()}
+    chosen: dict[int, list[tuple[int, float]]] = {}
+    for start in range(0, len(order), _CAP_CHUNK):
+        chunk = order[start : start + _CAP_CHUNK]
+        stale: dict[int, list[int]] = {}
+        for pos in chunk:
+            r = ranked[pos]
+            if not r.complete and int((uses[np.searchsorted(all_images, r.images)] < max_uses).sum()) < k:
+                stale.setdefault(int(corpus.clusters[pos]), []).append(pos)
+        for cl, members in sorted(stale.items()):
+            ci = indexes[cl]
+            blocked = uses[cluster_slots[cl]] >= max_uses
+            rows = np.asarray(members, dtype=np.int64)
+            step = max(1, _BLOCK_ELEMS // ci.n)
+            for s in range(0, len(rows), step):
+                part = rows[s : s + step]
+                for pos, fresh in zip(part.tolist(), _rank_block(ci, part, need, blocked), strict=True):
+                    ranked[pos] = fresh
+        for pos in chunk:
+            r = ranked[pos]
+            picks: list[tuple[int, float]] = []
+            for image_id, sim in zip(r.images.tolist(), r.sims.tolist(), strict=True):
+                if uses[slot[image_id]] < max_uses:
+                    picks.append((image_id, sim))
+                    if len(picks) == k:
+                        break
+            if len(picks) < k and not r.complete:
+                cl = int(corpus.clusters[pos])
+                ci = indexes[cl]
+                blocked = uses[cluster_slots[cl]] >= max_uses
+                blocked[np.searchsorted(ci.images, [image_id for image_id, _ in picks])] = True
+                more = _rank_block(ci, np.asarray([pos], dtype=np.int64), k - len(picks), blocked)[0]
+                picks.extend(zip(more.images.tolist(), more.sims.tolist(), strict=True))
+            for image_id, _ in picks:
+                uses[slot[image_id]] += 1
+            chosen[pos] = picks
+    return chosen
 
 
 # --- candidates files -----------------------------------------------------------------------------

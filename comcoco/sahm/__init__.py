@@ -3,4 +3,11 @@
 from comcoco.sahm.config import SAHMConfig, get_config
 from comcoco.sahm.model import SAHMGenerator, SAHMOutput, build_discriminator, build_generator
 
-__all__ = ["SAHMConfig", "SAHMGenerator", "SAHMOutput", "build_discriminator", "build_generator", "get_config"]
+__all__ = [
+    "SAHMConfig",
+    "SAHMGenerator",
+    "SAHMOutput",
+    "build_discriminator",
+    "build_generator",
+    "get_config",
+]

@@ -77,7 +77,9 @@ class DeformConv2d(nn.Module):
     def taps(self) -> int:
         return self.weight.shape[2] * self.weight.shape[3]
 
-    def forward(self, x: torch.Tensor, offset: torch.Tensor, mask: torch.Tensor | None = None) -> torch.Tensor:
+    def forward(
+        self, x: torch.Tensor, offset: torch.Tensor, mask: torch.Tensor | None = None
+    ) -> torch.Tensor:
         return deform_conv2d(x, offset, self.weight, self.bias, mask, padding=self.padding)
 
 

@@ -45,10 +45,17 @@ class HDC(nn.Module):
     def __init__(self, ch: int, sets: int = 3, rates: tuple[int, ...] = (1, 2, 5)):
         super().__init__()
         self.sets = nn.ModuleList(
-            nn.Sequential(*[
-                m for r in rates
-                for m in (nn.Conv2d(ch, ch, 3, padding=r, dilation=r), nn.GroupNorm(min(8, ch), ch), nn.GELU())
-            ])
+            nn.Sequential(
+                *[
+                    m
+                    for r in rates
+                    for m in (
+                        nn.Conv2d(ch, ch, 3, padding=r, dilation=r),
+                        nn.GroupNorm(min(8, ch), ch),
+                        nn.GELU(),
+                    )
+                ]
+            )
             for _ in range(sets)
         )
 

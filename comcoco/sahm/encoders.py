@@ -76,8 +76,14 @@ def build_swin(cfg: SAHMConfig) -> nn.Module:
     from transformers import Swinv2Model
 
     if cfg.swin_weights:
-        m = _load_local(Swinv2Model, cfg.swin_weights, "SwinV2", add_pooling_layer=False,
-                        image_size=cfg.image_size, window_size=cfg.swin_window)
+        m = _load_local(
+            Swinv2Model,
+            cfg.swin_weights,
+            "SwinV2",
+            add_pooling_layer=False,
+            image_size=cfg.image_size,
+            window_size=cfg.swin_window,
+        )
         if tuple(m.config.depths) != tuple(cfg.swin_depths) or m.config.embed_dim != cfg.swin_embed_dim:
             raise WeightsError(f"SwinV2 weights in {cfg.swin_weights} do not match config {cfg.name!r}")
         return m

@@ -1,6 +1,7 @@
 """Removal and segmentation metrics for SAHM runs (``RUN/metrics.json``).
 
-PSNR and SSIM come from torchmetrics (Gaussian 11-tap, σ 1.5, data range 1), averaged over images; IoU is
+PSNR and SSIM come from torchmetrics (Gaussian 11-tap, σ 1.5, data range 1; SSIM map averaged without the
+kernel-radius border as scikit-image does), averaged over images; IoU is
 reported as the mean over samples and as overall (Σ intersection / Σ union); Pr@0.7 is the share of samples
 with IoU > 0.7. FID uses a user-supplied TorchScript Inception feature network and LPIPS (v0.1, AlexNet) a
 user-supplied AlexNet state dict — neither ships with the project. A metric that cannot be computed is
@@ -54,13 +55,27 @@ def psnr_per_image(pred: torch.Tensor, target: torch.Tensor) -> torch.Tensor:
 
 
 def ssim_per_image(pred: torch.Tensor, target: torch.Tensor) -> torch.Tensor:
-    """SSIM per image (Gaussian kernel 11, σ 1.5, data range 1)."""
+    """SSIM per image (Gaussian 11 taps, σ 1.5, data range 1), averaged like scikit-image.
+
+    torchmetrics averages the SSIM map over the reflection-padded border too; scikit-image (and the
+    reference MATLAB code) drop a border of the kernel radius. The map is torchmetrics', the crop is ours.
+    """
     from torchmetrics.functional.image import structural_similarity_index_measure
 
-    return structural_similarity_index_measure(
-        pred.float(), target.float(), data_range=1.0, gaussian_kernel=True, sigma=1.5, kernel_size=11,
+    _, full = structural_similarity_index_measure(
+        pred.float(),
+        target.float(),
+        data_range=1.0,
+        gaussian_kernel=True,
+        sigma=1.5,
+        kernel_size=11,
         reduction="none",
-    ).reshape(-1)
+        return_full_image=True,
+    )
+    r = 5  # kernel radius
+    if full.shape[-1] <= 2 * r or full.shape[-2] <= 2 * r:
+        raise ValueError(f"SSIM needs images larger than {2 * r + 1} px, got {tuple(full.shape[-2:])}")
+    return full[..., r:-r, r:-r].mean(dim=(1, 2, 3))
 
 
 def mask_intersection_union(pred: torch.Tensor, gt: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
@@ -190,8 +205,9 @@ def load_lpips(alexnet_path: str | Path, heads_path: str | Path | None = None) -
     try:
         trunk = torch.load(p, map_location="cpu", weights_only=True)
         heads = torch.load(hp, map_location="cpu", weights_only=True)
-        model.features.load_state_dict({k[len("features."):]: v for k, v in trunk.items()
-                                        if k.startswith("features.")}, strict=True)
+        model.features.load_state_dict(
+            {k[len("features.") :]: v for k, v in trunk.items() if k.startswith("features.")}, strict=True
+        )
         model.lins.load_state_dict({f"{k[3]}.weight": v for k, v in heads.items()}, strict=True)
     except Exception as exc:
         raise MetricWeightsError(f"cannot load LPIPS weights from {p} / {hp}: {exc}") from exc
@@ -238,11 +254,17 @@ class RemovalMetrics:
         self._s = _Store([], [], [], [], [], [], [])
 
     @classmethod
-    def from_paths(cls, fid_path: str | Path | None = None, alexnet_path: str | Path | None = None,
-                   lpips_heads: str | Path | None = None) -> RemovalMetrics:
+    def from_paths(
+        cls,
+        fid_path: str | Path | None = None,
+        alexnet_path: str | Path | None = None,
+        lpips_heads: str | Path | None = None,
+    ) -> RemovalMetrics:
         """Resolve weights (argument, environment, standard location); missing ones become reasons."""
         kw: dict[str, Any] = {}
-        fp = resolve_weights(fid_path, FID_ENV, Path(os.environ.get("TMPDIR", "/tmp")) / NVIDIA_INCEPTION_FILE)
+        fp = resolve_weights(
+            fid_path, FID_ENV, Path(os.environ.get("TMPDIR", "/tmp")) / NVIDIA_INCEPTION_FILE
+        )
         if fp is not None:
             kw["fid"] = load_fid_features(fp)
         ap = resolve_weights(alexnet_path, LPIPS_ENV, torch_home() / "hub" / "checkpoints" / ALEXNET_FILE)
@@ -250,8 +272,9 @@ class RemovalMetrics:
             kw["lpips"] = load_lpips(ap, lpips_heads)
         return cls(**kw)
 
-    def update(self, pred: torch.Tensor, target: torch.Tensor, pred_mask: torch.Tensor,
-               gt_mask: torch.Tensor) -> None:
+    def update(
+        self, pred: torch.Tensor, target: torch.Tensor, pred_mask: torch.Tensor, gt_mask: torch.Tensor
+    ) -> None:
         """pred/target (B,3,H,W) in [0,1]; masks (B,1,H,W) binary (predicted already thresholded)."""
         if pred.shape != target.shape:
             raise ValueError(f"prediction {tuple(pred.shape)} and target {tuple(target.shape)} differ")
@@ -277,8 +300,11 @@ class RemovalMetrics:
         ious = iou_scores(inter, union)
         finite = [p for p in s.psnr if np.isfinite(p)]
         out: dict[str, dict[str, Any]] = {
-            "psnr": {"value": float(np.mean(finite)) if finite else None, "n": n,
-                     "identical_images": n - len(finite)},
+            "psnr": {
+                "value": float(np.mean(finite)) if finite else None,
+                "n": n,
+                "identical_images": n - len(finite),
+            },
             "ssim": {"value": float(np.mean(s.ssim)), "n": n},
             "iou_mean": {"value": float(ious.mean()), "n": n},
             "iou_overall": {"value": float(inter.sum() / union.sum()) if union.sum() > 0 else 1.0, "n": n},
@@ -292,12 +318,19 @@ class RemovalMetrics:
             out["fid"] = not_computed("FID needs at least 2 images")
         else:
             real, fake = np.concatenate(s.fid_real), np.concatenate(s.fid_fake)
-            out["fid"] = {"value": frechet_distance(real, fake), "n": n, "feature_dim": int(real.shape[1]),
-                          "input_mode": self.fid.input_mode}
+            out["fid"] = {
+                "value": frechet_distance(real, fake),
+                "n": n,
+                "feature_dim": int(real.shape[1]),
+                "input_mode": self.fid.input_mode,
+            }
             if n < real.shape[1]:
                 out["fid"]["note"] = f"{n} images < feature dim {real.shape[1]}: covariance is rank-deficient"
-        out["lpips"] = (not_computed(self.lpips_reason) if self.lpips is None
-                        else {"value": float(np.mean(s.lpips)), "n": n, "net": "alex", "version": "0.1"})
+        out["lpips"] = (
+            not_computed(self.lpips_reason)
+            if self.lpips is None
+            else {"value": float(np.mean(s.lpips)), "n": n, "net": "alex", "version": "0.1"}
+        )
         return out
 
 

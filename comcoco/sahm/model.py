@@ -50,7 +50,9 @@ class SAHMGenerator(nn.Module):
         self.seg_decoder = SegmentationDecoder(dims, cfg.decoder_dim)
         fill_dim = max(cfg.decoder_dim // 2, 16)
         fill_level = {16: 1, 8: 2}[cfg.fill_stride]
-        self.fill_decoder = FillingDecoder(dims, cfg.decoder_dim, fill_dim, fill_level, cfg.fill_softmax_scale)
+        self.fill_decoder = FillingDecoder(
+            dims, cfg.decoder_dim, fill_dim, fill_level, cfg.fill_softmax_scale
+        )
 
     def forward(
         self,
@@ -75,14 +77,20 @@ class SAHMGenerator(nn.Module):
         feats = self.image_encoder(image, fuse)
         seg_maps, mask_levels = self.seg_decoder(feats)
         probs = [torch.sigmoid(m).detach() for m in mask_levels]
-        mask_logits = F.interpolate(mask_levels[-1], size=image.shape[-2:], mode="bilinear", align_corners=False)
+        mask_logits = F.interpolate(
+            mask_levels[-1], size=image.shape[-2:], mode="bilinear", align_corners=False
+        )
         full = torch.sigmoid(mask_logits).detach()
         rgb_levels = self.fill_decoder(feats, seg_maps, probs, image, full)
         return SAHMOutput(mask_logits, mask_levels, rgb_levels, emissions, tags)
 
     @torch.no_grad()
     def predict(
-        self, image: torch.Tensor, input_ids: torch.Tensor, attention_mask: torch.Tensor, threshold: float = 0.5
+        self,
+        image: torch.Tensor,
+        input_ids: torch.Tensor,
+        attention_mask: torch.Tensor,
+        threshold: float = 0.5,
     ) -> tuple[torch.Tensor, torch.Tensor]:
         """Hard mask (B,1,H,W) and the removal result: input outside the mask, generated inside."""
         out = self.forward(image, input_ids, attention_mask)

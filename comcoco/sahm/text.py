@@ -16,7 +16,7 @@ import torch
 from torch import nn
 from torchcrf import CRF
 
-from comcoco.text.syntax import TAG_NAMES, TAG_OTHER, split_words, tag_words
+from comcoco.text.syntax import IDENTITY_WORDS, TAG_NAMES, TAG_OTHER, split_words, tag_words
 
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
 os.environ.setdefault("TRANSFORMERS_OFFLINE", "1")
@@ -96,13 +96,15 @@ class EncodedText:
     tags: torch.Tensor
 
 
-def encode_expressions(tok, expressions: Sequence[str], max_len: int) -> EncodedText:
+def encode_expressions(
+    tok, expressions: Sequence[str], max_len: int, identity: frozenset[str] = IDENTITY_WORDS
+) -> EncodedText:
     """Tokenize expressions word by word; each subword inherits its word's tag, specials are *other*."""
     words = [split_words(e) or ["<empty>"] for e in expressions]
     enc = tok(words, is_split_into_words=True, padding="max_length", truncation=True, max_length=max_len)
     tags = []
     for i, ws in enumerate(words):
-        wt = tag_words(ws)
+        wt = tag_words(ws, identity)
         tags.append([TAG_OTHER if wid is None else wt[wid] for wid in enc.word_ids(i)])
     return EncodedText(
         input_ids=torch.tensor(enc["input_ids"], dtype=torch.long),

@@ -27,7 +27,8 @@ from comcoco.sahm.config import SAHMConfig, get_config
 from comcoco.sahm.losses import discriminator_loss, generator_losses
 from comcoco.sahm.metrics import RemovalMetrics
 from comcoco.sahm.model import SAHMGenerator, build_discriminator, build_generator
-from comcoco.sahm.text import encode_expressions
+from comcoco.sahm.text import encode_expressions, tagging_accuracy
+from comcoco.text.syntax import IDENTITY_WORDS
 
 CHECKPOINT_FORMAT = 1
 
@@ -78,6 +79,7 @@ class Collator:
 
     tokenizer: Any
     max_len: int
+    identity: frozenset[str] = IDENTITY_WORDS
 
     def __call__(self, items: Sequence[dict[str, Any]]) -> dict[str, torch.Tensor]:
         for i, it in enumerate(items):
@@ -87,15 +89,25 @@ class Collator:
             h, w = it["image"].shape[-2:]
             if h % 32 or w % 32:
                 raise TrainError(f"sample {i}: image size {h}x{w} is not a multiple of 32")
-        enc = encode_expressions(self.tokenizer, [str(it["expression"]) for it in items], self.max_len)
+        enc = encode_expressions(
+            self.tokenizer, [str(it["expression"]) for it in items], self.max_len, self.identity
+        )
         return {
             "image": torch.stack([torch.as_tensor(it["image"], dtype=torch.float32) for it in items]),
-            "ground_truth": torch.stack([torch.as_tensor(it["ground_truth"], dtype=torch.float32) for it in items]),
+            "ground_truth": torch.stack(
+                [torch.as_tensor(it["ground_truth"], dtype=torch.float32) for it in items]
+            ),
             "mask": torch.stack([torch.as_tensor(it["mask"], dtype=torch.float32) for it in items]),
             "input_ids": enc.input_ids,
             "attention_mask": enc.attention_mask,
             "tags": enc.tags,
         }
+
+
+def _numpy_state() -> tuple:
+    """numpy's global RNG state with plain types only, so checkpoints load with ``weights_only=True``."""
+    name, keys, pos, has_gauss, cached = np.random.get_state()
+    return (name, torch.from_numpy(keys.astype(np.int64)), int(pos), int(has_gauss), float(cached))
 
 
 def _unwrap(m: nn.Module) -> nn.Module:
@@ -129,8 +141,12 @@ class Trainer:
             g, d = DDP(g, device_ids=ids), DDP(d, device_ids=ids)
         self.G, self.D = g, d
         c = self.cfg
-        self.opt_g = torch.optim.AdamW(self.G.parameters(), lr=c.lr, betas=c.betas, weight_decay=c.weight_decay)
-        self.opt_d = torch.optim.AdamW(self.D.parameters(), lr=c.lr, betas=c.betas, weight_decay=c.weight_decay)
+        self.opt_g = torch.optim.AdamW(
+            self.G.parameters(), lr=c.lr, betas=c.betas, weight_decay=c.weight_decay
+        )
+        self.opt_d = torch.optim.AdamW(
+            self.D.parameters(), lr=c.lr, betas=c.betas, weight_decay=c.weight_decay
+        )
         self.sched_g = torch.optim.lr_scheduler.ExponentialLR(self.opt_g, gamma=c.lr_decay)
         self.sched_d = torch.optim.lr_scheduler.ExponentialLR(self.opt_d, gamma=c.lr_decay)
         self.amp_dtype = amp_dtype(self.device, amp)
@@ -160,8 +176,9 @@ class Trainer:
         with self._autocast():
             out = self.G(b["image"], b["input_ids"], b["attention_mask"], b["tags"])
             fake = out.image
-            d_loss = discriminator_loss(self.D(b["ground_truth"]).float(), self.D(fake.detach()).float(),
-                                        self.cfg.gan_loss)
+            d_loss = discriminator_loss(
+                self.D(b["ground_truth"]).float(), self.D(fake.detach()).float(), self.cfg.gan_loss
+            )
         self.opt_d.zero_grad(set_to_none=True)
         self.scaler.scale(d_loss).backward()
         self.scaler.step(self.opt_d)
@@ -169,7 +186,9 @@ class Trainer:
         with self._autocast():
             crf = gen.tagger.loss(out.tag_emissions, b["tags"], b["attention_mask"])
             fake_logits = self.D(fake).float()
-            losses = generator_losses(self.cfg, out, b["mask"], b["ground_truth"], fake_logits, crf, self.step)
+            losses = generator_losses(
+                self.cfg, out, b["mask"], b["ground_truth"], fake_logits, crf, self.step
+            )
         self.opt_g.zero_grad(set_to_none=True)
         self.scaler.scale(losses.total).backward()
         self.scaler.step(self.opt_g)
@@ -203,7 +222,7 @@ class Trainer:
             "rng": {
                 "torch": torch.get_rng_state(),
                 "cuda": torch.cuda.get_rng_state_all() if torch.cuda.is_available() else [],
-                "numpy": np.random.get_state(),
+                "numpy": _numpy_state(),
                 "python": random.getstate(),
             },
         }
@@ -223,7 +242,7 @@ class Trainer:
         if not p.is_file():
             raise TrainError(f"checkpoint not found: {p}")
         try:
-            st = torch.load(p, map_location=self.device, weights_only=False)
+            st = torch.load(p, map_location=self.device, weights_only=True)
         except Exception as exc:
             raise TrainError(f"cannot read checkpoint {p}: {exc}") from exc
         if not isinstance(st, dict) or st.get("format") != CHECKPOINT_FORMAT:
@@ -242,17 +261,26 @@ class Trainer:
         torch.set_rng_state(rng["torch"].cpu())
         if rng["cuda"] and torch.cuda.is_available():
             torch.cuda.set_rng_state_all([s.cpu() for s in rng["cuda"]])
-        np.random.set_state(rng["numpy"])
+        name, keys, pos, has_gauss, cached = rng["numpy"]
+        np.random.set_state((name, keys.numpy().astype(np.uint32), pos, has_gauss, cached))
         random.setstate(rng["python"])
 
     @classmethod
-    def resume(cls, path: str | Path, tokenizer: Any, device: str | torch.device | None = None,
-               amp: bool | None = None) -> Trainer:
+    def resume(
+        cls,
+        path: str | Path,
+        tokenizer: Any,
+        device: str | torch.device | None = None,
+        amp: bool | None = None,
+    ) -> Trainer:
         """A trainer rebuilt from a checkpoint's config and state."""
         p = Path(path)
         if not p.is_file():
             raise TrainError(f"checkpoint not found: {p}")
-        st = torch.load(p, map_location="cpu", weights_only=False)
+        try:
+            st = torch.load(p, map_location="cpu", weights_only=True)
+        except Exception as exc:
+            raise TrainError(f"cannot read checkpoint {p}: {exc}") from exc
         if not isinstance(st, dict) or "config" not in st:
             raise TrainError(f"{p} is not a SAHM checkpoint")
         t = cls(SAHMConfig.from_dict(st["config"]), tokenizer, device=device, amp=amp, seed=int(st["seed"]))
@@ -261,7 +289,9 @@ class Trainer:
 
     # --- loops --------------------------------------------------------------------------------
 
-    def loader(self, dataset: Dataset, batch_size: int, shuffle: bool = True, num_workers: int = 0) -> DataLoader:
+    def loader(
+        self, dataset: Dataset, batch_size: int, shuffle: bool = True, num_workers: int = 0
+    ) -> DataLoader:
         """A seeded DataLoader (distributed sampler under data parallelism); reshuffles per epoch."""
         gen = torch.Generator().manual_seed(self.seed + self.epoch)
         sampler = None
@@ -271,9 +301,16 @@ class Trainer:
             sampler = DistributedSampler(dataset, shuffle=shuffle, seed=self.seed)
             sampler.set_epoch(self.epoch)
         return DataLoader(
-            dataset, batch_size=batch_size, shuffle=shuffle and sampler is None, sampler=sampler,
-            num_workers=num_workers, collate_fn=self.collate, generator=gen, drop_last=shuffle,
-            pin_memory=self.device.type == "cuda", persistent_workers=False,
+            dataset,
+            batch_size=batch_size,
+            shuffle=shuffle and sampler is None,
+            sampler=sampler,
+            num_workers=num_workers,
+            collate_fn=self.collate,
+            generator=gen,
+            drop_last=shuffle,
+            pin_memory=self.device.type == "cuda",
+            persistent_workers=False,
         )
 
     def fit(
@@ -309,15 +346,35 @@ class Trainer:
         return log
 
     @torch.no_grad()
-    def evaluate(self, dataset: Dataset, batch_size: int = 4, metrics: RemovalMetrics | None = None,
-                 num_workers: int = 0) -> dict[str, dict[str, Any]]:
+    def evaluate(
+        self,
+        dataset: Dataset,
+        batch_size: int = 4,
+        metrics: RemovalMetrics | None = None,
+        num_workers: int = 0,
+    ) -> dict[str, dict[str, Any]]:
         """Predict masks and removals for a dataset and compute the ``metrics.json`` dictionary."""
         m = metrics or RemovalMetrics()
         g = self.generator
         g.eval()
+        pred_tags, gold_tags, masks = [], [], []
         for batch in self.loader(dataset, batch_size, shuffle=False, num_workers=num_workers):
             b = self.to_device(batch)
             with self._autocast():
-                mask, removed = g.predict(b["image"], b["input_ids"], b["attention_mask"])
-            m.update(removed.float(), b["ground_truth"], mask > 0.5, b["mask"] > 0.5)
-        return m.compute()
+                out = g(b["image"], b["input_ids"], b["attention_mask"])  # tags from the CRF
+            mask = (out.mask_logits.float() > 0).float()
+            removed = b["image"] * (1 - mask) + out.image.float() * mask
+            m.update(removed, b["ground_truth"], mask > 0.5, b["mask"] > 0.5)
+            pred_tags.append(out.tags.cpu())
+            gold_tags.append(b["tags"].cpu())
+            masks.append(b["attention_mask"].cpu())
+        result = m.compute()
+        if pred_tags:
+            rep = tagging_accuracy(torch.cat(pred_tags), torch.cat(gold_tags), torch.cat(masks))
+            result["tagging_accuracy"] = {
+                "value": rep.accuracy,
+                "per_tag": rep.per_tag,
+                "n": rep.tokens,
+                "reference": "lexicon silver tags",
+            }
+        return result

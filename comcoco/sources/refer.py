@@ -927,6 +927,7 @@ def write_source(
     *,
     refs_format: str = "pickle",
     strict: bool = True,
+    ref_extras: Mapping[int, Mapping[str, Any]] | None = None,
 ) -> Path:
     """Write ``ROOT/<dataset>/refs(<split_by>).p`` and ``instances.json``; returns ``ROOT/<dataset>``.
 
@@ -935,6 +936,8 @@ def write_source(
     ``<image stem>_<ann_id>.jpg``. ``refs_format="json"`` writes ``refs(<split_by>).json`` instead.
     With ``strict`` (default) every ref must resolve to an annotation on its image. Ids must be
     unique. Both files are written atomically and identical inputs give identical bytes.
+    ``ref_extras`` maps a ref id to extra keys appended after REFER's 8 (plain JSON values only);
+    REFER readers ignore them.
     """
     if refs_format not in ("pickle", "json"):
         raise ValueError(f"refs_format must be 'pickle' or 'json', got {refs_format!r}")
@@ -957,6 +960,20 @@ def write_source(
 
     intern: dict[str, str] = {}
     payload = [_ref_dict(r, image_by_id.get(r.image_id), intern) for r in refs]
+    if ref_extras:
+        known = {r.ref_id for r in refs}
+        for ref_id in ref_extras:
+            if ref_id not in known:
+                raise ValueError(f"ref_extras: ref {ref_id} is not among the refs")
+        for d in payload:
+            extra = ref_extras.get(d["ref_id"])
+            if not extra:
+                continue
+            clash = sorted(set(extra) & set(d))
+            if clash:
+                raise ValueError(f"ref {d['ref_id']}: extra keys {clash} would replace REFER keys")
+            for key in extra:
+                d[str(key)] = _plain_json(extra[key], f"ref {d['ref_id']} extra {key!r}")
     instances = {
         "info": _plain_json(info if info is not None else {}, "info"),
         "images": [_image_dict(i) for i in images],

@@ -238,17 +238,17 @@ def object_relation(a: Box, b: Box, reference_name: str = "", rules: SpatialRule
     return ""
 
 
-def _reference_phrase(index: int, named: Sequence[tuple[str, Box] | None], tol: float) -> str | None:
+def _reference_phrase(
+    index: int, name: str, box: Box, named: Sequence[tuple[str, Box] | None], tol: float
+) -> str | None:
     """'the X', or 'the left/right X' ('leftmost/rightmost' among 3+) when X occurs more than once.
 
-    ``named`` holds (display name, box) per object (None for unusable boxes). Returns None when another
-    instance of the same name makes the reference ambiguous and no left/right ordinal separates it
-    clearly (its centre left of every other instance's left edge, or right of every right edge).
+    ``name``/``box`` describe ``named[index]``; ``named`` holds (display name, box) per object (None for
+    unusable boxes). Returns None when another instance of the same name makes the reference ambiguous
+    and no left/right ordinal separates it clearly (its centre left of every other instance's left
+    edge, or right of every right edge).
     """
-    entry = named[index]
-    assert entry is not None
-    name, (bx, _, bw, _) = entry
-    cx = bx + bw / 2
+    cx = box[0] + box[2] / 2
     others = [e[1] for i, e in enumerate(named) if i != index and e is not None and e[0] == name]
     if not others:
         return f"the {name}"
@@ -320,7 +320,7 @@ def propose_spatial_phrases(
         rel = object_relation(a, b, str(objects[i][0]).strip().lower(), rules)
         if not rel:
             continue
-        ref_text = _reference_phrase(i, named, rules.side_tolerance * b[2])
+        ref_text = _reference_phrase(i, entry[0], b, named, rules.side_tolerance * b[2])
         if ref_text is None:
             continue
         gap = max(b[0] - (a[0] + a[2]), a[0] - (b[0] + b[2]), b[1] - (a[1] + a[3]), a[1] - (b[1] + b[3]), 0.0)

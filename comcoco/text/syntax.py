@@ -71,9 +71,25 @@ def _identity_vocabulary() -> frozenset[str]:
     for name in COCO_CATEGORY_NAMES:
         words.update(name.split())
     # "light"/"sign"/"glove" etc. enter via multi-word names; keep colour-like words attributes
-    return frozenset(words - ATTRIBUTE_WORDS - {"sports", "dining", "cell", "traffic", "stop", "fire",
-                                                "parking", "potted", "wine", "hair", "tennis", "baseball",
-                                                "hot"})
+    return frozenset(
+        words
+        - ATTRIBUTE_WORDS
+        - {
+            "sports",
+            "dining",
+            "cell",
+            "traffic",
+            "stop",
+            "fire",
+            "parking",
+            "potted",
+            "wine",
+            "hair",
+            "tennis",
+            "baseball",
+            "hot",
+        }
+    )
 
 
 IDENTITY_WORDS: frozenset[str] = _identity_vocabulary()
@@ -94,12 +110,12 @@ def _singular(word: str) -> str:
     return word
 
 
-def tag_word(word: str) -> int:
-    """The silver tag of one lower-cased word."""
+def tag_word(word: str, identity: frozenset[str] = IDENTITY_WORDS) -> int:
+    """The silver tag of one lower-cased word (``identity`` may be extended by ``extend_identity``)."""
     w = word.split("'")[0]
     if w in ATTRIBUTE_WORDS:
         return TAG_ATTRIBUTE
-    if w in IDENTITY_WORDS or _singular(w) in IDENTITY_WORDS:
+    if w in identity or _singular(w) in identity:
         return TAG_IDENTITY
     if _singular(w) in ATTRIBUTE_WORDS:
         return TAG_ATTRIBUTE
@@ -111,20 +127,20 @@ _MULTIWORD_NAMES: frozenset[tuple[str, ...]] = frozenset(
 )
 
 
-def tag_words(words: Sequence[str]) -> list[int]:
+def tag_words(words: Sequence[str], identity: frozenset[str] = IDENTITY_WORDS) -> list[int]:
     """Silver tags for a word sequence; a multi-word COCO name ("traffic light") is identity throughout."""
     low = [w.lower() for w in words]
-    tags = [tag_word(w) for w in low]
+    tags = [tag_word(w, identity) for w in low]
     for i in range(len(low) - 1):
         if (low[i], low[i + 1]) in _MULTIWORD_NAMES or (low[i], _singular(low[i + 1])) in _MULTIWORD_NAMES:
             tags[i] = tags[i + 1] = TAG_IDENTITY
     return tags
 
 
-def tag_expression(expression: str) -> tuple[list[str], list[int]]:
+def tag_expression(expression: str, identity: frozenset[str] = IDENTITY_WORDS) -> tuple[list[str], list[int]]:
     """Words and their silver tags for a raw expression."""
     words = split_words(expression)
-    return words, tag_words(words)
+    return words, tag_words(words, identity)
 
 
 def extend_identity(names: Iterable[str]) -> frozenset[str]:

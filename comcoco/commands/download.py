@@ -1,0 +1,33 @@
+"""``comcoco download``: fetch a release (URL or path of dist/index.json), verify and extract it."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import typer
+
+from comcoco.commands._common import user_errors
+
+
+def download(
+    location: str = typer.Argument(..., help="URL or path of a release's dist/index.json, or of its folder."),
+    output: Path = typer.Option(..., "-o", "--output", help="Where to extract the release (must not exist or be empty)."),
+    progress: bool = typer.Option(True, "--progress/--no-progress", help="Show progress bars."),
+) -> None:
+    """Download with resume, check every shard's sha256, extract safely, then verify the manifest."""
+    from comcoco.release.download import DownloadError, ReleaseIntegrityError, download_release
+    from comcoco.release.manifest import ManifestError, verify_release
+
+    with user_errors(DownloadError, ReleaseIntegrityError, ManifestError, OSError):
+        out = download_release(location, output, progress=progress)
+        problems = verify_release(out, progress=progress)
+    if problems:
+        for p in problems[:50]:
+            typer.echo(f"  {p}", err=True)
+        typer.echo(f"error: {out}: {len(problems)} file(s) do not match manifest.json", err=True)
+        raise typer.Exit(1)
+    typer.echo(f"release extracted and verified: {out}")
+
+
+def register(app: typer.Typer) -> None:
+    app.command("download")(download)

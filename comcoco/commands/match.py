@@ -1,0 +1,109 @@
+"""``comcoco match``: scene matching, every referred object → its least similar backgrounds."""
+
+from __future__ import annotations
+
+import json
+import sys
+import time
+from pathlib import Path
+
+import typer
+
+from comcoco.commands._common import UserError, user_errors
+
+
+def match(
+    source: Path = typer.Argument(
+        ..., help="Source root: holds <dataset>/refs(<split-by>).p and instances.json."
+    ),
+    output: Path = typer.Option(..., "--output", "-o", help="Candidates parquet to write."),
+    k: int = typer.Option(
+        5, "--k", min=1, help="Backgrounds per referred object (fewer if its cluster is smaller)."
+    ),
+    seed: int = typer.Option(0, "--seed", help="Seed of the tie-break hash and of the usage-cap order."),
+    similarity: str = typer.Option(
+        "max", "--similarity", help="max: best sentence pair; union: Jaccard of the two word unions."
+    ),
+    max_uses: int | None = typer.Option(
+        None, "--max-uses", min=1, help="Cap on how often one background is chosen (default: no cap)."
+    ),
+    stop_words: str = typer.Option(
+        "none", "--stop-words", help="Stop words dropped before Jaccard: none or english."
+    ),
+    dataset: str = typer.Option("refcoco+", "--dataset", help="Dataset folder inside SOURCE."),
+    split_by: str = typer.Option("unc", "--split-by", help="Refs file variant: refs(<split-by>).p."),
+    progress: bool | None = typer.Option(
+        None, "--progress/--no-progress", help="Progress bar on stderr (default: when stderr is a terminal)."
+    ),
+    as_json: bool = typer.Option(False, "--json", help="Print the summary as one JSON object."),
+) -> None:
+    """Choose background images per referred object: same scene cluster, least similar expressions.
+
+    Reads only refs and instances.json (no image files). Writes one row per (ref_id, rank).
+    """
+    from comcoco.matching.scene import (
+        SIMILARITIES,
+        MatchingError,
+        match_backgrounds,
+        match_summary,
+        write_candidates,
+    )
+    from comcoco.sources.refer import SourceError, load_source
+    from comcoco.text.jaccard import resolve_stop_words
+
+    start = time.perf_counter()
+    with user_errors(SourceError, OSError):
+        if similarity not in SIMILARITIES:
+            raise UserError(f"--similarity must be one of {', '.join(SIMILARITIES)}, got {similarity!r}")
+        try:
+            stops = resolve_stop_words(stop_words)
+        except ValueError as exc:
+            raise UserError(f"--stop-words: {exc}") from None
+        src = load_source(source, dataset=dataset, split_by=split_by)
+        refs = src.refs()
+        try:
+            candidates = match_backgrounds(
+                refs,
+                src.annotations(),
+                k=k,
+                seed=seed,
+                similarity=similarity,
+                max_uses=max_uses,
+                stop_words=stops,
+                progress=sys.stderr.isatty() if progress is None else progress,
+            )
+        except MatchingError as exc:
+            raise UserError(f"{src.refs_file.parent}: {exc}") from None
+        params = {
+            "k": k,
+            "seed": seed,
+            "similarity": similarity,
+            "max_uses": max_uses,
+            "stop_words": stop_words,
+            "dataset": dataset,
+            "split_by": split_by,
+        }
+        write_candidates(output, candidates, params)
+    summary = match_summary(refs, candidates, k) | {
+        "output": str(output),
+        "source_problems": len(src.problems),
+        "seconds": round(time.perf_counter() - start, 3),
+    }
+    if as_json:
+        typer.echo(json.dumps(summary, sort_keys=True))
+        return
+    typer.echo(
+        f"wrote {summary['candidates']} candidates for {summary['refs']} refs "
+        f"({summary['backgrounds']} distinct backgrounds) to {output} in {summary['seconds']:.1f} s"
+    )
+    if summary["refs_short"] or summary["refs_without"]:
+        typer.echo(
+            f"{summary['refs_short']} refs got fewer than {k} backgrounds, "
+            f"{summary['refs_without']} got none (cluster too small or used up)"
+        )
+    if src.problems:
+        typer.echo(f"source has {len(src.problems)} problems (see `comcoco inspect`)", err=True)
+
+
+def register(app: typer.Typer) -> None:
+    app.command("match")(match)

@@ -1,0 +1,111 @@
+"""``comcoco release``: build a versioned release from a work directory; ``release diff A B`` compares two.
+
+``comcoco release WORKDIR -o RELEASES --version X.Y.Z`` is short for ``comcoco release create ...``.
+"""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import click
+import typer
+from typer.core import TyperGroup
+
+from comcoco.commands._common import UserError, user_errors
+
+release_app = typer.Typer(help="Build a versioned ComCOCO release, or compare two (release diff A B).",
+                          no_args_is_help=True, add_completion=False)
+
+
+class _DefaultCreateGroup(TyperGroup):
+    """A group whose first argument, when not a subcommand or option, means ``create``."""
+
+    def parse_args(self, ctx: click.Context, args: list[str]) -> list[str]:
+        if args and args[0] not in self.commands and args[0] not in ("--help", "-h"):
+            args = ["create", *args]
+        return super().parse_args(ctx, args)
+
+
+def _proportions(text: str | None) -> dict[str, float] | None:
+    if text is None:
+        return None
+    out: dict[str, float] = {}
+    for part in text.split(","):
+        name, sep, value = part.partition("=")
+        try:
+            if not sep:
+                raise ValueError
+            out[name.strip()] = float(value)
+        except ValueError:
+            raise UserError(f"--split {text!r}: expected e.g. train=0.8,val=0.1,test=0.1") from None
+    return out
+
+
+@release_app.command("create")
+def create(
+    workdir: Path = typer.Argument(..., help="A built work directory (comcoco build)."),
+    output: Path = typer.Option(..., "-o", "--output", help="Releases folder; the release goes to OUTPUT/comcoco-X.Y.Z."),
+    version: str = typer.Option(..., "--version", help="Release version X.Y.Z (an existing one is never overwritten)."),
+    unreviewed: str = typer.Option("include", "--unreviewed",
+                                   help="include|exclude samples without a placement review (default include)."),
+    split: str | None = typer.Option(None, "--split", help="Split proportions, e.g. train=0.8,val=0.1,test=0.1 "
+                                     "(default: the paper's 20,324 / 1,843 / 1,784)."),
+    split_seed: int = typer.Option(0, "--split-seed", help="Seed for the split assignment."),
+    rows_per_parquet: int = typer.Option(1000, "--rows-per-parquet", min=1, help="Rows per Parquet file."),
+    shard_mb: int = typer.Option(512, "--shard-mb", min=1, help="Size of the dist/ tar shards in MB."),
+    validate: str | None = typer.Option(None, "--validate", help="Validation hook module:function (fills the card)."),
+    progress: bool = typer.Option(True, "--progress/--no-progress", help="Show progress bars."),
+) -> None:
+    """Build OUTPUT/comcoco-X.Y.Z (ComCOCO and ComCOCO+, Parquet, card, manifest, dist) from WORKDIR."""
+    from comcoco.release.builder import ReleaseError, ReleaseOptions, build_release
+    from comcoco.release.export import ExportError
+    from comcoco.release.manifest import split_ordered
+    from comcoco.sources.refer import SourceError
+
+    with user_errors(ReleaseError, ExportError, SourceError, ValueError, OSError):
+        if not workdir.is_dir():
+            raise UserError(f"{workdir}: no such work directory")
+        options = ReleaseOptions(proportions=_proportions(split), split_seed=split_seed, unreviewed=unreviewed,
+                                 rows_per_parquet=rows_per_parquet, shard_bytes=shard_mb * 1024 * 1024)
+        path = build_release(workdir, output, version, options, validate=validate, progress=progress)
+    manifest = json.loads((path / "manifest.json").read_text())
+    typer.echo(f"release  {path}")
+    for variant, per_split in manifest["counts"]["per_split"].items():
+        parts = "  ".join(f"{s} {c['samples']}/{c['expressions']}" for s, c in split_ordered(per_split))
+        typer.echo(f"{variant:<10} samples/expressions: {parts}")
+    sel = manifest["selection"]
+    typer.echo(f"selected {sel['selected']} of {sel['workdir_status'].get('ok', 0)} built samples; "
+               f"left out: {sel['excluded'] or 'none'}; unreviewed: {sel['review']['unreviewed']} "
+               f"({sel['unreviewed_policy']}d)")
+    typer.echo(f"files    {len(manifest['files'])} in manifest.json; dist/index.json for download")
+
+
+@release_app.command("diff")
+def diff(
+    a: Path = typer.Argument(..., help="The older release folder."),
+    b: Path = typer.Argument(..., help="The newer release folder."),
+    as_json: bool = typer.Option(False, "--json", help="Print one JSON object."),
+) -> None:
+    """Samples added, removed and changed from release A to B, and count deltas per variant and split."""
+    from comcoco.release.manifest import ManifestError, diff_releases, split_ordered
+    from comcoco.sources.refer import SourceError
+
+    with user_errors(ManifestError, SourceError, KeyError):
+        d = diff_releases(a, b)
+    if as_json:
+        typer.echo(json.dumps(d, indent=2))
+        return
+    typer.echo(f"{d['a']} -> {d['b']}: {len(d['added'])} added, {len(d['removed'])} removed, "
+               f"{len(d['changed'])} changed, {d['unchanged']} unchanged")
+    for kind in ("added", "removed", "changed"):
+        for k in d[kind][:20]:
+            typer.echo(f"  {kind:<8} ref {k['fg_ref_id']} ann {k['fg_ann_id']} on background {k['bg_image_id']}")
+    for variant, per_split in d["count_deltas"].items():
+        for split, c in split_ordered(per_split):
+            typer.echo(f"  {variant:<9} {split:<6} samples {c['samples']:+d}  expressions {c['expressions']:+d}  "
+                       f"images {c['images']:+d}")
+
+
+def register(app: typer.Typer) -> None:
+    app.add_typer(release_app, name="release", cls=_DefaultCreateGroup)

@@ -1,0 +1,68 @@
+"""``comcoco validate RELEASE``: train and evaluate SAHM on a release and run the language baseline.
+
+Writes ``RELEASE/validation/validation.json``; the run itself goes beside the release
+(``<releases>/sahm-runs/comcoco-X.Y.Z`` unless ``--out``), never inside it.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import typer
+
+from comcoco.commands._common import UserError
+
+
+def validate(
+    release: Path = typer.Argument(..., help="An extracted release folder."),
+    out: Path | None = typer.Option(None, "--out", "-o", help="The run folder (default: "
+                                    "<releases>/sahm-runs/<release name>; an existing run is continued)."),
+    config: str = typer.Option("auto", "--config", help="auto (paper on CUDA, tiny on CPU), tiny or paper."),
+    steps: int | None = typer.Option(None, "--steps", min=1, help="Training steps (default: tiny 300, paper 3000)."),
+    batch_size: int | None = typer.Option(None, "--batch-size", min=1, help="Per process (default: paper 8, tiny 4)."),
+    device: str = typer.Option("auto", "--device", help="auto, cpu, cuda or cuda:N."),
+    amp: bool | None = typer.Option(None, "--amp/--no-amp", help="Mixed precision on CUDA (default on for CUDA)."),
+    workers: int | None = typer.Option(None, "--workers", min=0, help="DataLoader workers."),
+    seed: int = typer.Option(0, "--seed", help="Seed for training and the random-text baseline."),
+    variant: str = typer.Option("ComCOCO", "--variant", help="ComCOCO or ComCOCO+."),
+    fid_net: Path | None = typer.Option(None, "--fid-net", help="TorchScript Inception feature network "
+                                        "(or $COMCOCO_FID_WEIGHTS)."),
+    alexnet: Path | None = typer.Option(None, "--alexnet", help="alexnet-owt-7be5be79.pth for LPIPS "
+                                        "(or $COMCOCO_LPIPS_ALEXNET)."),
+    write: bool = typer.Option(True, "--write/--no-write", help="Write RELEASE/validation/validation.json."),
+    progress: bool = typer.Option(True, "--progress/--no-progress", help="Show a progress bar."),
+) -> None:
+    """Validate RELEASE with SAHM: train, evaluate on test, and compare original / random / null text IoU."""
+    from comcoco.commands.sahm import _errors
+    from comcoco.sahm.runs import Runtime
+    from comcoco.sahm.validate import ValidationOptions, validate_release, write_validation
+
+    with _errors():
+        if not (release / "manifest.json").is_file() and not (release / variant).is_dir():
+            raise UserError(f"{release}: not a comcoco release (no manifest.json or {variant}/)")
+        options = ValidationOptions(
+            config=config, steps=steps, batch_size=batch_size, variant=variant, seed=seed,
+            fid_net=str(fid_net) if fid_net else None, alexnet=str(alexnet) if alexnet else None,
+            runtime=Runtime(device=device, amp=amp, num_workers=workers, progress=progress),
+        )
+        result = validate_release(release, out, options)
+        if not result:  # a non-zero rank under torchrun
+            return
+        notes: list[str] = []
+        if write:
+            path, notes = write_validation(release, result)
+    typer.echo(result["title"])
+    for name, value in result["metrics"].items():
+        typer.echo(f"  {name:<24} {value}")
+    typer.echo(f"language baseline: {result['language_baseline']['verdict']}")
+    typer.echo(f"run      {result['run']['path']}")
+    if write:
+        typer.echo(f"written  {path}")
+        notes.append("the card (README.md, card.html) is not re-rendered for an existing release; "
+                     "rebuild with `comcoco release ... --validate comcoco.sahm.validate:release_hook` to show it")
+    for note in notes:
+        typer.echo(f"note: {note}", err=True)
+
+
+def register(app: typer.Typer) -> None:
+    app.command("validate")(validate)

@@ -1,0 +1,30 @@
+"""``comcoco verify``: re-check an extracted release against its manifest."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import typer
+
+from comcoco.commands._common import user_errors
+
+
+def verify(
+    release: Path = typer.Argument(..., help="An extracted release folder (holds manifest.json)."),
+    progress: bool = typer.Option(True, "--progress/--no-progress", help="Show a progress bar."),
+) -> None:
+    """Re-hash every file listed in manifest.json; exit 0 when all match, 1 with the problems otherwise."""
+    from comcoco.release.manifest import ManifestError, verify_release
+
+    with user_errors(ManifestError, OSError):
+        problems = verify_release(release, progress=progress)
+    if problems:
+        for p in problems:
+            typer.echo(f"  {p}", err=True)
+        typer.echo(f"error: {release}: {len(problems)} problem(s)", err=True)
+        raise typer.Exit(1)
+    typer.echo(f"ok: every file of {release} matches manifest.json")
+
+
+def register(app: typer.Typer) -> None:
+    app.command("verify")(verify)

@@ -1,0 +1,107 @@
+"""Loading a release: a torch Dataset of removal samples, and the REFER index of a variant.
+
+The Dataset has one item per (sample, expression), the unit referring-removal models train on: each
+item carries one expression with the composite, its ground truth and the object's mask.
+"""
+
+from __future__ import annotations
+
+import os
+from collections.abc import Callable
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+from PIL import Image
+from torch.utils.data import Dataset
+
+from comcoco.release.export import GT_DIR, IMAGES_DIR, MASKS_DIR, SPLIT_BY, VARIANTS
+
+SPLITS = ("train", "val", "test")
+
+
+class ReleaseLoadError(Exception):
+    """The path is not a usable comcoco release, or the variant/split is unknown."""
+
+
+def load_refer(path: str | os.PathLike[str], variant: str = "ComCOCO") -> Any:
+    """The project's REFER index (``ReferSource``) over ``<release>/<variant>/``; images in ``images/``."""
+    from comcoco.sources.refer import SourceError, load_source
+
+    if variant not in VARIANTS:
+        raise ReleaseLoadError(f"unknown variant {variant!r}; choose one of {', '.join(VARIANTS)}")
+    root = Path(path)
+    try:
+        return load_source(root, dataset=variant, split_by=SPLIT_BY, images=root / IMAGES_DIR)
+    except SourceError as exc:
+        raise ReleaseLoadError(str(exc)) from None
+
+
+def _read_rgb(path: Path) -> np.ndarray:
+    with Image.open(path) as im:
+        return np.array(im.convert("RGB"))
+
+
+class ComCOCODataset(Dataset):
+    """Items are dicts: ``image``, ``ground_truth`` (3×H×W), ``mask`` (1×H×W), ``expression`` and ids.
+
+    Images are uint8 tensors, or float32 in [0, 1] with ``as_float``; the mask holds 0/1. ``transform``
+    (optional) is applied to each item dict and its result returned.
+    """
+
+    def __init__(self, path: str | os.PathLike[str], variant: str = "ComCOCO", split: str | None = "train",
+                 transform: Callable[[dict[str, Any]], Any] | None = None, as_float: bool = False):
+        if split is not None and split not in SPLITS:
+            raise ReleaseLoadError(f"unknown split {split!r}; choose one of {', '.join(SPLITS)} (or None for all)")
+        self.root = Path(path)
+        self.variant, self.split = variant, split
+        self.transform, self.as_float = transform, as_float
+        self.refer = load_refer(self.root, variant)
+        self.items: list[tuple[int, int]] = []  # (ref_id, sentence index)
+        for ref_id in self.refer.getRefIds(split=split or ""):
+            ref = self.refer.Refs[ref_id]
+            if "comcoco" not in ref:
+                raise ReleaseLoadError(f"{self.refer.refs_file}: ref {ref_id} has no 'comcoco' key; "
+                                       "not a comcoco release")
+            self.items.extend((ref_id, i) for i in range(len(ref["sentences"])))
+
+    def __len__(self) -> int:
+        return len(self.items)
+
+    def _tensor(self, arr: np.ndarray) -> torch.Tensor:
+        t = torch.from_numpy(np.ascontiguousarray(arr))
+        if t.ndim == 2:
+            t = t.unsqueeze(0)
+        else:
+            t = t.permute(2, 0, 1)
+        return t.float().div_(255.0) if self.as_float and t.dtype == torch.uint8 else t
+
+    def __getitem__(self, index: int) -> Any:
+        ref_id, k = self.items[index]
+        ref = self.refer.Refs[ref_id]
+        meta = ref["comcoco"]
+        image = self.refer.Imgs[ref["image_id"]]
+        sentence = ref["sentences"][k]
+        with Image.open(self.root / MASKS_DIR / meta["mask_file_name"]) as im:
+            mask = (np.array(im.convert("L")) > 127).astype(np.uint8)
+        item = {
+            "image": self._tensor(_read_rgb(self.root / IMAGES_DIR / image["file_name"])),
+            "ground_truth": self._tensor(_read_rgb(self.root / GT_DIR / meta["gt_file_name"])),
+            "mask": torch.from_numpy(mask).unsqueeze(0).float() if self.as_float else torch.from_numpy(mask).unsqueeze(0),
+            "expression": sentence["raw"],
+            "sent_id": sentence["sent_id"],
+            "ref_id": ref_id,
+            "ann_id": ref["ann_id"],
+            "image_id": ref["image_id"],
+            "sample_id": meta["sample_id"],
+            "category_id": ref["category_id"],
+            "split": ref["split"],
+        }
+        return self.transform(item) if self.transform is not None else item
+
+
+def load(path: str | os.PathLike[str], variant: str = "ComCOCO", split: str | None = "train",
+         transform: Callable[[dict[str, Any]], Any] | None = None, as_float: bool = False) -> ComCOCODataset:
+    """A torch Dataset over one variant and split of an extracted release (``split=None``: all)."""
+    return ComCOCODataset(path, variant=variant, split=split, transform=transform, as_float=as_float)

@@ -1,0 +1,183 @@
+"""Release → SAHM training samples: paired crop/flip, resizing, and the tokenizing collate function.
+
+A release is read through ``comcoco.load`` (one item per sample and expression). Training items get a
+random crop (same aspect ratio as the image, scale ``min_scale``–1, kept around the referred object) and a
+horizontal flip, applied identically to the composite, its ground truth and the mask; then all three are
+resized to the configuration's square input. Evaluation items are only resized, so metrics see the whole
+image. Randomness depends on (seed, epoch, item index) alone, so it does not matter which DataLoader
+worker draws an item, and a resumed run sees the same crops as an uninterrupted one.
+"""
+
+from __future__ import annotations
+
+import os
+from collections.abc import Iterable, Sequence
+from dataclasses import dataclass
+from typing import Any
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+from torch.utils.data import Dataset
+
+from comcoco.ids import rng_for
+from comcoco.sahm.train import Collator
+from comcoco.text.syntax import extend_identity
+
+
+class DataError(Exception):
+    """A release cannot be turned into training samples; the message names the release and item."""
+
+
+@dataclass(frozen=True)
+class CropBox:
+    """A crop window in pixels (left, top, width, height) and whether the result is mirrored."""
+
+    left: int
+    top: int
+    width: int
+    height: int
+    flip: bool
+
+
+def _span(lo_edge: int, hi_edge: int, length: int, extent: int) -> tuple[int, int]:
+    """Allowed start positions of a window of ``length`` in ``extent`` that covers [lo_edge, hi_edge)."""
+    lo, hi = max(0, hi_edge - length), min(lo_edge, extent - length)
+    if lo > hi:  # the object is larger than the window: keep its centre inside instead
+        c = (lo_edge + hi_edge - 1) // 2
+        lo, hi = max(0, c - length + 1), min(c, extent - length)
+    return lo, max(lo, hi)
+
+
+def sample_crop(
+    mask: torch.Tensor, rng: np.random.Generator, min_scale: float = 0.6, flip_prob: float = 0.5
+) -> CropBox:
+    """A random crop of the image's aspect ratio holding the object's box (or its centre when too large)."""
+    h, w = int(mask.shape[-2]), int(mask.shape[-1])
+    s = float(rng.uniform(min_scale, 1.0))
+    cw, ch = max(1, min(w, round(s * w))), max(1, min(h, round(s * h)))
+    ys, xs = torch.nonzero(mask.reshape(h, w) > 0, as_tuple=True)
+    if len(xs):
+        x0, x1, y0, y1 = int(xs.min()), int(xs.max()) + 1, int(ys.min()), int(ys.max()) + 1
+    else:  # no object pixels: any window
+        x0, x1, y0, y1 = w, 0, h, 0
+    lx, hx = _span(x0, x1, cw, w) if len(xs) else (0, w - cw)
+    ly, hy = _span(y0, y1, ch, h) if len(ys) else (0, h - ch)
+    left = int(rng.integers(lx, hx + 1))
+    top = int(rng.integers(ly, hy + 1))
+    return CropBox(left, top, cw, ch, bool(rng.random() < flip_prob))
+
+
+def resize(x: torch.Tensor, size: int) -> torch.Tensor:
+    """Bilinear, antialiased resize of a (C,H,W) float tensor to size×size."""
+    if tuple(x.shape[-2:]) == (size, size):
+        return x
+    return F.interpolate(x[None].float(), size=(size, size), mode="bilinear", antialias=True,
+                         align_corners=False)[0]
+
+
+def apply_crop(
+    image: torch.Tensor, ground_truth: torch.Tensor, mask: torch.Tensor, box: CropBox | None, size: int
+) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    """Crop, flip and resize image, ground truth and mask with one geometry; the mask stays binary.
+
+    The mask goes through the same bilinear resize as the images and is thresholded at 0.5, so an object
+    pixel in the mask lands where the object's pixels land in the image.
+    """
+    out = []
+    for x in (image, ground_truth, mask.float()):
+        if box is not None:
+            x = x[..., box.top : box.top + box.height, box.left : box.left + box.width]
+            if box.flip:
+                x = x.flip(-1)
+        out.append(resize(x, size))
+    img, gt, m = out
+    return img.clamp_(0, 1), gt.clamp_(0, 1), (m >= 0.5).float()
+
+
+class ReleaseSamples(Dataset):
+    """SAHM items from one split of a release: ``image``, ``ground_truth``, ``mask``, ``expression`` and ids.
+
+    ``train=True`` draws a crop and flip per (seed, epoch, index); call ``set_epoch`` before each epoch's
+    DataLoader is created. ``train=False`` only resizes.
+    """
+
+    def __init__(
+        self,
+        release: str | os.PathLike[str],
+        split: str,
+        size: int,
+        train: bool,
+        variant: str = "ComCOCO",
+        seed: int = 0,
+        min_scale: float = 0.6,
+        flip_prob: float = 0.5,
+    ):
+        from comcoco.release.dataset import ReleaseLoadError, load
+
+        if size % 32:
+            raise DataError(f"image size must be a multiple of 32, got {size}")
+        if not 0 < min_scale <= 1:
+            raise DataError(f"min_scale must be in (0, 1], got {min_scale}")
+        try:
+            self.base = load(release, variant=variant, split=split, as_float=True)
+        except ReleaseLoadError as exc:
+            raise DataError(f"{release}: {exc}") from None
+        self.release, self.split, self.variant = str(release), split, variant
+        self.size, self.train, self.seed = size, train, seed
+        self.min_scale, self.flip_prob = min_scale, flip_prob
+        self.epoch = 0
+
+    def set_epoch(self, epoch: int) -> None:
+        self.epoch = int(epoch)
+
+    def __len__(self) -> int:
+        return len(self.base)
+
+    def expression(self, index: int) -> str:
+        """The expression of item ``index`` without reading any image."""
+        ref_id, k = self.base.items[index]
+        return str(self.base.refer.Refs[ref_id]["sentences"][k]["raw"])
+
+    def expressions(self) -> list[str]:
+        return [self.expression(i) for i in range(len(self))]
+
+    def category_names(self) -> list[str]:
+        return sorted(set(self.base.refer.Cats.values()))
+
+    def __getitem__(self, index: int) -> dict[str, Any]:
+        try:
+            item = self.base[index]
+        except (OSError, KeyError, ValueError) as exc:
+            ref_id = self.base.items[index][0] if 0 <= index < len(self.base.items) else None
+            raise DataError(f"{self.release}: {self.variant}/{self.split} ref {ref_id}: {exc}") from None
+        image, gt, mask = item["image"], item["ground_truth"], item["mask"]
+        if image.shape != gt.shape or image.shape[-2:] != mask.shape[-2:]:
+            raise DataError(
+                f"{self.release}: sample {item['sample_id']}: image {tuple(image.shape)}, ground truth "
+                f"{tuple(gt.shape)} and mask {tuple(mask.shape)} differ in size"
+            )
+        box = None
+        if self.train:
+            rng = rng_for(self.seed, "sahm-augment", self.epoch, index)
+            box = sample_crop(mask, rng, self.min_scale, self.flip_prob)
+        image, gt, mask = apply_crop(image, gt, mask, box, self.size)
+        return {
+            "image": image,
+            "ground_truth": gt,
+            "mask": mask,
+            "expression": item["expression"],
+            "sample_id": item["sample_id"],
+            "sent_id": int(item["sent_id"]),
+            "ref_id": int(item["ref_id"]),
+        }
+
+
+def make_collate(tokenizer: Any, max_len: int, category_names: Iterable[str] = ()) -> Collator:
+    """The Trainer's collate function with identity words extended by the release's category names."""
+    return Collator(tokenizer, max_len, extend_identity(category_names))
+
+
+def training_expressions(datasets: Sequence[ReleaseSamples]) -> list[str]:
+    """All expressions of the given datasets (the tokenizer's training corpus), in dataset order."""
+    return [e for ds in datasets for e in ds.expressions()]

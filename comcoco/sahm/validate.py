@@ -1,0 +1,266 @@
+"""Validating a release with SAHM: train briefly, evaluate on test, and run the language baseline.
+
+The language baseline (paper Table 8) evaluates the same model on the test split three times: with the
+original expressions, with random text (the same number of words drawn, seeded, from the release's
+training vocabulary) and with null text (the empty expression). On a dataset without shortcuts mask IoU
+collapses without the expression; if it stays high the referred object can be found without language,
+e.g. from compositing artefacts. The verdict is only drawn when the original-text IoU is high enough
+to judge (``JUDGE_MIN_IOU``); a short CPU run is a smoke test, not a measurement.
+
+``release_hook(path)`` is the function the release builder calls (``--validate
+comcoco.sahm.validate:release_hook``); it returns ``{"title", "metrics", "notes", ...}``.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import time
+from dataclasses import dataclass, replace
+from pathlib import Path
+from typing import Any
+
+import torch
+from torch.utils.data import Dataset
+
+from comcoco.ids import rng_for
+from comcoco.io import sha256_file, write_text_atomic
+from comcoco.sahm.data import DataError, ReleaseSamples, make_collate
+from comcoco.sahm.metrics import METRIC_KEYS, not_computed
+from comcoco.sahm.runs import (
+    CONFIG_FILE,
+    RunError,
+    Runtime,
+    TrainOptions,
+    eval_run,
+    evaluate_dataset,
+    flat_metrics,
+    load_run,
+    train_run,
+)
+from comcoco.text.syntax import split_words
+
+VALIDATION_FILE = "validation/validation.json"  # as comcoco.release.builder.VALIDATION_FILE
+TEXT_MODES = ("original", "random", "null")
+DEFAULT_STEPS = {"tiny": 300, "paper": 3000}
+JUDGE_MIN_IOU = 0.3  # below this the original-text model is too weak for a shortcut verdict
+COLLAPSE_RATIO = 0.5  # "collapse": IoU without language at most this share of the original's
+RUNS_DIR = "sahm-runs"
+ENV_CONFIG, ENV_STEPS, ENV_OUT = "COMCOCO_VALIDATE_CONFIG", "COMCOCO_VALIDATE_STEPS", "COMCOCO_VALIDATE_OUT"
+ENV_DEVICE = "COMCOCO_VALIDATE_DEVICE"
+
+
+@dataclass(frozen=True)
+class ValidationOptions:
+    """How a release is validated; ``config="auto"`` means paper on CUDA, tiny on CPU."""
+
+    config: str = "auto"
+    steps: int | None = None  # None: 300 for tiny, 3000 for paper
+    batch_size: int | None = None
+    variant: str = "ComCOCO"
+    split: str = "test"
+    seed: int = 0
+    fid_net: str | None = None
+    alexnet: str | None = None
+    runtime: Runtime = Runtime()
+
+
+def resolve_config(name: str, device: str) -> str:
+    if name == "auto":
+        cuda = device != "cpu" and torch.cuda.is_available()
+        return "paper" if cuda else "tiny"
+    if name not in ("tiny", "paper"):
+        raise RunError(f"--config must be auto, tiny or paper, got {name!r}")
+    return name
+
+
+def default_run_dir(release: str | os.PathLike[str]) -> Path:
+    """``<releases>/sahm-runs/comcoco-X.Y.Z``: beside the release, never inside it (it is not shipped)."""
+    p = Path(release).resolve()
+    return p.parent / RUNS_DIR / p.name.removesuffix(".incomplete")
+
+
+class TextSubstitute(Dataset):
+    """A dataset's items with the expression replaced: ``random`` words or ``null`` (empty) text."""
+
+    def __init__(self, base: ReleaseSamples, mode: str, vocabulary: list[str], seed: int = 0):
+        if mode not in TEXT_MODES:
+            raise ValueError(f"text mode must be one of {TEXT_MODES}, got {mode!r}")
+        if mode == "random" and not vocabulary:
+            raise ValueError("random text needs a non-empty vocabulary")
+        self.base, self.mode, self.vocabulary, self.seed = base, mode, sorted(set(vocabulary)), seed
+
+    def __len__(self) -> int:
+        return len(self.base)
+
+    def text(self, index: int) -> str:
+        original = self.base.expression(index)
+        if self.mode == "original":
+            return original
+        if self.mode == "null":
+            return ""
+        n = max(1, len(split_words(original)))
+        rng = rng_for(self.seed, "sahm-random-text", index)
+        return " ".join(self.vocabulary[int(k)] for k in rng.integers(len(self.vocabulary), size=n))
+
+    def __getitem__(self, index: int) -> dict[str, Any]:
+        return {**self.base[index], "expression": self.text(index)}
+
+
+def language_baseline(trainer: Any, test: ReleaseSamples, vocabulary: list[str], batch_size: int,
+                      num_workers: int = 0, seed: int = 0, original: dict[str, Any] | None = None) -> dict[str, Any]:
+    """Mask IoU of one model on ``test`` with original, random and null text, and a verdict.
+
+    ``original`` (``iou_mean``, ``iou_overall``, ``pr@0.7``, ``n`` of the same model on the same split)
+    saves the original-text pass when the evaluation already made it.
+    """
+    out: dict[str, Any] = {
+        "split": test.split,
+        "random_text": "as many words as the original, drawn uniformly (seeded) from the training vocabulary",
+        "null_text": "the empty expression",
+    }
+    if len(test) == 0:
+        out["verdict"] = not_computed(f"the {test.split} split is empty")["reason"]
+        return out
+    if original is not None:
+        out["original"] = dict(original)
+    for mode in TEXT_MODES:
+        if mode in out:
+            continue
+        result, ious = evaluate_dataset(trainer, TextSubstitute(test, mode, vocabulary, seed), batch_size,
+                                        num_workers=num_workers)
+        out[mode] = {k: result[k]["value"] for k in ("iou_mean", "iou_overall", "pr@0.7")}
+        out[mode]["n"] = len(ious)
+    orig = out["original"]["iou_mean"]
+    worst = max(out["random"]["iou_mean"], out["null"]["iou_mean"])
+    out["ratio"] = {m: (out[m]["iou_mean"] / orig if orig > 0 else None) for m in ("random", "null")}
+    if orig < JUDGE_MIN_IOU:
+        out["verdict"] = (f"inconclusive: original-text IoU {orig:.3f} < {JUDGE_MIN_IOU} is too low to judge "
+                          "a shortcut; train longer")
+    elif worst <= COLLAPSE_RATIO * orig:
+        out["verdict"] = "IoU collapses without the expression: no language shortcut detected"
+    else:
+        out["verdict"] = ("IoU does not collapse without the expression: the object may be found without "
+                          "language (possible shortcut, e.g. compositing artefacts)")
+    return out
+
+
+def _round(v: Any) -> Any:
+    return round(v, 4) if isinstance(v, float) else v
+
+
+def validate_release(
+    release: str | os.PathLike[str],
+    out: str | os.PathLike[str] | None = None,
+    options: ValidationOptions | None = None,
+    fresh: bool = False,
+) -> dict[str, Any]:
+    """Train (or continue) a run on ``release``, evaluate it, run the language baseline; returns the
+    validation dictionary (``title``, ``metrics``, ``notes``, plus details). Writes nothing into the release.
+
+    An existing run folder is continued (its config must match) unless ``fresh``, which picks a new
+    folder name instead.
+    """
+    o = options or ValidationOptions()
+    started = time.perf_counter()
+    release = Path(release).resolve()
+    config = resolve_config(o.config, o.runtime.device)
+    steps = o.steps if o.steps is not None else DEFAULT_STEPS[config]
+    if steps < 1:
+        raise RunError(f"--steps must be >= 1, got {steps}")
+    run = Path(out) if out else default_run_dir(release)
+    if fresh:
+        base, n = run, 1
+        while run.exists():
+            n += 1
+            run = base.with_name(f"{base.name}-{n}")
+    train_opts = TrainOptions(release=str(release), config=config, variant=o.variant, epochs=10**6,
+                              max_steps=steps, batch_size=o.batch_size, seed=o.seed, eval_split=None)
+    summary = train_run(run, train_opts, o.runtime, resume=(run / CONFIG_FILE).is_file())
+    if summary.rank != 0:  # under torchrun rank 0 evaluates alone
+        return {}
+    runtime = replace(o.runtime, progress=False)
+    seven = eval_run(run, split=o.split, checkpoint="last", fid_net=o.fid_net, alexnet=o.alexnet,
+                     runtime=runtime, batch_size=o.batch_size)
+
+    trainer, data, _ = load_run(run, "last", runtime)
+    try:
+        train = ReleaseSamples(release, "train", trainer.cfg.image_size, False, o.variant)
+        test = ReleaseSamples(release, o.split, trainer.cfg.image_size, False, o.variant)
+    except DataError as exc:
+        raise RunError(str(exc)) from None
+    trainer.collate = make_collate(trainer.tokenizer, trainer.cfg.max_text_len, test.category_names())
+    vocabulary = sorted({w for e in train.expressions() for w in split_words(e)})
+    batch = TrainOptions(**data["options"]).resolved_batch()
+    original = {k: seven[k]["value"] for k in ("iou_mean", "iou_overall", "pr@0.7")}
+    original["n"] = seven["iou_mean"].get("n", 0)
+    baseline = language_baseline(trainer, test, vocabulary, batch, seed=o.seed,
+                                 original=original if len(test) else None)
+
+    metrics = {k: _round(v) for k, v in flat_metrics(seven).items()}
+    for mode in ("random", "null"):
+        if mode in baseline:
+            metrics[f"iou_mean, {mode} text"] = _round(baseline[mode]["iou_mean"])
+    seconds = round(time.perf_counter() - started, 1)
+    notes = (
+        f"SAHM ({config} configuration, {trainer.cfg.image_size}² input) trained for {summary.step} steps "
+        f"(batch {batch}) on the {o.variant} train split ({len(train)} items) on {summary.device}, evaluated "
+        f"on {o.split} ({len(test)} items) in {seconds} s. Language baseline (paper Table 8): {baseline['verdict']}. "
+        "Metrics that need weight files report 'not computed' with the reason. "
+        + ("A short CPU run of the tiny model is a smoke test of the release, not a result comparable "
+           "with the paper's." if config == "tiny" else "")
+    ).strip()
+    return {
+        "title": f"SAHM validation ({config}, {summary.step} steps)",
+        "metrics": metrics,
+        "notes": notes,
+        "sahm": {k: seven[k] for k in METRIC_KEYS},
+        "language_baseline": baseline,
+        "run": {"path": str(run), "config": config, "steps": summary.step, "epochs": summary.epoch,
+                "batch_size": batch, "device": summary.device, "world_size": summary.world_size,
+                "variant": o.variant, "split": o.split, "train_items": len(train), "test_items": len(test),
+                "seconds": seconds},
+    }
+
+
+def write_validation(release: str | os.PathLike[str], result: dict[str, Any]) -> tuple[Path, list[str]]:
+    """Write ``RELEASE/validation/validation.json``; returns it and notes about the release's manifest."""
+    release = Path(release)
+    path = release / VALIDATION_FILE
+    path.parent.mkdir(parents=True, exist_ok=True)
+    write_text_atomic(path, json.dumps(result, indent=2, sort_keys=True) + "\n")
+    notes = []
+    manifest = release / "manifest.json"
+    if manifest.is_file():
+        files = json.loads(manifest.read_text()).get("files", {})
+        entry = files.get(VALIDATION_FILE)
+        if entry is None or entry.get("sha256") != sha256_file(path):
+            notes.append(f"{manifest} does not list this {VALIDATION_FILE}; `comcoco verify` will report it "
+                         "until the release is rebuilt with --validate")
+    return path, notes
+
+
+def _env_int(name: str) -> int | None:
+    raw = os.environ.get(name)
+    if not raw:
+        return None
+    try:
+        return int(raw)
+    except ValueError:
+        raise RunError(f"${name} must be an integer, got {raw!r}") from None
+
+
+def release_hook(path: str) -> dict[str, Any]:
+    """The release builder's validation hook: validate the staged release at ``path``.
+
+    Settings come from the environment: ``COMCOCO_VALIDATE_CONFIG`` (auto|tiny|paper),
+    ``COMCOCO_VALIDATE_STEPS``, ``COMCOCO_VALIDATE_DEVICE`` (auto|cpu|cuda), ``COMCOCO_VALIDATE_OUT``
+    (the run folder; default ``<releases>/sahm-runs/comcoco-X.Y.Z``, a fresh name if taken), and the
+    metric weights' ``COMCOCO_FID_WEIGHTS`` / ``COMCOCO_LPIPS_ALEXNET``.
+    """
+    options = ValidationOptions(
+        config=os.environ.get(ENV_CONFIG, "auto"),
+        steps=_env_int(ENV_STEPS),
+        runtime=Runtime(device=os.environ.get(ENV_DEVICE, "auto")),
+    )
+    return validate_release(path, os.environ.get(ENV_OUT) or None, options, fresh=True)

@@ -1,0 +1,67 @@
+"""Review flows: push a stage's tasks to Label Studio, pull and apply its decisions.
+
+Thin Prefect faces over ``comcoco.review.push`` and ``comcoco.review.apply``: one task each, taking
+paths and names and returning small dicts. The token is read from the environment inside the task
+(``COMCOCO_LS_TOKEN``), never passed as a flow parameter, so it is not recorded with the flow run.
+Retries against an unreachable or restarting server happen in the library (``RetryPolicy``), not
+here, so a failure is reported once, clearly.
+
+A build may stop after composing; these flows then run whenever reviewers have worked, and the
+release takes whatever the decisions say at that moment.
+"""
+
+from __future__ import annotations
+
+from dataclasses import asdict
+from pathlib import Path
+from typing import Any
+
+from pipelines.runners import configure_prefect
+
+configure_prefect()
+
+from prefect import flow, task  # noqa: E402
+from prefect.cache_policies import NO_CACHE  # noqa: E402
+
+from comcoco.review.labelstudio import RetryPolicy, ReviewServer  # noqa: E402
+from comcoco.review.server import ServerSettings  # noqa: E402
+
+
+def _server(url: str | None, document_root: str | None) -> tuple[ReviewServer, Path]:
+    overrides: dict[str, Any] = {}
+    if url:
+        overrides["url_override"] = url
+    if document_root:
+        overrides["document_root"] = Path(document_root)
+    settings = ServerSettings.from_env(**overrides)
+    return ReviewServer.from_settings(settings, RetryPolicy.from_env()), settings.document_root
+
+
+@task(name="review-push", cache_policy=NO_CACHE)
+def push_task(workdir: str, stage: str, url: str | None, document_root: str | None,
+              without_placement_review: bool) -> dict[str, Any]:
+    from comcoco.review.push import push
+
+    server, root = _server(url, document_root)
+    return asdict(push(workdir, stage, server, root, without_placement_review=without_placement_review))
+
+
+@task(name="review-pull", cache_policy=NO_CACHE)
+def pull_task(workdir: str, stage: str, url: str | None, document_root: str | None) -> dict[str, Any]:
+    from comcoco.review.apply import pull
+
+    server, root = _server(url, document_root)
+    return asdict(pull(workdir, stage, server, root))
+
+
+@flow(name="comcoco-review-push", log_prints=False)
+def review_push(workdir: str, stage: str, url: str | None = None, document_root: str | None = None,
+                without_placement_review: bool = False) -> dict[str, Any]:
+    """Import the stage's samples not yet in Label Studio (idempotent)."""
+    return push_task(str(workdir), stage, url, document_root, without_placement_review)
+
+
+@flow(name="comcoco-review-pull", log_prints=False)
+def review_pull(workdir: str, stage: str, url: str | None = None, document_root: str | None = None) -> dict[str, Any]:
+    """Apply the stage's finished annotations to the work directory (idempotent, resumable)."""
+    return pull_task(str(workdir), stage, url, document_root)

@@ -1,0 +1,449 @@
+"""Releases end to end: a small work directory → release → REFER / COCO / Parquet / torch loading,
+leak-free splits, review decisions, determinism, card, diff, and download over HTTP on 127.0.0.1."""
+
+from __future__ import annotations
+
+import functools
+import http.server
+import json
+import re
+import shutil
+import threading
+from collections import defaultdict
+from pathlib import Path
+
+import numpy as np
+import pytest
+from PIL import Image
+from typer.testing import CliRunner
+
+from comcoco.cli import app
+from comcoco.compose.engine import ComposeConfig
+from comcoco.plan import BuildConfig, SourceSpec
+from comcoco.records import ReviewDecision
+from comcoco.release.builder import ReleaseError, ReleaseOptions, build_release
+from comcoco.release.export import RELEASE_ID_BASE, instruction
+from comcoco.release.manifest import diff_releases, read_manifest, release_files, verify_release
+from comcoco.review.decisions import merge_decisions
+from comcoco.sources.refer import load_plain_pickle
+from comcoco.workdir import build_inline, read_status
+
+OPTIONS = ReleaseOptions(proportions={"train": 2, "val": 1, "test": 1}, rows_per_parquet=3, shard_bytes=300_000)
+runner = CliRunner()
+
+
+@pytest.fixture(scope="module")
+def workdir(demo_source_small, tmp_path_factory) -> Path:
+    out = tmp_path_factory.mktemp("release-wd") / "wd"
+    config = BuildConfig(limit=14, shard_size=8, seed=0, compose=ComposeConfig(seed=0, objects_per_image=2))
+    counts = build_inline(SourceSpec(root=str(demo_source_small)), out, config)
+    assert counts["by_status"].get("ok", 0) >= 10
+    return out
+
+
+@pytest.fixture(scope="module")
+def release(workdir, tmp_path_factory) -> Path:
+    return build_release(workdir, tmp_path_factory.mktemp("releases") / "R", "1.0.0", OPTIONS)
+
+
+def _refs(release: Path, variant: str = "ComCOCO") -> list[dict]:
+    return load_plain_pickle(release / variant / "refs(unc).p")
+
+
+def test_layout_manifest_and_counts(release):
+    for rel in ("manifest.json", "README.md", "card.html", "CHANGELOG.md", "ComCOCO/refs(unc).p",
+                "ComCOCO/instances.json", "ComCOCO+/refs(unc).p", "ComCOCO+/instances.json", "dist/index.json"):
+        assert (release / rel).is_file(), rel
+    for folder in ("images", "gt", "masks", "parquet", "instruct"):
+        assert any((release / folder).iterdir()), folder
+    assert not (release / "_build").exists() and not release.with_name(release.name + ".incomplete").exists()
+    manifest = read_manifest(release)
+    assert sorted(manifest["files"]) == release_files(release)
+    assert manifest["version"] == "1.0.0" and manifest["source"]["workdir_manifest_sha256"]
+    index = json.loads((release / "dist/index.json").read_text())
+    assert len(index["shards"]) >= 2  # small shard size: the release spans several tars
+    for variant in ("ComCOCO", "ComCOCO+"):
+        refs = _refs(release, variant)
+        per_split = defaultdict(int)
+        for r in refs:
+            assert r["split"] in ("train", "val", "test")
+            per_split[r["split"]] += 1
+        assert dict(per_split) == {s: c["samples"] for s, c in manifest["counts"]["per_split"][variant].items()}
+    assert set(manifest["counts"]["per_split"]["ComCOCO"]) == {"train", "val", "test"}
+    assert verify_release(release) == []
+
+
+def test_refer_records_ids_and_provenance(release, workdir):
+    import comcoco
+
+    refer = comcoco.load_refer(release, variant="ComCOCO")
+    status = {r["sample_id"]: r for r in read_status(workdir)}
+    refs = _refs(release)
+    assert [r["ref_id"] for r in refs] == list(range(len(refs)))
+    for raw in refs:
+        assert list(raw)[:8] == ["sent_ids", "file_name", "ann_id", "ref_id", "image_id", "split", "sentences",
+                                 "category_id"]
+        meta = raw["comcoco"]
+        row = status[meta["sample_id"]]
+        assert (meta["fg_ref_id"], meta["fg_ann_id"], meta["fg_image_id"], meta["bg_image_id"]) == (
+            row["fg_ref_id"], row["fg_ann_id"], row["fg_image_id"], row["bg_image_id"])
+        assert raw["image_id"] >= RELEASE_ID_BASE and raw["ann_id"] >= RELEASE_ID_BASE
+        assert raw["category_id"] == row["category_id"]
+        assert meta["placement"]["score"] == row["plausibility"] and "filter_args" in meta
+        image = refer.Imgs[raw["image_id"]]
+        assert (release / "images" / image["file_name"]).is_file()
+        assert (release / "gt" / image["gt_file_name"]).is_file()
+        assert (release / "gt" / meta["gt_file_name"]).is_file()
+        for s in raw["sentences"]:
+            assert s["tokens"] == s["sent"].split()
+    # multi-object composites: one image entry, several refs, one ground truth per object
+    by_image = defaultdict(list)
+    for raw in refs:
+        by_image[raw["image_id"]].append(raw)
+    multi = [v for v in by_image.values() if len(v) > 1]
+    assert multi, "the fixture build has two objects per composite"
+    group = multi[0]
+    assert len({r["comcoco"]["gt_file_name"] for r in group}) == len(group)
+    assert set(refer.Imgs[group[0]["image_id"]]["gt_file_names"].values()) == {r["comcoco"]["gt_file_name"] for r in group}
+
+
+def test_masks_equal_pycocotools_and_refer(release):
+    from pycocotools.coco import COCO
+
+    import comcoco
+
+    coco = COCO(str(release / "ComCOCO/instances.json"))
+    refer = comcoco.load_refer(release, variant="ComCOCO")
+    assert len(coco.getCatIds()) == 80
+    for raw in _refs(release):
+        ann = coco.anns[raw["ann_id"]]
+        assert ann["iscrowd"] == 0 and isinstance(ann["segmentation"][0], list)
+        stored = np.asarray(Image.open(release / "masks" / raw["comcoco"]["mask_file_name"])) > 127
+        assert np.array_equal(coco.annToMask(ann).astype(bool), stored)
+        assert np.array_equal(refer.getMask(raw["ref_id"])["mask"] > 0, stored)
+        assert ann["area"] == stored.sum()
+
+
+def test_splits_share_no_image(release):
+    images_of = defaultdict(set)
+    for raw in _refs(release):
+        meta = raw["comcoco"]
+        images_of[raw["split"]] |= {meta["bg_image_id"], meta["fg_image_id"]}
+    splits = list(images_of)
+    assert len(splits) == 3
+    for i, a in enumerate(splits):
+        for b in splits[i + 1:]:
+            assert not images_of[a] & images_of[b], (a, b)
+
+
+def test_parquet_loads_with_hf_datasets(release, tmp_path, monkeypatch):
+    monkeypatch.setenv("HF_DATASETS_OFFLINE", "1")
+    import datasets
+
+    refs = {r["ref_id"]: r for r in _refs(release)}
+    files = sorted(str(p) for p in (release / "parquet/ComCOCO").glob("train-*.parquet"))
+    assert len(files) >= 2  # rows_per_parquet=3
+    ds = datasets.load_dataset("parquet", data_files={"train": files}, cache_dir=str(tmp_path / "hf"))["train"]
+    assert len(ds) == sum(1 for r in refs.values() if r["split"] == "train")
+    row = ds[0]
+    assert isinstance(row["image"], Image.Image) and isinstance(row["mask"], Image.Image)
+    ref = refs[row["ref_id"]]
+    assert row["expressions"] == [s["raw"] for s in ref["sentences"]]
+    assert row["split"] == "train" and row["bg_image_id"] == ref["comcoco"]["bg_image_id"]
+    assert np.array_equal(np.asarray(row["mask"]),
+                          np.asarray(Image.open(release / "masks" / ref["comcoco"]["mask_file_name"])))
+    assert json.loads(row["provenance"])["fg_ann_id"] == ref["comcoco"]["fg_ann_id"]
+
+
+def test_torch_dataset_one_item_per_expression(release):
+    import torch
+
+    import comcoco
+
+    ds = comcoco.load(release, variant="ComCOCO+", split="val")
+    refs = [r for r in _refs(release, "ComCOCO+") if r["split"] == "val"]
+    assert len(ds) == sum(len(r["sentences"]) for r in refs) > 0
+    item = ds[0]
+    _, h, w = item["image"].shape
+    assert item["image"].dtype == torch.uint8 and item["ground_truth"].shape == (3, h, w)
+    assert item["mask"].shape == (1, h, w) and set(item["mask"].unique().tolist()) <= {0, 1}
+    assert item["expression"] in {s["raw"] for r in refs for s in r["sentences"]}
+    # composite and ground truth differ only where the object was pasted (and a small border)
+    diff = (item["image"].int() - item["ground_truth"].int()).abs().sum(0) > 0
+    assert diff[item["mask"][0].bool()].float().mean() > 0.5
+    f = comcoco.load(release, variant="ComCOCO", split=None, as_float=True, transform=lambda d: d["image"])
+    assert f[0].dtype == torch.float32 and float(f[0].max()) <= 1.0
+    with pytest.raises(Exception, match="unknown split"):
+        comcoco.load(release, split="testA")
+
+
+def test_instruction_editing_export(release):
+    lines = []
+    for p in sorted((release / "instruct/ComCOCO").glob("*.jsonl")):
+        lines += [json.loads(x) for x in p.read_text().splitlines()]
+    assert len(lines) == sum(len(r["sentences"]) for r in _refs(release))
+    for rec in lines[:10]:
+        assert rec["instruction"].startswith("remove the ") and "remove the the" not in rec["instruction"]
+        for key in ("input_image", "output_image", "mask"):
+            assert (release / rec[key]).is_file()
+    assert instruction("The man's red hat!") == "remove the mans red hat"
+
+
+def test_same_workdir_gives_same_files_and_versions_differ_only_in_text(release, workdir, tmp_path):
+    same = build_release(workdir, tmp_path / "A", "1.0.0", OPTIONS)
+    other = build_release(workdir, tmp_path / "B", "2.0.0", OPTIONS)
+    files = read_manifest(release)["files"]
+    assert read_manifest(same)["files"] == files
+    versioned = {"README.md", "card.html", "CHANGELOG.md"}
+    other_files = read_manifest(other)["files"]
+    assert set(other_files) == set(files)
+    assert {k for k in files if files[k] != other_files[k]} <= versioned
+    # dist shards hold manifest.json (with its timestamp) but the same data files
+    assert (same / "dist/index.json").is_file()
+
+
+def test_existing_version_refused_and_failed_build_leaves_nothing(release, workdir):
+    with pytest.raises(ReleaseError, match="never overwritten"):
+        build_release(workdir, release.parent, "1.0.0", OPTIONS)
+
+    def broken(path: str) -> dict:
+        raise RuntimeError("validation crashed")
+
+    with pytest.raises(RuntimeError):
+        build_release(workdir, release.parent, "1.0.1", OPTIONS, validate=broken)
+    assert not (release.parent / "comcoco-1.0.1").exists()
+    assert not (release.parent / "comcoco-1.0.1.incomplete").exists()
+    with pytest.raises(ReleaseError, match="X.Y.Z"):
+        build_release(workdir, release.parent, "v1", OPTIONS)
+
+
+def test_card_images_load_and_hf_header(release):
+    import yaml
+
+    page = (release / "card.html").read_text()
+    sources = re.findall(r'<img src="([^"]+)"', page)
+    readme = (release / "README.md").read_text()
+    md_sources = re.findall(r"!\[[^\]]*\]\(([^)]+)\)", readme)
+    assert len(sources) >= 5 and set(sources) == set(md_sources)
+    for src in sources:
+        with Image.open(release / src) as im:
+            im.load()
+            assert im.size[0] > 50 and im.size[1] > 50
+    header = yaml.safe_load(readme.split("---")[1])
+    configs = {c["config_name"]: c for c in header["configs"]}
+    assert set(configs) == {"ComCOCO", "ComCOCO_plus"}
+    for c in configs.values():
+        for df in c["data_files"]:
+            assert list(release.glob(df["path"])), df
+    for section in ("Counts", "Object sizes", "Object positions", "Instances per cluster", "Expressions",
+                    "Review", "Examples", "Validation"):
+        assert f"<h2>{section}</h2>" in page and f"## {section}" in readme
+    assert "53 %" in readme  # the paper's medium share beside ours
+
+
+def _decide(sample_id: str, stage: str, **kw) -> ReviewDecision:
+    return ReviewDecision(sample_id=sample_id, stage=stage, reviewer="ann", reviewed_at="2026-01-01T00:00:00Z",
+                          decision=kw.pop("decision", "done"), **kw)
+
+
+@pytest.fixture(scope="module")
+def reviewed(workdir, tmp_path_factory):
+    """A copy of the work directory with decisions: one reject, one expressions review, one adjust."""
+    wd = tmp_path_factory.mktemp("reviewed") / "wd"
+    shutil.copytree(workdir, wd)
+    ok = [r for r in read_status(wd) if r["status"] == "ok"]
+    rejected, edited, adjusted = ok[0], ok[1], ok[2]
+    from comcoco.plan import SourceSpec as Spec
+
+    source = Spec(**json.loads((wd / "plan.json").read_text())["source"]).load()
+    sents = source.ref(edited["fg_ref_id"]).sentences
+    assert len(sents) >= 2
+    merge_decisions(wd, [
+        _decide(rejected["sample_id"], "placement", decision="reject", reason="floating"),
+        _decide(edited["sample_id"], "placement", decision="accept"),
+        _decide(edited["sample_id"], "expressions", kept_sent_ids=tuple(s.sent_id for s in sents[1:]),
+                dropped_sent_ids=(sents[0].sent_id,), spatial_phrases=("object on the left",)),
+        _decide(adjusted["sample_id"], "placement", decision="adjust", box=(1, 1, 10, 10)),
+    ])
+    return wd, rejected, edited, adjusted, sents
+
+
+def test_review_decisions_shape_the_release(reviewed, tmp_path):
+    wd, rejected, edited, adjusted, sents = reviewed
+    rel = build_release(wd, tmp_path / "R", "1.1.0", OPTIONS)
+    by_sample = {r["comcoco"]["sample_id"]: r for r in _refs(rel)}
+    plus = {r["comcoco"]["sample_id"]: r for r in _refs(rel, "ComCOCO+")}
+    assert rejected["sample_id"] not in by_sample and rejected["sample_id"] not in plus
+    raws = [s["raw"] for s in by_sample[edited["sample_id"]]["sentences"]]
+    assert "object on the left" in raws and sents[0].raw not in raws
+    assert [s["raw"] for s in plus[edited["sample_id"]]["sentences"]] == [s.raw for s in sents[1:]]
+    meta = by_sample[edited["sample_id"]]["comcoco"]
+    assert meta["review"]["reviewer"] == "ann" and len(meta["spatial_sent_ids"]) == 1
+    assert by_sample[adjusted["sample_id"]]["comcoco"]["review"]["decision"] == "adjust"
+    sel = read_manifest(rel)["selection"]
+    assert sel["review"]["reject"] == 1 and sel["review"]["spatial_phrases_added"] == 1
+    assert sel["excluded"] == {"rejected_by_review": 1}
+    # only reviewed samples with --unreviewed exclude
+    only = build_release(wd, tmp_path / "R2", "1.1.0", ReleaseOptions(**{**OPTIONS.to_dict(), "unreviewed": "exclude"}))
+    assert {r["comcoco"]["sample_id"] for r in _refs(only)} == {edited["sample_id"], adjusted["sample_id"]}
+
+    d = diff_releases(tmp_path / "R" / "comcoco-1.1.0", only)
+    assert d["added"] == [] and len(d["removed"]) == len(by_sample) - 2
+
+
+def test_release_diff_cli(release, reviewed, tmp_path):
+    wd, rejected, edited, *_ = reviewed
+    newer = build_release(wd, release.parent, "1.2.0", OPTIONS)
+    res = runner.invoke(app, ["release", "diff", str(release), str(newer), "--json"])
+    assert res.exit_code == 0, res.output
+    d = json.loads(res.output)
+    key = lambda r: {"fg_ref_id": r["fg_ref_id"], "fg_ann_id": r["fg_ann_id"], "bg_image_id": r["bg_image_id"]}  # noqa: E731
+    assert d["removed"] == [key(rejected)] and key(edited) in d["changed"] and d["added"] == []
+    assert d["count_deltas"]["ComCOCO"]  # per split deltas are listed
+    changelog = (newer / "CHANGELOG.md").read_text()
+    assert changelog.index("## 1.2.0") < changelog.index("## 1.0.0") and "1 removed" in changelog
+    res = runner.invoke(app, ["release", "diff", str(release), str(tmp_path)])
+    assert res.exit_code == 2 and "error:" in res.output
+
+
+def test_validation_hook_fills_the_card(workdir, tmp_path):
+    def hook(path: str) -> dict:
+        assert Path(path, "ComCOCO/refs(unc).p").is_file()
+        return {"title": "SAHM smoke", "metrics": {"psnr": 21.5}, "notes": "tiny run"}
+
+    rel = build_release(workdir, tmp_path, "0.1.0", OPTIONS, validate=hook)
+    assert json.loads((rel / "validation/validation.json").read_text())["metrics"]["psnr"] == 21.5
+    assert "SAHM smoke" in (rel / "card.html").read_text() and "psnr" in (rel / "README.md").read_text()
+    assert "validation/validation.json" in read_manifest(rel)["files"]
+
+
+# --- download over HTTP on 127.0.0.1 ------------------------------------------------------------------
+
+
+@pytest.fixture()
+def served(tmp_path):
+    root = tmp_path / "www"
+    root.mkdir()
+    handler = functools.partial(_QuietHandler, directory=str(root))
+    server = http.server.ThreadingHTTPServer(("127.0.0.1", 0), handler)
+    threading.Thread(target=server.serve_forever, daemon=True).start()
+    yield root, f"http://127.0.0.1:{server.server_address[1]}"
+    server.shutdown()
+    server.server_close()
+
+
+class _QuietHandler(http.server.SimpleHTTPRequestHandler):
+    def log_message(self, *args):
+        pass
+
+
+def test_download_verify_load_over_http(release, served, tmp_path):
+    import comcoco
+
+    www, url = served
+    shutil.copytree(release / "dist", www / "v1")
+    out = tmp_path / "got"
+    res = runner.invoke(app, ["download", f"{url}/v1/", "-o", str(out), "--no-progress"])
+    assert res.exit_code == 0, res.output
+    assert read_manifest(out)["files"] == read_manifest(release)["files"]
+    res = runner.invoke(app, ["verify", str(out), "--no-progress"])
+    assert res.exit_code == 0 and "ok" in res.output
+    assert len(comcoco.load(out, split="train")) == len(comcoco.load(release, split="train")) > 0
+
+    victim = sorted((out / "gt").iterdir())[0]
+    victim.write_bytes(victim.read_bytes()[:-1] + b"\0")
+    res = runner.invoke(app, ["verify", str(out), "--no-progress"])
+    assert res.exit_code == 1 and f"gt/{victim.name}" in res.output
+
+
+def test_tampered_shard_refused_nothing_extracted(release, served, tmp_path):
+    www, url = served
+    shutil.copytree(release / "dist", www / "v1")
+    shard = sorted((www / "v1").glob("*.tar"))[0]
+    data = bytearray(shard.read_bytes())
+    data[700] ^= 0xFF
+    shard.write_bytes(bytes(data))
+    out = tmp_path / "got"
+    res = runner.invoke(app, ["download", f"{url}/v1/index.json", "-o", str(out), "--no-progress"])
+    assert res.exit_code == 2 and "checksum mismatch" in res.output
+    assert not out.exists() or not any(out.iterdir())
+    assert not list(tmp_path.glob(".got.*"))
+    res = runner.invoke(app, ["verify", str(tmp_path / "nothing"), "--no-progress"])
+    assert res.exit_code == 2 and "not a comcoco release" in res.output
+
+
+def test_cli_create_is_the_default_subcommand(release, workdir, tmp_path):
+    for args in (["release", "--help"], ["release", "create", "--help"], ["release", "diff", "--help"]):
+        res = runner.invoke(app, args)
+        assert res.exit_code == 0 and "Usage" in res.output, args
+    res = runner.invoke(app, ["release", str(workdir), "-o", str(release.parent), "--version", "1.0.0", "--no-progress"])
+    assert res.exit_code == 2 and "error:" in res.output and "never overwritten" in res.output
+    res = runner.invoke(app, ["release", str(workdir), "-o", str(tmp_path), "--version", "1.0.0", "--unreviewed", "maybe"])
+    assert res.exit_code == 2 and "--unreviewed" in res.output
+    res = runner.invoke(app, ["release", str(workdir), "-o", str(tmp_path), "--version", "1.0.0", "--split", "train"])
+    assert res.exit_code == 2 and "--split" in res.output
+    res = runner.invoke(app, ["release", str(tmp_path / "none"), "-o", str(tmp_path), "--version", "1.0.0"])
+    assert res.exit_code == 2 and "no such work directory" in res.output
+    assert not list(tmp_path.glob("comcoco-*"))
+
+
+def _rewrite_status(wd: Path, change) -> list[dict]:
+    import pyarrow as pa
+    import pyarrow.parquet as pq
+
+    table = pq.read_table(wd / "status.parquet")
+    rows = table.to_pylist()
+    change(rows)
+    pq.write_table(pa.Table.from_pylist(rows, schema=table.schema), wd / "status.parquet")
+    return rows
+
+
+def test_bad_geometry_is_left_out_or_named(workdir, tmp_path):
+    from comcoco.release.builder import select_entries
+
+    wd = tmp_path / "wd"
+    shutil.copytree(workdir, wd)
+    ok = [i for i, r in enumerate(read_status(wd)) if r["status"] == "ok"]
+
+    def empty(rows):
+        rows[ok[0]]["polygon"] = "[[1, 1, 2, 2]]"  # fewer than 3 points: covers nothing
+
+    rows = _rewrite_status(wd, empty)
+    entries, report = select_entries(wd, OPTIONS)
+    assert report["excluded"] == {"empty_polygon": 1}
+    assert rows[ok[0]]["sample_id"] not in {e.sample_id for e in entries}
+    assert [e.ref_id for e in entries] == list(range(len(entries)))  # ids stay sequential
+    assert sorted({e.image_id for e in entries}) == [RELEASE_ID_BASE + i for i in range(len({e.image_id for e in entries}))]
+
+    def garbled(rows):
+        rows[ok[1]]["polygon"] = "{not json"
+
+    rows = _rewrite_status(wd, garbled)
+    with pytest.raises(ReleaseError, match=rows[ok[1]]["sample_id"]):
+        select_entries(wd, OPTIONS)
+
+
+def test_validation_hook_by_import_path(workdir, tmp_path, monkeypatch):
+    from comcoco.release.builder import start_release, validation_stage
+
+    (tmp_path / "myhooks.py").write_text("def check(path):\n    return {'title': 'ok', 'metrics': {'n': 1}}\n"
+                                         "def bad(path):\n    return 3\n")
+    monkeypatch.syspath_prepend(str(tmp_path))
+    staging = start_release(tmp_path / "R", "0.0.1")
+    assert validation_stage(staging, "myhooks:check")["metrics"] == {"n": 1}
+    assert (staging / "validation/validation.json").is_file()
+    with pytest.raises(ReleaseError, match="expected a dict"):
+        validation_stage(staging, "myhooks:bad")
+    with pytest.raises(ReleaseError, match="module:function"):
+        validation_stage(staging, "myhooks")
+
+
+def test_stale_status_after_interrupted_review_is_refused(workdir, tmp_path):
+    from comcoco.release.builder import select_entries
+
+    wd = tmp_path / "wd"
+    shutil.copytree(workdir, wd)
+    (wd / "review").mkdir(exist_ok=True)
+    (wd / "review" / ".status-stale").write_text("")
+    with pytest.raises(ReleaseError, match="out of date"):
+        select_entries(wd, OPTIONS)
