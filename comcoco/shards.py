@@ -66,8 +66,16 @@ class ShardResult:
                 "skipped": self.skipped, "seconds": self.seconds}
 
 
+_LIMITER: Any = None
+
+
 def limit_threads() -> None:
-    """One OpenCV and one torch thread per worker: parallelism comes from shards, not from libraries."""
+    """One OpenCV, torch, OpenMP and BLAS thread per worker: parallelism comes from shards, not libraries.
+
+    Without this, two Dask worker processes on two cores would each start a BLAS and an OpenMP pool
+    per core and fight over them.
+    """
+    global _LIMITER
     import cv2
 
     cv2.setNumThreads(1)
@@ -78,6 +86,10 @@ def limit_threads() -> None:
             torch.set_num_threads(1)
     except ImportError:  # torch is a dependency, but the compose path does not need it
         pass
+    if _LIMITER is None:
+        from threadpoolctl import threadpool_limits
+
+        _LIMITER = threadpool_limits(limits=1)  # kept for the life of the process
 
 
 # --- per-process caches: a worker loads the source and the models once, not once per shard -----------

@@ -123,21 +123,32 @@ def test_unreadable_source_exits_2(tmp_path, prefect_api):
     assert "Traceback" not in proc.stderr
 
 
-def _damage(source: Path) -> dict[str, int]:
-    """Truncate one image, delete another, and point one ref at an annotation that does not exist."""
-    from comcoco.sources.refer import load_source
+def _damage(source: Path, scratch: Path) -> dict[str, int]:
+    """Truncate one image, delete another, and point one ref at an annotation that does not exist.
 
+    The images are chosen among those the build will use (its matching, run here first).
+    """
+    from comcoco.matching.scene import read_candidates
+    from comcoco.plan import BuildConfig, SourceSpec
+    from comcoco.sources.refer import load_source
+    from comcoco.workdir import match_stage, prepare_workdir
+
+    spec, cfg = SourceSpec(root=str(source)), BuildConfig(seed=1)
+    prepare_workdir(scratch, cfg, spec)
+    cands = sorted(read_candidates(match_stage(spec, scratch, cfg)), key=lambda c: (c.ref_id, c.rank))
+    top = [c for c in cands if c.rank == 1]
+    truncated = top[0].fg_image_id
+    missing = next(c.fg_image_id for c in top if c.fg_image_id != truncated)
     src = load_source(source)
-    refs = sorted(src.refs(), key=lambda r: r.ref_id)
     img_dir = Path(src.IMAGE_DIR)
-    truncated = refs[0].image_id
-    missing = next(r.image_id for r in refs if r.image_id != truncated)
     p = img_dir / src.image(truncated).file_name
     p.write_bytes(p.read_bytes()[:600])
     (img_dir / src.image(missing).file_name).unlink()
+    used = {c.ref_id for c in top if c.fg_image_id not in (truncated, missing)
+            and c.bg_image_id not in (truncated, missing)}
     refs_file = source / "refcoco+" / "refs(unc).p"
     raw = pickle.loads(refs_file.read_bytes())
-    dangling_ref = next(r for r in raw if r["image_id"] not in (truncated, missing))
+    dangling_ref = next(r for r in raw if r["ref_id"] in used)
     dangling_ref["ann_id"] = 999_999_999
     refs_file.write_bytes(pickle.dumps(raw, protocol=2))
     return {"truncated": truncated, "missing": missing, "dangling_ref": dangling_ref["ref_id"]}
@@ -145,7 +156,7 @@ def _damage(source: Path) -> dict[str, int]:
 
 def test_bad_input_is_reported_and_retry_failed_redoes_only_failures(demo_source_copy, prefect_api, tmp_path):
     original = {p: p.read_bytes() for p in (demo_source_copy / "images").rglob("*.jpg")}
-    damage = _damage(demo_source_copy)
+    damage = _damage(demo_source_copy, tmp_path / "scratch")
     out = tmp_path / "wd"
     args = ["build", str(demo_source_copy), "-o", str(out), "--shard-size", "8", "--seed", "1", "--no-progress"]
     proc = comcoco(args, prefect_api)

@@ -29,7 +29,7 @@ similarities from sparse integer products (sentence × sentence), max-reduced pe
 from __future__ import annotations
 
 import sys
-from collections.abc import Collection, Sequence
+from collections.abc import Callable, Collection, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -377,7 +377,7 @@ class _ClusterIndex:
         np.bitwise_or.at(
             self.bits, (inverse, cols >> 6), np.left_shift(np.uint64(1), (cols & 63).astype(np.uint64))
         )
-        self._bg: tuple[sparse.csr_matrix, np.ndarray, np.ndarray] | None = None
+        self._bg: tuple[sparse.csr_matrix, sparse.csr_matrix, np.ndarray, np.ndarray] | None = None
 
     def hits(self, rows: np.ndarray) -> np.ndarray:
         """(len(rows) × n) bool: ref row shares at least one word with cluster image column."""
@@ -392,8 +392,8 @@ class _ClusterIndex:
             hitbits[uniq] = np.bitwise_or.reduceat(self.bits[local], starts, axis=0)
         return np.unpackbits(hitbits.view(np.uint8), axis=1, count=self.n, bitorder="little").view(bool)
 
-    def _background(self) -> tuple[sparse.csr_matrix, np.ndarray, np.ndarray]:
-        """Transposed background word matrix, its row sizes and the cluster column of each row."""
+    def _background(self) -> tuple[sparse.csr_matrix, sparse.csr_matrix, np.ndarray, np.ndarray]:
+        """Background word matrix (rows = sentences or image unions), its transpose, row sizes, columns."""
         if self._bg is None:
             c = self.corpus
             if self.similarity == "max":
@@ -405,16 +405,23 @@ class _ClusterIndex:
                 mat = c.image_union[self.text_rows]
                 col = self.text_cols
                 sizes = c.image_union_sizes[self.text_rows]
-            self._bg = (mat.T.tocsr(), sizes, col)
+            self._bg = (mat, mat.T.tocsr(), sizes, col)
         return self._bg
 
     def background_rows(self) -> int:
-        return int(self._background()[0].shape[1])
+        return int(self._background()[0].shape[0])
 
-    def similarities(self, rows: np.ndarray) -> np.ndarray:
-        """Exact (len(rows) × n) float64 similarities (0 where no word is shared)."""
+    def similarities(self, rows: np.ndarray, blocked: np.ndarray | None = None) -> np.ndarray:
+        """Exact (len(rows) × n) float64 similarities (0 where no word is shared).
+
+        Columns in ``blocked`` are left at 0 and not computed: when most of the cluster is blocked
+        (late in a usage-capped pass) only the remaining images' expressions enter the product.
+        """
         c = self.corpus
-        bg_t, bg_sizes, bg_col = self._background()
+        bg, bg_t, bg_sizes, bg_col = self._background()
+        if blocked is not None and 2 * int(blocked.sum()) > self.n:
+            keep = np.nonzero(~blocked[bg_col])[0]
+            bg_t, bg_sizes, bg_col = bg[keep].T.tocsr(), bg_sizes[keep], bg_col[keep]
         out = np.zeros((len(rows), self.n), dtype=np.float64)
         if self.similarity == "max":
             members, owner = _rows_of(c.ref_sent_ptr, rows)
@@ -453,7 +460,7 @@ def _rank_exact(
 ) -> list[_Ranked]:
     """Rank with exact similarities: the ``need`` best of each ref by (similarity, key, image id)."""
     c = ci.corpus
-    sims = ci.similarities(rows)
+    sims = ci.similarities(rows, blocked)
     has_own = own >= 0
     sims[np.nonzero(has_own)[0], own[has_own]] = np.inf
     if blocked is not None:
@@ -560,10 +567,10 @@ def _rank_block(
     return [r for r in result if r is not None]
 
 
-def _progress(total: int, enabled: bool) -> Any:
+def _progress(total: int, enabled: bool, desc: str = "matching") -> Any:
     from tqdm import tqdm
 
-    return tqdm(total=total, unit="ref", desc="matching", disable=not enabled, file=sys.stderr, leave=False)
+    return tqdm(total=total, unit="ref", desc=desc, disable=not enabled, file=sys.stderr, leave=False)
 
 
 def match_backgrounds(
@@ -623,7 +630,11 @@ def match_backgrounds(
         return _candidates(refs, corpus.clusters.tolist(), chosen)
 
     order = _usage_order(int(seed), corpus.ref_ids).tolist()
-    chosen = _capped_choice(order, ranked, indexes, corpus, pools, k, int(max_uses), need)
+    bar = _progress(len(order), progress, "usage cap")
+    try:
+        chosen = _capped_choice(order, ranked, indexes, corpus, pools, k, int(max_uses), need, bar.update)
+    finally:
+        bar.close()
     return _candidates(refs, corpus.clusters.tolist(), chosen)
 
 
@@ -636,6 +647,7 @@ def _capped_choice(
     k: int,
     max_uses: int,
     need: int,
+    advance: Callable[[int], Any],
 ) -> dict[int, list[tuple[int, float]]]:
     """The usage-capped greedy of ``_greedy_cap``, without walking long saturated rankings.
 
@@ -685,6 +697,7 @@ def _capped_choice(
             for image_id, _ in picks:
                 uses[slot[image_id]] += 1
             chosen[pos] = picks
+        advance(len(chunk))
     return chosen
 
 

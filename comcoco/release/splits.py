@@ -125,7 +125,7 @@ def assign_splits(
     proportions: Mapping[str, float] | None = None,
     seed: int = 0,
     cluster_weight: float = 1.0,
-    preference_weight: float = 1.0,
+    preference_weight: float = 0.2,
 ) -> SplitResult:
     """Assign every sample to a split; components of shared images never straddle two splits."""
     items = list(items)

@@ -92,7 +92,7 @@ def apply_crop(
                 x = x.flip(-1)
         out.append(resize(x, size))
     img, gt, m = out
-    return img.clamp_(0, 1), gt.clamp_(0, 1), (m >= 0.5).float()
+    return img.clamp(0, 1), gt.clamp(0, 1), (m >= 0.5).float()
 
 
 class ReleaseSamples(Dataset):

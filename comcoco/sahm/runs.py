@@ -35,7 +35,19 @@ from torch.utils.data import DataLoader, Dataset
 from comcoco.io import write_text_atomic
 from comcoco.sahm.config import SAHMConfig, get_config
 from comcoco.sahm.data import DataError, ReleaseSamples, make_collate
-from comcoco.sahm.metrics import METRIC_KEYS, MetricWeightsError, RemovalMetrics, write_metrics
+from comcoco.sahm.metrics import (
+    ALEXNET_FILE,
+    FID_ENV,
+    LPIPS_ENV,
+    METRIC_KEYS,
+    NVIDIA_INCEPTION_FILE,
+    MetricWeightsError,
+    RemovalMetrics,
+    not_computed,
+    resolve_weights,
+    torch_home,
+    write_metrics,
+)
 from comcoco.sahm.text import TokenizerError, load_tokenizer, tagging_accuracy, train_tokenizer
 from comcoco.sahm.train import Trainer, TrainError, setup_distributed
 
@@ -339,9 +351,11 @@ def _prepare_tokenizer(run: Path, options: TrainOptions, cfg: SAHMConfig, train:
 
 def _check_resume(stored: TrainOptions, given: TrainOptions, path: Path) -> TrainOptions:
     """The stored options with the budget taken from ``given`` (epochs, or the stored ones when not given;
-    ``max_steps`` as given, None meaning no step limit); config, variant, seed, release must agree."""
-    for name in ("config", "variant", "seed"):
-        if getattr(given, name) != getattr(stored, name):
+    ``max_steps`` as given, None meaning no step limit). Config, variant, seed, batch size and image size
+    given explicitly (not at their defaults) must agree with the run's, and so must the release."""
+    default = TrainOptions(release="")
+    for name in ("config", "variant", "seed"):  # left at its default: taken from the run
+        if getattr(given, name) != getattr(default, name) and getattr(given, name) != getattr(stored, name):
             raise RunError(f"{path}: the run was started with {name}={getattr(stored, name)!r}, "
                            f"not {getattr(given, name)!r}; start a new run folder instead")
     for name in ("batch_size", "image_size"):
@@ -520,12 +534,25 @@ def load_run(run: str | os.PathLike[str], checkpoint: str = "best", runtime: Run
     ckpt = checkpoint_path(run, checkpoint)
     if not ckpt.is_file():
         raise RunError(f"checkpoint not found: {ckpt} (train the run first)")
+    world = os.environ.get("WORLD_SIZE")
+    os.environ["WORLD_SIZE"] = "1"  # evaluation is one process: no DDP wrapping even under torchrun
     try:
         tok = load_tokenizer(run / TOKENIZER_DIR)
         trainer = Trainer.resume(ckpt, tok, device=resolve_device(runtime.device), amp=runtime.amp)
     except (TokenizerError, TrainError) as exc:
         raise RunError(str(exc)) from None
+    finally:
+        if world is None:
+            os.environ.pop("WORLD_SIZE", None)
+        else:
+            os.environ["WORLD_SIZE"] = world
     return trainer, data, ckpt
+
+
+def _weights(explicit: Any, env: str, default: Path) -> str | None:
+    """The weight file a metric used (as ``RemovalMetrics.from_paths`` resolves it), for the record."""
+    p = resolve_weights(explicit, env, default)
+    return str(p) if p is not None else None
 
 
 def metrics_file(split: str) -> str:
@@ -558,11 +585,14 @@ def eval_run(
     bs = batch_size or options.resolved_batch()
     result, ious = evaluate_dataset(trainer, ds, bs, metrics, resolve_workers(runtime, trainer.device))
     seven = {k: result[k] for k in METRIC_KEYS}
+    if len(ds) == 0:
+        seven = {k: not_computed(f"the {options.variant} {split} split of {rel} is empty") for k in METRIC_KEYS}
     write_metrics(run / metrics_file(split), seven)
     _write_json(run / f"eval-{split}.json", {
         "split": split, "variant": options.variant, "release": str(rel), "items": len(ds),
         "checkpoint": str(ckpt), "step": trainer.step, "epoch": trainer.epoch, "config": trainer.cfg.name,
         "image_size": trainer.cfg.image_size, "metrics": result,
-        "fid_network": str(fid_net) if fid_net else None, "lpips_alexnet": str(alexnet) if alexnet else None,
+        "fid_network": _weights(fid_net, FID_ENV, Path(os.environ.get("TMPDIR", "/tmp")) / NVIDIA_INCEPTION_FILE),
+        "lpips_alexnet": _weights(alexnet, LPIPS_ENV, torch_home() / "hub" / "checkpoints" / ALEXNET_FILE),
     })
     return seven

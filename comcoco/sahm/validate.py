@@ -211,7 +211,7 @@ def validate_release(
            "with the paper's." if config == "tiny" else "")
     ).strip()
     return {
-        "title": f"SAHM validation ({config}, {summary.step} steps)",
+        "title": f"SAHM validation ({config}, {summary.step} step{'' if summary.step == 1 else 's'})",
         "metrics": metrics,
         "notes": notes,
         "sahm": {k: seven[k] for k in METRIC_KEYS},
