@@ -23,7 +23,6 @@ import pytest
 from comcoco.review import server as ls_server
 from comcoco.text.spatial import propose_spatial_phrases
 
-
 REPO = Path(__file__).resolve().parents[1]
 ANNOTATIONS = REPO / "annotations"
 COCO_REAL = REPO.parent / "shared" / "fixtures" / "coco_real"

@@ -18,7 +18,7 @@ from comcoco.compose.engine import ComposeConfig
 from comcoco.ids import rng_for
 from comcoco.plan import BuildConfig, SourceSpec
 from comcoco.release.builder import ReleaseOptions, build_release
-from comcoco.release.manifest import read_manifest
+from comcoco.release.manifest import read_manifest, verify_release
 from comcoco.sahm.data import ReleaseSamples, apply_crop, sample_crop
 from comcoco.sahm.metrics import METRIC_KEYS
 from comcoco.sahm.runs import (
@@ -245,7 +245,15 @@ def test_validate_reports_metrics_and_language_baseline(validated, release):
     path, notes = write_validation(release, result)
     assert path == release / "validation/validation.json"
     assert json.loads(path.read_text())["language_baseline"]["null"] == lb["null"]
-    assert notes and "manifest" in notes[0]
+    assert notes and "manifest.json" in notes[0]
+    # The published release now carries the validation: card section, manifest entries, dist index.
+    assert result["title"] in (release / "README.md").read_text()
+    assert result["title"] in (release / "card.html").read_text()
+    changed = ("validation/validation.json", "README.md", "card.html")
+    problems = verify_release(release)
+    assert not [p for p in problems if p.split(":")[0] in changed], problems
+    index = json.loads((release / "dist" / "index.json").read_text())
+    assert sum(s["files"] for s in index["shards"]) == len(read_manifest(release)["files"]) + 1
 
 
 def test_release_hook_fills_the_card(workdir, tmp_path, monkeypatch):
@@ -306,4 +314,4 @@ def test_cli_train_eval_validate(trained, validated, release, tmp_path):
     assert res.exit_code == 0, res.output
     assert "language baseline:" in res.output and "iou_mean, null text" in res.output
     assert json.loads((release / "validation/validation.json").read_text())["run"]["steps"] == 2
-    assert "not re-rendered" in res.output
+    assert "updated validation/validation.json, README.md, card.html, manifest.json" in res.output

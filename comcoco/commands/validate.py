@@ -58,10 +58,8 @@ def validate(
     typer.echo(f"run      {result['run']['path']}")
     if write:
         typer.echo(f"written  {path}")
-        notes.append("the card (README.md, card.html) is not re-rendered for an existing release; "
-                     "rebuild with `comcoco release ... --validate comcoco.sahm.validate:release_hook` to show it")
     for note in notes:
-        typer.echo(f"note: {note}", err=True)
+        typer.echo(note)
 
 
 def register(app: typer.Typer) -> None:

@@ -345,6 +345,31 @@ def validation_stage(staging: str | os.PathLike[str], hook: ValidationHook | str
     return result
 
 
+def refresh_validation(release: str | os.PathLike[str], result: dict[str, Any], progress: bool = False) -> dict[str, Any]:
+    """Record a validation run in a published release: validation.json, the card's section, manifest, dist.
+
+    Only those files change (and the tar shards that carry them); every sample file keeps its hash,
+    so `comcoco verify` passes again afterwards and downloads get the validated card.
+    """
+    from comcoco.release.card import replace_validation_section
+    from comcoco.release.manifest import MANIFEST_NAME, hash_files, read_manifest
+
+    release = Path(release)
+    manifest = read_manifest(release)
+    write_text_atomic(release / VALIDATION_FILE, json.dumps(result, indent=2, sort_keys=True) + "\n")
+    replace_validation_section(release, result)
+    changed = [VALIDATION_FILE, "README.md", "card.html"]
+    manifest["files"].update(hash_files(release, changed, False))
+    manifest["files"] = dict(sorted(manifest["files"].items()))
+    write_text_atomic(release / MANIFEST_NAME, json.dumps(manifest, indent=2, sort_keys=True) + "\n")
+    shard_bytes = manifest.get("release_config", {}).get("shard_bytes", ReleaseOptions().shard_bytes)
+    for old in (release / "dist").glob("*.tar"):
+        old.unlink()
+    files = sorted(manifest["files"]) + [MANIFEST_NAME]
+    shards = pack_release(release, files, release / "dist", manifest["version"], shard_bytes, progress=progress)
+    return {"files": changed, "shards": len(shards)}
+
+
 def card_stage(staging: str | os.PathLike[str], version: str, options: ReleaseOptions) -> list[str]:
     from comcoco.release.card import write_card
 

@@ -226,6 +226,37 @@ def _table(headers: Sequence[str], rows: Sequence[Sequence[Any]]) -> tuple[str, 
     return "\n".join(md), "\n".join(h)
 
 
+def validation_section(validation: dict[str, Any] | None) -> tuple[str, str]:
+    """The card's validation section (markdown, html) for a validation result, or its absence."""
+    if not validation:
+        text = "No validation was run for this release."
+        return text, f"<p>{text}</p>"
+    metrics = validation.get("metrics", {})
+    md, htm = _table(["metric", "value"], list(sorted(metrics.items())))
+    notes = str(validation.get("notes", ""))
+    title = str(validation.get("title", "Validation"))
+    return (f"**{title}**\n\n{md}\n\n{notes}",
+            f"<p><b>{html.escape(title)}</b></p>{htm}<p>{html.escape(notes)}</p>")
+
+
+def replace_validation_section(release: Path, validation: dict[str, Any]) -> None:
+    """Put a new validation section into an existing README.md and card.html (nothing else changes)."""
+    import re
+
+    md, htm = validation_section(validation)
+    readme, page = release / "README.md", release / "card.html"
+    text = readme.read_text()
+    new_text, n_md = re.subn(r"(\n## Validation\n\n).*?(\n\n## )", lambda m: m.group(1) + md + m.group(2),
+                             text, count=1, flags=re.S)
+    html_text = page.read_text()
+    new_html, n_html = re.subn(r"(<section><h2>Validation</h2>).*?(</section>)",
+                               lambda m: m.group(1) + htm + m.group(2), html_text, count=1, flags=re.S)
+    if n_md != 1 or n_html != 1:
+        raise ValueError(f"{release}: README.md or card.html has no validation section to replace")
+    write_text_atomic(readme, new_text)
+    write_text_atomic(page, new_html)
+
+
 def write_card(release: Path, version: str, entries: Sequence[ReleaseEntry], selection: dict[str, Any],
                export: dict[str, Any], validation: dict[str, Any] | None, pairs: int = 8) -> list[str]:
     """Write the plots, ``README.md`` and ``card.html``; returns the files written (relative)."""
@@ -288,16 +319,7 @@ def write_card(release: Path, version: str, entries: Sequence[ReleaseEntry], sel
     im_md, im_html = img("pairs", "composite and ground-truth pairs")
     cap = f"{shown} (composite with the object outlined, ground truth) pairs."
     add("Examples", f"{im_md}\n\n{cap}", f"{im_html}<p>{html.escape(cap)}</p>")
-    if validation:
-        metrics = validation.get("metrics", {})
-        md, htm = _table(["metric", "value"], list(sorted(metrics.items())))
-        notes = str(validation.get("notes", ""))
-        title = str(validation.get("title", "Validation"))
-        add("Validation", f"**{title}**\n\n{md}\n\n{notes}",
-            f"<p><b>{html.escape(title)}</b></p>{htm}<p>{html.escape(notes)}</p>")
-    else:
-        text = "No validation was run for this release."
-        add("Validation", text, f"<p>{text}</p>")
+    add("Validation", *validation_section(validation))
     usage = ("```python\nimport comcoco\nds = comcoco.load(\"path/to/comcoco-" + version
              + "\", variant=\"ComCOCO\", split=\"train\")\nrefer = comcoco.load_refer(\"path/to/comcoco-"
              + version + "\", variant=\"ComCOCO+\")\n```\n\nREFER layout: `ComCOCO/refs(unc).p`, "

@@ -24,7 +24,7 @@ import torch
 from torch.utils.data import Dataset
 
 from comcoco.ids import rng_for
-from comcoco.io import sha256_file, write_text_atomic
+from comcoco.io import write_text_atomic
 from comcoco.sahm.data import DataError, ReleaseSamples, make_collate
 from comcoco.sahm.metrics import METRIC_KEYS, not_computed
 from comcoco.sahm.runs import (
@@ -224,20 +224,21 @@ def validate_release(
 
 
 def write_validation(release: str | os.PathLike[str], result: dict[str, Any]) -> tuple[Path, list[str]]:
-    """Write ``RELEASE/validation/validation.json``; returns it and notes about the release's manifest."""
+    """Record ``result`` in the release: ``validation/validation.json`` and, for a published release,
+    the card's validation section, ``manifest.json`` and ``dist/`` (see ``refresh_validation``).
+
+    Returns the validation file and what was updated.
+    """
     release = Path(release)
+    if (release / "manifest.json").is_file():
+        from comcoco.release.builder import refresh_validation
+
+        info = refresh_validation(release, result)
+        return release / VALIDATION_FILE, [
+            f"updated {', '.join(info['files'])}, manifest.json and dist/ ({info['shards']} shards)"]
     path = release / VALIDATION_FILE
-    path.parent.mkdir(parents=True, exist_ok=True)
     write_text_atomic(path, json.dumps(result, indent=2, sort_keys=True) + "\n")
-    notes = []
-    manifest = release / "manifest.json"
-    if manifest.is_file():
-        files = json.loads(manifest.read_text()).get("files", {})
-        entry = files.get(VALIDATION_FILE)
-        if entry is None or entry.get("sha256") != sha256_file(path):
-            notes.append(f"{manifest} does not list this {VALIDATION_FILE}; `comcoco verify` will report it "
-                         "until the release is rebuilt with --validate")
-    return path, notes
+    return path, []
 
 
 def _env_int(name: str) -> int | None:
