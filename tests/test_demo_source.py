@@ -27,7 +27,7 @@ SPATIAL = demo.SPATIAL_WORDS | frozenset(
 )
 
 # Appearance words: the tagger's attribute lexicon plus the pattern nouns the demo also uses.
-APPEARANCE = ATTRIBUTE_WORDS | frozenset("stripes stripy spots dots polka checks".split())
+APPEARANCE = ATTRIBUTE_WORDS
 
 
 @pytest.fixture(scope="module")

@@ -54,7 +54,7 @@ ATTRIBUTE_WORDS: frozenset[str] = frozenset(
     short shorter long longer wide narrow thin thick fat skinny half full empty partial whole
     shirt tshirt jacket coat sweater hoodie hat cap helmet pants jeans shorts dress skirt uniform jersey
     suit vest scarf glasses sunglasses shoes boots sleeve sleeves collar apron hair beard bald
-    fuzzy furry smooth shiny rough striped
+    fuzzy furry smooth shiny rough striped stripes stripy spots dots polka checks checked
     sitting standing walking running lying laying bending leaning holding looking facing jumping
     eating smiling squatting kneeling crouching swinging
     left right middle center centre top bottom front back behind near far closest farthest nearest
