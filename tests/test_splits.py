@@ -123,3 +123,12 @@ def test_release_split_of():
         "train", "val", "test", "test", "test"]
     with pytest.raises(ValueError):
         release_split_of("dev")
+
+
+def test_preference_holds_only_while_the_split_has_room():
+    items = [SplitItem(f"s{i:03d}", (2 * i, 2 * i + 1), 0, preferred="train") for i in range(40)]
+    res = assign_splits(items, proportions={"train": 2, "val": 1, "test": 1}, seed=0)
+    assert res.counts["train"] == 22  # 20 wanted, 10 % room
+    assert res.counts["val"] + res.counts["test"] == 18 and min(res.counts["val"], res.counts["test"]) > 0
+    none = assign_splits(items, proportions={"train": 2, "val": 1, "test": 1}, seed=0, preference_room=None)
+    assert none.counts["train"] == 20

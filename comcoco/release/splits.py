@@ -7,8 +7,8 @@ first, towards the target proportions overall and per scene cluster, with ties b
 hash so the result never depends on input order.
 
 A sample may name a preferred split (the split of its source image in RefCOCO+: train → train,
-val → val, testA/testB → test). Components then follow their members' preference unless the target
-proportions pull strongly the other way. Together with matching backgrounds only within the source
+val → val, testA/testB → test). A component goes to its members' preferred split while that split has
+room (up to ``preference_room`` = 10 % over its target); otherwise it goes where it is needed most. Together with matching backgrounds only within the source
 split (the build's default), this keeps components small and the achieved proportions close to
 RefCOCO+'s own, which are within 0.2 points of the paper's 84.9 / 7.7 / 7.4 %.
 """
@@ -22,6 +22,7 @@ from dataclasses import dataclass, field
 from comcoco.ids import stable_hash64
 
 SPLITS: tuple[str, ...] = ("train", "val", "test")
+_FILL_CAP = 2.0  # over-filling beyond twice a target is penalised no further
 # Pairs per split in the paper (Sec. 3.2): 20,324 / 1,843 / 1,784.
 PAPER_PAIRS: dict[str, int] = {"train": 20324, "val": 1843, "test": 1784}
 
@@ -110,6 +111,22 @@ def group_items(items: Sequence[SplitItem]) -> list[list[SplitItem]]:
     return [groups[root] for root in sorted(groups)]
 
 
+def _need(target: float, size: int, group_clusters: Mapping[int, int], count: int,
+          cluster_counts: Mapping[int, int], total: int, cluster_totals: Mapping[int, int],
+          cluster_weight: float) -> float:
+    """How much a split needs a group: 1 - its fill after adding it, overall and per cluster.
+
+    Over-filling is counted up to twice the target, so one lopsided component cannot outweigh
+    everything else in a small split.
+    """
+    overall = 1.0 - min((count + size) / max(target * total, 1.0), _FILL_CAP)
+    strat = sum(
+        n * (1.0 - min((cluster_counts[c] + n) / max(target * cluster_totals[c], 1.0), _FILL_CAP))
+        for c, n in group_clusters.items()
+    )
+    return overall + cluster_weight * strat / size
+
+
 def release_split_of(source_split: str) -> str:
     """The release split a RefCOCO+ split maps to (train, val; testA, testB and test → test)."""
     s = source_split.strip()
@@ -125,7 +142,7 @@ def assign_splits(
     proportions: Mapping[str, float] | None = None,
     seed: int = 0,
     cluster_weight: float = 1.0,
-    preference_weight: float = 0.2,
+    preference_room: float | None = 0.1,
 ) -> SplitResult:
     """Assign every sample to a split; components of shared images never straddle two splits."""
     items = list(items)
@@ -153,22 +170,14 @@ def assign_splits(
         gc = Counter(it.cluster for it in members)
         prefs = Counter(it.preferred for it in members if it.preferred in active)
         liked = max(sorted(prefs), key=lambda p: prefs[p]) if prefs else None
-        best, best_score = active[0], None
-        for s in active:
-            want = targets[s] * total
-            # Relative overall need after adding this group (negative = overshoot).
-            overall = (want - counts[s] - size) / max(want, 1.0)
-            strat = 0.0
-            for c, n in gc.items():
-                want_c = targets[s] * cluster_totals[c]
-                strat += n * (want_c - per_cluster[c][s] - n) / max(want_c, 1.0)
-            score = overall + cluster_weight * strat / size
-            if s == liked:
-                score += preference_weight * prefs[s] / size
-            # Tie-break by a seeded hash of (group, split) so equal scores do not favour list order.
-            key = (score, stable_hash64(seed, "tie", members[0].sample_id, s))
-            if best_score is None or key > best_score:
-                best, best_score = s, key
+
+        if (liked is not None and preference_room is not None
+                and counts[liked] + size <= targets[liked] * total * (1.0 + preference_room)):
+            best = liked  # the preferred split still has room
+        else:  # the split that needs the group most; a seeded hash breaks exact ties
+            needs = {s: _need(targets[s], size, gc, counts[s], {c: per_cluster[c][s] for c in gc}, total,
+                              cluster_totals, cluster_weight) for s in active}
+            best = max(active, key=lambda s: (needs[s], stable_hash64(seed, "tie", members[0].sample_id, s)))
         counts[best] += size
         for c, n in gc.items():
             per_cluster[c][best] += n
