@@ -48,7 +48,7 @@ from comcoco.sahm.metrics import (
     torch_home,
     write_metrics,
 )
-from comcoco.sahm.text import TokenizerError, load_tokenizer, tagging_accuracy, train_tokenizer
+from comcoco.sahm.text import TokenizerError, load_tokenizer, train_tokenizer
 from comcoco.sahm.train import Trainer, TrainError, setup_distributed
 
 RUN_FORMAT = 1
@@ -285,33 +285,9 @@ def evaluate_dataset(
 
     The removal output pastes generated pixels into the predicted hole only, as ``SAHMGenerator.predict``.
     """
-    from comcoco.sahm.metrics import iou_scores, mask_intersection_union
-
-    m = metrics or RemovalMetrics()
-    g = trainer.generator
-    g.eval()
     n = len(dataset)  # type: ignore[arg-type]
     batches = [list(range(i, min(i + batch_size, n))) for i in range(0, n, batch_size)]
-    ious: list[float] = []
-    pred_tags, gold_tags, masks = [], [], []
-    for batch in _loader(trainer, dataset, batches, num_workers, seed=trainer.seed):
-        b = trainer.to_device(batch)
-        with trainer._autocast():
-            out = g(b["image"], b["input_ids"], b["attention_mask"])
-        mask = (out.mask_logits.float() > 0).float()
-        removed = b["image"] * (1 - mask) + out.image.float() * mask
-        m.update(removed, b["ground_truth"], mask > 0.5, b["mask"] > 0.5)
-        inter, union = mask_intersection_union((mask > 0.5).cpu(), (b["mask"] > 0.5).cpu())
-        ious += iou_scores(inter, union).tolist()
-        pred_tags.append(out.tags.cpu())
-        gold_tags.append(b["tags"].cpu())
-        masks.append(b["attention_mask"].cpu())
-    result = m.compute()
-    if pred_tags:
-        rep = tagging_accuracy(torch.cat(pred_tags), torch.cat(gold_tags), torch.cat(masks))
-        result["tagging_accuracy"] = {"value": rep.accuracy, "per_tag": rep.per_tag, "n": rep.tokens,
-                                      "reference": "lexicon silver tags"}
-    return result, ious
+    return trainer.evaluate_batches(_loader(trainer, dataset, batches, num_workers, seed=trainer.seed), metrics)
 
 
 def flat_metrics(result: dict[str, dict[str, Any]], keys: tuple[str, ...] = METRIC_KEYS) -> dict[str, Any]:

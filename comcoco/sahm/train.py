@@ -346,25 +346,30 @@ class Trainer:
         return log
 
     @torch.no_grad()
-    def evaluate(
-        self,
-        dataset: Dataset,
-        batch_size: int = 4,
-        metrics: RemovalMetrics | None = None,
-        num_workers: int = 0,
-    ) -> dict[str, dict[str, Any]]:
-        """Predict masks and removals for a dataset and compute the ``metrics.json`` dictionary."""
+    def evaluate_batches(
+        self, batches: Any, metrics: RemovalMetrics | None = None
+    ) -> tuple[dict[str, dict[str, Any]], list[float]]:
+        """Predict every batch → (the ``metrics.json`` dictionary, per-item mask IoU).
+
+        The removal output pastes generated pixels into the predicted hole only, as
+        ``SAHMGenerator.predict``; tags come from the CRF.
+        """
+        from comcoco.sahm.metrics import iou_scores, mask_intersection_union
+
         m = metrics or RemovalMetrics()
         g = self.generator
         g.eval()
+        ious: list[float] = []
         pred_tags, gold_tags, masks = [], [], []
-        for batch in self.loader(dataset, batch_size, shuffle=False, num_workers=num_workers):
+        for batch in batches:
             b = self.to_device(batch)
             with self._autocast():
-                out = g(b["image"], b["input_ids"], b["attention_mask"])  # tags from the CRF
+                out = g(b["image"], b["input_ids"], b["attention_mask"])
             mask = (out.mask_logits.float() > 0).float()
             removed = b["image"] * (1 - mask) + out.image.float() * mask
             m.update(removed, b["ground_truth"], mask > 0.5, b["mask"] > 0.5)
+            inter, union = mask_intersection_union((mask > 0.5).cpu(), (b["mask"] > 0.5).cpu())
+            ious += iou_scores(inter, union).tolist()
             pred_tags.append(out.tags.cpu())
             gold_tags.append(b["tags"].cpu())
             masks.append(b["attention_mask"].cpu())
@@ -377,4 +382,15 @@ class Trainer:
                 "n": rep.tokens,
                 "reference": "lexicon silver tags",
             }
-        return result
+        return result, ious
+
+    def evaluate(
+        self,
+        dataset: Dataset,
+        batch_size: int = 4,
+        metrics: RemovalMetrics | None = None,
+        num_workers: int = 0,
+    ) -> dict[str, dict[str, Any]]:
+        """Predict masks and removals for a dataset and compute the ``metrics.json`` dictionary."""
+        loader = self.loader(dataset, batch_size, shuffle=False, num_workers=num_workers)
+        return self.evaluate_batches(loader, metrics)[0]
