@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import sys
 from collections.abc import Iterator
 from contextlib import contextmanager
 
@@ -28,10 +27,4 @@ def user_errors(*kinds: type[BaseException]) -> Iterator[None]:
     except kinds as exc:  # type: ignore[misc]
         typer.echo(f"error: {exc}", err=True)
         raise typer.Exit(2) from None
-
-
-def fail(message: str, code: int = 2) -> None:
-    typer.echo(f"error: {message}", err=True)
-    sys.stderr.flush()
-    raise typer.Exit(code)
 
