@@ -6,11 +6,12 @@ import dataclasses
 
 import pytest
 import torch
+import torch.nn.functional as F
 
 from comcoco.sahm import build_discriminator, build_generator, get_config
 from comcoco.sahm.encoders import SwinStages, WeightsError, albert_config, build_albert, build_swin
 from comcoco.sahm.fusion import SyntaxAwareAttention
-from comcoco.sahm.losses import generator_adv_loss, generator_losses
+from comcoco.sahm.losses import dice_loss, generator_adv_loss, generator_losses, seg_loss
 from comcoco.sahm.model import count_parameters
 from comcoco.text.syntax import TAG_ATTRIBUTE, TAG_IDENTITY
 
@@ -153,3 +154,14 @@ def test_gan_forms():
         get_config("huge")
     with pytest.raises(ValueError, match="multiple of 32"):
         get_config("tiny", image_size=100)
+
+
+def test_dice_counts_a_small_object_that_bce_lets_background_outvote():
+    mask = torch.zeros(2, 1, 64, 64)
+    mask[:, :, 30:38, 30:38] = 1  # 1.6 % of the pixels, like an object in a 64² input
+    background = [torch.full((2, 1, s, s), -4.0) for s in (2, 4, 8, 16)]  # "no object anywhere"
+    perfect = mask * 40 - 20
+    assert float(seg_loss(background, mask)) < 0.5  # BCE: all background already looks good
+    assert float(dice_loss(background, mask)) > 3.5  # Dice: close to 1 per level
+    assert float(dice_loss([perfect], mask)) < 0.02
+    assert get_config("paper").lambda_dice == 0.0 and get_config("tiny").lambda_dice > 0

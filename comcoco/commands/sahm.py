@@ -16,6 +16,8 @@ sahm_app = typer.Typer(help="Train the SAHM validation model on a release, and e
                        no_args_is_help=True, add_completion=False)
 
 _DEVICE_HELP = "auto (CUDA when present, else CPU), cpu, cuda or cuda:N."
+CACHE_HELP = ("MiB of decoded samples (at the model's working size) kept in memory per split and process; "
+              "0 turns the cache off.")
 _AMP_HELP = "Mixed precision on CUDA (bf16 where supported, else fp16); default on for CUDA, off on CPU."
 
 
@@ -51,6 +53,7 @@ def train(
     seed: int = typer.Option(0, "--seed", help="Seed for weights, data order and crops."),
     variant: str = typer.Option("ComCOCO", "--variant", help="ComCOCO or ComCOCO+."),
     workers: int | None = typer.Option(None, "--workers", min=0, help="DataLoader workers (default: 4 on CUDA, 0 on CPU)."),
+    cache_mb: float = typer.Option(1024, "--cache-mb", min=0, help=CACHE_HELP),
     checkpoint_every: int = typer.Option(0, "--checkpoint-every", min=0,
                                          help="Also write checkpoints/last.pt every N steps (0: epoch ends only)."),
     eval_split: str = typer.Option("val", "--eval-split", help="Split evaluated after each epoch for best.pt; 'none' to skip."),
@@ -71,7 +74,8 @@ def train(
             eval_split=None if eval_split.lower() == "none" else eval_split,
             tokenizer=str(tokenizer) if tokenizer else None,
         )
-        summary = train_run(out, options, Runtime(device=device, amp=amp, num_workers=workers, progress=progress),
+        summary = train_run(out, options, Runtime(device=device, amp=amp, num_workers=workers, progress=progress,
+                                    cache_mb=cache_mb),
                             resume=resume)
     if summary.rank != 0:  # under torchrun only rank 0 reports
         return
@@ -96,6 +100,7 @@ def evaluate(
     amp: bool | None = typer.Option(None, "--amp/--no-amp", help=_AMP_HELP),
     batch_size: int | None = typer.Option(None, "--batch-size", min=1, help="Evaluation batch size."),
     workers: int | None = typer.Option(None, "--workers", min=0, help="DataLoader workers."),
+    cache_mb: float = typer.Option(1024, "--cache-mb", min=0, help=CACHE_HELP),
     release: Path | None = typer.Option(None, "--release", help="Evaluate on this release instead of the run's."),
 ) -> None:
     """Evaluate a run; writes RUN/metrics.json (psnr, ssim, iou_mean, iou_overall, pr@0.7, fid, lpips)."""
@@ -105,7 +110,8 @@ def evaluate(
         if split not in ("train", "val", "test"):
             raise UserError(f"--split must be train, val or test, got {split!r}")
         metrics = eval_run(run, split=split, checkpoint=checkpoint, fid_net=fid_net, alexnet=alexnet,
-                           runtime=Runtime(device=device, amp=amp, num_workers=workers), batch_size=batch_size,
+                           runtime=Runtime(device=device, amp=amp, num_workers=workers, cache_mb=cache_mb),
+                           batch_size=batch_size,
                            release=release)
     typer.echo(f"{split} metrics -> {run / metrics_file(split)}")
     print_metrics(metrics)

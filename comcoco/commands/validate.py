@@ -11,6 +11,7 @@ from pathlib import Path
 import typer
 
 from comcoco.commands._common import UserError
+from comcoco.commands.sahm import CACHE_HELP
 
 
 def validate(
@@ -23,6 +24,7 @@ def validate(
     device: str = typer.Option("auto", "--device", help="auto, cpu, cuda or cuda:N."),
     amp: bool | None = typer.Option(None, "--amp/--no-amp", help="Mixed precision on CUDA (default on for CUDA)."),
     workers: int | None = typer.Option(None, "--workers", min=0, help="DataLoader workers."),
+    cache_mb: float = typer.Option(1024, "--cache-mb", min=0, help=CACHE_HELP),
     seed: int = typer.Option(0, "--seed", help="Seed for training and the random-text baseline."),
     variant: str = typer.Option("ComCOCO", "--variant", help="ComCOCO or ComCOCO+."),
     fid_net: Path | None = typer.Option(None, "--fid-net", help="TorchScript Inception feature network "
@@ -43,7 +45,7 @@ def validate(
         options = ValidationOptions(
             config=config, steps=steps, batch_size=batch_size, variant=variant, seed=seed,
             fid_net=str(fid_net) if fid_net else None, alexnet=str(alexnet) if alexnet else None,
-            runtime=Runtime(device=device, amp=amp, num_workers=workers, progress=progress),
+            runtime=Runtime(device=device, amp=amp, num_workers=workers, progress=progress, cache_mb=cache_mb),
         )
         result = validate_release(release, out, options)
         if not result:  # a non-zero rank under torchrun

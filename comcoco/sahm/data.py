@@ -6,15 +6,23 @@ horizontal flip, applied identically to the composite, its ground truth and the 
 resized to the configuration's square input. Evaluation items are only resized, so metrics see the whole
 image. Randomness depends on (seed, epoch, item index) alone, so it does not matter which DataLoader
 worker draws an item, and a resumed run sees the same crops as an uninterrupted one.
+
+Each sample is first brought to a working resolution: area-downscaled (never upscaled) so its shorter
+side is what the smallest crop needs to still cover the input size (``size / min_scale``). A 640×480
+composite becomes 143×107 for the 64² tiny model, which makes decoding the dominant cost and lets the
+decoded samples be kept in memory up to ``cache_mb`` (several expressions share one sample, and every
+epoch revisits them). Cached or not, an item's tensors are the same bytes.
 """
 
 from __future__ import annotations
 
+import math
 import os
 from collections.abc import Iterable, Sequence
 from dataclasses import dataclass
 from typing import Any
 
+import cv2
 import numpy as np
 import torch
 import torch.nn.functional as F
@@ -95,11 +103,25 @@ def apply_crop(
     return img.clamp(0, 1), gt.clamp(0, 1), (m >= 0.5).float()
 
 
+def working_size(height: int, width: int, size: int, min_scale: float) -> tuple[int, int]:
+    """(height, width) after scaling the shorter side down to ``ceil(size / min_scale)`` (never up)."""
+    f = min(1.0, math.ceil(size / min_scale) / min(height, width))
+    return max(1, round(height * f)), max(1, round(width * f))
+
+
+def to_working(array: np.ndarray, hw: tuple[int, int]) -> np.ndarray:
+    """Area-downscale an (H, W[, C]) uint8 array to ``hw``; unchanged when already that size."""
+    if array.shape[:2] == hw:
+        return array
+    return cv2.resize(array, (hw[1], hw[0]), interpolation=cv2.INTER_AREA)
+
+
 class ReleaseSamples(Dataset):
     """SAHM items from one split of a release: ``image``, ``ground_truth``, ``mask``, ``expression`` and ids.
 
     ``train=True`` draws a crop and flip per (seed, epoch, index); call ``set_epoch`` before each epoch's
-    DataLoader is created. ``train=False`` only resizes.
+    DataLoader is created. ``train=False`` only resizes. ``cache_mb`` bounds the memory kept for decoded
+    working-resolution samples in this process (0: none); with DataLoader workers each worker keeps its own.
     """
 
     def __init__(
@@ -112,6 +134,7 @@ class ReleaseSamples(Dataset):
         seed: int = 0,
         min_scale: float = 0.6,
         flip_prob: float = 0.5,
+        cache_mb: float = 0,
     ):
         from comcoco.release.dataset import ReleaseLoadError, load
 
@@ -120,13 +143,16 @@ class ReleaseSamples(Dataset):
         if not 0 < min_scale <= 1:
             raise DataError(f"min_scale must be in (0, 1], got {min_scale}")
         try:
-            self.base = load(release, variant=variant, split=split, as_float=True)
+            self.base = load(release, variant=variant, split=split)
         except ReleaseLoadError as exc:
             raise DataError(f"{release}: {exc}") from None
         self.release, self.split, self.variant = str(release), split, variant
         self.size, self.train, self.seed = size, train, seed
         self.min_scale, self.flip_prob = min_scale, flip_prob
         self.epoch = 0
+        self.cache_bytes = int(cache_mb * 2**20)
+        self._cache: dict[str, tuple[torch.Tensor, torch.Tensor, torch.Tensor]] = {}
+        self._cached_bytes = 0
 
     def set_epoch(self, epoch: int) -> None:
         self.epoch = int(epoch)
@@ -139,37 +165,65 @@ class ReleaseSamples(Dataset):
         ref_id, k = self.base.items[index]
         return str(self.base.refer.Refs[ref_id]["sentences"][k]["raw"])
 
+    def ref_ids(self) -> list[int]:
+        """The referred object (ref id) of every item, in item order."""
+        return [int(ref_id) for ref_id, _ in self.base.items]
+
     def expressions(self) -> list[str]:
         return [self.expression(i) for i in range(len(self))]
 
     def category_names(self) -> list[str]:
         return sorted(set(self.base.refer.Cats.values()))
 
-    def __getitem__(self, index: int) -> dict[str, Any]:
+    def _sample(self, index: int) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+        """Image, ground truth (3,h,w) and mask (1,h,w) of item ``index``'s sample, uint8 at working size."""
+        ref_id = self.base.items[index][0]
+        sample_id = str(self.base.refer.Refs[ref_id]["comcoco"]["sample_id"])
+        hit = self._cache.get(sample_id)
+        if hit is not None:
+            return hit
         try:
             item = self.base[index]
         except (OSError, KeyError, ValueError) as exc:
-            ref_id = self.base.items[index][0] if 0 <= index < len(self.base.items) else None
             raise DataError(f"{self.release}: {self.variant}/{self.split} ref {ref_id}: {exc}") from None
         image, gt, mask = item["image"], item["ground_truth"], item["mask"]
         if image.shape != gt.shape or image.shape[-2:] != mask.shape[-2:]:
             raise DataError(
-                f"{self.release}: sample {item['sample_id']}: image {tuple(image.shape)}, ground truth "
+                f"{self.release}: sample {sample_id}: image {tuple(image.shape)}, ground truth "
                 f"{tuple(gt.shape)} and mask {tuple(mask.shape)} differ in size"
             )
+        hw = working_size(int(image.shape[-2]), int(image.shape[-1]), self.size, self.min_scale)
+        rgb = [torch.from_numpy(to_working(x.permute(1, 2, 0).numpy(), hw)).permute(2, 0, 1).contiguous()
+               for x in (image, gt)]
+        m = to_working(mask[0].numpy() * np.uint8(255), hw) >= 128
+        out = (rgb[0], rgb[1], torch.from_numpy(m.astype(np.uint8))[None])
+        nbytes = sum(t.numel() for t in out)
+        if self._cached_bytes + nbytes <= self.cache_bytes:
+            self._cache[sample_id] = out
+            self._cached_bytes += nbytes
+        return out
+
+    def __getitem__(self, index: int) -> dict[str, Any]:
+        if not 0 <= index < len(self.base.items):
+            raise IndexError(f"item {index} out of range for {len(self.base.items)} items")
+        ref_id, k = self.base.items[index]
+        ref = self.base.refer.Refs[ref_id]
+        image, gt, mask = self._sample(index)
+        image, gt, mask = image.float() / 255, gt.float() / 255, mask.float()
         box = None
         if self.train:
             rng = rng_for(self.seed, "sahm-augment", self.epoch, index)
             box = sample_crop(mask, rng, self.min_scale, self.flip_prob)
         image, gt, mask = apply_crop(image, gt, mask, box, self.size)
+        sentence = ref["sentences"][k]
         return {
             "image": image,
             "ground_truth": gt,
             "mask": mask,
-            "expression": item["expression"],
-            "sample_id": item["sample_id"],
-            "sent_id": int(item["sent_id"]),
-            "ref_id": int(item["ref_id"]),
+            "expression": str(sentence["raw"]),
+            "sample_id": str(ref["comcoco"]["sample_id"]),
+            "sent_id": int(sentence["sent_id"]),
+            "ref_id": int(ref_id),
         }
 
 

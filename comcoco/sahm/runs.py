@@ -113,6 +113,7 @@ class Runtime:
     amp: bool | None = None  # None: on for CUDA (bf16 where supported, else fp16), off on CPU
     num_workers: int | None = None  # None: 4 on CUDA, 0 on CPU
     progress: bool = False
+    cache_mb: float = 1024  # decoded working-size samples kept in memory per dataset and process (0: none)
 
 
 @dataclass(frozen=True)
@@ -381,10 +382,11 @@ def train_run(
     rank, world = setup_distributed()
     try:
         train = ReleaseSamples(release, "train", cfg.image_size, True, options.variant, options.seed,
-                               options.min_scale, options.flip_prob)
+                               options.min_scale, options.flip_prob, cache_mb=runtime.cache_mb)
         val = None
         if options.eval_split:
-            val = ReleaseSamples(release, options.eval_split, cfg.image_size, False, options.variant)
+            val = ReleaseSamples(release, options.eval_split, cfg.image_size, False, options.variant,
+                                 cache_mb=runtime.cache_mb)
     except DataError as exc:
         raise RunError(str(exc)) from None
     spe = steps_per_epoch(len(train), batch, world)
@@ -553,7 +555,7 @@ def eval_run(
     options = _options_from(data["options"], run / CONFIG_FILE)
     rel = Path(release) if release else Path(options.release)
     try:
-        ds = ReleaseSamples(rel, split, trainer.cfg.image_size, False, options.variant)
+        ds = ReleaseSamples(rel, split, trainer.cfg.image_size, False, options.variant, cache_mb=runtime.cache_mb)
         metrics = RemovalMetrics.from_paths(fid_path=fid_net, alexnet_path=alexnet)
     except (DataError, MetricWeightsError) as exc:
         raise RunError(str(exc)) from None

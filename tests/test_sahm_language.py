@@ -1,0 +1,73 @@
+"""The language-baseline judgment (paper Table 8): ratios, object-level bootstrap intervals and verdicts."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+
+from comcoco.sahm.validate import COLLAPSE_RATIO, MIN_JUDGE_OBJECTS, judge_language
+
+
+def _items(n_objects: int, per_object: int, seed: int = 0):
+    rng = np.random.default_rng(seed)
+    groups = [f"ref{o}" for o in range(n_objects) for _ in range(per_object)]
+    orig = rng.uniform(0.5, 0.9, size=len(groups))
+    return groups, orig, rng
+
+
+def test_collapse_is_called_when_both_ratios_fall_below_half_with_confidence():
+    groups, orig, rng = _items(60, 3)
+    ious = {"original": orig, "random": orig * rng.uniform(0.0, 0.3, len(orig)), "null": orig * 0.1}
+    out = judge_language(ious, groups, seed=1)
+    assert out["objects"] == 60 and out["items"] == 180
+    assert out["verdict"].startswith("IoU collapses")
+    assert out["ratio"]["null"] == pytest.approx(0.1)
+    lo, hi = out["ratio_ci95"]["random"]
+    assert lo < out["ratio"]["random"] < hi < COLLAPSE_RATIO
+
+
+def test_equal_iou_without_language_is_a_possible_shortcut():
+    groups, orig, rng = _items(60, 3)
+    shuffled = orig[rng.permutation(len(orig))]  # same distribution, no dependence on the expression
+    out = judge_language({"original": orig, "random": shuffled, "null": orig}, groups)
+    assert out["verdict"].startswith("IoU does not collapse")
+    assert out["ratio_ci95"]["null"][1] >= 1.0
+
+
+def test_a_significant_but_partial_drop_is_reported_as_such():
+    groups, orig, _ = _items(80, 2)
+    out = judge_language({"original": orig, "random": orig * 0.7, "null": orig * 0.2}, groups)
+    assert out["verdict"].startswith("IoU drops without the expression but keeps 70%")
+
+
+def test_too_few_objects_or_a_weak_model_is_inconclusive():
+    groups, orig, _ = _items(MIN_JUDGE_OBJECTS - 1, 5)  # many items, but few independent objects
+    out = judge_language({"original": orig, "random": orig * 0.1, "null": orig * 0.1}, groups)
+    assert out["verdict"].startswith("inconclusive") and "referred objects" in out["verdict"]
+    groups, orig, _ = _items(50, 2)
+    weak = orig * 0.2
+    out = judge_language({"original": weak, "random": weak * 0.1, "null": weak * 0.1}, groups)
+    assert out["verdict"].startswith("inconclusive") and "too low" in out["verdict"]
+    zero = np.zeros(len(groups))
+    out = judge_language({"original": zero, "random": zero, "null": zero}, groups)
+    assert out["verdict"].startswith("inconclusive") and out["ratio"] == {"random": None, "null": None}
+
+
+def test_the_interval_is_over_objects_not_items():
+    """Copies of one object's items add no evidence: the interval must not shrink with them."""
+    groups, orig, rng = _items(30, 1)
+    noisy = np.clip(orig * rng.uniform(0.3, 1.3, len(orig)), 0, 1)
+    once = judge_language({"original": orig, "random": noisy, "null": noisy}, groups, seed=3)
+    k = 20
+    many = judge_language({"original": np.repeat(orig, k), "random": np.repeat(noisy, k),
+                           "null": np.repeat(noisy, k)}, list(np.repeat(groups, k)), seed=3)
+    assert many["ratio"]["null"] == pytest.approx(once["ratio"]["null"])
+    w_once = np.diff(once["ratio_ci95"]["null"])[0]
+    w_many = np.diff(many["ratio_ci95"]["null"])[0]
+    assert w_many == pytest.approx(w_once, rel=0.25)  # an item-level bootstrap would shrink it ~√20 = 4.5×
+
+
+def test_same_inputs_and_seed_give_the_same_interval():
+    groups, orig, rng = _items(40, 2)
+    ious = {"original": orig, "random": orig * rng.uniform(0, 1, len(orig)), "null": orig * 0.4}
+    assert judge_language(ious, groups, seed=5) == judge_language(ious, groups, seed=5)
