@@ -28,3 +28,13 @@ def user_errors(*kinds: type[BaseException]) -> Iterator[None]:
         typer.echo(f"error: {exc}", err=True)
         raise typer.Exit(2) from None
 
+
+
+def fail_with_problems(problems: list[str], summary: str, limit: int = 50) -> None:
+    """Print up to ``limit`` problems and a summary line on stderr, then exit 1 (a release failed its check)."""
+    for p in problems[:limit]:
+        typer.echo(f"  {p}", err=True)
+    if len(problems) > limit:
+        typer.echo(f"  ... and {len(problems) - limit} more", err=True)
+    typer.echo(f"error: {summary}", err=True)
+    raise typer.Exit(1)

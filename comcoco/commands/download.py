@@ -6,7 +6,7 @@ from pathlib import Path
 
 import typer
 
-from comcoco.commands._common import user_errors
+from comcoco.commands._common import fail_with_problems, user_errors
 
 
 def download(
@@ -22,10 +22,7 @@ def download(
         out = download_release(location, output, progress=progress)
         problems = verify_release(out, progress=progress)
     if problems:
-        for p in problems[:50]:
-            typer.echo(f"  {p}", err=True)
-        typer.echo(f"error: {out}: {len(problems)} file(s) do not match manifest.json", err=True)
-        raise typer.Exit(1)
+        fail_with_problems(problems, f"{out}: {len(problems)} file(s) do not match manifest.json")
     typer.echo(f"release extracted and verified: {out}")
 
 

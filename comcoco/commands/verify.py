@@ -6,7 +6,7 @@ from pathlib import Path
 
 import typer
 
-from comcoco.commands._common import user_errors
+from comcoco.commands._common import fail_with_problems, user_errors
 
 
 def verify(
@@ -19,10 +19,7 @@ def verify(
     with user_errors(ManifestError, OSError):
         problems = verify_release(release, progress=progress)
     if problems:
-        for p in problems:
-            typer.echo(f"  {p}", err=True)
-        typer.echo(f"error: {release}: {len(problems)} problem(s)", err=True)
-        raise typer.Exit(1)
+        fail_with_problems(problems, f"{release}: {len(problems)} problem(s)")
     typer.echo(f"ok: every file of {release} matches manifest.json")
 
 
