@@ -191,3 +191,53 @@ def test_cli_errors_are_one_line_without_a_server(tmp_path):
     res = CliRunner().invoke(app, ["review", "status", str(tmp_path), "--offline"], env=env)
     assert res.exit_code == 2 and "build the work directory first" in res.stderr
     assert TOKEN not in res.output
+
+
+def test_an_import_that_timed_out_after_landing_is_not_repeated():
+    """The server stored the batch but the answer timed out: the retry must not import it again."""
+    from comcoco.review.push import task_key
+
+    s, sleeps = server()
+    stored: list[dict] = []
+    answers = [httpx.ReadTimeout("slow"), None]
+
+    def import_tasks(id, request, return_task_ids):
+        stored.extend({"id": len(stored) + 1, "data": dict(t["data"])} for t in request)
+        answer = answers.pop(0)
+        if answer is not None:
+            raise answer
+
+    s._sdk = SimpleNamespace(
+        projects=SimpleNamespace(import_tasks=import_tasks),
+        tasks=SimpleNamespace(list=lambda project, fields: [SimpleNamespace(**t) for t in stored]))
+    tasks = [{"data": {"sample_id": f"s{i}", "round": 0}} for i in range(3)]
+    assert s.import_tasks(7, tasks, key=task_key) == 3
+    assert [t["data"]["sample_id"] for t in stored] == ["s0", "s1", "s2"] and sleeps == [0.5]
+    # Without a key the same timeout duplicates the batch: what the key is there to prevent.
+    stored.clear()
+    answers[:] = [httpx.ReadTimeout("slow"), None]
+    s.import_tasks(7, tasks)
+    assert len(stored) == 6
+
+
+def test_a_partly_landed_import_sends_only_the_rest():
+    from comcoco.review.push import task_key
+
+    s, _ = server()
+    stored: list[dict] = []
+    calls: list[list[str]] = []
+
+    def import_tasks(id, request, return_task_ids):
+        calls.append([t["data"]["sample_id"] for t in request])
+        if len(calls) == 1:  # the server stored the first task, then the connection dropped
+            stored.append({"id": 1, "data": dict(request[0]["data"])})
+            raise httpx.RemoteProtocolError("server disconnected")
+        stored.extend({"id": len(stored) + 1, "data": dict(t["data"])} for t in request)
+
+    s._sdk = SimpleNamespace(
+        projects=SimpleNamespace(import_tasks=import_tasks),
+        tasks=SimpleNamespace(list=lambda project, fields: [SimpleNamespace(**t) for t in stored]))
+    tasks = [{"data": {"sample_id": f"s{i}", "round": 1}} for i in range(3)]
+    assert s.import_tasks(7, tasks, key=task_key) == 3
+    assert calls == [["s0", "s1", "s2"], ["s1", "s2"]]
+    assert sorted(t["data"]["sample_id"] for t in stored) == ["s0", "s1", "s2"]

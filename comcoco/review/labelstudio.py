@@ -17,7 +17,7 @@ from __future__ import annotations
 import json
 import os
 import time
-from collections.abc import Callable, Iterable, Mapping, Sequence
+from collections.abc import Callable, Hashable, Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import Any, TypeVar
 
@@ -203,14 +203,31 @@ class ReviewServer:
 
     # --- tasks -----------------------------------------------------------------------------------
 
-    def import_tasks(self, project_id: int, tasks: Sequence[Mapping[str, Any]]) -> int:
-        """Import tasks in batches, in the given order; returns how many were imported."""
+    def import_tasks(self, project_id: int, tasks: Sequence[Mapping[str, Any]],
+                     key: Callable[[Mapping[str, Any]], Hashable] | None = None) -> int:
+        """Import tasks in batches, in the given order; returns how many were imported.
+
+        With ``key`` (task data → identity), a retried batch first asks the server which of its tasks
+        a timed-out attempt already stored and imports only the others, so a timeout that the server
+        survived leaves no duplicate tasks.
+        """
         n = 0
         for i in range(0, len(tasks), IMPORT_BATCH):
             batch = [dict(t) for t in tasks[i : i + IMPORT_BATCH]]
-            self.call(f"import {len(batch)} tasks into project {project_id}", self.sdk.projects.import_tasks,
-                      id=project_id, request=batch, return_task_ids=True)
-            n += len(batch)
+            size, attempts = len(batch), 0
+
+            def attempt(batch: list[dict[str, Any]] = batch) -> None:
+                nonlocal attempts
+                attempts += 1
+                if attempts > 1 and key is not None:  # an earlier attempt may have landed
+                    stored = {key(t["data"]) for t in self.list_tasks(project_id)}
+                    batch[:] = [t for t in batch if key(t["data"]) not in stored]
+                    if not batch:
+                        return
+                self.sdk.projects.import_tasks(id=project_id, request=batch, return_task_ids=True)
+
+            self.call(f"import {size} tasks into project {project_id}", attempt)
+            n += size
         return n
 
     def list_tasks(self, project_id: int) -> list[dict[str, Any]]:

@@ -353,6 +353,11 @@ def ensure_project(
     return pid, True
 
 
+def task_key(data: Mapping[str, Any]) -> tuple[Any, int]:
+    """A task's identity in a project: (sample id, review round)."""
+    return data.get("sample_id"), int(data.get("round", 0) or 0)
+
+
 def sync_tasks(
     server: ReviewServer, workdir: str | Path, stage: str, project_id: int
 ) -> tuple[dict[tuple[str, int], int], list[TaskRecord], int]:
@@ -363,9 +368,9 @@ def sync_tasks(
     """
     on_server: dict[tuple[str, int], int] = {}
     for t in server.list_tasks(project_id):
-        sid = t["data"].get("sample_id")
+        sid, rnd = task_key(t["data"])
         if isinstance(sid, str):
-            on_server.setdefault((sid, int(t["data"].get("round", 0) or 0)), t["id"])
+            on_server.setdefault((sid, rnd), t["id"])
     local = read_tasks(workdir)
     known = {t.task_id for t in local if t.stage == stage and t.project_id == project_id}
     missing = [t for t in local if t.stage == stage and t.project_id == project_id
@@ -415,7 +420,7 @@ def push(
         tasks = [placement_task(view, row, rnd, document_root) for row, rnd in todo]
     else:
         tasks = [expressions_task(view, row, document_root) for row, _ in todo]
-    report.imported = server.import_tasks(pid, tasks)
+    report.imported = server.import_tasks(pid, tasks, key=task_key)
     # The server's task list is the truth for ids (a retried import may have landed once already).
     on_server, _, _ = sync_tasks(server, workdir, stage, pid)
     wanted_keys = {(row["sample_id"], rnd) for row, rnd in todo}

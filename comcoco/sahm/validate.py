@@ -193,6 +193,16 @@ def language_baseline(trainer: Any, test: ReleaseSamples, vocabulary: list[str],
     return out
 
 
+def _ratio_note(baseline: dict[str, Any]) -> str:
+    """The share of IoU kept without language, with its interval, e.g. ``(IoU kept: random text 0.21
+    [0.15, 0.28], null text …; 95 % intervals over 160 objects)``."""
+    cis = baseline.get("ratio_ci95")
+    if not cis:
+        return ""
+    parts = [f"{m} text {baseline['ratio'][m]:.2f} [{cis[m][0]:.2f}, {cis[m][1]:.2f}]" for m in ("random", "null")]
+    return f" (IoU kept: {', '.join(parts)}; 95 % intervals over {baseline['objects']} objects)"
+
+
 def _round(v: Any) -> Any:
     return round(v, 4) if isinstance(v, float) else v
 
@@ -251,7 +261,8 @@ def validate_release(
     notes = (
         f"SAHM ({config} configuration, {trainer.cfg.image_size}² input) trained for {summary.step} steps "
         f"(batch {batch}) on the {o.variant} train split ({len(train)} items) on {summary.device}, evaluated "
-        f"on {o.split} ({len(test)} items) in {seconds} s. Language baseline (paper Table 8): {baseline['verdict']}. "
+        f"on {o.split} ({len(test)} items) in {seconds} s. Language baseline (paper Table 8): {baseline['verdict']}"
+        f"{_ratio_note(baseline)}. "
         "Metrics that need weight files report 'not computed' with the reason. "
         + ("A short CPU run of the tiny model is a smoke test of the release, not a result comparable "
            "with the paper's." if config == "tiny" else "")
