@@ -71,3 +71,42 @@ def test_same_inputs_and_seed_give_the_same_interval():
     groups, orig, rng = _items(40, 2)
     ious = {"original": orig, "random": orig * rng.uniform(0, 1, len(orig)), "null": orig * 0.4}
     assert judge_language(ious, groups, seed=5) == judge_language(ious, groups, seed=5)
+
+
+@pytest.mark.parametrize("layout", ["fair", "shortcut"])
+def test_control_layouts_differ_only_in_the_seam(layout):
+    import torch
+
+    from comcoco.sahm.synthetic import COLOURS, SyntheticRemovalDataset
+
+    ds = SyntheticRemovalDataset(12, 64, seed=3, layout=layout, distractors=3)
+    assert ds.ref_ids() == list(range(12)) and ds.split == "synthetic"
+    for i in range(len(ds)):
+        it = ds[i]
+        m = it["mask"][0] > 0.5
+        changed = (it["image"] - it["ground_truth"]).abs().amax(0) > 1e-6
+        assert torch.equal(changed, m)  # removal changes exactly the masked pixels
+        colour = it["expression"].split()[1]
+        inside = it["image"][:, m]
+        target = torch.tensor(COLOURS[colour])[:, None]
+        share = ((inside - target).abs().amax(0) < 1e-6).float().mean()
+        white = (inside.amin(0) > 0.999).float().mean()
+        if layout == "fair":
+            assert share == 1.0 and white == 0.0
+        else:
+            assert 0.5 < share < 1.0 and share + white == pytest.approx(1.0)  # the shape and its white rim
+        others = {c for c in COLOURS if c != colour}
+        visible = {c for c in others
+                   if ((it["ground_truth"] - torch.tensor(COLOURS[c])[:, None, None]).abs().amax(0) < 1e-6).any()}
+        assert visible == others  # three same-size distractors, one of each other colour
+    assert ds.expression(5) == ds[5]["expression"]
+    assert torch.equal(SyntheticRemovalDataset(12, 64, seed=3, layout=layout)[7]["image"], ds[7]["image"])
+
+
+def test_control_layout_arguments_are_checked():
+    from comcoco.sahm.synthetic import SyntheticRemovalDataset
+
+    with pytest.raises(ValueError, match="layout"):
+        SyntheticRemovalDataset(4, layout="tidy")
+    with pytest.raises(ValueError, match="distractors"):
+        SyntheticRemovalDataset(4, layout="fair", distractors=4)
