@@ -10,10 +10,12 @@ Two synthetic datasets (comcoco.sahm.synthetic) differ in one thing only:
 - ``shortcut``: the same, but the referred shape alone has a bright one-pixel rim, like a careless paste.
   The model can find it without reading, so its IoU must not collapse.
 
-For each, the tiny SAHM model trains on ``--train`` items for ``--steps`` steps and the language baseline
-(original / random / null text, object-level bootstrap intervals, verdict — exactly what
-``comcoco validate`` runs on a release) is measured on ``--test`` held-out items. Printed: IoU per text,
-the null/original and random/original ratios with 95 % intervals, and the verdict.
+For each, the tiny SAHM model trains on ``--train`` items for ``--steps`` steps, and a blind twin trains
+on the same items with empty expressions; the language baseline (original / random / null text, the
+blind model with null text, object-level bootstrap intervals, verdict — what ``comcoco validate`` runs
+on a release) is measured on ``--test`` held-out items. Printed: IoU per text, the ratios to the
+original-text IoU with 95 % intervals, and the verdict. Expected: Table 8's ratios collapse on both
+(a model that learned to read breaks without text), and only the blind model tells them apart.
 """
 
 from __future__ import annotations
@@ -31,7 +33,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 from comcoco.sahm.synthetic import SyntheticRemovalDataset  # noqa: E402
 from comcoco.sahm.text import train_tokenizer  # noqa: E402
 from comcoco.sahm.train import Trainer  # noqa: E402
-from comcoco.sahm.validate import language_baseline  # noqa: E402
+from comcoco.sahm.validate import TextSubstitute, language_baseline  # noqa: E402
 from comcoco.text.syntax import split_words  # noqa: E402
 
 
@@ -40,12 +42,14 @@ def measure(layout: str, steps: int, n_train: int, n_test: int, batch: int, seed
     test = SyntheticRemovalDataset(n_test, 64, seed=seed + 1, layout=layout, split="test")
     with tempfile.TemporaryDirectory(prefix="comcoco-bench-lang-") as tmp:
         tok = train_tokenizer(train.expressions(), Path(tmp) / "tok", vocab_size=200)
+    vocab = sorted({w for e in train.expressions() for w in split_words(e)})
     trainer = Trainer("tiny", tok, device="cpu", seed=seed)
     t = time.perf_counter()
     trainer.fit(train, max_steps=steps, batch_size=batch)
     seconds = time.perf_counter() - t
-    vocab = sorted({w for e in train.expressions() for w in split_words(e)})
-    out = language_baseline(trainer, test, vocab, batch_size=16, seed=seed)
+    blind = Trainer("tiny", tok, device="cpu", seed=seed)
+    blind.fit(TextSubstitute(train, "null"), max_steps=steps, batch_size=batch)
+    out = language_baseline(trainer, test, vocab, batch_size=16, seed=seed, blind=blind)
     out["train_seconds"] = seconds
     return out
 
@@ -69,7 +73,9 @@ def main() -> None:
         print(f"\n{layout}  (trained in {r['train_seconds']:.0f} s)")
         for mode in ("original", "random", "null"):
             print(f"   {mode:<9} text  iou_mean {r[mode]['iou_mean']:.3f}   pr@0.7 {r[mode]['pr@0.7']:.3f}")
-        for mode in ("random", "null"):
+        print(f"   trained without text, null text  iou_mean {r['blind']['iou_mean']:.3f}   "
+              f"pr@0.7 {r['blind']['pr@0.7']:.3f}")
+        for mode in ("random", "null", "blind"):
             if r["ratio"][mode] is None:
                 continue
             lo, hi = r["ratio_ci95"][mode]

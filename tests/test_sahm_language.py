@@ -53,6 +53,19 @@ def test_too_few_objects_or_a_weak_model_is_inconclusive():
     assert out["verdict"].startswith("inconclusive") and out["ratio"] == {"random": None, "null": None}
 
 
+def test_a_model_trained_without_text_that_finds_the_object_reveals_a_shortcut():
+    """Table 8 can collapse on a dataset with a shortcut; the blind model is what catches it."""
+    groups, orig, rng = _items(60, 3)
+    table8 = {"original": orig, "random": orig * 0.2, "null": orig * 0.1}
+    out = judge_language({**table8, "blind": orig * rng.uniform(0.8, 1.0, len(orig))}, groups)
+    assert out["verdict"].startswith("shortcut: a model trained without expressions finds the object at 9")
+    lo, hi = out["ratio_ci95"]["blind"]
+    assert lo < out["ratio"]["blind"] < hi
+    out = judge_language({**table8, "blind": orig * 0.25}, groups)
+    assert out["verdict"].startswith("IoU collapses") and "reaches 25% of its IoU" in out["verdict"]
+    assert judge_language(table8, groups)["verdict"] == "IoU collapses without the expression: no language shortcut detected"
+
+
 def test_the_interval_is_over_objects_not_items():
     """Copies of one object's items add no evidence: the interval must not shrink with them."""
     groups, orig, rng = _items(30, 1)

@@ -6,7 +6,6 @@ import dataclasses
 
 import pytest
 import torch
-import torch.nn.functional as F
 
 from comcoco.sahm import build_discriminator, build_generator, get_config
 from comcoco.sahm.encoders import SwinStages, WeightsError, albert_config, build_albert, build_swin

@@ -19,7 +19,7 @@ from comcoco.ids import rng_for
 from comcoco.plan import BuildConfig, SourceSpec
 from comcoco.release.builder import ReleaseOptions, build_release
 from comcoco.release.manifest import read_manifest, verify_release
-from comcoco.sahm.data import ReleaseSamples, apply_crop, sample_crop, working_size
+from comcoco.sahm.data import ReleaseSamples, TextSubstitute, apply_crop, sample_crop, working_size
 from comcoco.sahm.metrics import METRIC_KEYS
 from comcoco.sahm.runs import (
     LAST_CKPT,
@@ -31,7 +31,7 @@ from comcoco.sahm.runs import (
     read_log,
     train_run,
 )
-from comcoco.sahm.validate import TextSubstitute, ValidationOptions, validate_release, write_validation
+from comcoco.sahm.validate import ValidationOptions, validate_release, write_validation
 from comcoco.sources.refer import load_plain_pickle
 from comcoco.workdir import build_inline
 
@@ -273,6 +273,10 @@ def test_validate_reports_metrics_and_language_baseline(validated, release):
     assert result["metrics"]["iou_mean, random text"] == round(lb["random"]["iou_mean"], 4)
     assert str(result["metrics"]["fid"]).startswith("not computed")
     assert lb["verdict"].startswith("inconclusive")  # 2 steps on a handful of objects cannot be judged
+    assert lb["blind"]["n"] == n_test and (out / "blind" / "checkpoints" / "last.pt").is_file()
+    blind_cfg = json.loads((out / "blind" / "config.json").read_text())["options"]
+    assert blind_cfg["text"] == "null" and blind_cfg["max_steps"] == 2
+    assert result["metrics"]["iou_mean, trained without text"] == round(lb["blind"]["iou_mean"], 4)
     assert lb["objects"] == len(set(ReleaseSamples(release, "test", 64, False).ref_ids()))
     assert out.is_dir() and not (release / "sahm-runs").exists()
     path, notes = write_validation(release, result)

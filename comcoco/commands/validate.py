@@ -31,6 +31,8 @@ def validate(
                                         "(or $COMCOCO_FID_WEIGHTS)."),
     alexnet: Path | None = typer.Option(None, "--alexnet", help="alexnet-owt-7be5be79.pth for LPIPS "
                                         "(or $COMCOCO_LPIPS_ALEXNET)."),
+    blind: bool = typer.Option(True, "--blind/--no-blind", help="Also train a model on empty expressions (RUN/blind) "
+                               "and report a shortcut when it finds the objects anyway; doubles the training time."),
     write: bool = typer.Option(True, "--write/--no-write", help="Write RELEASE/validation/validation.json."),
     progress: bool = typer.Option(True, "--progress/--no-progress", help="Show a progress bar."),
 ) -> None:
@@ -44,7 +46,7 @@ def validate(
             raise UserError(f"{release}: not a comcoco release (no manifest.json or {variant}/)")
         options = ValidationOptions(
             config=config, steps=steps, batch_size=batch_size, variant=variant, seed=seed,
-            fid_net=str(fid_net) if fid_net else None, alexnet=str(alexnet) if alexnet else None,
+            fid_net=str(fid_net) if fid_net else None, alexnet=str(alexnet) if alexnet else None, blind=blind,
             runtime=Runtime(device=device, amp=amp, num_workers=workers, progress=progress, cache_mb=cache_mb),
         )
         result = validate_release(release, out, options)

@@ -30,7 +30,9 @@ from torch.utils.data import Dataset
 
 from comcoco.ids import rng_for
 from comcoco.sahm.train import Collator
-from comcoco.text.syntax import extend_identity
+from comcoco.text.syntax import extend_identity, split_words
+
+TEXT_MODES = ("original", "random", "null")
 
 
 class DataError(Exception):
@@ -225,6 +227,37 @@ class ReleaseSamples(Dataset):
             "sent_id": int(sentence["sent_id"]),
             "ref_id": int(ref_id),
         }
+
+
+class TextSubstitute(Dataset):
+    """A dataset's items with the expression replaced: ``random`` words or ``null`` (empty) text.
+
+    ``base`` is any dataset with ``expression(i)`` (``ReleaseSamples``, the synthetic sets). Random text
+    has as many words as the original, drawn (seeded per item) from ``vocabulary``.
+    """
+
+    def __init__(self, base: Any, mode: str, vocabulary: Sequence[str] = (), seed: int = 0):
+        if mode not in TEXT_MODES:
+            raise ValueError(f"text mode must be one of {TEXT_MODES}, got {mode!r}")
+        if mode == "random" and not vocabulary:
+            raise ValueError("random text needs a non-empty vocabulary")
+        self.base, self.mode, self.vocabulary, self.seed = base, mode, sorted(set(vocabulary)), seed
+
+    def __len__(self) -> int:
+        return len(self.base)
+
+    def text(self, index: int) -> str:
+        original = self.base.expression(index)
+        if self.mode == "original":
+            return original
+        if self.mode == "null":
+            return ""
+        n = max(1, len(split_words(original)))
+        rng = rng_for(self.seed, "sahm-random-text", index)
+        return " ".join(self.vocabulary[int(k)] for k in rng.integers(len(self.vocabulary), size=n))
+
+    def __getitem__(self, index: int) -> dict[str, Any]:
+        return {**self.base[index], "expression": self.text(index)}
 
 
 def make_collate(tokenizer: Any, max_len: int, category_names: Iterable[str] = ()) -> Collator:

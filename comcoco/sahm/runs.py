@@ -34,7 +34,7 @@ from torch.utils.data import DataLoader, Dataset
 
 from comcoco.io import write_text_atomic
 from comcoco.sahm.config import SAHMConfig, get_config
-from comcoco.sahm.data import DataError, ReleaseSamples, make_collate
+from comcoco.sahm.data import DataError, ReleaseSamples, TextSubstitute, make_collate
 from comcoco.sahm.metrics import (
     ALEXNET_FILE,
     FID_ENV,
@@ -87,6 +87,7 @@ class TrainOptions:
     checkpoint_every: int = 0  # steps; 0: at epoch ends only
     eval_split: str | None = "val"  # evaluated after each epoch to pick best.pt; None: never
     tokenizer: str | None = None  # a local ALBERT tokenizer folder; None: train one on the release
+    text: str = "original"  # "null": train on empty expressions (the blind baseline of `validate`)
     overrides: dict[str, Any] = field(default_factory=dict)  # SAHM config fields
 
     def resolved_epochs(self) -> int:
@@ -331,7 +332,7 @@ def _check_resume(stored: TrainOptions, given: TrainOptions, path: Path) -> Trai
     ``max_steps`` as given, None meaning no step limit). Config, variant, seed, batch size and image size
     given explicitly (not at their defaults) must agree with the run's, and so must the release."""
     default = TrainOptions(release="")
-    for name in ("config", "variant", "seed"):  # left at its default: taken from the run
+    for name in ("config", "variant", "seed", "text"):  # left at its default: taken from the run
         if getattr(given, name) != getattr(default, name) and getattr(given, name) != getattr(stored, name):
             raise RunError(f"{path}: the run was started with {name}={getattr(stored, name)!r}, "
                            f"not {getattr(given, name)!r}; start a new run folder instead")
@@ -389,6 +390,9 @@ def train_run(
                                  cache_mb=runtime.cache_mb)
     except DataError as exc:
         raise RunError(str(exc)) from None
+    if options.text not in ("original", "null"):
+        raise RunError(f"text must be 'original' or 'null', got {options.text!r}")
+    items = train if options.text == "original" else TextSubstitute(train, "null")
     spe = steps_per_epoch(len(train), batch, world)
     if spe == 0:
         raise RunError(f"{release}: {options.variant} train split has {len(train)} items, fewer than one "
@@ -436,7 +440,7 @@ def train_run(
                 best_value = _end_epoch(trainer, run, val, batch, workers, best_value, rank, world)
                 continue
             train.set_epoch(epoch)
-            for b in epoch_loader(trainer, train, batch, epoch, skip=done, num_workers=workers):
+            for b in epoch_loader(trainer, items, batch, epoch, skip=done, num_workers=workers):
                 t0 = time.perf_counter()
                 rec = trainer.train_step(b)
                 rec = {"kind": "step", **rec, "epoch": epoch, "lr": trainer.opt_g.param_groups[0]["lr"],

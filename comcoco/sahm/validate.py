@@ -23,11 +23,10 @@ from typing import Any
 
 import numpy as np
 import torch
-from torch.utils.data import Dataset
 
 from comcoco.ids import rng_for
 from comcoco.io import write_text_atomic
-from comcoco.sahm.data import DataError, ReleaseSamples, make_collate
+from comcoco.sahm.data import TEXT_MODES, DataError, ReleaseSamples, TextSubstitute, make_collate
 from comcoco.sahm.metrics import METRIC_KEYS, not_computed
 from comcoco.sahm.runs import (
     CONFIG_FILE,
@@ -43,15 +42,15 @@ from comcoco.sahm.runs import (
 from comcoco.text.syntax import split_words
 
 VALIDATION_FILE = "validation/validation.json"  # as comcoco.release.builder.VALIDATION_FILE
-TEXT_MODES = ("original", "random", "null")
 DEFAULT_STEPS = {"tiny": 300, "paper": 3000}
 JUDGE_MIN_IOU = 0.3  # below this the original-text model is too weak for a shortcut verdict
 COLLAPSE_RATIO = 0.5  # "collapse": IoU without language at most this share of the original's
 MIN_JUDGE_OBJECTS = 20  # fewer referred objects in the split than this: too few to judge
 BOOTSTRAP_RESAMPLES = 2000
 RUNS_DIR = "sahm-runs"
+BLIND_DIR = "blind"  # RUN/blind: the model trained on empty expressions
 ENV_CONFIG, ENV_STEPS, ENV_OUT = "COMCOCO_VALIDATE_CONFIG", "COMCOCO_VALIDATE_STEPS", "COMCOCO_VALIDATE_OUT"
-ENV_DEVICE = "COMCOCO_VALIDATE_DEVICE"
+ENV_DEVICE, ENV_BLIND = "COMCOCO_VALIDATE_DEVICE", "COMCOCO_VALIDATE_BLIND"
 
 
 @dataclass(frozen=True)
@@ -66,6 +65,7 @@ class ValidationOptions:
     seed: int = 0
     fid_net: str | None = None
     alexnet: str | None = None
+    blind: bool = True  # also train a model on empty expressions (RUN/blind), the direct shortcut test
     runtime: Runtime = Runtime()
 
 
@@ -84,33 +84,6 @@ def default_run_dir(release: str | os.PathLike[str]) -> Path:
     return p.parent / RUNS_DIR / p.name.removesuffix(".incomplete")
 
 
-class TextSubstitute(Dataset):
-    """A dataset's items with the expression replaced: ``random`` words or ``null`` (empty) text."""
-
-    def __init__(self, base: ReleaseSamples, mode: str, vocabulary: list[str], seed: int = 0):
-        if mode not in TEXT_MODES:
-            raise ValueError(f"text mode must be one of {TEXT_MODES}, got {mode!r}")
-        if mode == "random" and not vocabulary:
-            raise ValueError("random text needs a non-empty vocabulary")
-        self.base, self.mode, self.vocabulary, self.seed = base, mode, sorted(set(vocabulary)), seed
-
-    def __len__(self) -> int:
-        return len(self.base)
-
-    def text(self, index: int) -> str:
-        original = self.base.expression(index)
-        if self.mode == "original":
-            return original
-        if self.mode == "null":
-            return ""
-        n = max(1, len(split_words(original)))
-        rng = rng_for(self.seed, "sahm-random-text", index)
-        return " ".join(self.vocabulary[int(k)] for k in rng.integers(len(self.vocabulary), size=n))
-
-    def __getitem__(self, index: int) -> dict[str, Any]:
-        return {**self.base[index], "expression": self.text(index)}
-
-
 def judge_language(ious: dict[str, Sequence[float]], groups: Sequence[Any], seed: int = 0,
                    resamples: int = BOOTSTRAP_RESAMPLES) -> dict[str, Any]:
     """Compare per-item IoU with original text to random and null text; returns ratios, intervals, verdict.
@@ -125,6 +98,11 @@ def judge_language(ious: dict[str, Sequence[float]], groups: Sequence[Any], seed
     - *drops*: both intervals below 1 but a ratio above ``COLLAPSE_RATIO`` (language helps, yet much of the
       object is found without it);
     - *does not collapse*: an interval reaches 1 (no evidence that the expression is needed).
+
+    With ``ious["blind"]`` (a second model trained on empty expressions, evaluated with null text), a
+    blind ratio above ``COLLAPSE_RATIO`` is reported as a *shortcut* first: the Table 8 check alone cannot
+    see one, because a model that learned to read breaks without text even where the object could be
+    found by other means (benchmarks/sahm_language.py measures both on controlled data).
     """
     keys = sorted({g: None for g in groups}, key=str)
     index = {g: i for i, g in enumerate(keys)}
@@ -133,7 +111,7 @@ def judge_language(ious: dict[str, Sequence[float]], groups: Sequence[Any], seed
     out: dict[str, Any] = {"objects": n_obj, "items": len(g)}
     orig = np.asarray(ious["original"], dtype=np.float64)
     if len(g) == 0 or orig.mean() <= 0:
-        out["ratio"] = {m: None for m in ("random", "null")}
+        out["ratio"] = {m: None for m in ("random", "null", "blind") if m in ious}
         out["verdict"] = "inconclusive: the model finds no object with the original text; train longer"
         return out
     counts = np.bincount(g, minlength=n_obj).astype(np.float64)
@@ -144,7 +122,7 @@ def judge_language(ious: dict[str, Sequence[float]], groups: Sequence[Any], seed
     boot_orig = (draws @ sums_orig) / np.maximum(draws @ counts, 1)
     out["ratio"], out["ratio_ci95"] = {}, {}
     below = {}
-    for mode in ("random", "null"):
+    for mode in [m for m in ("random", "null", "blind") if m in ious]:
         vals = np.asarray(ious[mode], dtype=np.float64)
         out["ratio"][mode] = float(vals.mean() / orig.mean())
         boot = ((draws @ np.bincount(g, weights=vals, minlength=n_obj)) / np.maximum(draws @ counts, 1)
@@ -152,28 +130,37 @@ def judge_language(ious: dict[str, Sequence[float]], groups: Sequence[Any], seed
         lo, hi = np.quantile(boot, [0.025, 0.975])
         out["ratio_ci95"][mode] = [float(lo), float(hi)]
         below[mode] = hi < 1.0
-    worst = max(out["ratio"].values())
+    worst = max(out["ratio"]["random"], out["ratio"]["null"])
+    blind = out["ratio"].get("blind")
+    blind_note = f" (a model trained without expressions reaches {blind:.0%} of its IoU)" if blind is not None else ""
+    below.pop("blind", None)
     if n_obj < MIN_JUDGE_OBJECTS:
         out["verdict"] = (f"inconclusive: the split has {n_obj} referred objects, fewer than "
                           f"{MIN_JUDGE_OBJECTS} needed to judge")
     elif orig.mean() < JUDGE_MIN_IOU:
         out["verdict"] = (f"inconclusive: original-text IoU {orig.mean():.3f} < {JUDGE_MIN_IOU} is too low to "
                           "judge a shortcut; train longer")
+    elif blind is not None and blind > COLLAPSE_RATIO:
+        out["verdict"] = (f"shortcut: a model trained without expressions finds the object at {blind:.0%} of the "
+                          "full model's IoU (it can be found without language, e.g. from compositing artefacts)")
     elif all(below.values()) and worst <= COLLAPSE_RATIO:
-        out["verdict"] = "IoU collapses without the expression: no language shortcut detected"
+        out["verdict"] = "IoU collapses without the expression: no language shortcut detected" + blind_note
     elif all(below.values()):
         out["verdict"] = (f"IoU drops without the expression but keeps {worst:.0%} of the original: the object "
-                          "is partly found without language (possible shortcut, e.g. compositing artefacts)")
+                          "is partly found without language (possible shortcut, e.g. compositing artefacts)"
+                          + blind_note)
     else:
         out["verdict"] = ("IoU does not collapse without the expression: the object may be found without "
-                          "language (possible shortcut, e.g. compositing artefacts)")
+                          "language (possible shortcut, e.g. compositing artefacts)" + blind_note)
     return out
 
 
-def language_baseline(trainer: Any, test: ReleaseSamples, vocabulary: list[str], batch_size: int,
-                      num_workers: int = 0, seed: int = 0) -> dict[str, Any]:
-    """Mask IoU of one model on ``test`` with original, random and null text, and the verdict of
-    ``judge_language`` (bootstrap over the split's referred objects)."""
+def language_baseline(trainer: Any, test: Any, vocabulary: list[str], batch_size: int,
+                      num_workers: int = 0, seed: int = 0, blind: Any = None) -> dict[str, Any]:
+    """Mask IoU of one model on ``test`` with original, random and null text — and of ``blind`` (a trainer
+    whose model never saw an expression) with null text — and the verdict of ``judge_language``
+    (bootstrap over the split's referred objects). ``test`` is a ``ReleaseSamples`` or any dataset with
+    ``expression(i)``, ``ref_ids()`` and ``split``."""
     out: dict[str, Any] = {
         "split": test.split,
         "random_text": "as many words as the original, drawn uniformly (seeded) from the training vocabulary",
@@ -189,17 +176,25 @@ def language_baseline(trainer: Any, test: ReleaseSamples, vocabulary: list[str],
         out[mode] = {k: result[k]["value"] for k in ("iou_mean", "iou_overall", "pr@0.7")}
         out[mode]["n"] = len(ious)
         per_item[mode] = ious
+    if blind is not None:
+        result, ious = evaluate_dataset(blind, TextSubstitute(test, "null", vocabulary, seed), batch_size,
+                                        num_workers=num_workers)
+        out["blind"] = {k: result[k]["value"] for k in ("iou_mean", "iou_overall", "pr@0.7")}
+        out["blind"]["n"] = len(ious)
+        out["blind_model"] = "the same configuration and budget, trained on empty expressions; null text"
+        per_item["blind"] = ious
     out.update(judge_language(per_item, test.ref_ids(), seed))
     return out
 
 
 def _ratio_note(baseline: dict[str, Any]) -> str:
     """The share of IoU kept without language, with its interval, e.g. ``(IoU kept: random text 0.21
-    [0.15, 0.28], null text …; 95 % intervals over 160 objects)``."""
+    [0.15, 0.28], null text …, trained without text …; 95 % intervals over 160 objects)``."""
     cis = baseline.get("ratio_ci95")
     if not cis:
         return ""
-    parts = [f"{m} text {baseline['ratio'][m]:.2f} [{cis[m][0]:.2f}, {cis[m][1]:.2f}]" for m in ("random", "null")]
+    names = {"random": "random text", "null": "null text", "blind": "trained without text"}
+    parts = [f"{names[m]} {baseline['ratio'][m]:.2f} [{cis[m][0]:.2f}, {cis[m][1]:.2f}]" for m in names if m in cis]
     return f" (IoU kept: {', '.join(parts)}; 95 % intervals over {baseline['objects']} objects)"
 
 
@@ -235,6 +230,10 @@ def validate_release(
     train_opts = TrainOptions(release=str(release), config=config, variant=o.variant, epochs=10**6,
                               max_steps=steps, batch_size=o.batch_size, seed=o.seed, eval_split=None)
     summary = train_run(run, train_opts, o.runtime, resume=(run / CONFIG_FILE).is_file())
+    blind_run = run / BLIND_DIR
+    if o.blind:
+        train_run(blind_run, replace(train_opts, text="null"), o.runtime,
+                  resume=(blind_run / CONFIG_FILE).is_file())
     if summary.rank != 0:  # under torchrun rank 0 evaluates alone
         return {}
     runtime = replace(o.runtime, progress=False)
@@ -251,12 +250,17 @@ def validate_release(
     trainer.collate = make_collate(trainer.tokenizer, trainer.cfg.max_text_len, test.category_names())
     vocabulary = sorted({w for e in train.expressions() for w in split_words(e)})
     batch = TrainOptions(**data["options"]).resolved_batch()
-    baseline = language_baseline(trainer, test, vocabulary, batch, seed=o.seed)
+    blind = load_run(blind_run, "last", runtime)[0] if o.blind else None
+    if blind is not None:
+        blind.collate = make_collate(blind.tokenizer, blind.cfg.max_text_len, test.category_names())
+    baseline = language_baseline(trainer, test, vocabulary, batch, seed=o.seed, blind=blind)
 
     metrics = {k: _round(v) for k, v in flat_metrics(seven).items()}
     for mode in ("random", "null"):
         if mode in baseline:
             metrics[f"iou_mean, {mode} text"] = _round(baseline[mode]["iou_mean"])
+    if "blind" in baseline:
+        metrics["iou_mean, trained without text"] = _round(baseline["blind"]["iou_mean"])
     seconds = round(time.perf_counter() - started, 1)
     notes = (
         f"SAHM ({config} configuration, {trainer.cfg.image_size}² input) trained for {summary.step} steps "
@@ -312,13 +316,15 @@ def release_hook(path: str) -> dict[str, Any]:
     """The release builder's validation hook: validate the staged release at ``path``.
 
     Settings come from the environment: ``COMCOCO_VALIDATE_CONFIG`` (auto|tiny|paper),
-    ``COMCOCO_VALIDATE_STEPS``, ``COMCOCO_VALIDATE_DEVICE`` (auto|cpu|cuda), ``COMCOCO_VALIDATE_OUT``
+    ``COMCOCO_VALIDATE_STEPS``, ``COMCOCO_VALIDATE_DEVICE`` (auto|cpu|cuda), ``COMCOCO_VALIDATE_BLIND``
+    (0 skips the model trained without text), ``COMCOCO_VALIDATE_OUT``
     (the run folder; default ``<releases>/sahm-runs/comcoco-X.Y.Z``, a fresh name if taken), and the
     metric weights' ``COMCOCO_FID_WEIGHTS`` / ``COMCOCO_LPIPS_ALEXNET``.
     """
     options = ValidationOptions(
         config=os.environ.get(ENV_CONFIG, "auto"),
         steps=_env_int(ENV_STEPS),
+        blind=os.environ.get(ENV_BLIND, "1").strip().lower() not in ("0", "false", "no", "off"),
         runtime=Runtime(device=os.environ.get(ENV_DEVICE, "auto")),
     )
     return validate_release(path, os.environ.get(ENV_OUT) or None, options, fresh=True)
