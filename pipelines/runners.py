@@ -28,24 +28,6 @@ def configure_prefect() -> None:
         os.environ.setdefault(key, value)
 
 
-SPAWN_ENVIRON = "distributed.nanny.pre-spawn-environ"
-
-
-def keep_malloc_defaults() -> None:
-    """Start local Dask workers without distributed's ``MALLOC_TRIM_THRESHOLD_=65536``.
-
-    Setting any glibc trim threshold turns off malloc's adaptive mmap threshold, so every large
-    temporary array of a compose task is mmapped and page-faulted afresh. The composing stage ran
-    measurably slower in a Dask worker than in a thread for this reason (docs/build.md).
-    Shard tasks are short and free what they allocate, so the trim is not needed.
-    """
-    import dask
-
-    environ = dict(dask.config.get(SPAWN_ENVIRON, default={}) or {})
-    if environ.pop("MALLOC_TRIM_THRESHOLD_", None) is not None:
-        dask.config.set({SPAWN_ENVIRON: environ})
-
-
 @dataclass(frozen=True)
 class RunnerSpec:
     kind: str = "local"
@@ -76,7 +58,6 @@ class RunnerSpec:
             return ThreadPoolTaskRunner(max_workers=self.workers)
         from prefect_dask import DaskTaskRunner
 
-        keep_malloc_defaults()
         if self.address:
             return DaskTaskRunner(address=self.address)
         return DaskTaskRunner(

@@ -188,22 +188,3 @@ def test_bad_input_is_reported_and_retry_failed_redoes_only_failures(demo_source
             assert after_status[sid][key] == r[key]
             assert after[r[key]] == before[r[key]]
 
-
-def _malloc_trim_threshold():
-    return os.environ.get("MALLOC_TRIM_THRESHOLD_")
-
-
-def test_local_dask_workers_keep_the_adaptive_malloc_threshold():
-    """distributed spawns workers with MALLOC_TRIM_THRESHOLD_=65536, which made composing slower there."""
-    import dask
-    from distributed import Client, LocalCluster
-
-    from pipelines.runners import SPAWN_ENVIRON, RunnerSpec
-
-    with dask.config.set({SPAWN_ENVIRON: {**dask.config.get(SPAWN_ENVIRON), "MALLOC_TRIM_THRESHOLD_": 65536}}):
-        RunnerSpec(kind="dask", workers=1).task_runner()
-        assert "MALLOC_TRIM_THRESHOLD_" not in dask.config.get(SPAWN_ENVIRON)
-        assert dask.config.get(SPAWN_ENVIRON)["OMP_NUM_THREADS"] == 1  # the rest is kept
-        with LocalCluster(n_workers=1, threads_per_worker=1, processes=True, host="127.0.0.1",
-                          dashboard_address=None) as cluster, Client(cluster) as client:
-            assert list(client.run(_malloc_trim_threshold).values()) == [None]
