@@ -63,6 +63,15 @@ def test_checkpoint_errors(tmp_path, data_and_tokenizer):
     torch.save({"hello": 1}, bad)
     with pytest.raises(TrainError, match="bad.pt"):
         Trainer.resume(bad, tok)
+    old = tmp_path / "old.pt"  # a checkpoint from before a config field existed
+    tr = Trainer("tiny", tok, seed=0)
+    state = tr.state_dict()
+    del state["config"]["lambda_dice"]
+    torch.save(state, old)
+    with pytest.raises(TrainError, match=r"old.pt: SAHM config lacks \['lambda_dice'\]"):
+        Trainer.resume(old, tok)
+    with pytest.raises(TrainError, match="lacks"):
+        tr.load(old)
 
 
 def test_collate_rejects_bad_items(data_and_tokenizer):

@@ -6,7 +6,7 @@ leaves open (decoder widths, GAN form, decay rate) are explicit choices document
 
 from __future__ import annotations
 
-from dataclasses import asdict, dataclass, field, fields, replace
+from dataclasses import MISSING, asdict, dataclass, field, fields, replace
 from typing import Any
 
 
@@ -75,6 +75,10 @@ class SAHMConfig:
         unknown = sorted(set(d) - names)
         if unknown:
             raise ValueError(f"unknown SAHM config keys: {unknown}")
+        required = {f.name for f in fields(cls) if f.default is MISSING and f.default_factory is MISSING}
+        missing = sorted(required - set(d))
+        if missing:
+            raise ValueError(f"SAHM config lacks {missing} (written by an older comcoco?)")
         vals = {k: (tuple(v) if isinstance(v, list) else v) for k, v in d.items()}
         return cls(**vals)
 

@@ -110,6 +110,14 @@ def _numpy_state() -> tuple:
     return (name, torch.from_numpy(keys.astype(np.int64)), int(pos), int(has_gauss), float(cached))
 
 
+def _stored_config(state: dict[str, Any], path: Path) -> SAHMConfig:
+    """The SAHM configuration a checkpoint was written with; TrainError naming the file if unusable."""
+    try:
+        return SAHMConfig.from_dict(state["config"])
+    except (ValueError, TypeError) as exc:
+        raise TrainError(f"{path}: {exc}; start a new run folder") from None
+
+
 def _unwrap(m: nn.Module) -> nn.Module:
     return m.module if hasattr(m, "module") else m
 
@@ -247,7 +255,7 @@ class Trainer:
             raise TrainError(f"cannot read checkpoint {p}: {exc}") from exc
         if not isinstance(st, dict) or st.get("format") != CHECKPOINT_FORMAT:
             raise TrainError(f"{p} is not a SAHM checkpoint (format {CHECKPOINT_FORMAT})")
-        if SAHMConfig.from_dict(st["config"]) != self.cfg:
+        if _stored_config(st, p) != self.cfg:
             raise TrainError(f"{p} was written with a different SAHM config ({st['config'].get('name')})")
         _unwrap(self.G).load_state_dict(st["generator"], strict=True)
         _unwrap(self.D).load_state_dict(st["discriminator"], strict=True)
@@ -283,7 +291,7 @@ class Trainer:
             raise TrainError(f"cannot read checkpoint {p}: {exc}") from exc
         if not isinstance(st, dict) or "config" not in st:
             raise TrainError(f"{p} is not a SAHM checkpoint")
-        t = cls(SAHMConfig.from_dict(st["config"]), tokenizer, device=device, amp=amp, seed=int(st["seed"]))
+        t = cls(_stored_config(st, p), tokenizer, device=device, amp=amp, seed=int(st["seed"]))
         t.load(p)
         return t
 
