@@ -56,8 +56,9 @@ def validate(
         if write:
             path, notes = write_validation(release, result)
     typer.echo(result["title"])
+    width = max(map(len, result["metrics"]), default=0) + 1
     for name, value in result["metrics"].items():
-        typer.echo(f"  {name:<24} {value}")
+        typer.echo(f"  {name:<{width}} {value}")
     typer.echo(f"language baseline: {result['language_baseline']['verdict']}")
     typer.echo(f"run      {result['run']['path']}")
     if write:
