@@ -264,7 +264,8 @@ def validate_release(
     seconds = round(time.perf_counter() - started, 1)
     notes = (
         f"SAHM ({config} configuration, {trainer.cfg.image_size}² input) trained for {summary.step} steps "
-        f"(batch {batch}) on the {o.variant} train split ({len(train)} items) on {summary.device}, evaluated "
+        f"(batch {batch}) on the {o.variant} train split ({len(train)} items) on {summary.device}"
+        f"{', with a twin trained on empty expressions' if blind is not None else ''}, evaluated "
         f"on {o.split} ({len(test)} items) in {seconds} s. Language baseline (paper Table 8): {baseline['verdict']}"
         f"{_ratio_note(baseline)}. "
         "Metrics that need weight files report 'not computed' with the reason. "
