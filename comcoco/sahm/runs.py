@@ -541,7 +541,7 @@ def metrics_file(split: str) -> str:
     return METRICS_FILE if split == "test" else f"metrics-{split}.json"
 
 
-def eval_run(
+def evaluate_split(
     run: str | os.PathLike[str],
     split: str = "test",
     checkpoint: str = "best",
@@ -550,9 +550,10 @@ def eval_run(
     runtime: Runtime | None = None,
     batch_size: int | None = None,
     release: str | os.PathLike[str] | None = None,
-) -> dict[str, dict[str, Any]]:
+) -> tuple[dict[str, dict[str, Any]], list[float]]:
     """Evaluate a run on a split; writes ``metrics.json`` (test; ``metrics-<split>.json`` otherwise) holding
-    exactly the seven metric keys, and ``eval-<split>.json`` with the context. Returns the seven metrics."""
+    exactly the seven metric keys, and ``eval-<split>.json`` with the context. Returns the seven metrics
+    and the per-item mask IoU (dataset order), which the language baseline reuses."""
     runtime = runtime or Runtime()
     run = Path(run)
     trainer, data, ckpt = load_run(run, checkpoint, runtime)
@@ -577,4 +578,9 @@ def eval_run(
         "fid_network": _weights(fid_net, FID_ENV, Path(os.environ.get("TMPDIR", "/tmp")) / NVIDIA_INCEPTION_FILE),
         "lpips_alexnet": _weights(alexnet, LPIPS_ENV, torch_home() / "hub" / "checkpoints" / ALEXNET_FILE),
     })
-    return seven
+    return seven, ious
+
+
+def eval_run(run: str | os.PathLike[str], split: str = "test", **kwargs: Any) -> dict[str, dict[str, Any]]:
+    """``evaluate_split`` without the per-item IoU: the seven metrics (what ``sahm eval`` reports)."""
+    return evaluate_split(run, split, **kwargs)[0]

@@ -33,8 +33,8 @@ from comcoco.sahm.runs import (
     RunError,
     Runtime,
     TrainOptions,
-    eval_run,
     evaluate_dataset,
+    evaluate_split,
     flat_metrics,
     load_run,
     train_run,
@@ -156,11 +156,13 @@ def judge_language(ious: dict[str, Sequence[float]], groups: Sequence[Any], seed
 
 
 def language_baseline(trainer: Any, test: Any, vocabulary: list[str], batch_size: int,
-                      num_workers: int = 0, seed: int = 0, blind: Any = None) -> dict[str, Any]:
+                      num_workers: int = 0, seed: int = 0, blind: Any = None,
+                      original: tuple[dict[str, Any], list[float]] | None = None) -> dict[str, Any]:
     """Mask IoU of one model on ``test`` with original, random and null text — and of ``blind`` (a trainer
     whose model never saw an expression) with null text — and the verdict of ``judge_language``
     (bootstrap over the split's referred objects). ``test`` is a ``ReleaseSamples`` or any dataset with
-    ``expression(i)``, ``ref_ids()`` and ``split``."""
+    ``expression(i)``, ``ref_ids()`` and ``split``. ``original`` (metrics and per-item IoU of the same
+    model on the same items with their expressions, from ``evaluate_split``) saves that pass."""
     out: dict[str, Any] = {
         "split": test.split,
         "random_text": "as many words as the original, drawn uniformly (seeded) from the training vocabulary",
@@ -171,8 +173,11 @@ def language_baseline(trainer: Any, test: Any, vocabulary: list[str], batch_size
         return out
     per_item: dict[str, list[float]] = {}
     for mode in TEXT_MODES:
-        result, ious = evaluate_dataset(trainer, TextSubstitute(test, mode, vocabulary, seed), batch_size,
-                                        num_workers=num_workers)
+        if mode == "original" and original is not None:
+            result, ious = original
+        else:
+            result, ious = evaluate_dataset(trainer, TextSubstitute(test, mode, vocabulary, seed), batch_size,
+                                            num_workers=num_workers)
         out[mode] = {k: result[k]["value"] for k in ("iou_mean", "iou_overall", "pr@0.7")}
         out[mode]["n"] = len(ious)
         per_item[mode] = ious
@@ -237,8 +242,8 @@ def validate_release(
     if summary.rank != 0:  # under torchrun rank 0 evaluates alone
         return {}
     runtime = replace(o.runtime, progress=False)
-    seven = eval_run(run, split=o.split, checkpoint="last", fid_net=o.fid_net, alexnet=o.alexnet,
-                     runtime=runtime, batch_size=o.batch_size)
+    seven, original_ious = evaluate_split(run, split=o.split, checkpoint="last", fid_net=o.fid_net,
+                                          alexnet=o.alexnet, runtime=runtime, batch_size=o.batch_size)
 
     trainer, data, _ = load_run(run, "last", runtime)
     try:
@@ -253,7 +258,8 @@ def validate_release(
     blind = load_run(blind_run, "last", runtime)[0] if o.blind else None
     if blind is not None:
         blind.collate = make_collate(blind.tokenizer, blind.cfg.max_text_len, test.category_names())
-    baseline = language_baseline(trainer, test, vocabulary, batch, seed=o.seed, blind=blind)
+    baseline = language_baseline(trainer, test, vocabulary, batch, seed=o.seed, blind=blind,
+                                 original=(seven, original_ious))
 
     metrics = {k: _round(v) for k, v in flat_metrics(seven).items()}
     for mode in ("random", "null"):
