@@ -30,10 +30,10 @@ import torch
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
+from comcoco.sahm.data import TextSubstitute  # noqa: E402
 from comcoco.sahm.synthetic import SyntheticRemovalDataset  # noqa: E402
 from comcoco.sahm.text import train_tokenizer  # noqa: E402
 from comcoco.sahm.train import Trainer  # noqa: E402
-from comcoco.sahm.data import TextSubstitute  # noqa: E402
 from comcoco.sahm.validate import language_baseline  # noqa: E402
 from comcoco.text.syntax import split_words  # noqa: E402
 
