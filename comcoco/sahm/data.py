@@ -246,8 +246,9 @@ class TextSubstitute(Dataset):
     def __len__(self) -> int:
         return len(self.base)
 
-    def text(self, index: int) -> str:
-        original = self.base.expression(index)
+    def text(self, index: int, original: str | None = None) -> str:
+        """The substituted expression of item ``index`` (``original``: its expression, when already read)."""
+        original = self.base.expression(index) if original is None else original
         if self.mode == "original":
             return original
         if self.mode == "null":
@@ -257,7 +258,8 @@ class TextSubstitute(Dataset):
         return " ".join(self.vocabulary[int(k)] for k in rng.integers(len(self.vocabulary), size=n))
 
     def __getitem__(self, index: int) -> dict[str, Any]:
-        return {**self.base[index], "expression": self.text(index)}
+        item = self.base[index]
+        return {**item, "expression": self.text(index, str(item["expression"]))}
 
 
 def make_collate(tokenizer: Any, max_len: int, category_names: Iterable[str] = ()) -> Collator:

@@ -127,12 +127,12 @@ class SyntheticRemovalDataset(Dataset):
             image = image * (1 - m) + c * m
             if n:  # shape 0 is the referred one: absent from the ground truth
                 gt = gt * (1 - m) + c * m
-        if self.layout == "shortcut":
+        mask = masks[0]
+        if self.layout == "shortcut":  # a white seam just outside the pasted shape, removed with it
             grown = _shape_mask(kinds[0], *centres[0], r + 1.0, s)
-            rim = grown * (1 - masks[0])
-            image = image * (1 - rim) + rim  # a white seam just outside the pasted shape
-        mask = np.maximum(masks[0], _shape_mask(kinds[0], *centres[0], r + 1.0, s)) if self.layout == "shortcut" \
-            else masks[0]
+            rim = grown * (1 - mask)
+            image = image * (1 - rim) + rim
+            mask = grown
         return {
             "image": torch.from_numpy(image.astype(np.float32)),
             "ground_truth": torch.from_numpy(gt.astype(np.float32)),
