@@ -40,7 +40,7 @@ from comcoco.compose import (  # noqa: E402
     plan_groups,
     write_group,
 )
-from comcoco.compose.engine import _BytesLRU  # noqa: E402
+from comcoco.compose.writer import BytesLRU as _BytesLRU  # noqa: E402
 
 TARGET = 0.5
 

@@ -35,7 +35,7 @@ cfg = BuildConfig(limit=int(limit), shard_size=int(shard_size))
 spec = SourceSpec(root=source)
 t = time.perf_counter()
 if mode == "inline":
-    from comcoco.workdir import build_inline
+    from comcoco.build import build_inline
     build_inline(spec, workdir, cfg)
     record = {}
 else:

@@ -1,5 +1,8 @@
-"""The build plan: one row per sample with a stable id, cut into fixed shards, frozen on disk.
+"""The build plan: composites from candidates, one row per sample with a stable id, cut into fixed
+shards, frozen on disk.
 
+``plan_groups`` decides what will be made: which objects go into which background, in which
+composite, under which ids (a hash of the inputs and the composing configuration's fingerprint).
 A plan is computed once from the candidates and the configuration, saved in the work directory with
 that configuration, and every later run (resume, retry, another runner) works from the saved copy.
 Resuming with a different configuration or shard size is refused, naming what differs, because the
@@ -9,7 +12,7 @@ sample ids and shard contents would no longer match what is already on disk.
 from __future__ import annotations
 
 import json
-from collections.abc import Sequence
+from collections.abc import Callable, Iterable, Mapping, Sequence
 from dataclasses import asdict, dataclass, fields
 from pathlib import Path
 from typing import Any
@@ -17,69 +20,32 @@ from typing import Any
 import pyarrow as pa
 import pyarrow.parquet as pq
 
-from comcoco.compose.engine import ComposeConfig, GroupPlan
+from comcoco.config import (  # noqa: F401 (the configuration a plan is made with; importable from here)
+    DEFAULT_SHARD_SIZE,
+    BuildConfig,
+    BuildConfigError,
+    ComposeConfig,
+    SourceSpec,
+)
+from comcoco.errors import ComcocoError
 from comcoco.ids import stable_id
 from comcoco.io import write_bytes_atomic, write_text_atomic
-from comcoco.records import Candidate
+from comcoco.records import (
+    STATUS_BAD_BACKGROUND,
+    STATUS_BAD_SOURCE,
+    Annotation,
+    Candidate,
+    ImageInfo,
+    Ref,
+)
 
 PLAN_FILE = "plan.parquet"
 PLAN_META = "plan.json"
 CANDIDATES_FILE = "candidates.parquet"
-DEFAULT_SHARD_SIZE = 256
 
 
-class PlanMismatchError(Exception):
+class PlanMismatchError(ComcocoError):
     """The work directory was planned with another configuration."""
-
-
-@dataclass(frozen=True)
-class SourceSpec:
-    """Where the source lives; paths are stored absolute so any worker process can open it."""
-
-    root: str
-    dataset: str = "refcoco+"
-    split_by: str = "unc"
-    images: str | None = None
-
-    def load(self) -> Any:
-        from comcoco.sources.refer import load_source
-
-        return load_source(self.root, dataset=self.dataset, split_by=self.split_by, images=self.images)
-
-
-@dataclass(frozen=True)
-class BuildConfig:
-    """Everything that decides what a build produces (and so what a resume must agree with)."""
-
-    seed: int = 0
-    k: int = 5
-    similarity: str = "max"
-    max_uses: int | None = None
-    match_within_splits: bool = True  # backgrounds only from the object's own source split group
-    limit: int | None = None
-    shard_size: int = DEFAULT_SHARD_SIZE
-    compose: ComposeConfig | None = None  # None: the default composing configuration with this seed
-
-    def __post_init__(self) -> None:
-        if self.compose is None:
-            object.__setattr__(self, "compose", ComposeConfig(seed=self.seed))
-        if self.compose.seed != self.seed:  # one seed drives matching and composing
-            raise ValueError(f"compose seed {self.compose.seed} differs from build seed {self.seed}")
-        if self.shard_size < 1:
-            raise ValueError(f"shard size must be at least 1, got {self.shard_size}")
-
-    def to_dict(self) -> dict[str, Any]:
-        return asdict(self)
-
-    @classmethod
-    def from_dict(cls, data: dict[str, Any]) -> BuildConfig:
-        data = dict(data)
-        compose = ComposeConfig(**data.pop("compose", {}))
-        known = {f.name for f in fields(cls)}
-        return cls(compose=compose, **{k: v for k, v in data.items() if k in known})
-
-    def fingerprint(self) -> str:
-        return stable_id("build-config", self.to_dict())
 
 
 def _flatten(d: dict[str, Any], prefix: str = "") -> dict[str, Any]:
@@ -97,6 +63,164 @@ def config_differences(saved: dict[str, Any], current: dict[str, Any]) -> list[s
     """Human-readable differences between two configuration dicts ("key: saved → current")."""
     a, b = _flatten(saved), _flatten(current)
     return [f"{k}: {a.get(k)!r} (planned) vs {b.get(k)!r} (now)" for k in sorted(set(a) | set(b)) if a.get(k) != b.get(k)]
+
+
+# --- composites from candidates -------------------------------------------------------------------
+
+@dataclass(frozen=True)
+class SourceIndex:
+    """The parts of a source the compose stage needs, indexed by id."""
+
+    refs: Mapping[int, Ref]
+    annotations: Mapping[int, Annotation]
+    images: Mapping[int, ImageInfo]
+    anns_by_image: Mapping[int, tuple[Annotation, ...]]
+    referred_anns: frozenset[int]
+    image_path: Callable[[int], Path]
+    name: str = "source"
+
+    @classmethod
+    def from_source(cls, source: Any) -> SourceIndex:
+        """Index a ReferSource (comcoco.sources.refer) once per run."""
+        refs = {r.ref_id: r for r in source.refs()}
+        anns = {a.ann_id: a for a in source.annotations()}
+        by_image: dict[int, list[Annotation]] = {}
+        for a in sorted(anns.values(), key=lambda a: a.ann_id):
+            by_image.setdefault(a.image_id, []).append(a)
+        return cls(
+            refs=refs,
+            annotations=anns,
+            images={i.image_id: i for i in source.images()},
+            anns_by_image={k: tuple(v) for k, v in by_image.items()},
+            referred_anns=frozenset(r.ann_id for r in refs.values()),
+            image_path=source.image_path,
+            name=str(getattr(source, "DATA_DIR", "source")),
+        )
+
+
+@dataclass(frozen=True)
+class ObjectPlan:
+    """One sample to make: which object goes into which background, under which id."""
+
+    sample_id: str
+    candidate: Candidate
+    ref: Ref | None
+    annotation: Annotation | None
+    fg_image: ImageInfo | None
+    problem: tuple[str, str] | None = None  # (status, reason) already known at planning time
+
+
+@dataclass(frozen=True)
+class GroupPlan:
+    """One composite: a background and the objects pasted into it (one unless objects_per_image > 1)."""
+
+    composite_id: str
+    bg_image_id: int
+    bg_image: ImageInfo | None
+    bg_objects: tuple[Any, ...]  # comcoco.placement.sampler.SceneObject
+    members: tuple[ObjectPlan, ...]
+
+
+def select_candidates(
+    candidates: Iterable[Candidate], candidates_per_ref: int = 1, limit: int | None = None
+) -> list[Candidate]:
+    """The best ``candidates_per_ref`` candidates of each ref (lowest rank first), in ref order."""
+    by_ref: dict[int, list[Candidate]] = {}
+    for c in candidates:
+        by_ref.setdefault(c.ref_id, []).append(c)
+    chosen: list[Candidate] = []
+    for ref_id in sorted(by_ref):
+        seen: set[int] = set()
+        for c in sorted(by_ref[ref_id], key=lambda c: (c.rank, c.bg_image_id, c.ann_id)):
+            if c.bg_image_id in seen:
+                continue
+            seen.add(c.bg_image_id)
+            chosen.append(c)
+            if len(seen) >= candidates_per_ref:
+                break
+    return chosen if limit is None else chosen[: max(0, int(limit))]
+
+
+def _chunk(members: list[Candidate], k: int) -> list[list[Candidate]]:
+    """Greedy chunks of at most k objects, never the same annotation twice in one composite."""
+    chunks: list[list[Candidate]] = []
+    for c in members:
+        for ch in chunks:
+            if len(ch) < k and all(o.ann_id != c.ann_id for o in ch):
+                ch.append(c)
+                break
+        else:
+            chunks.append([c])
+    return chunks
+
+
+def _object_plan(c: Candidate, index: SourceIndex, sample_id: str) -> ObjectPlan:
+    ref = index.refs.get(c.ref_id)
+    where = f"ref {c.ref_id}, ann {c.ann_id}, source image {c.fg_image_id}, background {c.bg_image_id}"
+    problem: tuple[str, str] | None = None
+    ann = index.annotations.get(ref.ann_id) if ref is not None else None
+    fg = index.images.get(ann.image_id) if ann is not None else None
+    if ref is None:
+        problem = (STATUS_BAD_SOURCE, f"ref {c.ref_id} is not in {index.name} ({where})")
+    elif ref.ann_id != c.ann_id:
+        problem = (STATUS_BAD_SOURCE, f"candidate ann {c.ann_id} disagrees with ref {c.ref_id} (ann {ref.ann_id}) in {index.name}")
+    elif ann is None:
+        problem = (STATUS_BAD_SOURCE, f"annotation {ref.ann_id} of ref {c.ref_id} is not in {index.name}/instances.json")
+    elif fg is None:
+        problem = (STATUS_BAD_SOURCE, f"image {ann.image_id} of ann {ann.ann_id} is not in {index.name}/instances.json")
+    elif c.bg_image_id not in index.images:
+        problem = (STATUS_BAD_BACKGROUND, f"background image {c.bg_image_id} is not in {index.name}/instances.json ({where})")
+    elif c.bg_image_id == ann.image_id:
+        problem = (STATUS_BAD_BACKGROUND, f"background {c.bg_image_id} is the object's own image ({where})")
+    return ObjectPlan(sample_id=sample_id, candidate=c, ref=ref, annotation=ann, fg_image=fg, problem=problem)
+
+
+def _bg_objects(index: SourceIndex, image_id: int) -> tuple[Any, ...]:
+    from comcoco.placement.sampler import SceneObject
+
+    return tuple(
+        SceneObject(
+            category_id=int(a.category_id),
+            box=tuple(float(v) for v in a.bbox),  # type: ignore[arg-type]
+            referred=a.ann_id in index.referred_anns,
+        )
+        for a in index.anns_by_image.get(image_id, ())
+    )
+
+
+def plan_groups(
+    candidates: Iterable[Candidate], index: SourceIndex, config: ComposeConfig, limit: int | None = None
+) -> list[GroupPlan]:
+    """Deterministic composites from candidates: one per object, or up to k objects sharing a background."""
+    fp = config.fingerprint()
+    chosen = select_candidates(candidates, config.candidates_per_ref, limit)
+    k = config.objects_per_image
+    if k == 1:
+        chunks = [[c] for c in chosen]
+    else:
+        by_bg: dict[int, list[Candidate]] = {}
+        for c in chosen:
+            by_bg.setdefault(c.bg_image_id, []).append(c)
+        chunks = [ch for bg in sorted(by_bg) for ch in _chunk(by_bg[bg], k)]
+    groups = []
+    for ch in chunks:
+        key = None if k == 1 else [[c.ref_id, c.ann_id] for c in ch]
+        members = tuple(
+            _object_plan(c, index, stable_id("sample", c.ref_id, c.ann_id, c.bg_image_id, config.seed, fp, key))
+            for c in ch
+        )
+        bg_id = ch[0].bg_image_id
+        comp_id = members[0].sample_id if k == 1 else stable_id("composite", bg_id, config.seed, fp, key)
+        groups.append(
+            GroupPlan(
+                composite_id=comp_id,
+                bg_image_id=bg_id,
+                bg_image=index.images.get(bg_id),
+                bg_objects=_bg_objects(index, bg_id),
+                members=members,
+            )
+        )
+    return groups
 
 
 # --- the plan table --------------------------------------------------------------------------------

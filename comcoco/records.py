@@ -83,6 +83,22 @@ class Problem:
         return asdict(self)
 
 
+# --- splits ------------------------------------------------------------------------------------
+
+# A release's splits. RefCOCO+ has train, val, testA and testB; both test splits map to ``test``.
+SPLITS: tuple[str, ...] = ("train", "val", "test")
+
+
+def release_split_of(source_split: str) -> str:
+    """The release split a RefCOCO+ split maps to (train, val; testA, testB and test → test)."""
+    s = source_split.strip()
+    if s.startswith("test"):
+        return "test"
+    if s in ("train", "val"):
+        return s
+    raise ValueError(f"unknown source split {source_split!r}")
+
+
 # --- matching ----------------------------------------------------------------------------------
 
 
@@ -154,6 +170,8 @@ STATUSES: tuple[str, ...] = (
     STATUS_HARMONIZE_FAILED,
     STATUS_REJECTED_BY_REVIEW,
 )
+# Only in a work directory's status table: a planned sample whose shard did not complete.
+STATUS_NOT_BUILT = "not_built"
 
 
 # --- review ------------------------------------------------------------------------------------

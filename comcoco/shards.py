@@ -1,9 +1,10 @@
-"""Run one shard of a plan: compose its samples into a temporary folder, rename, then mark success.
+"""The shard writer: the only module that writes into ``WORKDIR/shards/``, and always atomically.
 
 A shard is the unit of work, retry, resume and distribution. Its files appear under
 ``WORKDIR/shards/NNNNN/`` only when all of them are complete (the folder is renamed into place), and
 ``_SUCCESS`` is written inside it last. A rerun skips marked shards, deletes what interrupted runs
-left behind, and redoes the rest; ``retry_failed`` recomposes only the failed samples of marked shards.
+left behind, and redoes the rest; ``retry_failed`` recomposes only the failed samples of marked shards;
+``rewrite_composite`` replaces one composite's files after a reviewer moved an object.
 Only paths and ids come in and go out: every image is read and written here, never by the orchestrator.
 """
 
@@ -19,37 +20,36 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-import pyarrow.parquet as pq
-
-from comcoco.compose.engine import (
-    ComposeModels,
-    ImageCache,
-    SourceIndex,
-    _BytesLRU,
-    compose_group,
-    load_models,
-    plan_groups,
-    write_group,
-)
-from comcoco.compose.samples import SampleRow, read_samples, write_samples
+from comcoco.compose.engine import ComposedGroup, compose_group
+from comcoco.compose.samples import SampleRow, write_samples
+from comcoco.compose.writer import BytesLRU, write_group
 from comcoco.io import write_text_atomic
-from comcoco.plan import PLAN_FILE, BuildConfig, PlanRow, SourceSpec, read_plan_meta
+from comcoco.plan import PLAN_FILE, BuildConfig, PlanRow, plan_groups
+from comcoco.sources.images import ImageCache
+from comcoco.workdir import (  # noqa: F401 (MARKER, SAMPLES_FILE, SHARDS_DIR, shard_name: re-exported)
+    MARKER,
+    SAMPLES_FILE,
+    SHARDS_DIR,
+    Workdir,
+    WorkdirError,
+    as_workdir,
+    cached_models,
+    cached_source,
+    shard_name,
+)
 
-SHARDS_DIR = "shards"
-MARKER = "_SUCCESS"
-SAMPLES_FILE = "samples.parquet"
+
+def shard_dir(workdir: Workdir | str | Path, shard: int) -> Path:
+    return as_workdir(workdir).shard_dir(shard)
 
 
-def shard_name(shard: int) -> str:
-    return f"{shard:05d}"
+def is_complete(workdir: Workdir | str | Path, shard: int) -> bool:
+    return as_workdir(workdir).is_complete(shard)
 
 
-def shard_dir(workdir: str | Path, shard: int) -> Path:
-    return Path(workdir) / SHARDS_DIR / shard_name(shard)
-
-
-def is_complete(workdir: str | Path, shard: int) -> bool:
-    return (shard_dir(workdir, shard) / MARKER).is_file()
+def source_index(spec: Any) -> Any:
+    """The compose index of the source ``spec`` names (loaded once per process)."""
+    return cached_source(spec)[1]
 
 
 @dataclass(frozen=True)
@@ -92,84 +92,24 @@ def limit_threads() -> None:
         _LIMITER = threadpool_limits(limits=1)  # kept for the life of the process
 
 
-# --- per-process caches: a worker loads the source and the models once, not once per shard -----------
-
-_CACHE_LOCK = threading.Lock()
-_SOURCES: dict[SourceSpec, tuple[Any, SourceIndex]] = {}
-_MODELS: dict[str, ComposeModels] = {}
+# --- folders and markers -------------------------------------------------------------------------------
 
 
-def cached_source(spec: SourceSpec) -> tuple[Any, SourceIndex]:
-    """The loaded source and its compose index, loaded once per process (one source at a time)."""
-    with _CACHE_LOCK:
-        if spec not in _SOURCES:
-            _SOURCES.clear()
-            source = spec.load()
-            _SOURCES[spec] = (source, SourceIndex.from_source(source))
-        return _SOURCES[spec]
-
-
-def source_index(spec: SourceSpec) -> SourceIndex:
-    return cached_source(spec)[1]
-
-
-def cached_models(config: BuildConfig) -> ComposeModels:
-    key = config.compose.fingerprint()
-    with _CACHE_LOCK:
-        if key not in _MODELS:
-            _MODELS.clear()
-            _MODELS[key] = load_models(config.compose)
-        return _MODELS[key]
-
-
-# --- running a shard ---------------------------------------------------------------------------------
-
-
-def _plan_rows(workdir: Path, shard: int) -> list[PlanRow]:
-    table = pq.read_table(workdir / PLAN_FILE, filters=[("shard", "=", shard)])
-    data = table.to_pydict()
-    rows = [PlanRow(**{k: data[k][i] for k in data}) for i in range(table.num_rows)]
-    return sorted(rows, key=lambda r: (r.composite_id, r.member))
-
-
-def _clean_leftovers(workdir: Path, shard: int) -> None:
+def _clean_leftovers(wd: Workdir, shard: int) -> None:
     """Remove the temporary folders of interrupted attempts and an unmarked final folder."""
-    parent = workdir / SHARDS_DIR
-    name = shard_name(shard)
-    for p in parent.glob(f".{name}.*"):
+    for p in wd.shards_root.glob(f".{shard_name(shard)}.*"):
         shutil.rmtree(p, ignore_errors=True)
-    final = parent / name
+    final = wd.shard_dir(shard)
     if final.exists() and not (final / MARKER).is_file():
         shutil.rmtree(final)
 
 
-def _tmp_dir(workdir: Path, shard: int, kind: str) -> Path:
-    parent = workdir / SHARDS_DIR
-    parent.mkdir(parents=True, exist_ok=True)
-    tmp = parent / f".{shard_name(shard)}.{kind}-{os.getpid()}-{threading.get_ident()}"
+def _tmp_dir(wd: Workdir, shard: int, kind: str) -> Path:
+    wd.shards_root.mkdir(parents=True, exist_ok=True)
+    tmp = wd.shards_root / f".{shard_name(shard)}.{kind}-{os.getpid()}-{threading.get_ident()}"
     shutil.rmtree(tmp, ignore_errors=True)
     tmp.mkdir()
     return tmp
-
-
-def _compose_rows(
-    tmp: Path, plan_rows: Sequence[PlanRow], config: BuildConfig, index: SourceIndex, models: ComposeModels
-) -> list[SampleRow]:
-    """Compose the composites of ``plan_rows`` into ``tmp``; the plan's ids must be reproduced exactly."""
-    groups = plan_groups([r.candidate() for r in plan_rows], index, config.compose)
-    planned = {(r.composite_id, r.sample_id) for r in plan_rows}
-    made = {(g.composite_id, m.sample_id) for g in groups for m in g.members}
-    if made != planned:
-        raise RuntimeError(
-            f"shard {shard_name(plan_rows[0].shard)}: the plan's sample ids cannot be reproduced "
-            "(the work directory was planned by another comcoco version); rebuild into a new work directory"
-        )
-    cache = ImageCache(index.image_path)
-    encoded = _BytesLRU()
-    rows: list[SampleRow] = []
-    for g in groups:
-        rows.extend(write_group(tmp, compose_group(g, cache, config.compose, models), config.compose, encoded))
-    return rows
 
 
 def _mark(final: Path, rows: Sequence[SampleRow]) -> None:
@@ -182,30 +122,51 @@ def _result(shard: int, rows: Sequence[SampleRow], skipped: bool, t0: float) -> 
     return ShardResult(shard, len(rows), ok, len(rows) - ok, skipped, time.perf_counter() - t0)
 
 
-def run_shard(workdir: str | Path, shard: int, retry_failed: bool = False) -> ShardResult:
+# --- composing a shard ---------------------------------------------------------------------------------
+
+
+def _compose_rows(wd: Workdir, tmp: Path, plan_rows: Sequence[PlanRow], config: BuildConfig) -> list[SampleRow]:
+    """Compose the composites of ``plan_rows`` into ``tmp``; the plan's ids must be reproduced exactly."""
+    index = wd.index()
+    groups = plan_groups([r.candidate() for r in plan_rows], index, config.compose)
+    planned = {(r.composite_id, r.sample_id) for r in plan_rows}
+    made = {(g.composite_id, m.sample_id) for g in groups for m in g.members}
+    if made != planned:
+        raise RuntimeError(
+            f"shard {shard_name(plan_rows[0].shard)}: the plan's sample ids cannot be reproduced "
+            "(the work directory was planned by another comcoco version); rebuild into a new work directory"
+        )
+    cache = ImageCache(index.image_path)
+    encoded = BytesLRU()
+    models = cached_models(config)
+    rows: list[SampleRow] = []
+    for g in groups:
+        rows.extend(write_group(tmp, compose_group(g, cache, config.compose, models), config.compose, encoded))
+    return rows
+
+
+def run_shard(workdir: Workdir | str | Path, shard: int, retry_failed: bool = False) -> ShardResult:
     """Make shard ``shard`` of the plan in ``workdir`` (skipping it when it is already complete)."""
     t0 = time.perf_counter()
-    workdir = Path(workdir)
+    wd = as_workdir(workdir)
     limit_threads()
-    meta = read_plan_meta(workdir)
-    if meta is None:
-        raise FileNotFoundError(f"{workdir}: no plan (plan.json) — run the plan stage first")
-    config = BuildConfig.from_dict(meta["config"])
-    spec = SourceSpec(**meta["source"])
-    final = shard_dir(workdir, shard)
+    if wd.plan_meta() is None:
+        raise WorkdirError(f"{wd.root}: no plan (plan.json) — run the plan stage first")
+    config = wd.config()
+    final = wd.shard_dir(shard)
     if (final / MARKER).is_file():
-        rows = read_samples(final / SAMPLES_FILE)
+        rows = wd.shard_samples(shard)
         failed = [r for r in rows if not r.ok]
         if not (retry_failed and failed):
             return _result(shard, rows, True, t0)
-        return _retry_failed(workdir, shard, rows, config, spec, t0)
-    _clean_leftovers(workdir, shard)
-    plan_rows = _plan_rows(workdir, shard)
+        return _retry_failed(wd, shard, rows, config, t0)
+    _clean_leftovers(wd, shard)
+    plan_rows = wd.plan_rows(shard)
     if not plan_rows:
-        raise ValueError(f"{workdir / PLAN_FILE}: shard {shard_name(shard)} has no samples")
-    tmp = _tmp_dir(workdir, shard, "tmp")
+        raise WorkdirError(f"{wd.root / PLAN_FILE}: shard {shard_name(shard)} has no samples")
+    tmp = _tmp_dir(wd, shard, "tmp")
     try:
-        rows = _compose_rows(tmp, plan_rows, config, source_index(spec), cached_models(config))
+        rows = _compose_rows(wd, tmp, plan_rows, config)
         write_samples(tmp / SAMPLES_FILE, rows)
         os.rename(tmp, final)
     except BaseException:
@@ -215,30 +176,78 @@ def run_shard(workdir: str | Path, shard: int, retry_failed: bool = False) -> Sh
     return _result(shard, rows, False, t0)
 
 
-def _retry_failed(
-    workdir: Path, shard: int, rows: list[SampleRow], config: BuildConfig, spec: SourceSpec, t0: float
-) -> ShardResult:
+def _link_files(src: Path, dst: Path, rows: Sequence[SampleRow]) -> None:
+    for rel in sorted({p for r in rows for p in (r.composite, r.ground_truth, r.mask) if p}):
+        (dst / rel).parent.mkdir(parents=True, exist_ok=True)
+        os.link(src / rel, dst / rel)
+
+
+def _swap_in(final: Path, tmp: Path, rows: Sequence[SampleRow]) -> None:
+    """Replace the marked ``final`` by the complete ``tmp`` and mark it.
+
+    A crash between the renames leaves no marked folder, so the shard is simply redone.
+    """
+    write_samples(tmp / SAMPLES_FILE, rows)
+    old = final.with_name(f".{final.name}.old-{os.getpid()}-{threading.get_ident()}")
+    os.rename(final, old)
+    os.rename(tmp, final)
+    _mark(final, rows)
+    shutil.rmtree(old, ignore_errors=True)
+
+
+def _retry_failed(wd: Workdir, shard: int, rows: list[SampleRow], config: BuildConfig, t0: float) -> ShardResult:
     """Recompose composites holding a failed sample; keep (hard-link) the files of all others."""
-    final = shard_dir(workdir, shard)
+    final = wd.shard_dir(shard)
     redo = {r.composite_id for r in rows if not r.ok}
     keep = [r for r in rows if r.composite_id not in redo]
-    plan_rows = [r for r in _plan_rows(workdir, shard) if r.composite_id in redo]
-    for p in (workdir / SHARDS_DIR).glob(f".{shard_name(shard)}.*"):
+    plan_rows = [r for r in wd.plan_rows(shard) if r.composite_id in redo]
+    for p in wd.shards_root.glob(f".{shard_name(shard)}.*"):
         shutil.rmtree(p, ignore_errors=True)
-    tmp = _tmp_dir(workdir, shard, "retry")
-    old = final.with_name(f".{final.name}.old-{os.getpid()}-{threading.get_ident()}")
+    tmp = _tmp_dir(wd, shard, "retry")
     try:
-        for rel in sorted({p for r in keep for p in (r.composite, r.ground_truth, r.mask) if p}):
-            (tmp / rel).parent.mkdir(parents=True, exist_ok=True)
-            os.link(final / rel, tmp / rel)
-        new_rows = keep + _compose_rows(tmp, plan_rows, config, source_index(spec), cached_models(config))
-        write_samples(tmp / SAMPLES_FILE, new_rows)
-        # Swap: a crash between these renames leaves no marked folder, so the shard is redone whole.
-        os.rename(final, old)
-        os.rename(tmp, final)
+        _link_files(final, tmp, keep)
+        new_rows = keep + _compose_rows(wd, tmp, plan_rows, config)
+        _swap_in(final, tmp, new_rows)
     except BaseException:
         shutil.rmtree(tmp, ignore_errors=True)
         raise
-    _mark(final, new_rows)
-    shutil.rmtree(old, ignore_errors=True)
     return _result(shard, new_rows, False, t0)
+
+
+def rewrite_composite(workdir: Workdir | str | Path, shard: int, composed: ComposedGroup) -> tuple[bool, list[SampleRow]]:
+    """Replace one composite of a complete shard by ``composed`` (a recomposition, e.g. after review).
+
+    The other composites' files are hard-linked into a fresh folder, the new ones written beside them,
+    and the folders swapped as in a retry. Returns (changed, the composite's new rows); when every row
+    and file comes out the same as before, nothing is written.
+    """
+    wd = as_workdir(workdir)
+    final = wd.shard_dir(shard)
+    if not (final / MARKER).is_file():
+        raise WorkdirError(f"{final}: shard {shard_name(shard)} is not complete")
+    config = wd.config()
+    rows = wd.shard_samples(shard)
+    members = [r for r in rows if r.composite_id == composed.composite_id]
+    keep = [r for r in rows if r.composite_id != composed.composite_id]
+    tmp = _tmp_dir(wd, shard, "rewrite")
+    try:
+        written = write_group(tmp, composed, config.compose)
+        by_id = {r.sample_id: r for r in written}
+        if sorted(members, key=lambda r: r.sample_id) == sorted(written, key=lambda r: r.sample_id) and all(
+            _same_files(final, tmp, r) for r in written
+        ):
+            shutil.rmtree(tmp, ignore_errors=True)
+            return False, [by_id[m.sample_id] for m in members]
+        _link_files(final, tmp, keep)
+        _swap_in(final, tmp, keep + written)
+    except BaseException:
+        shutil.rmtree(tmp, ignore_errors=True)
+        raise
+    return True, [by_id[m.sample_id] for m in members if m.sample_id in by_id]
+
+
+def _same_files(a: Path, b: Path, row: SampleRow) -> bool:
+    for rel in (row.composite, row.ground_truth, row.mask):
+        if rel and (not (a / rel).is_file() or (a / rel).read_bytes() != (b / rel).read_bytes()):
+            return False
+    return True

@@ -23,8 +23,8 @@ configure_prefect()
 from prefect import flow, task  # noqa: E402
 from prefect.cache_policies import NO_CACHE  # noqa: E402
 
-from comcoco.review.labelstudio import RetryPolicy, ReviewServer  # noqa: E402
-from comcoco.review.server import ServerSettings  # noqa: E402
+from comcoco.review.server import RetryPolicy, ReviewServer  # noqa: E402
+from comcoco.review.settings import ServerSettings  # noqa: E402
 
 
 def _server(url: str | None, document_root: str | None) -> tuple[ReviewServer, Path]:
@@ -39,16 +39,17 @@ def _server(url: str | None, document_root: str | None) -> tuple[ReviewServer, P
 
 @task(name="review-push", cache_policy=NO_CACHE)
 def push_task(workdir: str, stage: str, url: str | None, document_root: str | None,
-              without_placement_review: bool) -> dict[str, Any]:
+              without_placement_review: bool, recreate_missing: bool = False) -> dict[str, Any]:
     from comcoco.review.push import push
 
     server, root = _server(url, document_root)
-    return asdict(push(workdir, stage, server, root, without_placement_review=without_placement_review))
+    return asdict(push(workdir, stage, server, root, without_placement_review=without_placement_review,
+                       recreate_missing=recreate_missing))
 
 
 @task(name="review-pull", cache_policy=NO_CACHE)
 def pull_task(workdir: str, stage: str, url: str | None, document_root: str | None) -> dict[str, Any]:
-    from comcoco.review.apply import pull
+    from comcoco.review.pull import pull
 
     server, root = _server(url, document_root)
     return asdict(pull(workdir, stage, server, root))
@@ -56,9 +57,9 @@ def pull_task(workdir: str, stage: str, url: str | None, document_root: str | No
 
 @flow(name="comcoco-review-push", log_prints=False)
 def review_push(workdir: str, stage: str, url: str | None = None, document_root: str | None = None,
-                without_placement_review: bool = False) -> dict[str, Any]:
+                without_placement_review: bool = False, recreate_missing: bool = False) -> dict[str, Any]:
     """Import the stage's samples not yet in Label Studio (idempotent)."""
-    return push_task(str(workdir), stage, url, document_root, without_placement_review)
+    return push_task(str(workdir), stage, url, document_root, without_placement_review, recreate_missing)
 
 
 @flow(name="comcoco-review-pull", log_prints=False)

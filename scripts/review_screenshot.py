@@ -19,9 +19,10 @@ from pathlib import Path
 REPO = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO))
 
-from comcoco.review.labelstudio import ReviewServer  # noqa: E402
+from comcoco.review.process import wait_until_ready  # noqa: E402
 from comcoco.review.push import push, read_projects, read_tasks  # noqa: E402
-from comcoco.review.server import LabelStudioError, ServerSettings, wait_until_ready  # noqa: E402
+from comcoco.review.server import ReviewServer  # noqa: E402
+from comcoco.review.settings import LabelStudioError, ServerSettings  # noqa: E402
 
 CHROMIUM = "/usr/bin/chromium"
 CHROMIUM_ARGS = ["--no-sandbox", "--disable-gpu", "--disable-background-networking", "--disable-component-update",
@@ -30,9 +31,10 @@ CHROMIUM_ARGS = ["--no-sandbox", "--disable-gpu", "--disable-background-networki
 
 def demo_workdir(settings: ServerSettings) -> Path:
     """A 12-image demo source built (6 samples) under the document root; reused when present."""
+    from comcoco.build import build_inline
     from comcoco.plan import BuildConfig, SourceSpec
     from comcoco.sources.demo import generate_demo_source
-    from comcoco.workdir import STATUS_FILE, build_inline
+    from comcoco.workdir import STATUS_FILE
 
     base = settings.document_root / "review-screenshot"
     workdir = base / "work"

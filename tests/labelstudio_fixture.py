@@ -16,7 +16,9 @@ from typing import Any
 
 import pytest
 
-from comcoco.review import server as ls_server
+from comcoco.review import process as ls_process
+from comcoco.review import settings as ls_settings
+from comcoco.review.server import client as ls_client_fn
 
 
 @dataclass(frozen=True)
@@ -26,35 +28,35 @@ class LabelStudioServer:
     url: str
     token: str = field(repr=False)
     document_root: Path
-    settings: ls_server.ServerSettings
+    settings: ls_settings.ServerSettings
 
     def client(self) -> Any:
-        return ls_server.client(self.settings)
+        return ls_client_fn(self.settings)
 
 
 @pytest.fixture(scope="session")
 def label_studio(tmp_path_factory: pytest.TempPathFactory) -> Iterator[LabelStudioServer]:
     base = tmp_path_factory.mktemp("label-studio")
-    settings = ls_server.ServerSettings.from_env(
-        port=ls_server.free_port(),
+    settings = ls_settings.ServerSettings.from_env(
+        port=ls_process.free_port(),
         data_dir=base / "data",
         document_root=base / "documents",
         url_override=None,
     )
     settings.document_root.mkdir(parents=True, exist_ok=True)
     try:
-        ls_server.install(settings)
-    except ls_server.LabelStudioError as exc:
-        pytest.fail(f"Label Studio {ls_server.LABEL_STUDIO_VERSION} could not be installed: {exc}", pytrace=False)
+        ls_process.install(settings)
+    except ls_settings.LabelStudioError as exc:
+        pytest.fail(f"Label Studio {ls_settings.LABEL_STUDIO_VERSION} could not be installed: {exc}", pytrace=False)
     try:
-        ls_server.start(settings)
-    except ls_server.LabelStudioError as exc:
+        ls_process.start(settings)
+    except ls_settings.LabelStudioError as exc:
         try:
-            ls_server.stop(settings)  # a server that never became ready must not outlive the session
-        except ls_server.LabelStudioError as stop_exc:
-            exc = ls_server.LabelStudioError(f"{exc}\n(stopping it failed too: {stop_exc})")
+            ls_process.stop(settings)  # a server that never became ready must not outlive the session
+        except ls_settings.LabelStudioError as stop_exc:
+            exc = ls_settings.LabelStudioError(f"{exc}\n(stopping it failed too: {stop_exc})")
         pytest.fail(f"Label Studio could not be started: {exc}", pytrace=False)
     try:
         yield LabelStudioServer(settings.url, settings.token, settings.document_root.resolve(), settings)
     finally:
-        ls_server.stop(settings)
+        ls_process.stop(settings)

@@ -128,10 +128,10 @@ def _damage(source: Path, scratch: Path) -> dict[str, int]:
 
     The images are chosen among those the build will use (its matching, run here first).
     """
+    from comcoco.build import match_stage, prepare_workdir
     from comcoco.matching.scene import read_candidates
     from comcoco.plan import BuildConfig, SourceSpec
     from comcoco.sources.refer import load_source
-    from comcoco.workdir import match_stage, prepare_workdir
 
     spec, cfg = SourceSpec(root=str(source)), BuildConfig(seed=1)
     prepare_workdir(scratch, cfg, spec)

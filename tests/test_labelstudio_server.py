@@ -20,7 +20,8 @@ from pathlib import Path
 
 import pytest
 
-from comcoco.review import server as ls_server
+from comcoco.review import process as ls_process
+from comcoco.review import settings as ls_settings
 from comcoco.text.spatial import propose_spatial_phrases
 
 REPO = Path(__file__).resolve().parents[1]
@@ -32,12 +33,12 @@ COCO_REAL = REPO.parent / "shared" / "fixtures" / "coco_real"
 
 
 def test_settings_defaults_and_env(tmp_path: Path) -> None:
-    defaults = ls_server.ServerSettings.from_env({})
+    defaults = ls_settings.ServerSettings.from_env({})
     assert defaults.port == 8080
     assert defaults.url == "http://127.0.0.1:8080"
-    assert defaults.token == ls_server.DEFAULT_TOKEN
-    assert defaults.venv == ls_server.REPO / ".label-studio" / "venv"
-    assert defaults.document_root == ls_server.REPO / "runs"
+    assert defaults.token == ls_settings.DEFAULT_TOKEN
+    assert defaults.venv == ls_settings.REPO / ".label-studio" / "venv"
+    assert defaults.document_root == ls_settings.REPO / "runs"
 
     token = "ab" * 20
     env = {
@@ -46,7 +47,7 @@ def test_settings_defaults_and_env(tmp_path: Path) -> None:
         "COMCOCO_LS_HOME": str(tmp_path / "home"),
         "COMCOCO_LS_DOCUMENT_ROOT": str(tmp_path / "docs"),
     }
-    s = ls_server.ServerSettings.from_env(env)
+    s = ls_settings.ServerSettings.from_env(env)
     assert s.url == "http://127.0.0.1:9123"
     assert s.data_dir == tmp_path / "home" / "data"
     assert s.venv == tmp_path / "home" / "venv"
@@ -55,7 +56,7 @@ def test_settings_defaults_and_env(tmp_path: Path) -> None:
     script_env = s.script_env({})
     assert script_env["COMCOCO_LS_TOKEN"] == token and script_env["COMCOCO_LS_PORT"] == "9123"
     assert s.mask(f"Authorization: Token {token}") == "Authorization: Token <token>"
-    assert ls_server.ServerSettings.from_env({"COMCOCO_LS_URL": "http://127.0.0.1:1/"}).url == "http://127.0.0.1:1"
+    assert ls_settings.ServerSettings.from_env({"COMCOCO_LS_URL": "http://127.0.0.1:1/"}).url == "http://127.0.0.1:1"
 
 
 @pytest.mark.parametrize(
@@ -68,8 +69,8 @@ def test_settings_defaults_and_env(tmp_path: Path) -> None:
     ],
 )
 def test_settings_reject_bad_values(env: dict[str, str], needle: str) -> None:
-    with pytest.raises(ls_server.LabelStudioError, match=needle):
-        ls_server.ServerSettings.from_env(env)
+    with pytest.raises(ls_settings.LabelStudioError, match=needle):
+        ls_settings.ServerSettings.from_env(env)
 
 
 def test_local_files_url(tmp_path: Path) -> None:
@@ -77,16 +78,16 @@ def test_local_files_url(tmp_path: Path) -> None:
     (root / "run 1").mkdir(parents=True)
     image = root / "run 1" / "a.jpg"
     image.write_bytes(b"x")
-    assert ls_server.local_files_url(image, root) == "/data/local-files/?d=run%201/a.jpg"
-    with pytest.raises(ls_server.LabelStudioError, match="not under the document root"):
-        ls_server.local_files_url(tmp_path / "elsewhere.jpg", root)
+    assert ls_settings.local_files_url(image, root) == "/data/local-files/?d=run%201/a.jpg"
+    with pytest.raises(ls_settings.LabelStudioError, match="not under the document root"):
+        ls_settings.local_files_url(tmp_path / "elsewhere.jpg", root)
 
 
 def test_wait_until_ready_times_out_on_a_closed_port() -> None:
-    url = f"http://127.0.0.1:{ls_server.free_port()}"
+    url = f"http://127.0.0.1:{ls_process.free_port()}"
     start = time.monotonic()
-    with pytest.raises(ls_server.LabelStudioError, match="not ready after"):
-        ls_server.wait_until_ready(url, timeout=0.6, interval=0.2)
+    with pytest.raises(ls_settings.LabelStudioError, match="not ready after"):
+        ls_process.wait_until_ready(url, timeout=0.6, interval=0.2)
     assert time.monotonic() - start < 10
 
 
@@ -109,7 +110,7 @@ def test_wait_until_ready_returns_once_health_answers() -> None:
     thread = threading.Thread(target=httpd.serve_forever, daemon=True)
     thread.start()
     try:
-        waited = ls_server.wait_until_ready(f"http://127.0.0.1:{httpd.server_port}", timeout=20, interval=0.05)
+        waited = ls_process.wait_until_ready(f"http://127.0.0.1:{httpd.server_port}", timeout=20, interval=0.05)
     finally:
         httpd.shutdown()
         httpd.server_close()
@@ -120,17 +121,17 @@ def test_wait_until_ready_returns_once_health_answers() -> None:
 # --- the control script, without a server ----------------------------------------------------------
 
 
-def _script_settings(tmp_path: Path) -> ls_server.ServerSettings:
-    return ls_server.ServerSettings.from_env(
-        port=ls_server.free_port(), data_dir=tmp_path / "data", document_root=tmp_path / "docs"
+def _script_settings(tmp_path: Path) -> ls_settings.ServerSettings:
+    return ls_settings.ServerSettings.from_env(
+        port=ls_process.free_port(), data_dir=tmp_path / "data", document_root=tmp_path / "docs"
     )
 
 
 def test_script_status_and_stop_when_not_running(tmp_path: Path) -> None:
     settings = _script_settings(tmp_path)
-    assert "not running" in ls_server.run_script("status", settings)
-    assert "not running" in ls_server.stop(settings)
-    assert ls_server.running_pid(settings) is None
+    assert "not running" in ls_process.run_script("status", settings)
+    assert "not running" in ls_process.stop(settings)
+    assert ls_process.running_pid(settings) is None
 
 
 def _live_group_members(pgid: int) -> list[int]:
@@ -157,13 +158,13 @@ def test_script_stop_ends_the_recorded_process_group(tmp_path: Path) -> None:
     )  # pytest stays its parent, so after stop it is a zombie until reaped: stop must not wait on it
     try:
         settings.pid_file.write_text(str(leader.pid))
-        assert ls_server.running_pid(settings) == leader.pid
+        assert ls_process.running_pid(settings) == leader.pid
         deadline = time.monotonic() + 10
         while len(_live_group_members(leader.pid)) < 3 and time.monotonic() < deadline:
             time.sleep(0.05)
         assert len(_live_group_members(leader.pid)) == 3  # the leader and its two sleeping children
-        assert "running (pid" in ls_server.run_script("status", settings)
-        out = ls_server.stop(settings)
+        assert "running (pid" in ls_process.run_script("status", settings)
+        out = ls_process.stop(settings)
         assert f"stopped (pid {leader.pid})" in out
         assert leader.wait(timeout=30) is not None
         assert not settings.pid_file.exists()
@@ -176,19 +177,19 @@ def test_script_stop_ends_the_recorded_process_group(tmp_path: Path) -> None:
 
 def test_script_refuses_unknown_action_and_start_without_install(tmp_path: Path) -> None:
     with pytest.raises(ValueError):
-        ls_server.run_script("restart", _script_settings(tmp_path))
+        ls_process.run_script("restart", _script_settings(tmp_path))
     env = dict(os.environ, COMCOCO_LS_TOKEN="short", COMCOCO_LS_DATA_DIR=str(tmp_path / "d"),
                COMCOCO_LS_VENV=str(tmp_path / "no-venv"))
-    proc = subprocess.run(["bash", str(ls_server.SCRIPT), "start"], env=env, capture_output=True, text=True)
+    proc = subprocess.run(["bash", str(ls_process.SCRIPT), "start"], env=env, capture_output=True, text=True)
     assert proc.returncode == 2
     assert proc.stderr.startswith("error: ") and "not installed" in proc.stderr
 
 
 def test_script_never_traces_or_prints_the_token() -> None:
-    text = ls_server.SCRIPT.read_text()
+    text = ls_process.SCRIPT.read_text()
     assert "set -x" not in text.replace("`set -x`", "")
     assert "printenv" not in text and "\nenv\n" not in text
-    assert ls_server.DEFAULT_TOKEN in text  # the documented default lives in one place in the script
+    assert ls_settings.DEFAULT_TOKEN in text  # the documented default lives in one place in the script
 
 
 # --- the labeling configs, parsed locally ------------------------------------------------------------
@@ -246,7 +247,7 @@ def _publish_image(label_studio, name: str) -> tuple[Path, str]:
     folder.mkdir(parents=True, exist_ok=True)
     image = folder / "composite.jpg"
     shutil.copyfile(COCO_REAL / "000000000785.jpg", image)
-    return folder, ls_server.local_files_url(image, label_studio.document_root)
+    return folder, ls_settings.local_files_url(image, label_studio.document_root)
 
 
 def _percent_box(box: tuple[float, float, float, float], w: int, h: int) -> dict[str, float]:
@@ -256,8 +257,8 @@ def _percent_box(box: tuple[float, float, float, float], w: int, h: int) -> dict
 
 @pytest.mark.labelstudio
 def test_server_is_up_token_works_and_is_not_logged(label_studio) -> None:
-    assert ls_server.health_ok(label_studio.url)
-    assert ls_server.running_pid(label_studio.settings) is not None
+    assert ls_process.health_ok(label_studio.url)
+    assert ls_process.running_pid(label_studio.settings) is not None
     me = label_studio.client().users.whoami()
     assert me.email == label_studio.settings.username
     status, _ = _get(label_studio.url + "/api/projects", "0" * 40)
@@ -266,9 +267,9 @@ def test_server_is_up_token_works_and_is_not_logged(label_studio) -> None:
     assert status == 200
     log = label_studio.settings.log_file.read_text(errors="replace")
     assert label_studio.token not in log
-    out = ls_server.run_script("status", label_studio.settings)
+    out = ls_process.run_script("status", label_studio.settings)
     assert "healthy" in out and label_studio.token not in out
-    assert "already running" in ls_server.start(label_studio.settings)
+    assert "already running" in ls_process.start(label_studio.settings)
 
 
 @pytest.mark.labelstudio

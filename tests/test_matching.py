@@ -13,6 +13,7 @@ from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 from typer.testing import CliRunner
 
+import comcoco.matching.ranking as ranking
 import comcoco.matching.scene as scene
 from comcoco.cli import app
 from comcoco.ids import seeded_keys
@@ -106,10 +107,10 @@ def _larger_source(seed: int, n_images: int = 120, vocab: int = 12):
 @pytest.mark.parametrize("slack", [(4.0, 8.0), (-2.0, -4.0)])
 def test_fast_equals_reference_on_larger_sources(monkeypatch, block, slack):
     # slack (-2, -4) makes the tie-break threshold too tight on purpose: the exact fallback must cover it
-    monkeypatch.setattr(scene, "_BLOCK_ELEMS", block)
-    monkeypatch.setattr(scene, "_EXACT_ELEMS", block)
-    monkeypatch.setattr(scene, "_KEY_SLACK", slack)
-    monkeypatch.setattr(scene, "_CAP_CHUNK", 3 if block == 7 else 256)  # small chunks refresh stale rankings
+    monkeypatch.setattr(ranking, "BLOCK_ELEMS", block)
+    monkeypatch.setattr(ranking, "_EXACT_ELEMS", block)
+    monkeypatch.setattr(ranking, "_KEY_SLACK", slack)
+    monkeypatch.setattr(ranking, "_CAP_CHUNK", 3 if block == 7 else 256)  # small chunks refresh stale rankings
     for seed, vocab in ((0, 4), (1, 40)):
         refs, anns = _larger_source(seed, vocab=vocab)
         for similarity in ("max", "union"):
@@ -232,7 +233,7 @@ def test_bad_input_names_the_record():
         match_backgrounds([Ref(5, 2, 20, 999, "train", ())], anns[:1])
     with pytest.raises(MatchingError, match="ref_id 1 appears more than once"):
         match_backgrounds([ref(1, anns[0], "a"), ref(1, anns[0], "b", first_sent_id=50)], anns[:1])
-    with pytest.raises(ValueError, match="unknown similarity"):
+    with pytest.raises(ValueError, match="similarity must be one of max, union"):
         match_backgrounds([], [], similarity="mean")
     with pytest.raises(ValueError, match="k must be at least 1"):
         match_backgrounds([], [], k=0)

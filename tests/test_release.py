@@ -13,20 +13,26 @@ from collections import defaultdict
 from pathlib import Path
 
 import numpy as np
+import pyarrow.parquet as pq
 import pytest
 from PIL import Image
 from typer.testing import CliRunner
 
+from comcoco.build import build_inline
 from comcoco.cli import app
-from comcoco.compose.engine import ComposeConfig
+from comcoco.config import ComposeConfig
+from comcoco.decisions import merge_decisions
 from comcoco.plan import BuildConfig, SourceSpec
 from comcoco.records import ReviewDecision
 from comcoco.release.builder import ReleaseError, ReleaseOptions, build_release
 from comcoco.release.export import RELEASE_ID_BASE, instruction
 from comcoco.release.manifest import diff_releases, read_manifest, release_files, verify_release
-from comcoco.review.decisions import merge_decisions
 from comcoco.sources.refer import load_plain_pickle
-from comcoco.workdir import build_inline, read_status
+
+
+def read_status(workdir) -> list[dict]:
+    """status.parquet's rows as plain dicts, read from the file as any user would."""
+    return pq.read_table(Path(workdir) / "status.parquet").to_pylist()
 
 OPTIONS = ReleaseOptions(proportions={"train": 2, "val": 1, "test": 1}, rows_per_parquet=3, shard_bytes=300_000)
 runner = CliRunner()

@@ -8,10 +8,10 @@ import subprocess
 import sys
 from pathlib import Path
 
+from comcoco.build import build_inline
 from comcoco.plan import BuildConfig, SourceSpec
 from comcoco.release.builder import ReleaseOptions, build_release
 from comcoco.release.manifest import read_manifest
-from comcoco.workdir import build_inline
 
 REPO = Path(__file__).resolve().parents[1]
 OPTIONS = ReleaseOptions(proportions={"train": 2, "val": 1, "test": 1})
@@ -21,7 +21,7 @@ import json, sys
 from comcoco.release.builder import ReleaseOptions
 from pipelines.release import run_release
 out = run_release(sys.argv[1], sys.argv[2], "3.0.0", ReleaseOptions(**json.loads(sys.argv[3])),
-                  validation_hook=None)
+                  validate=None)
 print(json.dumps(out))
 """
 

@@ -13,17 +13,24 @@ import subprocess
 import sys
 from pathlib import Path
 
+import pyarrow.parquet as pq
 import pytest
 from typer.testing import CliRunner
 
+from comcoco.build import build_inline
 from comcoco.cli import app
+from comcoco.decisions import decisions_path, read_decisions
 from comcoco.plan import BuildConfig, SourceSpec
-from comcoco.review import apply as apply_mod
-from comcoco.review.apply import pull, read_applied, review_status
-from comcoco.review.decisions import decisions_path, read_decisions
-from comcoco.review.labelstudio import RetryPolicy, ReviewServer
+from comcoco.review.pull import pull, read_applied
 from comcoco.review.push import percent_to_box, push, read_projects, read_tasks
-from comcoco.workdir import build_inline, read_status
+from comcoco.review.server import RetryPolicy, ReviewServer
+from comcoco.review.status import review_status
+from comcoco.workdir import Workdir
+
+
+def read_status(workdir) -> list[dict]:
+    """status.parquet's rows as plain dicts, read from the file as any user would."""
+    return pq.read_table(Path(workdir) / "status.parquet").to_pylist()
 
 REPO = Path(__file__).resolve().parents[1]
 FAST = RetryPolicy(attempts=3, base_delay=0.05, max_delay=0.2)
@@ -244,7 +251,7 @@ def test_interrupted_pull_resumes_without_loss_or_double_application(workdir, se
         server.annotate(by[(sid, 0)]["id"], res)
 
     # crash 1: inside the application of the adjust, after the files were swapped, before the decision
-    real_merge = apply_mod.merge_decisions
+    real_merge = Workdir.merge_decisions
     calls = {"n": 0}
 
     def flaky_merge(wd, new):
@@ -254,7 +261,7 @@ def test_interrupted_pull_resumes_without_loss_or_double_application(workdir, se
             raise RuntimeError("killed while applying")
         return real_merge(wd, new)
 
-    monkeypatch.setattr(apply_mod, "merge_decisions", flaky_merge)
+    monkeypatch.setattr(Workdir, "merge_decisions", flaky_merge)
     with pytest.raises(RuntimeError, match="killed while applying"):
         pull(workdir, "placement", server, root)
     assert (workdir / "review" / ".status-stale").is_file()
@@ -312,7 +319,7 @@ def test_deleted_project_is_recreated_with_a_message(workdir, server, label_stud
 
 
 def test_unreachable_server_retries_then_one_clear_line(built, label_studio, tmp_path):
-    from comcoco.review.server import free_port
+    from comcoco.review.process import free_port
 
     wd = label_studio.document_root / f"unreachable-{os.getpid()}"
     shutil.rmtree(wd, ignore_errors=True)
@@ -334,7 +341,7 @@ def test_flows_push_and_pull(workdir, label_studio, prefect_api):
     code = (
         "import json, os, sys\n"
         "from pipelines.review import review_push, review_pull\n"
-        "from comcoco.review.labelstudio import ReviewServer\n"
+        "from comcoco.review.server import ReviewServer\n"
         "a = review_push(sys.argv[1], 'placement')\n"
         "s = ReviewServer(os.environ['COMCOCO_LS_URL'], os.environ['COMCOCO_LS_TOKEN'])\n"
         "first = s.list_tasks(a['project_id'])[0]['id']\n"

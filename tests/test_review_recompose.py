@@ -6,19 +6,26 @@ import json
 import shutil
 from pathlib import Path
 
+import pyarrow.parquet as pq
 import pytest
 
-from comcoco.compose.engine import ImageCache, compose_group, plan_groups
+from comcoco.build import refresh_status
+from comcoco.compose.engine import compose_group
 from comcoco.compose.samples import read_samples
-from comcoco.plan import BuildConfig, SourceSpec, read_plan
-from comcoco.review.apply import recompose_sample, refresh_status
+from comcoco.plan import BuildConfig, SourceSpec, plan_groups, read_plan
+from comcoco.review.pull import recompose_sample
 from comcoco.shards import shard_dir, source_index
-from comcoco.workdir import read_status
+from comcoco.sources.images import ImageCache
+
+
+def read_status(workdir) -> list[dict]:
+    """status.parquet's rows as plain dicts, read from the file as any user would."""
+    return pq.read_table(Path(workdir) / "status.parquet").to_pylist()
 
 
 @pytest.fixture(scope="module")
 def base(demo_source_small, tmp_path_factory) -> Path:
-    from comcoco.workdir import build_inline
+    from comcoco.build import build_inline
 
     out = tmp_path_factory.mktemp("recompose") / "wd"
     build_inline(SourceSpec(root=str(demo_source_small)), out, BuildConfig(limit=4, shard_size=4, seed=0))
@@ -93,8 +100,8 @@ def test_unknown_sample_is_a_clear_error(wd):
 @pytest.fixture(scope="module")
 def pairs(demo_source_small, tmp_path_factory) -> Path:
     """A work directory with two objects per composite."""
-    from comcoco.compose.engine import ComposeConfig
-    from comcoco.workdir import build_inline
+    from comcoco.build import build_inline
+    from comcoco.config import ComposeConfig
 
     out = tmp_path_factory.mktemp("recompose-pairs") / "wd"
     config = BuildConfig(limit=8, shard_size=8, seed=0, compose=ComposeConfig(seed=0, objects_per_image=2))
@@ -103,7 +110,7 @@ def pairs(demo_source_small, tmp_path_factory) -> Path:
 
 
 def test_multi_object_composite_keeps_the_other_box_and_refuses_overlaps(pairs, tmp_path):
-    from comcoco.review.apply import RecomposeError
+    from comcoco.review.pull import RecomposeError
 
     wd = tmp_path / "wd"
     shutil.copytree(pairs, wd)

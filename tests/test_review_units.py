@@ -9,10 +9,10 @@ import pytest
 from label_studio_sdk.core.api_error import ApiError
 
 from comcoco.records import Sentence
-from comcoco.review.apply import AnnotationError, annotation_decision, latest_annotation
-from comcoco.review.labelstudio import NotFound, RetryPolicy, ReviewServer, ServerUnavailable, is_transient
+from comcoco.review.pull import AnnotationError, annotation_decision, latest_annotation
 from comcoco.review.push import box_to_percent, percent_to_box, project_title, wanted
-from comcoco.review.server import LabelStudioError
+from comcoco.review.server import NotFound, RetryPolicy, ReviewServer, ServerUnavailable, is_transient
+from comcoco.review.settings import LabelStudioError
 
 TOKEN = "ab" * 20
 
@@ -105,13 +105,16 @@ def test_project_title_is_short_stable_and_per_workdir(tmp_path):
 
 
 def fake_view(status="ok"):
-    row = {"sample_id": "s1", "fg_ref_id": 7, "bg_image_id": 3, "status": status, "composite": "c.png",
-           "plausibility": 0.5, "category_id": 1, "box_x": 1, "box_y": 2, "box_w": 3, "box_h": 4}
+    from comcoco.workdir import StatusRow
+
+    row = StatusRow(sample_id="s1", composite_id="s1", status=status, reason="", fg_ref_id=7, fg_ann_id=70,
+                    fg_image_id=2, bg_image_id=3, category_id=1, candidate_rank=1, seed=0, config="c",
+                    composite="c.png", plausibility=0.5, box_x=1, box_y=2, box_w=3, box_h=4, shard=0)
     sents = (Sentence(11, "red cup", "red cup", ("red", "cup")), Sentence(12, "cup", "cup", ("cup",)))
     source = SimpleNamespace(ref=lambda rid: SimpleNamespace(sentences=sents),
                              image=lambda iid: SimpleNamespace(width=200, height=100))
     return SimpleNamespace(rows={"s1": row}, source=source, sentences=lambda r: sents, decisions={},
-                           reviewable=lambda: [row])
+                           reviewable=lambda: [row], image_size=lambda r: (200, 100))
 
 
 TASK = {"id": 5, "data": {"sample_id": "s1", "round": 0}}
@@ -166,7 +169,7 @@ def test_wanted_rounds_follow_the_decisions():
     from comcoco.records import ReviewDecision
 
     view = fake_view()
-    assert [(r["sample_id"], n) for r, n in wanted(view, "placement", {})] == [("s1", 0)]
+    assert [(r.sample_id, n) for r, n in wanted(view, "placement", {})] == [("s1", 0)]
     assert wanted(view, "expressions", {}) == []
     assert len(wanted(view, "expressions", {}, without_placement_review=True)) == 1
     view.decisions = {("s1", "placement"): ReviewDecision("s1", "placement", "adjust", "r", "t", box=(1, 1, 2, 2), task_id=40)}

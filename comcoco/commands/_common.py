@@ -7,8 +7,10 @@ from contextlib import contextmanager
 
 import typer
 
+from comcoco.errors import ComcocoError
 
-class UserError(Exception):
+
+class UserError(ComcocoError):
     """An expected, explainable failure: printed as one line, no traceback."""
 
     def __init__(self, message: str, code: int = 2):
@@ -18,13 +20,18 @@ class UserError(Exception):
 
 @contextmanager
 def user_errors(*kinds: type[BaseException]) -> Iterator[None]:
-    """Turn expected exceptions into ``error: <message>`` and exit code 2 (or the error's code)."""
+    """Turn expected failures into ``error: <message>`` and exit code 2 (or the error's code).
+
+    Expected failures are ``ComcocoError`` (every wing's errors derive from it) and the ``kinds`` a verb
+    names (the operating system's ``OSError`` where a verb reads or writes user paths). Anything else is
+    a bug and keeps its traceback.
+    """
     try:
         yield
     except UserError as exc:
         typer.echo(f"error: {exc}", err=True)
         raise typer.Exit(exc.code) from None
-    except kinds as exc:  # type: ignore[misc]
+    except (ComcocoError, *kinds) as exc:
         typer.echo(f"error: {exc}", err=True)
         raise typer.Exit(2) from None
 

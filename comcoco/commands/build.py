@@ -9,11 +9,13 @@ from pathlib import Path
 import typer
 
 from comcoco.commands._common import user_errors
+from comcoco.commands._options import ComposeOptions, compose_options, out_option
 
 
+@compose_options
 def build(
     source: Path = typer.Argument(..., help="REFER-format source root (holds <dataset>/refs(<split-by>).p)."),
-    out: Path = typer.Option(..., "-o", "--out", help="Work directory (created; resumed when it exists)."),
+    out: Path = out_option("Work directory (created; resumed when it exists)."),
     dataset: str = typer.Option("refcoco+", help="Dataset folder under SOURCE."),
     split_by: str = typer.Option("unc", help="Split name in refs(<split-by>).p."),
     images: Path | None = typer.Option(None, help="Image folder (default SOURCE/images/mscoco/images/train2014)."),
@@ -26,46 +28,29 @@ def build(
         False, "--match-across-splits",
         help="Draw backgrounds from any split (default: only the object's own train/val/test group, "
              "so releases can be split without leaks)."),
-    placement: str = typer.Option("prior", help="Placement: prior | graconet."),
-    graconet_ckpt: Path | None = typer.Option(None, help="GracoNet checkpoint for --placement graconet."),
-    harmonize: str = typer.Option("fit", help="Harmonization: fit | reinhard | none | network."),
-    harmonizer_ckpt: Path | None = typer.Option(None, help="Harmonizer checkpoint for --harmonize network."),
-    objects_per_image: int = typer.Option(1, min=1, help="Objects pasted into one background."),
-    candidates_per_ref: int = typer.Option(1, min=1, help="Backgrounds used per object (best ranks first)."),
-    image_format: str = typer.Option("png", help="png (lossless pairs) | jpeg."),
     shard_size: int = typer.Option(256, min=1, help="Samples per shard (the unit of work and resume)."),
     runner: str = typer.Option("local", help="local (threads in this process) | dask."),
     workers: int = typer.Option(1, min=1, help="Threads (local) or worker processes (dask local cluster)."),
     dask_address: str | None = typer.Option(None, help="Join an existing Dask scheduler tcp://HOST:PORT."),
     retry_failed: bool = typer.Option(False, "--retry-failed", help="Recompose only samples that failed before."),
     progress: bool | None = typer.Option(None, "--progress/--no-progress", help="Progress bar (default: on a terminal)."),
+    compose: ComposeOptions = ComposeOptions(),
 ) -> None:
     """Validate, match, plan and compose SOURCE into the work directory OUT, resumably."""
-    from comcoco.compose.engine import ComposeConfig, ComposeConfigError
-    from comcoco.harmonize.network import CheckpointError
-    from comcoco.placement.graconet import GracoNetError
-    from comcoco.plan import BuildConfig, PlanMismatchError, SourceSpec
-    from comcoco.sources.refer import SourceError
+    from comcoco.plan import BuildConfig, SourceSpec, check_resume
+    from comcoco.workdir import cached_models, cached_source
+    from pipelines.runners import RunnerSpec
 
-    with user_errors(ComposeConfigError, PlanMismatchError, SourceError, GracoNetError, CheckpointError, ValueError):
-        compose = ComposeConfig(
-            seed=seed, placement=placement, harmonize=harmonize, objects_per_image=objects_per_image,
-            candidates_per_ref=candidates_per_ref, image_format=image_format,
-            graconet_ckpt=str(graconet_ckpt.resolve()) if graconet_ckpt else None,
-            harmonizer_ckpt=str(harmonizer_ckpt.resolve()) if harmonizer_ckpt else None,
-        )
-        compose.validate()
+    with user_errors():
+        compose_config = compose.config(seed)
+        compose_config.validate()
         config = BuildConfig(seed=seed, k=k, similarity=similarity, max_uses=max_uses,
                              match_within_splits=not match_across_splits, limit=limit,
-                             shard_size=shard_size, compose=compose)
+                             shard_size=shard_size, compose=compose_config)
+        config.match_options()  # an unusable matching option fails here, naming it
         spec = SourceSpec(root=str(source.resolve()), dataset=dataset, split_by=split_by,
                           images=str(images.resolve()) if images else None)
-        from pipelines.runners import RunnerSpec
-
         runner_spec = RunnerSpec(kind=runner, workers=workers, address=dask_address)
-        from comcoco.plan import check_resume
-        from comcoco.shards import cached_models, cached_source
-
         check_resume(out, config, spec)  # refuse a mismatched work directory before any work
         cached_source(spec)  # an unreadable source fails here, in one line, before the flow starts
         cached_models(config)  # so does a checkpoint that does not load
@@ -77,7 +62,7 @@ def build(
 
 
 def _print_summary(out: Path, summary: dict) -> None:
-    from comcoco.workdir import failure_summary
+    from comcoco.build import failure_summary
 
     status, record = summary["status"], summary["record"]
     by = status["by_status"]
@@ -88,8 +73,8 @@ def _print_summary(out: Path, summary: dict) -> None:
     if failed:
         typer.echo("failed: " + ", ".join(f"{k} {v}" for k, v in sorted(failed.items())))
         for row in failure_summary(out, limit=5):
-            typer.echo(f"  {row['status']}: sample {row['sample_id']} (ref {row['fg_ref_id']}, "
-                       f"background {row['bg_image_id']}): {row['reason']}")
+            typer.echo(f"  {row.status}: sample {row.sample_id} (ref {row.fg_ref_id}, "
+                       f"background {row.bg_image_id}): {row.reason}")
     if record["shard_errors"]:
         for shard, err in record["shard_errors"].items():
             typer.echo(f"shard {shard} did not complete: {err}")

@@ -9,14 +9,15 @@ from pathlib import Path
 
 import typer
 
-from comcoco.commands._common import UserError, user_errors
+from comcoco.commands._common import user_errors
+from comcoco.commands._options import out_option
 
 
 def match(
     source: Path = typer.Argument(
         ..., help="Source root: holds <dataset>/refs(<split-by>).p and instances.json."
     ),
-    output: Path = typer.Option(..., "--output", "-o", help="Candidates parquet to write."),
+    out: Path = out_option("Candidates parquet to write."),
     k: int = typer.Option(
         5, "--k", min=1, help="Backgrounds per referred object (fewer if its cluster is smaller)."
     ),
@@ -27,6 +28,10 @@ def match(
     max_uses: int | None = typer.Option(
         None, "--max-uses", min=1, help="Cap on how often one background is chosen (default: no cap)."
     ),
+    match_across_splits: bool = typer.Option(
+        False, "--match-across-splits",
+        help="Draw backgrounds from any split (default: only the object's own train/val/test group, "
+             "so releases can be split without leaks; `comcoco build` does the same)."),
     stop_words: str = typer.Option(
         "none", "--stop-words", help="Stop words dropped before Jaccard: none or english."
     ),
@@ -39,53 +44,24 @@ def match(
 ) -> None:
     """Choose background images per referred object: same scene cluster, least similar expressions.
 
-    Reads only refs and instances.json (no image files). Writes one row per (ref_id, rank).
+    Reads only refs and instances.json (no image files). Writes one row per (ref_id, rank). With the
+    same seed and options, `comcoco compose` on these candidates makes the samples `comcoco build` makes.
     """
-    from comcoco.matching.scene import (
-        SIMILARITIES,
-        MatchingError,
-        match_backgrounds,
-        match_summary,
-        write_candidates,
-    )
+    from comcoco.matching.candidates import match_summary, write_candidates
+    from comcoco.matching.source import MatchOptions, match_source
     from comcoco.sources.refer import SourceError, load_source
-    from comcoco.text.jaccard import resolve_stop_words
 
     start = time.perf_counter()
     with user_errors(SourceError, OSError):
-        if similarity not in SIMILARITIES:
-            raise UserError(f"--similarity must be one of {', '.join(SIMILARITIES)}, got {similarity!r}")
-        try:
-            stops = resolve_stop_words(stop_words)
-        except ValueError as exc:
-            raise UserError(f"--stop-words: {exc}") from None
+        options = MatchOptions(k=k, seed=seed, similarity=similarity, max_uses=max_uses,
+                               within_splits=not match_across_splits, stop_words=stop_words)
         src = load_source(source, dataset=dataset, split_by=split_by)
         refs = src.refs()
-        try:
-            candidates = match_backgrounds(
-                refs,
-                src.annotations(),
-                k=k,
-                seed=seed,
-                similarity=similarity,
-                max_uses=max_uses,
-                stop_words=stops,
-                progress=sys.stderr.isatty() if progress is None else progress,
-            )
-        except MatchingError as exc:
-            raise UserError(f"{src.refs_file.parent}: {exc}") from None
-        params = {
-            "k": k,
-            "seed": seed,
-            "similarity": similarity,
-            "max_uses": max_uses,
-            "stop_words": stop_words,
-            "dataset": dataset,
-            "split_by": split_by,
-        }
-        write_candidates(output, candidates, params)
+        candidates = match_source(refs, src.annotations(), options,
+                                  progress=sys.stderr.isatty() if progress is None else progress)
+        write_candidates(out, candidates, options.params() | {"dataset": dataset, "split_by": split_by})
     summary = match_summary(refs, candidates, k) | {
-        "output": str(output),
+        "output": str(out),
         "source_problems": len(src.problems),
         "seconds": round(time.perf_counter() - start, 3),
     }
@@ -94,12 +70,15 @@ def match(
         return
     typer.echo(
         f"wrote {summary['candidates']} candidates for {summary['refs']} refs "
-        f"({summary['backgrounds']} distinct backgrounds) to {output} in {summary['seconds']:.1f} s"
+        f"({summary['backgrounds']} distinct backgrounds) to {out} in {summary['seconds']:.1f} s"
     )
     if summary["refs_short"] or summary["refs_without"]:
         typer.echo(
             f"{summary['refs_short']} refs got fewer than {k} backgrounds, "
-            f"{summary['refs_without']} got none (cluster too small or used up)"
+            f"{summary['refs_without']} got none (cluster too small"
+            + (" within its split group" if options.within_splits else "")
+            + (", or its images used up by --max-uses" if max_uses else "") + ")"
+            + ("; --match-across-splits draws from every split" if options.within_splits else "")
         )
     if src.problems:
         typer.echo(f"source has {len(src.problems)} problems (see `comcoco inspect`)", err=True)

@@ -13,6 +13,7 @@ import typer
 from typer.core import TyperGroup
 
 from comcoco.commands._common import UserError, user_errors
+from comcoco.commands._options import out_option
 
 release_app = typer.Typer(help="Build a versioned ComCOCO release, or compare two (release diff A B).",
                           no_args_is_help=True, add_completion=False)
@@ -45,7 +46,7 @@ def _proportions(text: str | None) -> dict[str, float] | None:
 @release_app.command("create")
 def create(
     workdir: Path = typer.Argument(..., help="A built work directory (comcoco build)."),
-    output: Path = typer.Option(..., "-o", "--output", help="Releases folder; the release goes to OUTPUT/comcoco-X.Y.Z."),
+    out: Path = out_option("Releases folder; the release goes to OUT/comcoco-X.Y.Z."),
     version: str = typer.Option(..., "--version", help="Release version X.Y.Z (an existing one is never overwritten)."),
     unreviewed: str = typer.Option("include", "--unreviewed",
                                    help="include|exclude samples without a placement review (default include)."),
@@ -54,21 +55,36 @@ def create(
     split_seed: int = typer.Option(0, "--split-seed", help="Seed for the split assignment."),
     rows_per_parquet: int = typer.Option(1000, "--rows-per-parquet", min=1, help="Rows per Parquet file."),
     shard_mb: int = typer.Option(512, "--shard-mb", min=1, help="Size of the dist/ tar shards in MB."),
-    validate: str | None = typer.Option(None, "--validate", help="Validation hook module:function (fills the card)."),
+    validate: bool = typer.Option(False, "--validate", help="Validate the release with SAHM before publishing it "
+                                  "(the result ships in validation/ and the card)."),
+    validate_config: str = typer.Option("auto", "--validate-config", help="SAHM configuration: auto|tiny|paper."),
+    validate_steps: int | None = typer.Option(None, "--validate-steps", min=1,
+                                              help="Training steps (default: 300 tiny, 3000 paper)."),
+    validate_device: str = typer.Option("auto", "--validate-device", help="auto|cpu|cuda."),
+    validate_blind: bool = typer.Option(True, "--validate-blind/--no-validate-blind",
+                                        help="Also train a model on empty expressions (the shortcut test)."),
     progress: bool = typer.Option(True, "--progress/--no-progress", help="Show progress bars."),
 ) -> None:
-    """Build OUTPUT/comcoco-X.Y.Z (ComCOCO and ComCOCO+, Parquet, card, manifest, dist) from WORKDIR."""
-    from comcoco.release.builder import ReleaseError, ReleaseOptions, build_release
-    from comcoco.release.export import ExportError
+    """Build OUT/comcoco-X.Y.Z (ComCOCO and ComCOCO+, Parquet, card, manifest, dist) from WORKDIR."""
+    from comcoco.release.builder import ReleaseOptions
     from comcoco.release.manifest import split_ordered
     from comcoco.sources.refer import SourceError
 
-    with user_errors(ReleaseError, ExportError, SourceError, ValueError, OSError):
+    with user_errors(SourceError, OSError):
         if not workdir.is_dir():
             raise UserError(f"{workdir}: no such work directory")
         options = ReleaseOptions(proportions=_proportions(split), split_seed=split_seed, unreviewed=unreviewed,
                                  rows_per_parquet=rows_per_parquet, shard_bytes=shard_mb * 1024 * 1024)
-        path = build_release(workdir, output, version, options, validate=validate, progress=progress)
+        validation = None
+        if validate:
+            from comcoco.sahm.runs import Runtime
+            from comcoco.sahm.validate import ValidationOptions
+
+            validation = ValidationOptions(config=validate_config, steps=validate_steps, blind=validate_blind,
+                                           runtime=Runtime(device=validate_device, progress=progress))
+        from pipelines.release import run_release
+
+        path = Path(run_release(workdir, out, version, options, validate=validation, progress=progress)["release"])
     manifest = json.loads((path / "manifest.json").read_text())
     typer.echo(f"release  {path}")
     for variant, per_split in manifest["counts"]["per_split"].items():
@@ -88,10 +104,10 @@ def diff(
     as_json: bool = typer.Option(False, "--json", help="Print one JSON object."),
 ) -> None:
     """Samples added, removed and changed from release A to B, and count deltas per variant and split."""
-    from comcoco.release.manifest import ManifestError, diff_releases, split_ordered
+    from comcoco.release.manifest import diff_releases, split_ordered
     from comcoco.sources.refer import SourceError
 
-    with user_errors(ManifestError, SourceError, KeyError):
+    with user_errors(SourceError, KeyError):
         d = diff_releases(a, b)
     if as_json:
         typer.echo(json.dumps(d, indent=2))

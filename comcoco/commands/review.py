@@ -7,15 +7,16 @@ override. The token is never printed.
 
 from __future__ import annotations
 
+import os
 from pathlib import Path
 
 import typer
 
 from comcoco.commands._common import UserError, user_errors
 from comcoco.compose.samples import SamplesFileError
-from comcoco.review.labelstudio import RetryPolicy, ReviewServer
 from comcoco.review.push import STAGES, ReviewError
-from comcoco.review.server import LabelStudioError, ServerSettings
+from comcoco.review.server import RetryPolicy, ReviewServer
+from comcoco.review.settings import LabelStudioError, ServerSettings
 
 review_app = typer.Typer(
     name="review",
@@ -42,7 +43,13 @@ def _connect(url: str | None, token: str | None, document_root: Path | None) -> 
     if document_root is not None:
         overrides["document_root"] = document_root
     settings = ServerSettings.from_env(**overrides)
+    if token:  # the flows read the token from the environment, so it is never recorded with a flow run
+        os.environ["COMCOCO_LS_TOKEN"] = token
     return ReviewServer.from_settings(settings, RetryPolicy.from_env()), settings.document_root
+
+
+def _root(document_root: Path | None) -> str | None:
+    return str(document_root.resolve()) if document_root is not None else None
 
 
 def _check(workdir: Path, stage: str | None = None) -> None:
@@ -69,13 +76,15 @@ def push_cmd(
     recreate_missing: bool = typer.Option(False, "--recreate-missing", help="Import again tasks deleted on the server."),
 ) -> None:
     """Import the samples not yet imported (doubtful first); pushing twice creates no duplicates."""
-    from comcoco.review.push import push
+    from comcoco.review.push import PushReport
 
     with user_errors(*_ERRORS):
         _check(workdir, stage)
-        server, root = _connect(url, token, document_root)
-        rep = push(workdir, stage, server, root, without_placement_review=without_placement_review,
-                   recreate_missing=recreate_missing)
+        _connect(url, token, document_root)  # unusable settings fail here, in one line
+        from pipelines.review import review_push
+
+        rep = PushReport(**review_push(str(workdir.resolve()), stage, url, _root(document_root),
+                                       without_placement_review, recreate_missing))
     for m in rep.messages:
         typer.echo(m)
     made = " (new project)" if rep.project_created else ""
@@ -95,12 +104,14 @@ def pull_cmd(
     document_root: Path | None = RootOpt,
 ) -> None:
     """Fetch finished annotations and apply the new ones; pulling again changes nothing."""
-    from comcoco.review.apply import pull
+    from comcoco.review.pull import PullReport
 
     with user_errors(*_ERRORS):
         _check(workdir, stage)
-        server, root = _connect(url, token, document_root)
-        rep = pull(workdir, stage, server, root)
+        _connect(url, token, document_root)
+        from pipelines.review import review_pull
+
+        rep = PullReport(**review_pull(str(workdir.resolve()), stage, url, _root(document_root)))
     for m in rep.messages:
         typer.echo(m)
     applied = ", ".join(f"{k} {v}" for k, v in sorted(rep.applied.items())) or "none"
@@ -123,7 +134,7 @@ def status_cmd(
     offline: bool = typer.Option(False, "--offline", help="Do not contact the server (no check for deleted tasks)."),
 ) -> None:
     """Counts per stage and decision (and, unless --offline, tasks deleted on the server)."""
-    from comcoco.review.apply import review_status
+    from comcoco.review.status import review_status
 
     with user_errors(*_ERRORS):
         _check(workdir)

@@ -1,7 +1,9 @@
 """``comcoco validate RELEASE``: train and evaluate SAHM on a release and run the language baseline.
 
-Writes ``RELEASE/validation/validation.json``; the run itself goes beside the release
-(``<releases>/sahm-runs/comcoco-X.Y.Z`` unless ``--out``), never inside it.
+A published release never changes: the report goes beside it, to ``RELEASE.validation/`` (validation.json
+and a README with the card's validation section), and the run to ``<releases>/sahm-runs/comcoco-X.Y.Z``
+unless ``--out``. To ship a validation inside a release, validate while building it:
+``comcoco release ... --validate``.
 """
 
 from __future__ import annotations
@@ -33,7 +35,8 @@ def validate(
                                         "(or $COMCOCO_LPIPS_ALEXNET)."),
     blind: bool = typer.Option(True, "--blind/--no-blind", help="Also train a model on empty expressions (RUN/blind) "
                                "and report a shortcut when it finds the objects anyway; doubles the training time."),
-    write: bool = typer.Option(True, "--write/--no-write", help="Write RELEASE/validation/validation.json."),
+    write: bool = typer.Option(True, "--write/--no-write", help="Write the report to RELEASE.validation/ (beside "
+                               "the release, which is never changed)."),
     progress: bool = typer.Option(True, "--progress/--no-progress", help="Show a progress bar."),
 ) -> None:
     """Validate RELEASE with SAHM: train, evaluate on test, and compare original / random / null text IoU."""
@@ -52,9 +55,8 @@ def validate(
         result = validate_release(release, out, options)
         if not result:  # a non-zero rank under torchrun
             return
-        notes: list[str] = []
         if write:
-            path, notes = write_validation(release, result)
+            path = write_validation(release, result)
     typer.echo(result["title"])
     width = max(map(len, result["metrics"]), default=0) + 1
     for name, value in result["metrics"].items():
@@ -63,8 +65,6 @@ def validate(
     typer.echo(f"run      {result['run']['path']}")
     if write:
         typer.echo(f"written  {path}")
-    for note in notes:
-        typer.echo(note)
 
 
 def register(app: typer.Typer) -> None:

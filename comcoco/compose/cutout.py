@@ -17,6 +17,8 @@ from typing import Any
 import cv2
 import numpy as np
 
+from comcoco.errors import ComcocoError
+
 # Alpha at or above this value counts as object in the binary mask (so mask area ≈ pasted pixels).
 MASK_THRESHOLD = 0.5
 # Supersampling factor for the alpha raster; lowered for very large boxes to bound memory and time.
@@ -27,7 +29,7 @@ _ERODE = np.ones((2, 2), np.uint8)
 _EDGE = np.ones((3, 3), np.uint8)
 
 
-class CutoutError(ValueError):
+class CutoutError(ComcocoError, ValueError):
     """The object cannot be cut: its segmentation is missing, malformed or degenerate."""
 
 
@@ -228,10 +230,3 @@ def dilated(mask: np.ndarray, radius: int = 8) -> np.ndarray:
 def polygons_json(polygons: Sequence[Sequence[float]]) -> str:
     """Placed polygons as a compact JSON list of flat coordinate lists (the COCO layout)."""
     return json.dumps([list(p) for p in polygons], separators=(",", ":"))
-
-
-def boxes_overlap(a: Sequence[float], b: Sequence[float]) -> bool:
-    """True if two x, y, w, h boxes share any area (touching edges do not count)."""
-    return (
-        min(a[0] + a[2], b[0] + b[2]) > max(a[0], b[0]) and min(a[1] + a[3], b[1] + b[3]) > max(a[1], b[1])
-    )

@@ -16,11 +16,12 @@ from typing import Any
 import pyarrow as pa
 import pyarrow.parquet as pq
 
+from comcoco.errors import ComcocoError
 from comcoco.io import write_bytes_atomic
 from comcoco.records import FILTER_NAMES, STATUS_OK, STATUSES, FilterArgs
 
 
-class SamplesFileError(ValueError):
+class SamplesFileError(ComcocoError, ValueError):
     """A samples table is missing, unreadable or lacks required columns."""
 
 
@@ -132,21 +133,30 @@ def _clean_float(v: float | None) -> float | None:
     return None if math.isnan(v) else v
 
 
+def rows_table(rows: Sequence[Any], schema: pa.Schema, row_type: type, statuses: Sequence[str] | None = None) -> pa.Table:
+    """Typed rows (``SampleRow`` or a subclass) as an Arrow table with ``schema``, in the given order.
+
+    NaN floats become nulls; ``statuses`` (when given) are the only status values accepted.
+    """
+    names = [f.name for f in fields(row_type)]
+    cols: dict[str, list[Any]] = {name: [] for name in names}
+    floats = {f.name for f in schema if f.type == _F64}
+    for r in rows:
+        if statuses is not None and r.status not in statuses:
+            raise ValueError(f"sample {r.sample_id}: unknown status {r.status!r}")
+        for name in names:
+            v = getattr(r, name)
+            if name in floats:
+                v = _clean_float(v)
+            elif name in ("objects", "object_ann_ids"):
+                v = list(v)
+            cols[name].append(v)
+    return pa.table(cols, schema=schema)
+
+
 def samples_table(rows: Sequence[SampleRow]) -> pa.Table:
     """Rows as an Arrow table with the fixed schema, sorted by sample_id."""
-    ordered = sorted(rows, key=lambda r: r.sample_id)
-    cols: dict[str, list[Any]] = {name: [] for name in SAMPLES_SCHEMA.names}
-    for r in ordered:
-        if r.status not in STATUSES:
-            raise ValueError(f"sample {r.sample_id}: unknown status {r.status!r}")
-        for f in fields(SampleRow):
-            v = getattr(r, f.name)
-            if _TYPES[f.name] == _F64:
-                v = _clean_float(v)
-            elif f.name in ("objects", "object_ann_ids"):
-                v = list(v)
-            cols[f.name].append(v)
-    return pa.table(cols, schema=SAMPLES_SCHEMA)
+    return rows_table(sorted(rows, key=lambda r: r.sample_id), SAMPLES_SCHEMA, SampleRow, STATUSES)
 
 
 def write_samples(path: str | Path, rows: Sequence[SampleRow]) -> Path:

@@ -34,10 +34,9 @@ from typing import Any
 import cv2
 import numpy as np
 
+from comcoco.harmonize import HARMONIZE_METHODS
 from comcoco.harmonize import filters as flt
 from comcoco.records import FILTER_NAMES, FilterArgs
-
-HARMONIZE_METHODS: tuple[str, ...] = ("fit", "reinhard", "none", "network")
 
 _LUMA = np.array([0.299, 0.587, 0.114], dtype=np.float32)
 _MIN_PIXELS = 16

@@ -22,6 +22,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from comcoco.errors import ComcocoError
 from comcoco.records import FILTER_NAMES, FilterArgs
 
 INPUT_SIZE = 256
@@ -29,7 +30,7 @@ BN_EPS = 1e-3
 BN_MOMENTUM = 0.01  # PyTorch convention for TensorFlow's 0.99
 
 
-class CheckpointError(Exception):
+class CheckpointError(ComcocoError):
     """A Harmonizer checkpoint that cannot be used; the message names the file and the key."""
 
 

@@ -9,6 +9,8 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
+from comcoco.errors import ComcocoError
+
 # The 80 COCO categories, COCO 91-id numbering (ids 12, 26, 29, 30, 45, 66, 68, 69, 71, 83 are unused).
 COCO_CATEGORY_NAMES: dict[int, str] = {
     1: "person", 2: "bicycle", 3: "car", 4: "motorcycle", 5: "airplane", 6: "bus", 7: "train",
@@ -64,7 +66,7 @@ CLUSTERS: tuple[Cluster, ...] = (
 _CLUSTER_OF: dict[int, int] = {cid: cl.index for cl in CLUSTERS for cid in cl.category_ids}
 
 
-class UnknownCategoryError(KeyError):
+class UnknownCategoryError(ComcocoError, KeyError):
     """A category id that is not one of the 80 COCO categories, so it has no scene cluster."""
 
     def __str__(self) -> str:  # KeyError would print the repr of its argument

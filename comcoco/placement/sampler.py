@@ -21,6 +21,7 @@ from dataclasses import dataclass
 
 import numpy as np
 
+from comcoco.errors import ComcocoError
 from comcoco.ids import rng_for
 from comcoco.records import Placement
 
@@ -29,7 +30,7 @@ Box = tuple[float, float, float, float]
 SCORE_TERMS: tuple[str, ...] = ("scale", "overlap", "support", "truncation", "avoid")
 
 
-class PlacementError(Exception):
+class PlacementError(ComcocoError):
     """No valid placement exists (the object cannot fit, or every candidate broke a hard constraint)."""
 
 

@@ -239,50 +239,22 @@ def validation_section(validation: dict[str, Any] | None) -> tuple[str, str]:
             f"<p><b>{html.escape(title)}</b></p>{htm}<p>{html.escape(notes)}</p>")
 
 
-def replace_validation_section(release: Path, validation: dict[str, Any]) -> None:
-    """Put a new validation section into an existing README.md and card.html (nothing else changes)."""
-    import re
-
-    md, htm = validation_section(validation)
-    readme, page = release / "README.md", release / "card.html"
-    text = readme.read_text()
-    new_text, n_md = re.subn(r"(\n## Validation\n\n).*?(\n\n## )", lambda m: m.group(1) + md + m.group(2),
-                             text, count=1, flags=re.S)
-    html_text = page.read_text()
-    new_html, n_html = re.subn(r"(<section><h2>Validation</h2>).*?(</section>)",
-                               lambda m: m.group(1) + htm + m.group(2), html_text, count=1, flags=re.S)
-    if n_md != 1 or n_html != 1:
-        raise ValueError(f"{release}: README.md or card.html has no validation section to replace")
-    write_text_atomic(readme, new_text)
-    write_text_atomic(page, new_html)
+_IMAGES = {
+    "size_mix": "size_mix.png", "heatmap": "heatmap.png", "clusters": "clusters.png",
+    "lengths": "expression_length.png", "pairs": "pairs.png",
+}
 
 
-def write_card(release: Path, version: str, entries: Sequence[ReleaseEntry], selection: dict[str, Any],
-               export: dict[str, Any], validation: dict[str, Any] | None, pairs: int = 8) -> list[str]:
-    """Write the plots, ``README.md`` and ``card.html``; returns the files written (relative)."""
-    release = Path(release)
-    stats = card_statistics(release, entries)
-    card = release / CARD_DIR
-    card.mkdir(parents=True, exist_ok=True)
-    images = {
-        "size_mix": "size_mix.png", "heatmap": "heatmap.png", "clusters": "clusters.png",
-        "lengths": "expression_length.png", "pairs": "pairs.png",
-    }
-    plot_size_mix(stats, card / images["size_mix"])
-    plot_heatmap(stats, card / images["heatmap"])
-    plot_clusters(stats, card / images["clusters"])
-    plot_lengths(stats, card / images["lengths"])
-    shown = pair_grid(release, entries, card / images["pairs"], pairs=pairs)
+def _img(key: str, alt: str) -> tuple[str, str]:
+    rel = f"{CARD_DIR}/{_IMAGES[key]}"
+    return f"![{alt}]({rel})", f'<img src="{rel}" alt="{html.escape(alt)}">'
 
-    sections: list[tuple[str, str, str]] = []  # (title, markdown, html)
 
-    def add(title: str, md: str, htm: str) -> None:
-        sections.append((title, md, htm))
-
-    def img(key: str, alt: str) -> tuple[str, str]:
-        rel = f"{CARD_DIR}/{images[key]}"
-        return f"![{alt}]({rel})", f'<img src="{rel}" alt="{html.escape(alt)}">'
-
+def _sections(version: str, stats: dict[str, Any], selection: dict[str, Any], export: dict[str, Any],
+              validation: dict[str, Any] | None, shown: int) -> list[tuple[str, str, str]]:
+    """The card's sections in order, each as (title, markdown, html)."""
+    sections: list[tuple[str, str, str]] = []
+    add = lambda title, md, htm: sections.append((title, md, htm))  # noqa: E731
     rows = []
     for variant in VARIANTS:
         for split, c in split_ordered(export["variants"][variant]["counts"]):
@@ -296,18 +268,18 @@ def write_card(release: Path, version: str, entries: Sequence[ReleaseEntry], sel
     size_rows = [[k, stats["size_counts"][k], f"{stats['size_mix'][k]} %", f"{PAPER_SIZE_MIX[k]:.0f} %"]
                  for k in PAPER_SIZE_MIX]
     md, htm = _table(["size (COCO area)", "objects", "this release", "paper"], size_rows)
-    im_md, im_html = img("size_mix", "size mix")
+    im_md, im_html = _img("size_mix", "size mix")
     add("Object sizes", f"{md}\n\n{im_md}", f"{htm}{im_html}")
-    im_md, im_html = img("heatmap", "object position heat map")
+    im_md, im_html = _img("heatmap", "object position heat map")
     add("Object positions", im_md, im_html)
     md, htm = _table(["cluster", "objects"], list(stats["clusters"].items()))
-    im_md, im_html = img("clusters", "instances per cluster")
+    im_md, im_html = _img("clusters", "instances per cluster")
     add("Instances per cluster", f"{md}\n\n{im_md}", f"{htm}{im_html}")
     ex = stats["expressions"]
     md, htm = _table(["variant", "expressions", "mean words", "max words", "vocabulary"],
                      [[v, ex[v]["expressions"], ex[v]["mean_words"], ex[v]["max_words"], ex[v]["vocabulary"]]
                       for v in VARIANTS])
-    im_md, im_html = img("lengths", "expression length")
+    im_md, im_html = _img("lengths", "expression length")
     add("Expressions", f"{md}\n\n{im_md}", f"{htm}{im_html}")
     rev = selection["review"]
     review_rows = [[k.replace("_", " "), v] for k, v in rev.items()]
@@ -316,7 +288,7 @@ def write_card(release: Path, version: str, entries: Sequence[ReleaseEntry], sel
     note = (f"Unreviewed samples are {'included' if selection['unreviewed_policy'] == 'include' else 'excluded'} "
             "(release option `--unreviewed`).")
     add("Review", f"{md}\n\n{note}", f"{htm}<p>{html.escape(note)}</p>")
-    im_md, im_html = img("pairs", "composite and ground-truth pairs")
+    im_md, im_html = _img("pairs", "composite and ground-truth pairs")
     cap = f"{shown} (composite with the object outlined, ground truth) pairs."
     add("Examples", f"{im_md}\n\n{cap}", f"{im_html}<p>{html.escape(cap)}</p>")
     add("Validation", *validation_section(validation))
@@ -328,6 +300,22 @@ def write_card(release: Path, version: str, entries: Sequence[ReleaseEntry], sel
              "ground-truth and mask file names. Parquet: `parquet/<variant>/<split>-NNNNN.parquet`; "
              "instruction-editing pairs: `instruct/<variant>/<split>.jsonl`.")
     add("Loading", usage, "<pre>" + html.escape(usage) + "</pre>")
+    return sections
+
+
+def write_card(release: Path, version: str, entries: Sequence[ReleaseEntry], selection: dict[str, Any],
+               export: dict[str, Any], validation: dict[str, Any] | None, pairs: int = 8) -> list[str]:
+    """Write the plots, ``README.md`` and ``card.html``; returns the files written (relative)."""
+    release = Path(release)
+    stats = card_statistics(release, entries)
+    card = release / CARD_DIR
+    card.mkdir(parents=True, exist_ok=True)
+    plot_size_mix(stats, card / _IMAGES["size_mix"])
+    plot_heatmap(stats, card / _IMAGES["heatmap"])
+    plot_clusters(stats, card / _IMAGES["clusters"])
+    plot_lengths(stats, card / _IMAGES["lengths"])
+    shown = pair_grid(release, entries, card / _IMAGES["pairs"], pairs=pairs)
+    sections = _sections(version, stats, selection, export, validation, shown)
 
     total = sum(c["samples"] for c in export["variants"]["ComCOCO"]["counts"].values())
     intro = (f"ComCOCO {version}: referring object removal pairs. Each sample is a composite image with an "
@@ -352,4 +340,4 @@ def write_card(release: Path, version: str, entries: Sequence[ReleaseEntry], sel
     for v in stats_out["expressions"].values():
         v.pop("lengths")
     write_text_atomic(card / "statistics.json", json.dumps(stats_out, indent=2, sort_keys=True) + "\n")
-    return ["README.md", "card.html", f"{CARD_DIR}/statistics.json"] + [f"{CARD_DIR}/{n}" for n in images.values()]
+    return ["README.md", "card.html", f"{CARD_DIR}/statistics.json"] + [f"{CARD_DIR}/{n}" for n in _IMAGES.values()]

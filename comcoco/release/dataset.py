@@ -16,12 +16,13 @@ import torch
 from PIL import Image
 from torch.utils.data import Dataset
 
+from comcoco.errors import ComcocoError
 from comcoco.release.export import GT_DIR, IMAGES_DIR, MASKS_DIR, SPLIT_BY, VARIANTS
 
 SPLITS = ("train", "val", "test")
 
 
-class ReleaseLoadError(Exception):
+class ReleaseLoadError(ComcocoError):
     """The path is not a usable comcoco release, or the variant/split is unknown."""
 
 

@@ -1,4 +1,4 @@
-"""Packing a release into checksummed tar shards, and fetching, verifying and extracting it safely.
+"""Fetching, verifying and extracting a release safely (``comcoco.release.pack`` makes what this reads).
 
 Users get a release as ``dist/index.json`` plus ``dist/*.tar`` shards, over http(s) or from a path.
 Every shard is verified against its sha256 before anything is extracted; extraction refuses absolute
@@ -16,97 +16,24 @@ import tempfile
 import urllib.error
 import urllib.parse
 import urllib.request
-from collections.abc import Callable, Iterable, Sequence
-from dataclasses import dataclass
+from collections.abc import Callable, Iterable
 from pathlib import Path, PurePosixPath
 
 from tqdm import tqdm
 
+from comcoco.errors import ComcocoError
 from comcoco.io import sha256_file, write_text_atomic
+from comcoco.release.pack import DEFAULT_SHARD_BYTES, INDEX_NAME, ShardInfo, pack_release  # noqa: F401 (re-exported)
 
-INDEX_NAME = "index.json"
-DEFAULT_SHARD_BYTES = 512 * 1024 * 1024
 _CHUNK = 1 << 20
 
 
-class ReleaseIntegrityError(Exception):
+class ReleaseIntegrityError(ComcocoError):
     """A shard or file does not match its recorded checksum, or an archive is unsafe."""
 
 
-class DownloadError(Exception):
+class DownloadError(ComcocoError):
     """A release could not be fetched (unreachable, missing index, bad response)."""
-
-
-@dataclass(frozen=True)
-class ShardInfo:
-    name: str
-    size: int
-    sha256: str
-    files: int
-
-
-# --- packing ------------------------------------------------------------------------------------
-
-
-def _normalized_info(path: Path, arcname: str) -> tarfile.TarInfo:
-    """A tar header with fixed owner, mode and time, so the same files give the same bytes."""
-    info = tarfile.TarInfo(arcname)
-    info.size = path.stat().st_size
-    info.mtime = 0
-    info.mode = 0o644
-    info.uid = info.gid = 0
-    info.uname = info.gname = ""
-    return info
-
-
-def pack_release(
-    root: str | os.PathLike[str],
-    files: Sequence[str],
-    dist_dir: str | os.PathLike[str],
-    version: str,
-    shard_bytes: int = DEFAULT_SHARD_BYTES,
-    prefix: str = "comcoco",
-    progress: bool = False,
-) -> list[ShardInfo]:
-    """Pack ``files`` (paths relative to ``root``) into deterministic tar shards plus ``index.json``.
-
-    Files are taken in sorted order and a new shard starts when the current one would pass
-    ``shard_bytes`` (a single larger file gets a shard of its own).
-    """
-    root, dist = Path(root), Path(dist_dir)
-    dist.mkdir(parents=True, exist_ok=True)
-    ordered = sorted(set(files))
-    batches: list[list[str]] = [[]]
-    size = 0
-    for rel in ordered:
-        n = (root / rel).stat().st_size
-        if batches[-1] and size + n > shard_bytes:
-            batches.append([])
-            size = 0
-        batches[-1].append(rel)
-        size += n
-    if batches == [[]]:
-        batches = []
-    shards: list[ShardInfo] = []
-    bar = tqdm(total=len(ordered), desc="packing", unit="file", disable=not progress, leave=False)
-    for i, batch in enumerate(batches):
-        name = f"{prefix}-{version}-{i:05d}.tar"
-        tmp = dist / f".{name}.tmp"
-        with tarfile.open(tmp, "w", format=tarfile.PAX_FORMAT) as tar:
-            for rel in batch:
-                p = root / rel
-                with open(p, "rb") as fh:
-                    tar.addfile(_normalized_info(p, rel), fh)
-                bar.update(1)
-        os.replace(tmp, dist / name)
-        shards.append(ShardInfo(name, (dist / name).stat().st_size, sha256_file(dist / name), len(batch)))
-    bar.close()
-    index = {
-        "version": version,
-        "shards": [{"name": s.name, "size": s.size, "sha256": s.sha256, "files": s.files} for s in shards],
-    }
-    write_text_atomic(dist / INDEX_NAME, json.dumps(index, indent=2, sort_keys=True) + "\n")
-    return shards
 
 
 # --- fetching -----------------------------------------------------------------------------------

@@ -31,6 +31,7 @@ import numpy as np
 import pyarrow as pa
 import pyarrow.parquet as pq
 
+from comcoco.errors import ComcocoError
 from comcoco.io import write_bytes_atomic, write_text_atomic
 from comcoco.records import Annotation, ImageInfo, Ref, Sentence
 from comcoco.sources.images import annotation_mask, usable_polygons
@@ -47,7 +48,7 @@ DEFAULT_ROWS_PER_PARQUET = 1000
 _PNG_PARAMS = [cv2.IMWRITE_PNG_COMPRESSION, 6]
 
 
-class ExportError(Exception):
+class ExportError(ComcocoError):
     """A sample's files or geometry cannot be exported (names the sample and file)."""
 
 

@@ -18,15 +18,17 @@ from typing import Any
 
 from tqdm import tqdm
 
+from comcoco.errors import ComcocoError
 from comcoco.io import sha256_file, write_text_atomic
 from comcoco.release.download import verify_files
+from comcoco.release.options import version_key
 
 MANIFEST_NAME = "manifest.json"
 EXCLUDED_TOP = ("dist", "_build")
 CHANGELOG_TITLE = "# Changelog\n\nNewest release first. Each entry compares with the previous release.\n"
 
 
-class ManifestError(Exception):
+class ManifestError(ComcocoError):
     """A release folder has no readable manifest."""
 
 
@@ -54,7 +56,8 @@ def build_manifest(workdir: Path, release: Path, version: str, options: dict[str
                    counts: dict[str, dict[str, dict[str, int]]], selection: dict[str, Any],
                    export_stats: dict[str, Any], progress: bool = False) -> dict[str, Any]:
     """Hash the staged release and write ``manifest.json``; returns it."""
-    from comcoco.workdir import MANIFEST_FILE, code_version
+    from comcoco.build import code_version
+    from comcoco.workdir import MANIFEST_FILE
 
     plan = json.loads((workdir / "plan.json").read_text())
     wd_manifest = workdir / MANIFEST_FILE
@@ -120,8 +123,6 @@ def split_ordered(per_split: dict[str, Any]) -> list[tuple[str, Any]]:
 
 def previous_release(releases: Path, version: str) -> Path | None:
     """The newest published release below ``version`` in ``releases``, if any."""
-    from comcoco.release.builder import version_key
-
     best: tuple[tuple[int, ...], Path] | None = None
     for d in releases.glob("comcoco-*"):
         v = d.name.removeprefix("comcoco-")

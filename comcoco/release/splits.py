@@ -20,8 +20,9 @@ from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
 
 from comcoco.ids import stable_hash64
+from comcoco.records import SPLITS, release_split_of
 
-SPLITS: tuple[str, ...] = ("train", "val", "test")
+__all__ = ["PAPER_PAIRS", "SPLITS", "SplitItem", "SplitResult", "assign_splits", "group_items", "release_split_of"]
 _FILL_CAP = 2.0  # over-filling beyond twice a target is penalised no further
 # Pairs per split in the paper (Sec. 3.2): 20,324 / 1,843 / 1,784.
 PAPER_PAIRS: dict[str, int] = {"train": 20324, "val": 1843, "test": 1784}
@@ -126,15 +127,6 @@ def _need(target: float, size: int, group_clusters: Mapping[int, int], count: in
     )
     return overall + cluster_weight * strat / size
 
-
-def release_split_of(source_split: str) -> str:
-    """The release split a RefCOCO+ split maps to (train, val; testA, testB and test → test)."""
-    s = source_split.strip()
-    if s.startswith("test"):
-        return "test"
-    if s in ("train", "val"):
-        return s
-    raise ValueError(f"unknown source split {source_split!r}")
 
 
 def assign_splits(

@@ -29,12 +29,13 @@ from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
 
+from comcoco.errors import ComcocoError
 from comcoco.ids import stable_id
 from comcoco.io import write_text_atomic
 from comcoco.records import STATUS_OK, ReviewDecision
-from comcoco.review.decisions import REVIEW_DIR, read_decisions
-from comcoco.review.labelstudio import ReviewServer
-from comcoco.review.server import REPO, LabelStudioError, local_files_url
+from comcoco.review.server import ReviewServer
+from comcoco.review.settings import REPO, LabelStudioError, local_files_url
+from comcoco.workdir import REVIEW_DIR, StatusRow, Workdir, WorkdirError
 
 STAGES: tuple[str, ...] = ("placement", "expressions")
 LABEL_CONFIGS: dict[str, Path] = {
@@ -46,7 +47,7 @@ TASKS_FILE = "tasks.json"
 MODEL_VERSION = "comcoco"
 
 
-class ReviewError(Exception):
+class ReviewError(ComcocoError):
     """A review step cannot run on this work directory (nothing built, nothing pushed, bad path)."""
 
 
@@ -123,59 +124,49 @@ def project_title(workdir: str | Path, stage: str) -> str:
 class WorkdirView:
     """What task building needs from a work directory: its samples, its source and its decisions."""
 
-    workdir: Path
-    rows: dict[str, dict[str, Any]]
+    workdir: Workdir
+    rows: dict[str, StatusRow]
     source: Any
-    index: Any  # comcoco.compose.engine.SourceIndex
+    index: Any  # comcoco.plan.SourceIndex
     decisions: dict[tuple[str, str], ReviewDecision]
     category_names: dict[int, str] = field(default_factory=dict)
 
     @classmethod
-    def load(cls, workdir: str | Path) -> WorkdirView:
-        from comcoco.plan import PLAN_META, SourceSpec, read_plan_meta
-        from comcoco.shards import cached_source
-        from comcoco.workdir import STATUS_FILE, read_status
-
-        workdir = Path(workdir)
-        if not (workdir / STATUS_FILE).is_file():
-            raise ReviewError(f"{workdir}: no {STATUS_FILE} — build the work directory first (comcoco build)")
-        meta = read_plan_meta(workdir)
-        if meta is None:
-            raise ReviewError(f"{workdir}: no {PLAN_META}")
-        source, index = cached_source(SourceSpec(**meta["source"]))
+    def load(cls, workdir: Workdir | str | Path) -> WorkdirView:
+        wd = workdir if isinstance(workdir, Workdir) else Workdir(workdir)
+        try:
+            rows = wd.status_by_id()
+            source, index = wd.source(), wd.index()
+        except WorkdirError as exc:
+            raise ReviewError(f"{exc} — build the work directory first (comcoco build)") from None
         return cls(
-            workdir=workdir,
-            rows={r["sample_id"]: r for r in read_status(workdir)},
+            workdir=wd,
+            rows=rows,
             source=source,
             index=index,
-            decisions=read_decisions(workdir),
+            decisions=wd.decisions(),
             category_names={c.id: c.name for c in source.categories()},
         )
 
-    def reviewable(self) -> list[dict[str, Any]]:
+    def reviewable(self) -> list[StatusRow]:
         """Built samples (status ok, composite written), doubtful first: plausibility, then id."""
-        rows = [r for r in self.rows.values() if r["status"] == STATUS_OK and r.get("composite")]
-        return sorted(rows, key=lambda r: (_plausibility(r), r["sample_id"]))
+        rows = [r for r in self.rows.values() if r.status == STATUS_OK and r.composite]
+        return sorted(rows, key=lambda r: (_plausibility(r), r.sample_id))
 
-    def sentences(self, row: Mapping[str, Any]) -> tuple[Any, ...]:
+    def sentences(self, row: StatusRow) -> tuple[Any, ...]:
         try:
-            return self.source.ref(int(row["fg_ref_id"])).sentences
+            return self.source.ref(int(row.fg_ref_id)).sentences
         except KeyError:
-            raise ReviewError(f"sample {row['sample_id']}: ref {row['fg_ref_id']} is not in the source") from None
+            raise ReviewError(f"sample {row.sample_id}: ref {row.fg_ref_id} is not in the source") from None
+
+    def image_size(self, row: StatusRow) -> tuple[int, int]:
+        img = self.source.image(int(row.bg_image_id))
+        return int(img.width), int(img.height)
 
 
-def _plausibility(row: Mapping[str, Any]) -> float:
-    v = row.get("plausibility")
+def _plausibility(row: StatusRow) -> float:
+    v = row.plausibility
     return float(v) if v is not None and not math.isnan(float(v)) else -1.0
-
-
-def row_box(row: Mapping[str, Any]) -> tuple[int, int, int, int]:
-    return (int(row["box_x"]), int(row["box_y"]), int(row["box_w"]), int(row["box_h"]))
-
-
-def _image_size(view: WorkdirView, row: Mapping[str, Any]) -> tuple[int, int]:
-    img = view.source.image(int(row["bg_image_id"]))
-    return int(img.width), int(img.height)
 
 
 def box_to_percent(box: Sequence[float], size: Sequence[int]) -> dict[str, float]:
@@ -203,49 +194,49 @@ def _rect(from_name: str, box: Sequence[float], size: Sequence[int]) -> dict[str
             "original_width": int(size[0]), "original_height": int(size[1]), "value": value}
 
 
-def placement_task(view: WorkdirView, row: Mapping[str, Any], round_: int, document_root: str | Path) -> dict[str, Any]:
+def placement_task(view: WorkdirView, row: StatusRow, round_: int, document_root: str | Path) -> dict[str, Any]:
     """Stage 1 task: composite, expressions, score; the placed box as a prediction."""
-    size = _image_size(view, row)
+    size = view.image_size(row)
     score = _plausibility(row)
     return {
         "data": {
-            "image": local_files_url(view.workdir / row["composite"], document_root),
+            "image": local_files_url(view.workdir.root / row.composite, document_root),
             "expressions": "\n".join(s.sent for s in view.sentences(row)),
             "score": f"{score:.2f}" if score >= 0 else "n/a",
-            "sample_id": row["sample_id"],
+            "sample_id": row.sample_id,
             "round": int(round_),
         },
         "predictions": [{"model_version": MODEL_VERSION, "score": max(score, 0.0),
-                         "result": [_rect("box", row_box(row), size)]}],
+                         "result": [_rect("box", row.box, size)]}],
     }
 
 
-def spatial_proposals(view: WorkdirView, row: Mapping[str, Any]) -> list[str]:
+def spatial_proposals(view: WorkdirView, row: StatusRow) -> list[str]:
     """Spatial phrases for the sample: its placed box against the background's annotated objects
     and the other objects pasted into the same composite."""
     from comcoco.text.spatial import propose_spatial_phrases
 
     objects: list[tuple[str, tuple[float, ...]]] = []
-    for ann in view.index.anns_by_image.get(int(row["bg_image_id"]), ()):
+    for ann in view.index.anns_by_image.get(int(row.bg_image_id), ()):
         objects.append((view.category_names.get(int(ann.category_id), "object"), tuple(ann.bbox)))
-    for other in row.get("objects") or ():
+    for other in row.objects:
         o = view.rows.get(other)
-        if o is not None and o["status"] == STATUS_OK and o.get("box_x") is not None:
-            objects.append((view.category_names.get(int(o["category_id"]), "object"), row_box(o)))
+        if o is not None and o.status == STATUS_OK and o.box is not None:
+            objects.append((view.category_names.get(int(o.category_id), "object"), o.box))
     phrases = propose_spatial_phrases(
-        row_box(row), _image_size(view, row), objects,
-        target_category=view.category_names.get(int(row["category_id"])),
+        row.box, view.image_size(row), objects,
+        target_category=view.category_names.get(int(row.category_id)),
     )
     return [p.text for p in phrases]
 
 
-def expressions_task(view: WorkdirView, row: Mapping[str, Any], document_root: str | Path) -> dict[str, Any]:
+def expressions_task(view: WorkdirView, row: StatusRow, document_root: str | Path) -> dict[str, Any]:
     """Stage 2 task: composite with the object highlighted, expressions all ticked, spatial phrases proposed."""
-    size = _image_size(view, row)
+    size = view.image_size(row)
     sentences = view.sentences(row)
     aliases = [str(s.sent_id) for s in sentences]
     result = [
-        _rect("object", row_box(row), size),
+        _rect("object", row.box, size),
         {"from_name": "keep", "to_name": "image", "type": "choices", "value": {"choices": aliases}},
     ]
     phrases = spatial_proposals(view, row)
@@ -253,9 +244,9 @@ def expressions_task(view: WorkdirView, row: Mapping[str, Any], document_root: s
         result.append({"from_name": "spatial", "to_name": "image", "type": "textarea", "value": {"text": phrases}})
     return {
         "data": {
-            "image": local_files_url(view.workdir / row["composite"], document_root),
+            "image": local_files_url(view.workdir.root / row.composite, document_root),
             "expression_options": [{"value": s.sent, "alias": str(s.sent_id)} for s in sentences],
-            "sample_id": row["sample_id"],
+            "sample_id": row.sample_id,
             "round": 0,
         },
         "predictions": [{"model_version": MODEL_VERSION, "score": 1.0, "result": result}],
@@ -271,7 +262,7 @@ def wanted(
     task_rounds: Mapping[int, int],
     without_placement_review: bool = False,
     only: Collection[str] | None = None,
-) -> list[tuple[dict[str, Any], int]]:
+) -> list[tuple[StatusRow, int]]:
     """(row, round) of every task the stage should have, doubtful first.
 
     Placement: round 0 until decided; after an applied *adjust* on round r, round r + 1 (the look at
@@ -279,9 +270,9 @@ def wanted(
     accepted or adjusted in stage 1 (or every sample not rejected, ``without_placement_review``).
     ``task_rounds`` maps known task ids to their round.
     """
-    out: list[tuple[dict[str, Any], int]] = []
+    out: list[tuple[StatusRow, int]] = []
     for row in view.reviewable():
-        sid = row["sample_id"]
+        sid = row.sample_id
         if only is not None and sid not in only:
             continue
         d = view.decisions.get((sid, "placement"))
@@ -407,9 +398,9 @@ def push(
         report.missing = []
     rounds = {t.task_id: t.round for t in local}
     blocked = set() if recreate_missing else {(t.sample_id, t.round) for t in missing}
-    todo: list[tuple[dict[str, Any], int]] = []
+    todo: list[tuple[StatusRow, int]] = []
     for row, rnd in wanted(view, stage, rounds, without_placement_review, only):
-        key = (row["sample_id"], rnd)
+        key = (row.sample_id, rnd)
         if key in on_server or key in blocked:
             report.already += 1
         else:
@@ -423,7 +414,7 @@ def push(
     report.imported = server.import_tasks(pid, tasks, key=task_key)
     # The server's task list is the truth for ids (a retried import may have landed once already).
     on_server, _, _ = sync_tasks(server, workdir, stage, pid)
-    wanted_keys = {(row["sample_id"], rnd) for row, rnd in todo}
+    wanted_keys = {(row.sample_id, rnd) for row, rnd in todo}
     lost = sorted(k for k in wanted_keys if k not in on_server)
     if lost:
         raise LabelStudioError(f"{stage}: {len(lost)} imported task(s) not found on the server afterwards, e.g. {lost[0]}")

@@ -1,284 +1,268 @@
-"""The local Label Studio server for human review: settings, readiness, start and stop from Python.
+"""The running review server's API: projects, local storage, tasks, exports — with retries on transient
+errors (``ReviewServer``).
 
-The server runs from its own virtualenv (``scripts/label_studio.sh`` installs and starts it; its pins
-would otherwise downgrade Prefect in the project's environment). This module is the Python side of that
-script: one place that knows the environment variables and their defaults, so the CLI, the flows and
-the test fixture agree on where the server is and how to reach it.
+Every call goes through :meth:`ReviewServer.call`, which retries only what a restart or a busy server
+produces (connection failures, timeouts, HTTP 502/503/504) with exponential backoff, and turns
+everything else — and the last failed try — into one clear :class:`LabelStudioError` whose message
+never contains the token. Other HTTP errors (401, 400, ...) are not retried: trying again would not
+help. A 404 on a project or task is reported as "missing" (a reviewer or an admin may delete things
+in the UI) rather than raised.
 
-Environment variables (defaults in brackets; the script reads the same ones):
-
-=========================== =============================================================
-``COMCOCO_LS_URL``          base URL of the server [``http://127.0.0.1:$COMCOCO_LS_PORT``]
-``COMCOCO_LS_PORT``         port on 127.0.0.1 [8080]
-``COMCOCO_LS_TOKEN``        API token, 40 hex [:data:`DEFAULT_TOKEN`, for local development]
-``COMCOCO_LS_USERNAME``     admin e-mail [admin@comcoco.local]
-``COMCOCO_LS_PASSWORD``     admin password [comcoco-review]
-``COMCOCO_LS_HOME``         state directory [``<repo>/.label-studio``]
-``COMCOCO_LS_VENV``         server virtualenv [``$COMCOCO_LS_HOME/venv``]
-``COMCOCO_LS_DATA_DIR``     database, media, pid and log [``$COMCOCO_LS_HOME/data``]
-``COMCOCO_LS_DOCUMENT_ROOT`` directory served as local files [``<repo>/runs``]
-``COMCOCO_LS_PYTHON``       interpreter for the virtualenv [python3.11]
-``COMCOCO_LS_START_TIMEOUT`` seconds to wait for ``/health`` on start [240]
-=========================== =============================================================
-
-The token is never printed: it is excluded from ``repr`` and masked in every error message.
+The backoff schedule is configurable (``COMCOCO_LS_RETRIES`` tries, first delay
+``COMCOCO_LS_BACKOFF`` seconds, doubling up to ``COMCOCO_LS_BACKOFF_MAX``), so tests and scripts can
+fail fast and a long server restart can be waited out.
 """
 
 from __future__ import annotations
 
+import json
 import os
-import re
-import socket
-import subprocess
 import time
-import urllib.error
-import urllib.parse
-import urllib.request
-from collections.abc import Iterator, Mapping
-from contextlib import contextmanager
-from dataclasses import dataclass, field, replace
-from pathlib import Path
-from typing import Any
+from collections.abc import Callable, Hashable, Iterable, Mapping, Sequence
+from dataclasses import dataclass, field
+from typing import Any, TypeVar
 
-LABEL_STUDIO_VERSION = "1.23.2"
-REPO = Path(__file__).resolve().parents[2]
-SCRIPT = REPO / "scripts" / "label_studio.sh"
+from comcoco.review.settings import LabelStudioError, ServerSettings
 
-DEFAULT_PORT = 8080
-# A fixed development token so a fresh checkout works without configuration. It only guards a server
-# bound to 127.0.0.1; set COMCOCO_LS_TOKEN to your own 40-hex value anywhere the machine is shared.
-DEFAULT_TOKEN = "c0c0de7e1c0c0de7e1c0c0de7e1c0c0de7e1c0c0"
-DEFAULT_USERNAME = "admin@comcoco.local"
-DEFAULT_PASSWORD = "comcoco-review"
-DEFAULT_START_TIMEOUT = 240.0
+T = TypeVar("T")
 
-_TOKEN_RE = re.compile(r"^[0-9a-f]{40}$")
-
-
-class LabelStudioError(Exception):
-    """The review server could not be installed, started, stopped or reached."""
+TRANSIENT_STATUS: frozenset[int] = frozenset({502, 503, 504})
+IMPORT_BATCH = 200
 
 
 @dataclass(frozen=True)
-class ServerSettings:
-    """Where the review server lives and how to reach it (see the module docstring for the env vars)."""
+class RetryPolicy:
+    """How often and how patiently to retry a transient failure.
 
-    port: int
-    home: Path
-    venv: Path
-    data_dir: Path
-    document_root: Path
-    url_override: str | None = None
-    username: str = DEFAULT_USERNAME
-    password: str = field(default=DEFAULT_PASSWORD, repr=False)
-    token: str = field(default=DEFAULT_TOKEN, repr=False)
-    python: str = "python3.11"
-    start_timeout: float = DEFAULT_START_TIMEOUT
+    ``attempts`` tries in all; the delay before try n+1 is ``base_delay * factor**(n-1)`` capped at
+    ``max_delay``. The defaults ride out a Label Studio restart (about 5 s) with room to spare.
+    """
 
-    @property
-    def url(self) -> str:
-        """Base URL without a trailing slash."""
-        return (self.url_override or f"http://127.0.0.1:{self.port}").rstrip("/")
+    attempts: int = 6
+    base_delay: float = 0.5
+    factor: float = 2.0
+    max_delay: float = 8.0
 
-    @property
-    def pid_file(self) -> Path:
-        return self.data_dir / "label-studio.pid"
+    def __post_init__(self) -> None:
+        if self.attempts < 1:
+            raise ValueError(f"retry attempts must be at least 1, got {self.attempts}")
+        if self.base_delay < 0 or self.max_delay < 0 or self.factor < 1:
+            raise ValueError("retry delays must be non-negative and the factor at least 1")
 
-    @property
-    def log_file(self) -> Path:
-        return self.data_dir / "label-studio.log"
+    def delays(self) -> list[float]:
+        """The sleeps between tries (``attempts - 1`` of them)."""
+        return [min(self.base_delay * self.factor**i, self.max_delay) for i in range(self.attempts - 1)]
 
     @classmethod
-    def from_env(cls, env: Mapping[str, str] | None = None, **overrides: Any) -> ServerSettings:
-        """Settings from ``env`` (default ``os.environ``) and defaults; ``overrides`` win over both."""
+    def from_env(cls, env: Mapping[str, str] | None = None) -> RetryPolicy:
         env = os.environ if env is None else env
-        home = Path(env.get("COMCOCO_LS_HOME") or REPO / ".label-studio")
-        port_text = env.get("COMCOCO_LS_PORT") or str(DEFAULT_PORT)
         try:
-            port = int(port_text)
-        except ValueError:
-            raise LabelStudioError(f"COMCOCO_LS_PORT must be a port number, got {port_text!r}") from None
-        timeout_text = env.get("COMCOCO_LS_START_TIMEOUT") or str(DEFAULT_START_TIMEOUT)
+            return cls(
+                attempts=int(env.get("COMCOCO_LS_RETRIES") or cls.attempts),
+                base_delay=float(env.get("COMCOCO_LS_BACKOFF") or cls.base_delay),
+                max_delay=float(env.get("COMCOCO_LS_BACKOFF_MAX") or cls.max_delay),
+            )
+        except ValueError as exc:
+            raise LabelStudioError(f"bad retry setting (COMCOCO_LS_RETRIES / COMCOCO_LS_BACKOFF*): {exc}") from None
+
+
+class ServerUnavailable(LabelStudioError):
+    """The server did not answer (or answered 502/503/504) on every try."""
+
+
+class NotFound(LabelStudioError):
+    """HTTP 404: the project or task does not exist (any more) on the server."""
+
+
+def status_code(exc: BaseException) -> int | None:
+    """The HTTP status of an SDK error, if it carries one."""
+    code = getattr(exc, "status_code", None)
+    return int(code) if isinstance(code, int) else None
+
+
+def is_transient(exc: BaseException) -> bool:
+    """True for failures a retry can cure: no connection, timeouts, a gateway or a restarting server."""
+    import httpx
+
+    if isinstance(exc, httpx.TransportError | ConnectionError | TimeoutError):
+        return True
+    return status_code(exc) in TRANSIENT_STATUS
+
+
+def _describe(exc: BaseException) -> str:
+    code = status_code(exc)
+    if code is not None:
+        body = getattr(exc, "body", None)
+        detail = ""
+        if isinstance(body, dict):
+            detail = str(body.get("detail") or body.get("validation_errors") or "")
+        elif body:
+            detail = str(body)
+        return f"HTTP {code}" + (f": {detail[:200]}" if detail else "")
+    return f"{type(exc).__name__}: {exc}" if str(exc) else type(exc).__name__
+
+
+@dataclass
+class ReviewServer:
+    """A Label Studio server reached through the SDK, every call retried per ``retry``."""
+
+    url: str
+    token: str = field(repr=False)
+    retry: RetryPolicy = field(default_factory=RetryPolicy)
+    sleep: Callable[[float], None] = time.sleep
+    timeout: float = 60.0
+    _sdk: Any = field(default=None, repr=False)
+    _users: dict[int, str] | None = field(default=None, repr=False)
+
+    @classmethod
+    def from_settings(cls, settings: ServerSettings, retry: RetryPolicy | None = None) -> ReviewServer:
+        return cls(settings.url, settings.token, retry or RetryPolicy.from_env())
+
+    @property
+    def sdk(self) -> Any:
+        if self._sdk is None:
+            from label_studio_sdk import LabelStudio
+
+            # The SDK's own retries are off: they would also repeat non-idempotent imports after a
+            # 409 or 500; retrying is decided here, on a whitelist (see is_transient).
+            self._sdk = LabelStudio(base_url=self.url, api_key=self.token, timeout=self.timeout, max_retries=0)
+        return self._sdk
+
+    def _mask(self, text: str) -> str:
+        return text.replace(self.token, "<token>") if self.token else text
+
+    def call(self, what: str, fn: Callable[..., T], *args: Any, **kwargs: Any) -> T:
+        """``fn(*args, **kwargs)``, retried on transient errors; LabelStudioError naming ``what`` otherwise."""
+        delays = self.retry.delays()
+        for attempt in range(self.retry.attempts):
+            try:
+                return fn(*args, **kwargs)
+            except LabelStudioError:
+                raise
+            except Exception as exc:
+                if not is_transient(exc):
+                    kind = NotFound if status_code(exc) == 404 else LabelStudioError
+                    raise kind(self._mask(f"Label Studio at {self.url}: {what} failed: {_describe(exc)}")) from None
+                if attempt + 1 >= self.retry.attempts:
+                    raise ServerUnavailable(self._mask(
+                        f"Label Studio at {self.url} is unreachable: {what} failed {self.retry.attempts} times "
+                        f"(last: {_describe(exc)}); start it with `make label-studio` or check --url"
+                    )) from None
+                self.sleep(delays[attempt])
+        raise AssertionError("unreachable")  # the loop returns or raises
+
+    def _missing_ok(self, what: str, fn: Callable[..., T], *args: Any, **kwargs: Any) -> T | None:
+        """Like :meth:`call`, but a 404 answers None (the object was deleted on the server)."""
         try:
-            start_timeout = float(timeout_text)
-        except ValueError:
-            raise LabelStudioError(f"COMCOCO_LS_START_TIMEOUT must be seconds, got {timeout_text!r}") from None
-        values: dict[str, Any] = {
-            "port": port,
-            "home": home,
-            "venv": Path(env.get("COMCOCO_LS_VENV") or home / "venv"),
-            "data_dir": Path(env.get("COMCOCO_LS_DATA_DIR") or home / "data"),
-            "document_root": Path(env.get("COMCOCO_LS_DOCUMENT_ROOT") or REPO / "runs"),
-            "url_override": env.get("COMCOCO_LS_URL") or None,
-            "username": env.get("COMCOCO_LS_USERNAME") or DEFAULT_USERNAME,
-            "password": env.get("COMCOCO_LS_PASSWORD") or DEFAULT_PASSWORD,
-            "token": env.get("COMCOCO_LS_TOKEN") or DEFAULT_TOKEN,
-            "python": env.get("COMCOCO_LS_PYTHON") or "python3.11",
-            "start_timeout": start_timeout,
-        }
-        values.update(overrides)
-        settings = cls(**values)
-        settings.validate()
-        return settings
-
-    def validate(self) -> None:
-        """Reject settings the server would refuse later with a less clear message."""
-        if not 0 < self.port < 65536:
-            raise LabelStudioError(f"port must be in 1..65535, got {self.port}")
-        if not _TOKEN_RE.match(self.token):
-            raise LabelStudioError("COMCOCO_LS_TOKEN must be 40 lowercase hex characters")
-        if self.start_timeout <= 0:
-            raise LabelStudioError(f"start timeout must be positive, got {self.start_timeout}")
-
-    def with_overrides(self, **changes: Any) -> ServerSettings:
-        settings = replace(self, **changes)
-        settings.validate()
-        return settings
-
-    def script_env(self, base: Mapping[str, str] | None = None) -> dict[str, str]:
-        """The environment for ``scripts/label_studio.sh``: ``base`` plus these settings."""
-        env = dict(os.environ if base is None else base)
-        env.update(
-            {
-                "COMCOCO_LS_PORT": str(self.port),
-                "COMCOCO_LS_HOME": str(self.home),
-                "COMCOCO_LS_VENV": str(self.venv),
-                "COMCOCO_LS_DATA_DIR": str(self.data_dir),
-                "COMCOCO_LS_DOCUMENT_ROOT": str(self.document_root),
-                "COMCOCO_LS_USERNAME": self.username,
-                "COMCOCO_LS_PASSWORD": self.password,
-                "COMCOCO_LS_TOKEN": self.token,
-                "COMCOCO_LS_PYTHON": self.python,
-                "COMCOCO_LS_START_TIMEOUT": str(int(self.start_timeout)),
-            }
-        )
-        return env
-
-    def mask(self, text: str) -> str:
-        """``text`` with the token and password replaced, for messages that quote server output."""
-        out = text.replace(self.token, "<token>")
-        return out.replace(self.password, "<password>") if self.password else out
-
-
-def health_ok(url: str, timeout: float = 3.0) -> bool:
-    """True when ``GET <url>/health`` answers 200 (Label Studio's unauthenticated readiness probe)."""
-    try:
-        with urllib.request.urlopen(url.rstrip("/") + "/health", timeout=timeout) as response:
-            return response.status == 200
-    except (urllib.error.URLError, OSError, ValueError):
-        return False
-
-
-def wait_until_ready(url: str, timeout: float = 120.0, interval: float = 0.5) -> float:
-    """Poll ``/health`` until it answers; return the seconds waited, raise LabelStudioError on timeout."""
-    start = time.monotonic()
-    while True:
-        if health_ok(url):
-            return time.monotonic() - start
-        waited = time.monotonic() - start
-        if waited >= timeout:
-            raise LabelStudioError(f"Label Studio at {url} not ready after {timeout:g}s (GET /health)")
-        time.sleep(min(interval, max(0.0, timeout - waited)))
-
-
-def free_port(host: str = "127.0.0.1") -> int:
-    """A port that was free a moment ago (the server binds it right after; good enough for tests)."""
-    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as sock:
-        sock.bind((host, 0))
-        return int(sock.getsockname()[1])
-
-
-def run_script(action: str, settings: ServerSettings, timeout: float | None = None) -> str:
-    """Run ``scripts/label_studio.sh ACTION`` with ``settings``; return its output (token masked).
-
-    ``status`` returns normally whether or not the server runs (exit 0 or 3); any other failure raises
-    LabelStudioError quoting the script's last lines.
-    """
-    if action not in ("install", "start", "stop", "status"):
-        raise ValueError(f"unknown action {action!r}")
-    if not SCRIPT.is_file():
-        raise LabelStudioError(f"{SCRIPT} is missing")
-    try:
-        proc = subprocess.run(
-            ["bash", str(SCRIPT), action],
-            env=settings.script_env(),
-            stdin=subprocess.DEVNULL,
-            capture_output=True,
-            text=True,
-            timeout=timeout,
-            check=False,
-        )
-    except subprocess.TimeoutExpired:
-        raise LabelStudioError(f"{SCRIPT.name} {action} did not finish within {timeout:g}s") from None
-    output = settings.mask((proc.stdout or "") + (proc.stderr or ""))
-    if proc.returncode == 0 or (action == "status" and proc.returncode == 3):
-        return output
-    tail = "\n".join(output.strip().splitlines()[-30:])
-    raise LabelStudioError(f"{SCRIPT.name} {action} failed (exit {proc.returncode}):\n{tail}")
-
-
-def install(settings: ServerSettings, timeout: float = 900.0) -> str:
-    """Install label-studio into its own virtualenv unless the stamp says it already is."""
-    return run_script("install", settings, timeout=timeout)
-
-
-def start(settings: ServerSettings) -> str:
-    """Start the server (no-op when it runs) and return once ``/health`` answers."""
-    out = run_script("start", settings, timeout=settings.start_timeout + 60)
-    wait_until_ready(settings.url, timeout=30.0)
-    return out
-
-
-def stop(settings: ServerSettings) -> str:
-    """Stop the server by its recorded pid and process group."""
-    return run_script("stop", settings, timeout=90.0)
-
-
-def running_pid(settings: ServerSettings) -> int | None:
-    """The recorded server pid if that process is alive, else None."""
-    try:
-        pid = int(settings.pid_file.read_text().strip())
-    except (OSError, ValueError):
-        return None
-    try:
-        os.kill(pid, 0)
-    except ProcessLookupError:
-        return None
-    except PermissionError:
-        return pid
-    try:
-        # Field 3 of /proc/<pid>/stat is the state; a zombie has exited and only awaits reaping.
-        if Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()[0] == "Z":
+            return self.call(what, fn, *args, **kwargs)
+        except NotFound:
             return None
-    except (OSError, IndexError):
-        pass
-    return pid
 
+    # --- users ---------------------------------------------------------------------------------------
 
-@contextmanager
-def running_server(settings: ServerSettings) -> Iterator[ServerSettings]:
-    """Install and start the server for the duration of the block, then stop it."""
-    install(settings)
-    start(settings)
-    try:
-        yield settings
-    finally:
-        stop(settings)
+    def whoami(self) -> dict[str, Any]:
+        me = self.call("whoami", self.sdk.users.whoami)
+        return {"id": int(me.id), "email": str(getattr(me, "email", "") or "")}
 
+    def reviewer_name(self, user: Any) -> str:
+        """A stable reviewer id for an annotation's ``completed_by`` (user id or user object): the e-mail."""
+        if isinstance(user, dict):
+            email = user.get("email")
+            if email:
+                return str(email)
+            user = user.get("id")
+        if user is None:
+            return "unknown"
+        if self._users is None:
+            users = self.call("list users", self.sdk.users.list)
+            self._users = {int(u.id): str(getattr(u, "email", "") or "") for u in users}
+        return self._users.get(int(user)) or f"user:{int(user)}"
 
-def local_files_url(path: str | os.PathLike[str], document_root: str | os.PathLike[str]) -> str:
-    """The ``/data/local-files/?d=…`` URL under which the server shows ``path``.
+    # --- projects --------------------------------------------------------------------------------
 
-    The file must lie under the document root; the project also needs a local storage covering its
-    folder (``import_storage.local.create``) before the server will serve it.
-    """
-    root = Path(document_root).resolve()
-    target = Path(path).resolve()
-    try:
-        relative = target.relative_to(root)
-    except ValueError:
-        raise LabelStudioError(f"{target} is not under the document root {root}") from None
-    return "/data/local-files/?d=" + urllib.parse.quote(relative.as_posix(), safe="/")
+    def project_exists(self, project_id: int) -> bool:
+        return self._missing_ok(f"get project {project_id}", self.sdk.projects.get, id=project_id) is not None
+
+    def find_projects(self, title: str) -> list[int]:
+        """Ids of projects with exactly this title, oldest first."""
+        found = self.call("list projects", lambda: list(self.sdk.projects.list()))
+        return sorted(int(p.id) for p in found if getattr(p, "title", None) == title)
+
+    def create_project(self, title: str, label_config: str, description: str = "") -> int:
+        p = self.call(f"create project {title!r}", self.sdk.projects.create,
+                      title=title, label_config=label_config, description=description)
+        return int(p.id)
+
+    def delete_project(self, project_id: int) -> None:
+        self._missing_ok(f"delete project {project_id}", self.sdk.projects.delete, id=project_id)
+
+    def add_local_storage(self, project_id: int, path: str, title: str = "") -> int:
+        """Authorise ``/data/local-files/?d=…`` URLs under ``path`` for the project (not synced)."""
+        s = self.call(f"register local storage {path}", self.sdk.import_storage.local.create,
+                      project=project_id, path=path, use_blob_urls=True, title=title or "comcoco work directory")
+        return int(s.id)
+
+    # --- tasks -----------------------------------------------------------------------------------
+
+    def import_tasks(self, project_id: int, tasks: Sequence[Mapping[str, Any]],
+                     key: Callable[[Mapping[str, Any]], Hashable] | None = None) -> int:
+        """Import tasks in batches, in the given order; returns how many were imported.
+
+        With ``key`` (task data → identity), a retried batch first asks the server which of its tasks
+        a timed-out attempt already stored and imports only the others, so a timeout that the server
+        survived leaves no duplicate tasks.
+        """
+        n = 0
+        for i in range(0, len(tasks), IMPORT_BATCH):
+            batch = [dict(t) for t in tasks[i : i + IMPORT_BATCH]]
+            size, attempts = len(batch), 0
+
+            def attempt(batch: list[dict[str, Any]] = batch) -> None:
+                nonlocal attempts
+                attempts += 1
+                if attempts > 1 and key is not None:  # an earlier attempt may have landed
+                    stored = {key(t["data"]) for t in self.list_tasks(project_id)}
+                    batch[:] = [t for t in batch if key(t["data"]) not in stored]
+                    if not batch:
+                        return
+                self.sdk.projects.import_tasks(id=project_id, request=batch, return_task_ids=True)
+
+            self.call(f"import {size} tasks into project {project_id}", attempt)
+            n += size
+        return n
+
+    def list_tasks(self, project_id: int) -> list[dict[str, Any]]:
+        """Every task of the project as ``{"id", "data"}``, by id."""
+        def fetch() -> list[dict[str, Any]]:
+            return [{"id": int(t.id), "data": dict(t.data or {})}
+                    for t in self.sdk.tasks.list(project=project_id, fields="all")]
+
+        return sorted(self.call(f"list tasks of project {project_id}", fetch), key=lambda t: t["id"])
+
+    def delete_task(self, task_id: int) -> None:
+        self._missing_ok(f"delete task {task_id}", self.sdk.tasks.delete, id=task_id)
+
+    def export(self, project_id: int) -> list[dict[str, Any]]:
+        """Every task with its annotations (Label Studio's JSON export), by task id."""
+        def fetch() -> list[dict[str, Any]]:
+            chunks = self.sdk.projects.exports.download_sync(id=project_id, export_type="JSON",
+                                                             download_all_tasks=True)
+            raw = chunks if isinstance(chunks, bytes | str) else b"".join(chunks)
+            return json.loads(raw)
+
+        data = self.call(f"export project {project_id}", fetch)
+        if not isinstance(data, list):
+            raise LabelStudioError(f"Label Studio at {self.url}: export of project {project_id} is not a task list")
+        return sorted(data, key=lambda t: int(t["id"]))
+
+    def annotate(self, task_id: int, result: Iterable[Mapping[str, Any]]) -> int:
+        """Create an annotation as the token's user (what an annotator's submit does)."""
+        a = self.call(f"annotate task {task_id}", self.sdk.annotations.create, id=task_id, result=list(result))
+        return int(a.id)
+
+    def update_annotation(self, annotation_id: int, result: Iterable[Mapping[str, Any]]) -> None:
+        self.call(f"update annotation {annotation_id}", self.sdk.annotations.update, id=annotation_id,
+                  result=list(result))
 
 
 def client(settings: ServerSettings) -> Any:

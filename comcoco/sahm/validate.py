@@ -7,8 +7,10 @@ collapses without the expression; if it stays high the referred object can be fo
 e.g. from compositing artefacts. The verdict is only drawn when the original-text IoU is high enough
 to judge (``JUDGE_MIN_IOU``); a short CPU run is a smoke test, not a measurement.
 
-``release_hook(path)`` is the function the release builder calls (``--validate
-comcoco.sahm.validate:release_hook``); it returns ``{"title", "metrics", "notes", ...}``.
+One ``ValidationOptions`` object configures validation from the CLI (``comcoco validate``, ``comcoco
+release --validate``), the release builder and Python. A release validated while it is built ships the
+result (``validation/validation.json`` and the card's section); an existing release is never changed:
+``write_validation`` puts the report beside it, in ``RELEASES/comcoco-X.Y.Z.validation/``.
 """
 
 from __future__ import annotations
@@ -17,7 +19,7 @@ import json
 import os
 import time
 from collections.abc import Sequence
-from dataclasses import dataclass, replace
+from dataclasses import asdict, dataclass, replace
 from pathlib import Path
 from typing import Any
 
@@ -41,7 +43,8 @@ from comcoco.sahm.runs import (
 )
 from comcoco.text.syntax import split_words
 
-VALIDATION_FILE = "validation/validation.json"  # as comcoco.release.builder.VALIDATION_FILE
+VALIDATION_FILE = "validation/validation.json"  # inside a release being built (comcoco.release.builder)
+REPORT_SUFFIX = ".validation"  # beside a published release: RELEASES/comcoco-X.Y.Z.validation/
 DEFAULT_STEPS = {"tiny": 300, "paper": 3000}
 JUDGE_MIN_IOU = 0.3  # below this the original-text model is too weak for a shortcut verdict
 COLLAPSE_RATIO = 0.5  # "collapse": IoU without language at most this share of the original's
@@ -49,8 +52,6 @@ MIN_JUDGE_OBJECTS = 20  # fewer referred objects in the split than this: too few
 BOOTSTRAP_RESAMPLES = 2000
 RUNS_DIR = "sahm-runs"
 BLIND_DIR = "blind"  # RUN/blind: the model trained on empty expressions
-ENV_CONFIG, ENV_STEPS, ENV_OUT = "COMCOCO_VALIDATE_CONFIG", "COMCOCO_VALIDATE_STEPS", "COMCOCO_VALIDATE_OUT"
-ENV_DEVICE, ENV_BLIND = "COMCOCO_VALIDATE_DEVICE", "COMCOCO_VALIDATE_BLIND"
 
 
 @dataclass(frozen=True)
@@ -67,6 +68,15 @@ class ValidationOptions:
     alexnet: str | None = None
     blind: bool = True  # also train a model on empty expressions (RUN/blind), the direct shortcut test
     runtime: Runtime = Runtime()
+    run_dir: str | None = None  # None: <releases>/sahm-runs/comcoco-X.Y.Z (a fresh name when validating a release)
+
+    def to_dict(self) -> dict[str, Any]:
+        return asdict(self)
+
+    @classmethod
+    def from_dict(cls, data: dict[str, Any]) -> ValidationOptions:
+        data = dict(data)
+        return cls(runtime=Runtime(**data.pop("runtime", {})), **data)
 
 
 def resolve_config(name: str, device: str) -> str:
@@ -220,6 +230,7 @@ def validate_release(
     folder name instead.
     """
     o = options or ValidationOptions()
+    out = out if out is not None else o.run_dir
     started = time.perf_counter()
     release = Path(release).resolve()
     config = resolve_config(o.config, o.runtime.device)
@@ -291,47 +302,24 @@ def validate_release(
     }
 
 
-def write_validation(release: str | os.PathLike[str], result: dict[str, Any]) -> tuple[Path, list[str]]:
-    """Record ``result`` in the release: ``validation/validation.json`` and, for a published release,
-    the card's validation section, ``manifest.json`` and ``dist/`` (see ``refresh_validation``).
+def report_dir(release: str | os.PathLike[str]) -> Path:
+    """``RELEASES/comcoco-X.Y.Z.validation``: where an existing release's validation goes (beside it)."""
+    p = Path(release).resolve()
+    return p.with_name(p.name + REPORT_SUFFIX)
 
-    Returns the validation file and what was updated.
+
+def write_validation(release: str | os.PathLike[str], result: dict[str, Any]) -> Path:
+    """Record ``result`` beside ``release``: ``validation.json`` and a ``README.md`` with the card's
+    validation section. The release itself is never touched, so its manifest, its ``dist/`` and every
+    earlier download keep matching (a release validated while it is built ships its validation instead:
+    ``comcoco release --validate``). Returns the JSON file.
     """
-    release = Path(release)
-    if (release / "manifest.json").is_file():
-        from comcoco.release.builder import refresh_validation
+    from comcoco.release.card import validation_section
 
-        info = refresh_validation(release, result)
-        return release / VALIDATION_FILE, [
-            f"updated {', '.join(info['files'])}, manifest.json and dist/ ({info['shards']} shards)"]
-    path = release / VALIDATION_FILE
+    out = report_dir(release)
+    out.mkdir(parents=True, exist_ok=True)
+    path = out / "validation.json"
     write_text_atomic(path, json.dumps(result, indent=2, sort_keys=True) + "\n")
-    return path, []
-
-
-def _env_int(name: str) -> int | None:
-    raw = os.environ.get(name)
-    if not raw:
-        return None
-    try:
-        return int(raw)
-    except ValueError:
-        raise RunError(f"${name} must be an integer, got {raw!r}") from None
-
-
-def release_hook(path: str) -> dict[str, Any]:
-    """The release builder's validation hook: validate the staged release at ``path``.
-
-    Settings come from the environment: ``COMCOCO_VALIDATE_CONFIG`` (auto|tiny|paper),
-    ``COMCOCO_VALIDATE_STEPS``, ``COMCOCO_VALIDATE_DEVICE`` (auto|cpu|cuda), ``COMCOCO_VALIDATE_BLIND``
-    (0 skips the model trained without text), ``COMCOCO_VALIDATE_OUT``
-    (the run folder; default ``<releases>/sahm-runs/comcoco-X.Y.Z``, a fresh name if taken), and the
-    metric weights' ``COMCOCO_FID_WEIGHTS`` / ``COMCOCO_LPIPS_ALEXNET``.
-    """
-    options = ValidationOptions(
-        config=os.environ.get(ENV_CONFIG, "auto"),
-        steps=_env_int(ENV_STEPS),
-        blind=os.environ.get(ENV_BLIND, "1").strip().lower() not in ("0", "false", "no", "off"),
-        runtime=Runtime(device=os.environ.get(ENV_DEVICE, "auto")),
-    )
-    return validate_release(path, os.environ.get(ENV_OUT) or None, options, fresh=True)
+    markdown, _html = validation_section(result)
+    write_text_atomic(out / "README.md", f"# Validation of {Path(release).resolve().name}\n\n{markdown}\n")
+    return path

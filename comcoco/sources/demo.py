@@ -28,6 +28,7 @@ import cv2
 import numpy as np
 from pycocotools import mask as mask_utils
 
+from comcoco.errors import ComcocoError
 from comcoco.ids import rng_for, seeded_keys
 from comcoco.io import write_bytes_atomic, write_text_atomic
 from comcoco.records import Annotation, Category, ImageInfo, Ref, Sentence
@@ -1008,7 +1009,7 @@ def _coco_categories() -> tuple[Category, ...]:
     return tuple(COCO_CATEGORIES)
 
 
-class DemoSourceError(Exception):
+class DemoSourceError(ComcocoError):
     """The demo source cannot be written here (bad size, or OUT holds a source it did not make)."""
 
 

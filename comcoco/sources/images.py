@@ -1,27 +1,33 @@
-"""Image decoding and instance masks.
+"""Image decoding and instance masks: the one decoder every stage uses, and COCO masks.
 
-Decoding goes through Pillow because it reports truncated or corrupt files as errors instead of
-returning a partially grey picture; EXIF orientation is deliberately ignored, since COCO polygons are
-drawn on the stored pixel grid. Masks go through pycocotools so polygons rasterise exactly as COCO
-and REFER rasterise them.
+``decode_image`` is the only way comcoco turns an image file into pixels: ``inspect --deep`` checks
+files with it and the build composes from it, so a file that passes inspection decodes the same way
+in the build. It decodes with OpenCV (libjpeg-turbo, fast) and refuses what OpenCV would silently
+paint grey: a JPEG without its end-of-image marker, or bytes OpenCV cannot read. EXIF orientation is
+deliberately ignored, since COCO polygons are drawn on the stored pixel grid. Masks go through
+pycocotools so polygons rasterise exactly as COCO and REFER rasterise them.
 """
 
 from __future__ import annotations
 
 import math
 import os
-import warnings
-from collections.abc import Sequence
+from collections import OrderedDict
+from collections.abc import Callable, Sequence
 from pathlib import Path
 from typing import Any
 
+import cv2
 import numpy as np
 from PIL import Image, UnidentifiedImageError
 from pycocotools import mask as mask_utils
 
+from comcoco.errors import ComcocoError
+from comcoco.records import ImageInfo
 
-class ImageReadError(Exception):
-    """An image file that is missing, not an image, or cannot be decoded completely."""
+
+class ImageReadError(ComcocoError):
+    """An image file that is missing, not an image, truncated, or not the size its record says."""
 
     def __init__(self, path: str | os.PathLike[str], reason: str):
         self.path = Path(path)
@@ -29,26 +35,32 @@ class ImageReadError(Exception):
         super().__init__(f"{self.path}: {reason}")
 
 
-_DECODE_ERRORS = (OSError, UnidentifiedImageError, ValueError, SyntaxError, Image.DecompressionBombError)
+ImageLoadError = ImageReadError  # the name the compose stage has always caught
+
+_HEADER_ERRORS = (OSError, UnidentifiedImageError, ValueError, SyntaxError, Image.DecompressionBombError)
 
 
-def read_image(path: str | os.PathLike[str]) -> np.ndarray:
-    """Fully decode ``path`` into an RGB ``uint8`` array of shape H×W×3 (a writable copy)."""
+def decode_image(path: str | os.PathLike[str]) -> np.ndarray:
+    """Decode a file to an RGB ``uint8`` array of shape H×W×3 (grey and RGBA become RGB)."""
     path = Path(path)
-    if not path.is_file():
-        raise ImageReadError(path, "no such file")
     try:
-        with warnings.catch_warnings():
-            warnings.simplefilter("error", Image.DecompressionBombWarning)
-            with Image.open(path) as im:
-                im.load()
-                rgb = im if im.mode == "RGB" else im.convert("RGB")
-                arr = np.array(rgb, dtype=np.uint8)
-    except (*_DECODE_ERRORS, Image.DecompressionBombWarning) as exc:
-        raise ImageReadError(path, f"cannot decode image ({type(exc).__name__}: {exc})") from None
-    if arr.ndim != 3 or arr.shape[2] != 3:
-        raise ImageReadError(path, f"decoded to unexpected shape {arr.shape}")
-    return arr
+        data = path.read_bytes()
+    except FileNotFoundError:
+        raise ImageReadError(path, "missing file") from None
+    except OSError as exc:
+        raise ImageReadError(path, f"unreadable ({exc.strerror or exc})") from None
+    if data[:2] == b"\xff\xd8" and b"\xff\xd9" not in data[-1024:]:
+        raise ImageReadError(path, "truncated JPEG (no end-of-image marker)")
+    try:
+        img = cv2.imdecode(np.frombuffer(data, np.uint8), cv2.IMREAD_COLOR | cv2.IMREAD_IGNORE_ORIENTATION)
+    except cv2.error as exc:
+        raise ImageReadError(path, f"undecodable image ({len(data)} bytes): {str(exc).strip()[:200]}") from None
+    if img is None:
+        raise ImageReadError(path, f"undecodable image ({len(data)} bytes)")
+    return cv2.cvtColor(img, cv2.COLOR_BGR2RGB, dst=img)
+
+
+read_image = decode_image  # the name inspection used
 
 
 def image_size(path: str | os.PathLike[str]) -> tuple[int, int]:
@@ -59,8 +71,48 @@ def image_size(path: str | os.PathLike[str]) -> tuple[int, int]:
     try:
         with Image.open(path) as im:
             return int(im.size[0]), int(im.size[1])
-    except _DECODE_ERRORS as exc:
+    except _HEADER_ERRORS as exc:
         raise ImageReadError(path, f"not a readable image ({type(exc).__name__}: {exc})") from None
+
+
+class ImageCache:
+    """A small LRU of decoded images by image id (backgrounds are reused); failures are cached too.
+
+    Cached arrays are read-only so no stage can alter a shared background by accident.
+    """
+
+    def __init__(self, resolve: Callable[[int], Path], maxsize: int = 16):
+        self._resolve = resolve
+        self._maxsize = maxsize
+        self._items: OrderedDict[int, np.ndarray | ImageReadError] = OrderedDict()
+
+    def path(self, image_id: int) -> Path:
+        return Path(self._resolve(image_id))
+
+    def get(self, info: ImageInfo) -> np.ndarray:
+        """The decoded image of ``info``; raises ImageReadError (also if the size disagrees)."""
+        hit = self._items.get(info.image_id)
+        if hit is None:
+            try:
+                img = decode_image(self.path(info.image_id))
+                if img.shape[:2] != (info.height, info.width):
+                    raise ImageReadError(
+                        self.path(info.image_id),
+                        f"decoded size {img.shape[1]}x{img.shape[0]} differs from the recorded "
+                        f"{info.width}x{info.height}",
+                    )
+                img.flags.writeable = False
+                hit = img
+            except ImageReadError as exc:
+                hit = exc
+            self._items[info.image_id] = hit
+            if len(self._items) > self._maxsize:
+                self._items.popitem(last=False)
+        else:
+            self._items.move_to_end(info.image_id)
+        if isinstance(hit, ImageReadError):
+            raise hit
+        return hit
 
 
 # --- segmentation ------------------------------------------------------------------------------

@@ -30,6 +30,7 @@ from typing import Any
 import numpy as np
 from pycocotools import mask as mask_utils
 
+from comcoco.errors import ComcocoError
 from comcoco.io import write_bytes_atomic
 from comcoco.records import Annotation, Category, ImageInfo, Problem, Ref, Sentence
 from comcoco.sources.images import is_rle, segmentation_rles
@@ -66,7 +67,7 @@ ANNOTATION_KEY_ORDER: tuple[str, ...] = ("segmentation", "area", "iscrowd", "ima
 KNOWN_SPLITS: tuple[str, ...] = ("train", "val", "test", "testA", "testB", "testC", "testAB", "testBC", "testAC")
 
 
-class SourceError(Exception):
+class SourceError(ComcocoError):
     """A source that cannot be used at all; the message names the offending file."""
 
 

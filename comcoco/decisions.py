@@ -1,4 +1,4 @@
-"""The durable store of review decisions: ``WORKDIR/review/decisions.parquet``.
+"""The durable store of review decisions: ``WORKDIR/review/decisions.parquet`` (``Workdir.decisions``).
 
 Decisions are keyed by (sample_id, stage); the latest annotation wins. Writing is atomic and the
 table is sorted, so pulling the same annotations twice leaves the same bytes.
@@ -17,7 +17,7 @@ import pyarrow.parquet as pq
 from comcoco.io import write_bytes_atomic
 from comcoco.records import PLACEMENT_DECISIONS, REVIEW_STAGES, ReviewDecision
 
-REVIEW_DIR = "review"
+REVIEW_DIR = "review"  # WORKDIR/review/: all of a work directory's review state
 DECISIONS_FILE = "decisions.parquet"
 
 _SCHEMA = pa.schema([

@@ -19,30 +19,22 @@ Crash safety, in the order of one annotation's application:
 
 An interruption anywhere leaves the annotation unrecorded, and the next pull redoes steps 1–3 with
 the same result: nothing is lost and nothing counts twice. ``status.parquet`` and ``manifest.json`` are
-refreshed once at the end; a marker (``review/.status-stale``) written before the first recomposition
-and removed after the refresh makes an interrupted pull refresh them on its next run.
+refreshed once at the end; the work directory's stale flag (``Workdir.mark_stale``), raised before the
+first recomposition and cleared by the refresh, makes an interrupted pull refresh them on its next run
+and keeps a release from reading the stale table meanwhile.
 """
 
 from __future__ import annotations
 
-import json
-import os
-import shutil
-import threading
-from collections import Counter
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field, replace
 from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
 
-from comcoco.compose.samples import read_samples, write_samples
-from comcoco.io import write_text_atomic
+from comcoco.errors import ComcocoError
 from comcoco.records import PLACEMENT_DECISIONS, ReviewDecision
-from comcoco.review.decisions import REVIEW_DIR, merge_decisions, read_decisions
-from comcoco.review.labelstudio import ReviewServer
 from comcoco.review.push import (
-    STAGES,
     ReviewError,
     WorkdirView,
     _read_json,
@@ -54,16 +46,17 @@ from comcoco.review.push import (
     read_tasks,
     sync_tasks,
 )
+from comcoco.review.server import ReviewServer
+from comcoco.workdir import REVIEW_DIR, Workdir, WorkdirError, as_workdir
 
 APPLIED_FILE = "applied.json"
-STALE_MARKER = ".status-stale"
 
 
-class AnnotationError(ValueError):
+class AnnotationError(ComcocoError, ValueError):
     """An annotation that cannot become a decision (no choice made, adjust without a box, ...)."""
 
 
-class RecomposeError(Exception):
+class RecomposeError(ComcocoError):
     """A corrected box cannot be composed (e.g. it overlaps another object pasted into the composite)."""
 
 
@@ -165,8 +158,7 @@ def annotation_decision(
             r = rects[-1]
             size = (r.get("original_width"), r.get("original_height"))
             if not all(isinstance(v, int | float) and v > 0 for v in size):
-                img = view.source.image(int(row["bg_image_id"]))
-                size = (img.width, img.height)
+                size = view.image_size(row)
             box = percent_to_box(r["value"], size)  # type: ignore[arg-type]
             if box[2] < 1 or box[3] < 1:
                 raise AnnotationError(f"{where}: the adjusted box {box} is empty")
@@ -201,81 +193,49 @@ class Recomposed:
     plausibility: float | None
 
 
-def recompose_sample(workdir: str | Path, sample_id: str, box: Sequence[int]) -> Recomposed:
+def recompose_sample(workdir: Workdir | str | Path, sample_id: str, box: Sequence[int]) -> Recomposed:
     """Recompose ``sample_id``'s composite with its object at ``box``, in place in the work directory.
 
-    The other objects of the composite keep their boxes; every object is harmonized again. New files
-    are written beside the shard and renamed over the old ones, then the shard's table is rewritten.
-    Same box again → the same rows, and nothing is written (``changed`` False). The work directory's
-    ``status.parquet`` is not touched here (see :func:`refresh_status`).
+    The other objects of the composite keep their boxes; every object is harmonized again. The shard
+    writer (``comcoco.shards.rewrite_composite``) swaps the new files in; the same box again gives the
+    same rows and writes nothing (``changed`` False). ``status.parquet`` is not touched here (see
+    ``comcoco.build.refresh_status``).
     """
-    from comcoco.compose.engine import ImageCache, compose_group, plan_groups, write_group
-    from comcoco.plan import BuildConfig, SourceSpec, read_plan, read_plan_meta
-    from comcoco.shards import MARKER, SAMPLES_FILE, cached_models, shard_dir, shard_name, source_index
+    from comcoco.compose.engine import compose_group
+    from comcoco.plan import plan_groups
+    from comcoco.shards import rewrite_composite
+    from comcoco.sources.images import ImageCache
 
-    workdir = Path(workdir)
-    meta = read_plan_meta(workdir)
-    if meta is None:
-        raise ReviewError(f"{workdir}: no plan.json")
-    config = BuildConfig.from_dict(meta["config"])
-    plan = read_plan(workdir)
+    wd = as_workdir(workdir)
+    try:
+        config = wd.config()
+        plan = wd.plan_rows()
+    except WorkdirError as exc:
+        raise ReviewError(str(exc)) from None
     target = next((r for r in plan if r.sample_id == sample_id), None)
     if target is None:
-        raise ReviewError(f"{workdir}: sample {sample_id} is not in the plan")
-    final = shard_dir(workdir, target.shard)
-    if not (final / MARKER).is_file():
-        raise ReviewError(f"{workdir}: shard {shard_name(target.shard)} of sample {sample_id} is not complete")
-    rows = read_samples(final / SAMPLES_FILE)
-    members = [r for r in rows if r.composite_id == target.composite_id]
+        raise ReviewError(f"{wd.root}: sample {sample_id} is not in the plan")
+    if not wd.is_complete(target.shard):
+        raise ReviewError(f"{wd.root}: the shard of sample {sample_id} is not complete")
+    members = [r for r in wd.shard_samples(target.shard) if r.composite_id == target.composite_id]
     plan_rows = sorted((r for r in plan if r.composite_id == target.composite_id), key=lambda r: r.member)
-    index = source_index(SourceSpec(**meta["source"]))
+    index = wd.index()
     groups = [g for g in plan_groups([r.candidate() for r in plan_rows], index, config.compose)
               if g.composite_id == target.composite_id]
     if len(groups) != 1:
         raise ReviewError(f"composite {target.composite_id} of sample {sample_id} cannot be re-planned")
     boxes: dict[str, Sequence[int]] = {r.sample_id: r.box for r in members if r.ok and r.box is not None}
     boxes[sample_id] = tuple(int(v) for v in box)
-    composed = compose_group(groups[0], ImageCache(index.image_path), config.compose, cached_models(config), boxes)
+    composed = compose_group(groups[0], ImageCache(index.image_path), config.compose, wd.models(), boxes)
     new_by_id = {cs.row.sample_id: cs.row for cs in composed.samples}
     for old in members:
         new = new_by_id.get(old.sample_id)
         if new is None or (old.ok and not new.ok):
             why = new.reason if new is not None else "missing from the recomposition"
             raise RecomposeError(f"sample {sample_id}: box {tuple(box)} cannot be composed: {old.sample_id}: {why}")
-    tmp = final.parent / f".{final.name}.review-{os.getpid()}-{threading.get_ident()}"
-    shutil.rmtree(tmp, ignore_errors=True)
-    tmp.mkdir(parents=True)
-    try:
-        written = write_group(tmp, composed, config.compose)
-        # write_group fills paths and the fidelity error: compare complete rows with the current ones
-        by_id = {r.sample_id: r for r in written}
-        if all(by_id[m.sample_id] == m for m in members):
-            new_row = by_id[sample_id]
-            return Recomposed(sample_id, False, new_row.box, new_row.plausibility)  # type: ignore[arg-type]
-        for r in written:
-            for rel in (r.composite, r.ground_truth, r.mask):
-                if rel and (tmp / rel).is_file():
-                    (final / rel).parent.mkdir(parents=True, exist_ok=True)
-                    os.replace(tmp / rel, final / rel)
-        updated = [by_id.get(r.sample_id, r) for r in rows]
-        write_samples(final / SAMPLES_FILE, updated)
-        ok = sum(r.ok for r in updated)
-        write_text_atomic(final / MARKER, json.dumps({"samples": len(updated), "ok": ok}, sort_keys=True) + "\n")
-    finally:
-        shutil.rmtree(tmp, ignore_errors=True)
-    new_row = by_id[sample_id]
-    return Recomposed(sample_id, True, new_row.box, new_row.plausibility)  # type: ignore[arg-type]
-
-
-def refresh_status(workdir: str | Path) -> dict[str, Any]:
-    """Rewrite ``status.parquet`` and ``manifest.json`` from the shards (after recompositions)."""
-    from comcoco.workdir import collect_status, write_manifest
-
-    counts = collect_status(workdir)
-    write_manifest(workdir, counts)
-    marker = Path(workdir) / REVIEW_DIR / STALE_MARKER
-    marker.unlink(missing_ok=True)
-    return counts
+    changed, rows = rewrite_composite(wd, target.shard, composed)
+    new_row = next(r for r in rows if r.sample_id == sample_id)
+    return Recomposed(sample_id, changed, new_row.box, new_row.plausibility)  # type: ignore[arg-type]
 
 
 # --- pulling ---------------------------------------------------------------------------------------------
@@ -295,6 +255,30 @@ class PullReport:
     missing: list[int] = field(default_factory=list)  # task ids deleted on the server
     sent_back: int = 0  # adjusted samples pushed again to stage 1
     messages: list[str] = field(default_factory=list)
+
+
+def _apply(wd: Workdir, d: ReviewDecision, rec: Applied, task_round: int, rounds: Mapping[int, int],
+           report: PullReport) -> Applied:
+    """Apply one decision (recompose first for an adjust) unless a later round already decided;
+    returns the ledger record with its outcome."""
+    current = wd.decisions().get((d.sample_id, d.stage))
+    if current is not None and current.task_id is not None and current.task_id != d.task_id \
+            and rounds.get(current.task_id, 0) > task_round:
+        report.superseded += 1
+        return replace(rec, outcome="superseded")
+    try:
+        if d.decision == "adjust":
+            assert d.box is not None
+            wd.mark_stale()
+            result = recompose_sample(wd, d.sample_id, d.box)
+            if result.changed:
+                report.recomposed.append(d.sample_id)
+        wd.merge_decisions([d])
+    except RecomposeError as exc:
+        report.errors.append(f"task {rec.task_id}: {exc}")
+        return replace(rec, outcome=f"error: {exc}")
+    report.applied[d.decision] = report.applied.get(d.decision, 0) + 1
+    return replace(rec, outcome=d.decision)
 
 
 def pull(
@@ -320,17 +304,18 @@ def pull(
         report.messages.append(f"{stage}: project {pid} was deleted on the server; its unapplied annotations are lost "
                                "(push again to create a new project)")
         return report
-    stale_marker = workdir / REVIEW_DIR / STALE_MARKER
-    if stale_marker.is_file():
-        refresh_status(workdir)
-    view = WorkdirView.load(workdir)
+    from comcoco.build import refresh_status
+
+    wd = Workdir(workdir)
+    if wd.stale:
+        refresh_status(wd)
+    view = WorkdirView.load(wd)
     _, missing, _ = sync_tasks(server, workdir, stage, pid)
     report.missing = [t.task_id for t in missing]
     rounds = {t.task_id: t.round for t in read_tasks(workdir)}
     applied = read_applied(workdir)
     tasks = server.export(pid)
     report.tasks = len(tasks)
-    touched_status = False
     for task in tasks:
         data = task.get("data") or {}
         if not isinstance(data.get("sample_id"), str):
@@ -353,84 +338,15 @@ def pull(
             report.errors.append(str(exc))
             rec = replace(rec, outcome=f"error: {exc}")
         else:
-            current = read_decisions(workdir).get((sid, stage))
-            task_round = int(data.get("round", 0) or 0)
-            if current is not None and current.task_id is not None and current.task_id != d.task_id \
-                    and rounds.get(current.task_id, 0) > task_round:
-                report.superseded += 1
-                rec = replace(rec, outcome="superseded")
-            else:
-                try:
-                    if d.decision == "adjust":
-                        assert d.box is not None
-                        stale_marker.parent.mkdir(parents=True, exist_ok=True)
-                        stale_marker.touch()
-                        touched_status = True
-                        result = recompose_sample(workdir, sid, d.box)
-                        if result.changed:
-                            report.recomposed.append(sid)
-                    merge_decisions(workdir, [d])
-                    report.applied[d.decision] = report.applied.get(d.decision, 0) + 1
-                    rec = replace(rec, outcome=d.decision)
-                except RecomposeError as exc:
-                    report.errors.append(f"task {task['id']}: {exc}")
-                    rec = replace(rec, outcome=f"error: {exc}")
+            rec = _apply(wd, d, rec, int(data.get("round", 0) or 0), rounds, report)
         _record_applied(workdir, applied, rec)
         if after_each is not None:
             after_each(rec)
-    if touched_status or stale_marker.is_file():
-        refresh_status(workdir)
+    if wd.stale:  # raised by a recomposition of this pull (or an earlier, interrupted one)
+        refresh_status(wd)
     if stage == "placement":
-        adjusted = {k[0] for k, d in read_decisions(workdir).items() if k[1] == "placement" and d.decision == "adjust"}
+        adjusted = {k[0] for k, d in wd.decisions().items() if k[1] == "placement" and d.decision == "adjust"}
         if adjusted:
             back = push(workdir, "placement", server, document_root, only=adjusted)
             report.sent_back = back.imported
     return report
-
-
-# --- status ----------------------------------------------------------------------------------------------
-
-
-@dataclass
-class StageStatus:
-    stage: str
-    project_id: int | None
-    eligible: int
-    pushed: int  # samples with at least one task
-    decisions: dict[str, int]
-    undecided: int  # pushed, no decision yet
-    missing: int | None  # tasks deleted on the server (None: server not checked)
-
-
-def review_status(workdir: str | Path, server: ReviewServer | None = None) -> list[StageStatus]:
-    """Counts per stage and decision; with ``server``, also the tasks deleted on the server."""
-    from comcoco.review.push import wanted
-
-    workdir = Path(workdir)
-    view = WorkdirView.load(workdir)
-    tasks = read_tasks(workdir)
-    projects = read_projects(workdir)
-    decisions = read_decisions(workdir)
-    out = []
-    for stage in STAGES:
-        pid = int(projects[stage]["id"]) if stage in projects else None
-        mine = [t for t in tasks if t.stage == stage and t.project_id == pid]
-        pushed = {t.sample_id for t in mine}
-        decided = {k[0]: d for k, d in decisions.items() if k[1] == stage}
-        eligible = {row["sample_id"] for row, _ in wanted(view, stage, {})} | pushed
-        missing: int | None = None
-        if server is not None and pid is not None:
-            if server.project_exists(pid):
-                missing = len(sync_tasks(server, workdir, stage, pid)[1])
-            else:
-                missing = len(mine)
-        out.append(StageStatus(
-            stage=stage,
-            project_id=pid,
-            eligible=len(eligible),
-            pushed=len(pushed),
-            decisions=dict(sorted(Counter(d.decision for d in decided.values()).items())),
-            undecided=len(pushed - set(decided)),
-            missing=missing,
-        ))
-    return out

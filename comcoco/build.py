@@ -1,0 +1,329 @@
+"""The build's stages, in the one order both the plain loop and the Prefect flow walk.
+
+``BUILD_STAGES``: validate the source → match → plan → compose every pending shard → collect status
+and write the manifest. ``run_build_stages(context, executor)`` walks them and writes ``build.json``;
+``build_inline`` does so in this process (tests, the flow benchmark's baseline), the flow in
+``pipelines/build.py`` with Prefect tasks, one per shard, on threads or a Dask cluster.
+
+``manifest.json`` depends only on the inputs and the configuration (same inputs → same bytes);
+``build.json`` records how one run went and is kept out of the manifest's ``files``.
+"""
+
+from __future__ import annotations
+
+import json
+import subprocess
+from collections import Counter
+from collections.abc import Sequence
+from dataclasses import asdict, dataclass, field
+from datetime import UTC, datetime
+from pathlib import Path
+from typing import Any
+
+import comcoco
+from comcoco.io import sha256_file, write_text_atomic
+from comcoco.plan import (
+    BuildConfig,
+    SourceSpec,
+    check_resume,
+    cut_into_shards,
+    plan_groups,
+    shard_ids,
+    write_plan,
+)
+from comcoco.stages import Executor, Inline, Stage, walk
+from comcoco.workdir import (
+    BUILD_RECORD,
+    CANDIDATES_FILE,
+    MANIFEST_FILE,
+    SOURCE_REPORT,
+    StatusRow,
+    Workdir,
+    as_workdir,
+    cached_source,
+    shard_name,
+)
+
+
+def _json(obj: Any) -> str:
+    return json.dumps(obj, indent=2, sort_keys=True) + "\n"
+
+
+# --- before the shards ---------------------------------------------------------------------------------
+
+
+def check_source(spec: SourceSpec, workdir: Workdir | str | Path) -> dict[str, Any]:
+    """Load and inspect the source (raises SourceError when it is unusable); save the report."""
+    from comcoco.sources.validate import inspect_source
+
+    report = inspect_source(cached_source(spec)[0], deep=False).to_dict()
+    write_text_atomic(as_workdir(workdir).path(SOURCE_REPORT), _json(report))
+    return {k: report[k] for k in ("refs", "expressions", "images", "annotations")} | {
+        "problems": len(report["problems"])
+    }
+
+
+def match_stage(spec: SourceSpec, workdir: Workdir | str | Path, config: BuildConfig, progress: bool = False) -> Path:
+    """Scene matching for every ref of the source (``comcoco.matching.source``); reuses the candidates
+    of a planned work directory (its configuration was checked by ``prepare_workdir``)."""
+    from comcoco.matching.candidates import write_candidates
+    from comcoco.matching.source import match_source
+
+    wd = as_workdir(workdir)
+    out = wd.path(CANDIDATES_FILE)
+    if out.is_file() and wd.plan_meta() is not None:
+        return out
+    index = cached_source(spec)[1]
+    options = config.match_options()
+    candidates = match_source(list(index.refs.values()), list(index.annotations.values()), options, progress)
+    return write_candidates(out, candidates, options.params())
+
+
+def plan_stage(spec: SourceSpec, workdir: Workdir | str | Path, config: BuildConfig) -> list[int]:
+    """Freeze the plan (once); returns all shard ids."""
+    from comcoco.matching.candidates import read_candidates
+
+    wd = as_workdir(workdir)
+    if wd.plan_meta() is not None:
+        return shard_ids(wd.plan_rows())
+    candidates = read_candidates(wd.path(CANDIDATES_FILE))
+    groups = plan_groups(candidates, cached_source(spec)[1], config.compose, config.limit)
+    rows = cut_into_shards(groups, config.shard_size)
+    shards = shard_ids(rows)
+    meta = {
+        "config": config.to_dict(),
+        "source": asdict(spec),
+        "samples": len(rows),
+        "composites": len(groups),
+        "shards": len(shards),
+        "comcoco_version": comcoco.__version__,
+    }
+    write_plan(wd.root, rows, meta)
+    return shards
+
+
+def prepare_workdir(workdir: Workdir | str | Path, config: BuildConfig, spec: SourceSpec) -> None:
+    """Create the work directory, refusing one that was planned with another configuration."""
+    wd = as_workdir(workdir)
+    wd.root.mkdir(parents=True, exist_ok=True)
+    check_resume(wd.root, config, spec)
+
+
+def pending_shards(workdir: Workdir | str | Path, shards: Sequence[int], retry_failed: bool = False) -> list[int]:
+    """Shards still to run (all unmarked ones; with ``retry_failed`` also marked ones with failures)."""
+    wd = as_workdir(workdir)
+    out = []
+    for s in shards:
+        if not wd.is_complete(s):
+            out.append(s)
+        elif retry_failed and any(not r.ok for r in wd.shard_samples(s)):
+            out.append(s)
+    return out
+
+
+# --- after the shards ------------------------------------------------------------------------------------
+
+
+def collect_status(workdir: Workdir | str | Path, errors: dict[int, str] | None = None) -> dict[str, Any]:
+    """Write ``status.parquet``: every planned sample with status, reason, provenance and file paths.
+
+    Paths are made relative to the work directory. Samples of shards that did not complete are listed
+    as ``not_built`` with the shard's error. Returns counts by status.
+    """
+    wd = as_workdir(workdir)
+    errors = errors or {}
+    by_shard: dict[int, list] = {}
+    for r in wd.plan_rows():
+        by_shard.setdefault(r.shard, []).append(r)
+    rows: list[StatusRow] = []
+    for shard in sorted(by_shard):
+        if wd.is_complete(shard):
+            rows.extend(StatusRow.of_sample(row, shard) for row in wd.shard_samples(shard))
+        else:
+            reason = errors.get(shard, "the shard has not completed")
+            rows.extend(StatusRow.not_built(p, reason) for p in by_shard[shard])
+    wd.write_status(rows)
+    counts = Counter(r.status for r in rows)
+    return {"samples": len(rows), "by_status": dict(sorted(counts.items()))}
+
+
+def write_manifest(workdir: Workdir | str | Path, status_counts: dict[str, Any]) -> dict[str, Any]:
+    """``manifest.json``: sha256 of every data file, counts and the configuration."""
+    wd = as_workdir(workdir)
+    meta = wd.require_plan()
+    manifest = {
+        "files": {rel: sha256_file(wd.root / rel) for rel in wd.data_files()},
+        "counts": {"shards": meta["shards"], "composites": meta["composites"], **status_counts},
+        "config": meta["config"],
+        "source": meta["source"],
+    }
+    write_text_atomic(wd.path(MANIFEST_FILE), _json(manifest))
+    return manifest
+
+
+def refresh_status(workdir: Workdir | str | Path) -> dict[str, Any]:
+    """Rewrite ``status.parquet`` and ``manifest.json`` from the shards, then clear the stale flag."""
+    wd = as_workdir(workdir)
+    counts = collect_status(wd)
+    write_manifest(wd, counts)
+    wd.clear_stale()
+    return counts
+
+
+def code_version() -> str:
+    """The package version, plus the git commit when running from a checkout."""
+    version = comcoco.__version__
+    try:
+        sha = subprocess.run(["git", "rev-parse", "--short", "HEAD"], cwd=Path(__file__).resolve().parent,
+                             capture_output=True, text=True, timeout=5)
+        if sha.returncode == 0 and sha.stdout.strip():
+            version += f"+g{sha.stdout.strip()}"
+    except (OSError, subprocess.SubprocessError):
+        pass
+    return version
+
+
+@dataclass
+class BuildRecord:
+    runner: str
+    workers: int
+    started: str
+    finished: str
+    seconds: dict[str, float]
+    shards_run: int
+    shards_skipped: int
+    shard_errors: dict[str, str]
+    samples_per_second: float
+    code_version: str
+
+    def write(self, workdir: Workdir | str | Path) -> None:
+        write_text_atomic(as_workdir(workdir).path(BUILD_RECORD), _json(asdict(self)))
+
+
+def failure_summary(workdir: Workdir | str | Path, limit: int = 10) -> list[StatusRow]:
+    """The first failed samples, for a build summary."""
+    return [r for r in as_workdir(workdir).status() if not r.ok][:limit]
+
+
+# --- the stage list ------------------------------------------------------------------------------------
+
+
+@dataclass
+class BuildContext:
+    """What a build is asked to do, and what its stages found (small things only: no images)."""
+
+    spec: SourceSpec
+    workdir: Workdir
+    config: BuildConfig
+    retry_failed: bool = False
+    progress: bool = False
+    source_counts: dict[str, Any] = field(default_factory=dict)
+    shards: list[int] = field(default_factory=list)
+    todo: list[int] = field(default_factory=list)
+    results: list[dict[str, Any]] = field(default_factory=list)
+    errors: dict[int, str] = field(default_factory=dict)
+    counts: dict[str, Any] = field(default_factory=dict)
+
+    def args(self) -> tuple[dict[str, Any], str, dict[str, Any]]:
+        """The source, work directory and configuration as the plain values steps receive."""
+        return asdict(self.spec), str(self.workdir.root), self.config.to_dict()
+
+
+def _validate_step(source: dict, workdir: str) -> dict:
+    return check_source(SourceSpec(**source), workdir)
+
+
+def _match_step(source: dict, workdir: str, config: dict) -> str:
+    return str(match_stage(SourceSpec(**source), workdir, BuildConfig.from_dict(config)))
+
+
+def _plan_step(source: dict, workdir: str, config: dict) -> list[int]:
+    return plan_stage(SourceSpec(**source), workdir, BuildConfig.from_dict(config))
+
+
+def _shard_step(shard: int, workdir: str, retry_failed: bool) -> dict:
+    from comcoco.shards import run_shard
+
+    return run_shard(workdir, shard, retry_failed=retry_failed).to_dict()
+
+
+def _collect_step(workdir: str, errors: dict[int, str]) -> dict:
+    counts = collect_status(workdir, errors)
+    write_manifest(workdir, counts)
+    return counts
+
+
+def _validate(ctx: BuildContext, ex: Executor) -> None:
+    source, workdir, _ = ctx.args()
+    ctx.source_counts = ex.call("validate-source", _validate_step, source, workdir)
+
+
+def _match(ctx: BuildContext, ex: Executor) -> None:
+    ex.call("match", _match_step, *ctx.args())
+
+
+def _plan(ctx: BuildContext, ex: Executor) -> None:
+    ctx.shards = ex.call("plan", _plan_step, *ctx.args())
+    ctx.todo = pending_shards(ctx.workdir, ctx.shards, ctx.retry_failed)
+
+
+def _compose(ctx: BuildContext, ex: Executor) -> None:
+    done = ex.map("compose-shard", _shard_step, ctx.todo, str(ctx.workdir.root), ctx.retry_failed,
+                  label=lambda s: f"shard {shard_name(s)}", progress=ctx.progress)
+    for shard, result, error in done:
+        if error is None:
+            ctx.results.append(result)
+        else:  # a shard that crashed is reported; the others go on
+            ctx.errors[shard] = f"{type(error).__name__}: {error}"
+
+
+def _collect(ctx: BuildContext, ex: Executor) -> None:
+    ctx.counts = ex.call("collect-status", _collect_step, str(ctx.workdir.root), ctx.errors)
+
+
+BUILD_STAGES: tuple[Stage, ...] = (
+    Stage("validate", _validate),
+    Stage("match", _match),
+    Stage("plan", _plan),
+    Stage("compose", _compose),
+    Stage("collect", _collect),
+)
+
+
+def run_build_stages(ctx: BuildContext, executor: Executor, runner: str = "inline", workers: int = 1) -> dict[str, Any]:
+    """Walk ``BUILD_STAGES`` with ``executor``, write ``build.json``; returns the build's summary."""
+    prepare_workdir(ctx.workdir, ctx.config, ctx.spec)
+    started = datetime.now(UTC).isoformat(timespec="seconds")
+    seconds = walk(BUILD_STAGES, ctx, executor)
+    made = sum(r["samples"] for r in ctx.results if not r["skipped"])
+    record = BuildRecord(
+        runner=runner,
+        workers=workers,
+        started=started,
+        finished=datetime.now(UTC).isoformat(timespec="seconds"),
+        seconds={k: round(v, 3) for k, v in seconds.items()},
+        shards_run=sum(1 for r in ctx.results if not r["skipped"]),
+        shards_skipped=len(ctx.shards) - len(ctx.todo) + sum(1 for r in ctx.results if r["skipped"]),
+        shard_errors={str(k): v for k, v in sorted(ctx.errors.items())},
+        samples_per_second=round(made / seconds["compose"], 3) if seconds["compose"] > 0 else 0.0,
+        code_version=code_version(),
+    )
+    record.write(ctx.workdir)
+    return {"source": ctx.source_counts, "status": ctx.counts, "record": asdict(record), "shards": len(ctx.shards)}
+
+
+def build_inline(spec: SourceSpec, workdir: Workdir | str | Path, config: BuildConfig,
+                 retry_failed: bool = False) -> dict[str, Any]:
+    """Every build stage in this process, without Prefect (tests, and the flow benchmark's baseline).
+
+    Returns the status counts, like the flow's ``summary["status"]``.
+    """
+    ctx = BuildContext(spec, as_workdir(workdir), config, retry_failed)
+    return run_build_stages(ctx, Inline())["status"]
+
+
+__all__ = [
+    "BUILD_STAGES", "BuildContext", "BuildRecord", "build_inline", "check_source", "code_version",
+    "collect_status", "failure_summary", "match_stage", "pending_shards", "plan_stage", "prepare_workdir",
+    "refresh_status", "run_build_stages", "write_manifest",
+]

@@ -1,0 +1,84 @@
+"""Option groups shared by several verbs, declared once.
+
+``compose_options`` gives ``build`` and ``compose`` the same composing options (one object,
+``ComposeOptions``, reaches the verb), so no option can exist on one and be silently missing on the
+other. Output locations are ``-o/--out`` on every verb.
+"""
+
+from __future__ import annotations
+
+import functools
+import inspect
+from collections.abc import Callable
+from dataclasses import dataclass, fields
+from pathlib import Path
+from typing import Any
+
+import typer
+
+from comcoco.config import IMAGE_FORMATS, ComposeConfig
+from comcoco.harmonize import HARMONIZE_METHODS
+from comcoco.placement import PLACEMENT_METHODS
+
+
+def out_option(help: str, required: bool = True) -> Any:
+    """The output location of a verb: ``-o/--out`` everywhere."""
+    return typer.Option(... if required else None, "-o", "--out", help=help)
+
+
+@dataclass(frozen=True)
+class ComposeOptions:
+    """The composing options of ``build`` and ``compose``, as the CLI received them."""
+
+    placement: str = "prior"
+    graconet_ckpt: Path | None = None
+    harmonize: str = "fit"
+    harmonizer_ckpt: Path | None = None
+    objects_per_image: int = 1
+    candidates_per_ref: int = 1
+    image_format: str = "png"
+    jpeg_quality: int = 95
+    png_level: int = 1
+
+    def config(self, seed: int) -> ComposeConfig:
+        """The compose configuration; checkpoint paths are made absolute so any worker can open them."""
+        return ComposeConfig(
+            seed=seed, placement=self.placement, harmonize=self.harmonize,
+            objects_per_image=self.objects_per_image, candidates_per_ref=self.candidates_per_ref,
+            image_format=self.image_format, jpeg_quality=self.jpeg_quality, png_compression=self.png_level,
+            graconet_ckpt=str(self.graconet_ckpt.resolve()) if self.graconet_ckpt else None,
+            harmonizer_ckpt=str(self.harmonizer_ckpt.resolve()) if self.harmonizer_ckpt else None,
+        )
+
+
+_COMPOSE_PARAMS: dict[str, tuple[Any, Any]] = {
+    "placement": (str, typer.Option("prior", "--placement", help=f"Placement: {'|'.join(PLACEMENT_METHODS)}.")),
+    "graconet_ckpt": (Path | None, typer.Option(None, "--graconet-ckpt", help="GracoNet checkpoint (for --placement graconet).")),
+    "harmonize": (str, typer.Option("fit", "--harmonize", help=f"Harmonization: {'|'.join(HARMONIZE_METHODS)}.")),
+    "harmonizer_ckpt": (Path | None, typer.Option(None, "--harmonizer-ckpt", help="Harmonizer checkpoint (for --harmonize network).")),
+    "objects_per_image": (int, typer.Option(1, "--objects-per-image", min=1, help="Paste up to k matched objects into one background.")),
+    "candidates_per_ref": (int, typer.Option(1, "--candidates-per-ref", min=1, help="Backgrounds used per object (best ranks first).")),
+    "image_format": (str, typer.Option("png", "--image-format", help=f"{'|'.join(IMAGE_FORMATS)}: png keeps pairs lossless; jpeg is smaller and reports the outside-mask error.")),
+    "jpeg_quality": (int, typer.Option(95, "--jpeg-quality", min=1, max=100, help="JPEG quality for --image-format jpeg.")),
+    "png_level": (int, typer.Option(1, "--png-level", min=0, max=9, help="PNG zlib level (1: fast; 0: no compression, 2x size).")),
+}
+assert list(_COMPOSE_PARAMS) == [f.name for f in fields(ComposeOptions)]
+
+
+def compose_options(fn: Callable[..., Any]) -> Callable[..., Any]:
+    """Add the compose options to a verb; it receives them as one ``compose: ComposeOptions`` argument."""
+    sig = inspect.signature(fn)
+    own = [p for p in sig.parameters.values() if p.name != "compose"]
+    extra = [inspect.Parameter(name, inspect.Parameter.KEYWORD_ONLY, default=opt, annotation=ann)
+             for name, (ann, opt) in _COMPOSE_PARAMS.items()]
+
+    @functools.wraps(fn)
+    def verb(*args: Any, **kwargs: Any) -> Any:
+        kwargs["compose"] = ComposeOptions(**{k: kwargs.pop(k) for k in _COMPOSE_PARAMS})
+        return fn(*args, **kwargs)
+
+    verb.__signature__ = sig.replace(parameters=own + extra)  # type: ignore[attr-defined]
+    hints = {k: v for k, v in getattr(fn, "__annotations__", {}).items() if k != "compose"}
+    verb.__annotations__ = hints | {name: ann for name, (ann, _) in _COMPOSE_PARAMS.items()}
+    del verb.__wrapped__  # typer must see the new signature, not the wrapped function's
+    return verb

@@ -1,0 +1,91 @@
+"""Packing a release into deterministic, checksummed tar shards and the ``dist/index.json`` that lists them.
+
+Users get a release as ``dist/index.json`` plus ``dist/*.tar`` shards (``comcoco.release.download``
+fetches, verifies and extracts them). The same files always give the same bytes: sorted order, fixed
+owner, mode and time in every header.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import tarfile
+from collections.abc import Sequence
+from dataclasses import dataclass
+from pathlib import Path
+
+from tqdm import tqdm
+
+from comcoco.io import sha256_file, write_text_atomic
+
+INDEX_NAME = "index.json"
+DEFAULT_SHARD_BYTES = 512 * 1024 * 1024
+
+
+@dataclass(frozen=True)
+class ShardInfo:
+    name: str
+    size: int
+    sha256: str
+    files: int
+
+
+def _normalized_info(path: Path, arcname: str) -> tarfile.TarInfo:
+    """A tar header with fixed owner, mode and time, so the same files give the same bytes."""
+    info = tarfile.TarInfo(arcname)
+    info.size = path.stat().st_size
+    info.mtime = 0
+    info.mode = 0o644
+    info.uid = info.gid = 0
+    info.uname = info.gname = ""
+    return info
+
+
+def pack_release(
+    root: str | os.PathLike[str],
+    files: Sequence[str],
+    dist_dir: str | os.PathLike[str],
+    version: str,
+    shard_bytes: int = DEFAULT_SHARD_BYTES,
+    prefix: str = "comcoco",
+    progress: bool = False,
+) -> list[ShardInfo]:
+    """Pack ``files`` (paths relative to ``root``) into deterministic tar shards plus ``index.json``.
+
+    Files are taken in sorted order and a new shard starts when the current one would pass
+    ``shard_bytes`` (a single larger file gets a shard of its own).
+    """
+    root, dist = Path(root), Path(dist_dir)
+    dist.mkdir(parents=True, exist_ok=True)
+    ordered = sorted(set(files))
+    batches: list[list[str]] = [[]]
+    size = 0
+    for rel in ordered:
+        n = (root / rel).stat().st_size
+        if batches[-1] and size + n > shard_bytes:
+            batches.append([])
+            size = 0
+        batches[-1].append(rel)
+        size += n
+    if batches == [[]]:
+        batches = []
+    shards: list[ShardInfo] = []
+    bar = tqdm(total=len(ordered), desc="packing", unit="file", disable=not progress, leave=False)
+    for i, batch in enumerate(batches):
+        name = f"{prefix}-{version}-{i:05d}.tar"
+        tmp = dist / f".{name}.tmp"
+        with tarfile.open(tmp, "w", format=tarfile.PAX_FORMAT) as tar:
+            for rel in batch:
+                p = root / rel
+                with open(p, "rb") as fh:
+                    tar.addfile(_normalized_info(p, rel), fh)
+                bar.update(1)
+        os.replace(tmp, dist / name)
+        shards.append(ShardInfo(name, (dist / name).stat().st_size, sha256_file(dist / name), len(batch)))
+    bar.close()
+    index = {
+        "version": version,
+        "shards": [{"name": s.name, "size": s.size, "sha256": s.sha256, "files": s.files} for s in shards],
+    }
+    write_text_atomic(dist / INDEX_NAME, json.dumps(index, indent=2, sort_keys=True) + "\n")
+    return shards
