@@ -82,6 +82,7 @@ def match_stage(spec: SourceSpec, workdir: Workdir | str | Path, config: BuildCo
 def plan_stage(spec: SourceSpec, workdir: Workdir | str | Path, config: BuildConfig) -> list[int]:
     """Freeze the plan (once); returns all shard ids."""
     from comcoco.matching.candidates import read_candidates
+    from comcoco.matching.targets import group_sizes
 
     wd = as_workdir(workdir)
     if wd.plan_meta() is not None:
@@ -92,9 +93,11 @@ def plan_stage(spec: SourceSpec, workdir: Workdir | str | Path, config: BuildCon
     shards = shard_ids(rows)
     meta = {
         "config": config.to_dict(),
+        "profile": config.compose.profile,
         "source": asdict(spec),
         "samples": len(rows),
         "composites": len(groups),
+        "targets_per_composite": {str(n): c for n, c in group_sizes([g.members for g in groups]).items()},
         "shards": len(shards),
         "comcoco_version": comcoco.__version__,
     }
@@ -154,6 +157,7 @@ def write_manifest(workdir: Workdir | str | Path, status_counts: dict[str, Any])
     manifest = {
         "files": {rel: sha256_file(wd.root / rel) for rel in wd.data_files()},
         "counts": {"shards": meta["shards"], "composites": meta["composites"], **status_counts},
+        "profile": meta["config"]["compose"].get("profile", "paper"),
         "config": meta["config"],
         "source": meta["source"],
     }

@@ -20,6 +20,12 @@ from comcoco.placement import PLACEMENT_METHODS
 
 DEFAULT_SHARD_SIZE = 256
 IMAGE_FORMATS: tuple[str, ...] = ("png", "jpeg")
+# paper: the ComCOCO paper's recipe — one object per composite, pasted as cut (no shadow, no rim
+# refinement, no camera matching). robust: several distinguishable targets per composite, each with its
+# shadow, a refined matte and the scene's noise, blur and JPEG grid, so the pasted object does not give
+# itself away (docs/compose.md). robust is the default.
+PROFILES: tuple[str, ...] = ("robust", "paper")
+TARGETS_PER_COMPOSITE = {"robust": 3, "paper": 1}  # objects per composite when not given
 
 
 class ComposeConfigError(ComcocoError, ValueError):
@@ -33,7 +39,7 @@ class ComposeConfig:
     seed: int = 0
     placement: str = "prior"
     harmonize: str = "fit"
-    objects_per_image: int = 1
+    objects_per_image: int | None = None  # None: the profile's (robust 3, paper 1)
     candidates_per_ref: int = 1
     image_format: str = "png"
     jpeg_quality: int = 95
@@ -41,10 +47,26 @@ class ComposeConfig:
     placement_k: int = 8
     graconet_ckpt: str | None = None
     harmonizer_ckpt: str | None = None
+    profile: str = "robust"
+
+    def __post_init__(self) -> None:
+        if self.objects_per_image is None:
+            object.__setattr__(self, "objects_per_image", TARGETS_PER_COMPOSITE.get(self.profile, 1))
+
+    @property
+    def robust(self) -> bool:
+        return self.profile == "robust"
 
     def fingerprint(self) -> str:
-        """Stable id of all fields: same config → same id on every machine."""
-        return stable_id("compose-config", asdict(self))
+        """Stable id of all fields: same config → same id on every machine.
+
+        The paper profile's id leaves ``profile`` out, so it names its samples exactly as comcoco did
+        before profiles existed (its output is byte-identical to that recipe's).
+        """
+        fields_ = asdict(self)
+        if self.profile == "paper":
+            fields_.pop("profile")
+        return stable_id("compose-config", fields_)
 
     @property
     def image_ext(self) -> str:
@@ -52,6 +74,8 @@ class ComposeConfig:
 
     def validate(self) -> None:
         """Raise ComposeConfigError before any work if the configuration cannot run."""
+        if self.profile not in PROFILES:
+            raise ComposeConfigError(f"unknown profile {self.profile!r} (choose {'|'.join(PROFILES)})")
         if self.placement not in PLACEMENT_METHODS:
             raise ComposeConfigError(f"unknown placement {self.placement!r} (choose {'|'.join(PLACEMENT_METHODS)})")
         if self.harmonize not in HARMONIZE_METHODS:
@@ -62,6 +86,9 @@ class ComposeConfig:
             raise ComposeConfigError(f"objects per image must be at least 1, got {self.objects_per_image}")
         if self.candidates_per_ref < 1:
             raise ComposeConfigError(f"candidates per ref must be at least 1, got {self.candidates_per_ref}")
+        if self.robust and self.candidates_per_ref != 1:
+            raise ComposeConfigError("--candidates-per-ref above 1 needs --profile paper (robust composites use "
+                                     "each object once, grouped with distinguishable others)")
         if self.placement_k < 1:
             raise ComposeConfigError(f"placement proposals must be at least 1, got {self.placement_k}")
         if not 1 <= self.jpeg_quality <= 100:
@@ -126,7 +153,11 @@ class BuildConfig:
     @classmethod
     def from_dict(cls, data: dict[str, Any]) -> BuildConfig:
         data = dict(data)
-        compose = ComposeConfig(**data.pop("compose", {}))
+        compose_fields = data.pop("compose", None)
+        if compose_fields is None:
+            compose = None
+        else:  # a plan made before profiles existed followed the paper recipe
+            compose = ComposeConfig(**{"profile": "paper", **compose_fields})
         known = {f.name for f in fields(cls)}
         return cls(compose=compose, **{k: v for k, v in data.items() if k in known})
 

@@ -188,20 +188,40 @@ def _bg_objects(index: SourceIndex, image_id: int) -> tuple[Any, ...]:
     )
 
 
+def _paper_groups(candidates: Iterable[Candidate], config: ComposeConfig, k: int,
+                  limit: int | None) -> list[list[Candidate]]:
+    """One object per composite, or up to ``k`` objects whose best candidate is the same background."""
+    chosen = select_candidates(candidates, config.candidates_per_ref, limit)
+    if k == 1:
+        return [[c] for c in chosen]
+    by_bg: dict[int, list[Candidate]] = {}
+    for c in chosen:
+        by_bg.setdefault(c.bg_image_id, []).append(c)
+    return [ch for bg in sorted(by_bg) for ch in _chunk(by_bg[bg], k)]
+
+
+def _target_groups(candidates: Iterable[Candidate], index: SourceIndex, config: ComposeConfig, k: int,
+                   limit: int | None) -> list[list[Candidate]]:
+    """Robust composites: up to ``k`` distinguishable targets on one of their matched backgrounds
+    (``comcoco.matching.targets``); ``limit`` keeps the first refs by id."""
+    from comcoco.matching.targets import group_targets
+
+    cands = list(candidates)
+    if limit is not None:
+        keep = set(sorted({c.ref_id for c in cands})[: max(0, int(limit))])
+        cands = [c for c in cands if c.ref_id in keep]
+    return group_targets(cands, index.refs, k, config.seed)
+
+
 def plan_groups(
     candidates: Iterable[Candidate], index: SourceIndex, config: ComposeConfig, limit: int | None = None
 ) -> list[GroupPlan]:
-    """Deterministic composites from candidates: one per object, or up to k objects sharing a background."""
+    """Deterministic composites from candidates: one per object, or up to k objects sharing a background
+    (robust profile: k distinguishable targets, ``comcoco.matching.targets``)."""
     fp = config.fingerprint()
-    chosen = select_candidates(candidates, config.candidates_per_ref, limit)
-    k = config.objects_per_image
-    if k == 1:
-        chunks = [[c] for c in chosen]
-    else:
-        by_bg: dict[int, list[Candidate]] = {}
-        for c in chosen:
-            by_bg.setdefault(c.bg_image_id, []).append(c)
-        chunks = [ch for bg in sorted(by_bg) for ch in _chunk(by_bg[bg], k)]
+    k = int(config.objects_per_image or 1)
+    chunks = _target_groups(candidates, index, config, k, limit) if config.robust and k > 1 else \
+        _paper_groups(candidates, config, k, limit)
     groups = []
     for ch in chunks:
         key = None if k == 1 else [[c.ref_id, c.ann_id] for c in ch]

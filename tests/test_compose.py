@@ -110,7 +110,7 @@ def real_source(tmp_path_factory, coco_real_dir):
 def real_run(tmp_path_factory, real_source):
     src, cands = real_source
     out = tmp_path_factory.mktemp("real_out")
-    rows = run_compose(src, cands, out, ComposeConfig(seed=3, harmonize="fit"))
+    rows = run_compose(src, cands, out, ComposeConfig(profile="paper", seed=3, harmonize="fit"))
     return src, out, rows
 
 
@@ -268,7 +268,7 @@ def test_real_rows_carry_placed_polygon_and_provenance(real_run):
 
 def test_harmonize_none_is_the_plain_alpha_paste(real_source, tmp_path):
     src, cands = real_source
-    rows = run_compose(src, cands[:3], tmp_path, ComposeConfig(harmonize="none"))
+    rows = run_compose(src, cands[:3], tmp_path, ComposeConfig(profile="paper", harmonize="none"))
     for r in (r for r in rows if r.ok):
         assert r.filter_args.as_tuple() == (0.0,) * 6
         fg = decode_image(src.image_path(r.fg_image_id))
@@ -280,7 +280,7 @@ def test_harmonize_none_is_the_plain_alpha_paste(real_source, tmp_path):
 
 def test_jpeg_option_reports_outside_error(real_source, tmp_path):
     src, cands = real_source
-    rows = run_compose(src, cands[:4], tmp_path, ComposeConfig(image_format="jpeg", jpeg_quality=90, harmonize="none"))
+    rows = run_compose(src, cands[:4], tmp_path, ComposeConfig(profile="paper", image_format="jpeg", jpeg_quality=90, harmonize="none"))
     ok = [r for r in rows if r.ok]
     assert ok
     for r in ok:
@@ -303,7 +303,7 @@ def _shared_background_candidates(source, n: int) -> tuple[int, list[Candidate]]
 
 def test_multi_object_composite_has_exact_pair_per_object(demo_source, tmp_path):
     bg_id, cands = _shared_background_candidates(demo_source, 3)
-    rows = run_compose(demo_source, cands, tmp_path, ComposeConfig(objects_per_image=3, seed=1))
+    rows = run_compose(demo_source, cands, tmp_path, ComposeConfig(profile="paper", objects_per_image=3, seed=1))
     ok = [r for r in rows if r.ok]
     assert len(ok) >= 2, [(r.status, r.reason) for r in rows]
     assert len({r.composite for r in ok}) == 1 and len({r.ground_truth for r in ok}) == len(ok)
@@ -334,7 +334,7 @@ def test_same_seed_gives_identical_bytes(demo_source, tmp_path):
     from comcoco.matching.scene import match_backgrounds
 
     cands = match_backgrounds(demo_source.refs(), demo_source.annotations(), k=3, seed=0)
-    cfg = ComposeConfig(objects_per_image=2, candidates_per_ref=2, seed=7)
+    cfg = ComposeConfig(profile="paper", objects_per_image=2, candidates_per_ref=2, seed=7)
     a = run_compose(demo_source, cands, tmp_path / "a", cfg, limit=6)
     b = run_compose(demo_source, cands, tmp_path / "b", cfg, limit=6)
     assert a == b and sum(r.ok for r in a) >= 3 and any(r.objects for r in a)
@@ -389,7 +389,7 @@ def test_bad_inputs_become_failure_rows_and_the_run_goes_on(tmp_path, coco_real_
         Candidate(999, 1, 1, 1, 0, 1, 785, 0.0),  # ref not in the source
         Candidate(cat.ref_id, cat.ann_id, cat.image_id, cat.category_id, 0, 1, 9003, 0.0),  # bg file missing
     ]
-    rows = run_compose(src, cands, tmp_path / "out", ComposeConfig(candidates_per_ref=2))
+    rows = run_compose(src, cands, tmp_path / "out", ComposeConfig(profile="paper", candidates_per_ref=2))
     got = {(r.fg_ref_id, r.bg_image_id): r for r in rows}
     assert len(rows) == 6
     assert got[(person.ref_id, 9002)].status == STATUS_OK
@@ -417,7 +417,7 @@ def test_harmonizer_failure_is_a_row_not_a_crash(real_source, tmp_path):
         def __call__(self, *args, **kwargs):
             raise RuntimeError("broken network")
 
-    cfg = ComposeConfig(harmonize="network", harmonizer_ckpt=str(ckpt))
+    cfg = ComposeConfig(profile="paper", harmonize="network", harmonizer_ckpt=str(ckpt))
     firsts = [c for c in cands if c.rank == 1][:2]
     rows = run_compose(src, firsts, tmp_path / "out", cfg, models=ComposeModels(harmonizer=Broken()))
     assert [r.status for r in rows] == [STATUS_HARMONIZE_FAILED] * 2
@@ -438,7 +438,7 @@ def test_graconet_proposals_go_through_the_box_formula(real_source, tmp_path):
             calls.append((fg_rgb.shape, fg_mask.shape, fg_mask.max(), seed))
             return 0.3, 0.25, 0.75
 
-    cfg = ComposeConfig(placement="graconet", graconet_ckpt=str(ckpt), harmonize="none")
+    cfg = ComposeConfig(profile="paper", placement="graconet", graconet_ckpt=str(ckpt), harmonize="none")
     rows = run_compose(src, cands[:1], tmp_path / "out", cfg, models=ComposeModels(placer=FixedPlacer()))
     (r,) = rows
     assert r.ok and (r.s, r.rx, r.ry) == (0.3, 0.25, 0.75)
@@ -539,7 +539,7 @@ def test_graconet_place_gets_the_boxes_already_pasted(demo_source, tmp_path):
             return sample_placement(req, seed, key=key, k=k)
 
     _, cands = _shared_background_candidates(demo_source, 2)
-    cfg = ComposeConfig(placement="graconet", graconet_ckpt=str(ckpt), harmonize="none", objects_per_image=2)
+    cfg = ComposeConfig(profile="paper", placement="graconet", graconet_ckpt=str(ckpt), harmonize="none", objects_per_image=2)
     rows = run_compose(demo_source, cands, tmp_path / "out", cfg, models=ComposeModels(placer=ScoringPlacer()))
     ok = [r for r in rows if r.ok]
     assert len(requests) == 2 and all(same for _, same, _ in requests)

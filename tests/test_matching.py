@@ -177,7 +177,7 @@ def test_fewer_than_k_and_empty_pools():
         (1, 1, 20)
     ]  # the dog's cluster is only its image
     assert scene.match_summary(refs, got, 5) == {
-        "refs": 2, "candidates": 1, "refs_short": 1, "refs_without": 1, "backgrounds": 1
+        "refs": 2, "candidates": 1, "refs_short": 1, "refs_without": 1, "backgrounds": 1, "above_distinct": 0
     }  # fmt: skip
 
 

@@ -30,11 +30,12 @@ def out_option(help: str, required: bool = True) -> Any:
 class ComposeOptions:
     """The composing options of ``build`` and ``compose``, as the CLI received them."""
 
+    profile: str = "robust"
     placement: str = "prior"
     graconet_ckpt: Path | None = None
     harmonize: str = "fit"
     harmonizer_ckpt: Path | None = None
-    objects_per_image: int = 1
+    objects_per_image: int | None = None
     candidates_per_ref: int = 1
     image_format: str = "png"
     jpeg_quality: int = 95
@@ -43,7 +44,7 @@ class ComposeOptions:
     def config(self, seed: int) -> ComposeConfig:
         """The compose configuration; checkpoint paths are made absolute so any worker can open them."""
         return ComposeConfig(
-            seed=seed, placement=self.placement, harmonize=self.harmonize,
+            seed=seed, profile=self.profile, placement=self.placement, harmonize=self.harmonize,
             objects_per_image=self.objects_per_image, candidates_per_ref=self.candidates_per_ref,
             image_format=self.image_format, jpeg_quality=self.jpeg_quality, png_compression=self.png_level,
             graconet_ckpt=str(self.graconet_ckpt.resolve()) if self.graconet_ckpt else None,
@@ -52,11 +53,14 @@ class ComposeOptions:
 
 
 _COMPOSE_PARAMS: dict[str, tuple[Any, Any]] = {
+    "profile": (str, typer.Option("robust", "--profile", help="robust (default): several distinguishable targets "
+                                  "per composite, shadows, refined mattes, the scene's camera; paper: the paper's "
+                                  "recipe, one object pasted as cut. See docs/compose.md.")),
     "placement": (str, typer.Option("prior", "--placement", help=f"Placement: {'|'.join(PLACEMENT_METHODS)}.")),
     "graconet_ckpt": (Path | None, typer.Option(None, "--graconet-ckpt", help="GracoNet checkpoint (for --placement graconet).")),
     "harmonize": (str, typer.Option("fit", "--harmonize", help=f"Harmonization: {'|'.join(HARMONIZE_METHODS)}.")),
     "harmonizer_ckpt": (Path | None, typer.Option(None, "--harmonizer-ckpt", help="Harmonizer checkpoint (for --harmonize network).")),
-    "objects_per_image": (int, typer.Option(1, "--objects-per-image", min=1, help="Paste up to k matched objects into one background.")),
+    "objects_per_image": (int | None, typer.Option(None, "--objects-per-image", min=1, help="Objects pasted into one background (default: robust 3, paper 1).")),
     "candidates_per_ref": (int, typer.Option(1, "--candidates-per-ref", min=1, help="Backgrounds used per object (best ranks first).")),
     "image_format": (str, typer.Option("png", "--image-format", help=f"{'|'.join(IMAGE_FORMATS)}: png keeps pairs lossless; jpeg is smaller and reports the outside-mask error.")),
     "jpeg_quality": (int, typer.Option(95, "--jpeg-quality", min=1, max=100, help="JPEG quality for --image-format jpeg.")),

@@ -48,6 +48,7 @@ def match(
     same seed and options, `comcoco compose` on these candidates makes the samples `comcoco build` makes.
     """
     from comcoco.matching.candidates import match_summary, write_candidates
+    from comcoco.matching.rules import DISTINCT_JACCARD
     from comcoco.matching.source import MatchOptions, match_source
     from comcoco.sources.refer import SourceError, load_source
 
@@ -80,6 +81,9 @@ def match(
             + (", or its images used up by --max-uses" if max_uses else "") + ")"
             + ("; --match-across-splits draws from every split" if options.within_splits else "")
         )
+    if summary["above_distinct"]:
+        typer.echo(f"{summary['above_distinct']} chosen backgrounds have expressions more similar than "
+                   f"{DISTINCT_JACCARD} to their object's: their cluster has no less similar image")
     if src.problems:
         typer.echo(f"source has {len(src.problems)} problems (see `comcoco inspect`)", err=True)
 

@@ -122,7 +122,10 @@ def read_candidates_params(path: str | Path) -> dict[str, Any] | None:
 
 
 def match_summary(refs: Sequence[Ref], candidates: Sequence[Candidate], k: int) -> dict[str, int]:
-    """Counts for reports: refs, candidate rows, refs with fewer than ``k`` and with none."""
+    """Counts for reports: refs, candidate rows, refs with fewer than ``k`` and with none, distinct
+    backgrounds, and chosen backgrounds whose expressions are more similar than ``DISTINCT_JACCARD``."""
+    from comcoco.matching.rules import DISTINCT_JACCARD
+
     per_ref: dict[int, int] = {}
     for c in candidates:
         per_ref[c.ref_id] = per_ref.get(c.ref_id, 0) + 1
@@ -133,4 +136,5 @@ def match_summary(refs: Sequence[Ref], candidates: Sequence[Candidate], k: int) 
         "refs_short": sum(1 for n in counts if 0 < n < k),
         "refs_without": sum(1 for n in counts if n == 0),
         "backgrounds": len({c.bg_image_id for c in candidates}),
+        "above_distinct": sum(1 for c in candidates if c.similarity > DISTINCT_JACCARD),
     }

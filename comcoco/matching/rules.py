@@ -19,6 +19,10 @@ from comcoco.records import Annotation, Candidate, Ref, Sentence
 
 SIMILARITIES: tuple[str, ...] = ("max", "union")
 USAGE_ORDER_SALT = "usage-order"
+# Two expression sets whose largest pairwise Jaccard similarity is at most this are *distinct*: a
+# background is unlike its object (``match_summary`` counts chosen backgrounds above it), and targets
+# pasted into one composite must be distinct from each other (``comcoco.matching.targets``).
+DISTINCT_JACCARD = 0.5
 
 
 class MatchingError(ComcocoError, ValueError):
