@@ -23,12 +23,14 @@ import subprocess
 import sys
 import tempfile
 import time
+from dataclasses import replace
 from pathlib import Path
 
 import numpy as np
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
+from comcoco.ids import stable_hash64  # noqa: E402
 from comcoco.matching.clusters import CLUSTERS  # noqa: E402
 from comcoco.matching.scene import (  # noqa: E402
     match_backgrounds,
@@ -36,7 +38,9 @@ from comcoco.matching.scene import (  # noqa: E402
     reference_match,
     write_candidates,
 )
-from comcoco.records import Annotation, Ref, Sentence  # noqa: E402
+from comcoco.records import Annotation, ImageInfo, Ref, Sentence  # noqa: E402
+from comcoco.sources.images import polygon_area  # noqa: E402
+from comcoco.sources.refer import COCO_CATEGORIES, write_source  # noqa: E402
 
 FULL = {"images": 19_992, "refs": 49_856, "sentences": 141_564, "vocab": 10_000}
 
@@ -106,6 +110,75 @@ def generate(
                 ref_id += 1
             ann_id += 1
     return refs, anns
+
+
+COCO_SIZES = ((640, 480), (640, 427), (480, 640), (640, 426), (500, 375), (640, 360), (612, 612), (427, 640))
+
+
+def _polygon(rng: np.random.Generator, w: int, h: int) -> list[float]:
+    """A star-shaped COCO-like polygon: about 25 points (log-normal), two decimals, inside the image."""
+    n = int(np.clip(rng.lognormal(3.1, 0.55), 4, 200))
+    cx, cy = rng.uniform(0.1 * w, 0.9 * w), rng.uniform(0.1 * h, 0.9 * h)
+    radius = min(w, h) * float(np.exp(rng.uniform(np.log(0.02), np.log(0.4))))
+    theta = np.sort(rng.uniform(0.0, 2.0 * np.pi, n))
+    r = radius * rng.uniform(0.5, 1.0, n)
+    xs = np.clip(cx + r * np.cos(theta), 0.0, w - 0.01)
+    ys = np.clip(cy + r * np.sin(theta), 0.0, h - 0.01)
+    return np.round(np.stack([xs, ys], axis=1).reshape(-1), 2).tolist()
+
+
+def _crowd_rle(rng: np.random.Generator, w: int, h: int) -> dict:
+    """An uncompressed RLE of a crowd region, as COCO stores iscrowd annotations."""
+    cuts = np.sort(rng.choice(h * w, size=2 * int(rng.integers(20, 400)), replace=False))
+    counts = np.diff(np.concatenate([[0], cuts, [h * w]]))
+    return {"counts": counts.tolist(), "size": [h, w]}
+
+
+def with_geometry(
+    refs: list[Ref], anns: list[Annotation], seed: int
+) -> tuple[list[ImageInfo], list[Annotation]]:
+    """COCO-like images and real geometry for ``generate``'s annotations (matching never reads it).
+
+    Polygons of about 25 points (one in ten annotations has two parts); about 1 % of the
+    annotations nobody refers to are crowd regions stored as uncompressed RLE, as in COCO.
+    """
+    rng = np.random.default_rng([seed, 1])
+    sizes: dict[int, tuple[int, int]] = {}
+    for a in anns:
+        if a.image_id not in sizes:
+            sizes[a.image_id] = COCO_SIZES[int(rng.integers(len(COCO_SIZES)))]
+    images = [
+        ImageInfo(i, f"COCO_train2014_{i:012d}.jpg", w, h,
+                  extra={"license": int(rng.integers(1, 9)), "coco_url": f"http://images.cocodataset.org/train2014/COCO_train2014_{i:012d}.jpg",
+                         "date_captured": "2013-11-14 16:28:13", "flickr_url": f"http://farm4.staticflickr.com/{i}.jpg"})
+        for i, (w, h) in sorted(sizes.items())
+    ]  # fmt: skip
+    referred = {r.ann_id for r in refs}
+    out: list[Annotation] = []
+    for a in anns:
+        w, h = sizes[a.image_id]
+        if a.ann_id not in referred and rng.random() < 0.01:
+            seg: object = _crowd_rle(rng, w, h)
+            box = (0.0, 0.0, float(w), float(h))
+            area, crowd = float(w * h) / 3.0, 1
+        else:
+            seg = [_polygon(rng, w, h) for _ in range(2 if rng.random() < 0.1 else 1)]
+            xs = [v for poly in seg for v in poly[0::2]]
+            ys = [v for poly in seg for v in poly[1::2]]
+            box = (min(xs), min(ys), round(max(xs) - min(xs), 2), round(max(ys) - min(ys), 2))
+            area, crowd = float(polygon_area(seg[0])), 0
+        out.append(Annotation(a.ann_id, a.image_id, a.category_id, box, area, crowd, seg))
+    return images, out
+
+
+def write_refer_source(root: Path, scale: float, seed: int, vocab: int) -> Path:
+    """A REFER-format source (refs pickle + instances.json, no image files) from ``generate``."""
+    refs, anns = generate(scale, seed, vocab)
+    images, anns = with_geometry(refs, anns, seed)
+    splits = ("train",) * 17 + ("val",) * 2 + ("testA", "testB")
+    refs = [replace(r, split=splits[stable_hash64(seed, "bench-split", r.image_id) % len(splits)]) for r in refs]
+    write_source(root, refs, images, anns, COCO_CATEGORIES)
+    return root
 
 
 def _peak_rss_mib() -> float:

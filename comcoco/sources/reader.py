@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import numbers
 import os
+import threading
 from collections.abc import Iterable, Mapping
 from pathlib import Path
 from typing import Any
@@ -19,6 +20,7 @@ import numpy as np
 from pycocotools import mask as mask_utils
 
 from comcoco.records import Annotation, Category, ImageInfo, Problem, Ref
+from comcoco.sources.allocation import long_lived, paused_gc
 from comcoco.sources.format import (
     DEFAULT_DATASET,
     DEFAULT_IMAGE_SUBDIR,
@@ -27,16 +29,18 @@ from comcoco.sources.format import (
     SourceError,
 )
 from comcoco.sources.images import segmentation_rles
+from comcoco.sources.index import build_index, find_problems
 from comcoco.sources.parse import (
-    annotation_record,
+    annotation_records,
     as_int,
-    category_record,
-    image_record,
+    category_records,
+    image_records,
     is_map,
     load_json,
-    ref_record,
+    prepare_ref_records,
 )
-from comcoco.sources.safe_pickle import load_plain_pickle
+from comcoco.sources.parse import ref_records as parse_ref_records
+from comcoco.sources.safe_pickle import all_plain, check_plain, unpickle_restricted
 
 # --- id arguments ------------------------------------------------------------------------------
 
@@ -73,6 +77,27 @@ def _lookup(table: Mapping[int, Any], key: Any, what: str) -> Any:
 
 # --- the source --------------------------------------------------------------------------------
 
+_TABLES = ("Imgs", "Cats", "Anns", "imgToAnns", "Refs", "imgToRefs", "refToAnn", "annToRef", "catToRefs",
+           "Sents", "sentToRef", "sentToTokens")
+
+
+class _Table:
+    """One of REFER's index tables, built with all the others the first time any is read.
+
+    Only the REFER API needs them (the build stages use the typed records), so a source that is
+    only matched or inspected never pays for them. Once built they are plain instance attributes.
+    """
+
+    def __set_name__(self, owner: type, name: str) -> None:
+        self.name = name
+
+    def __get__(self, obj: Any, objtype: type | None = None) -> Any:
+        if obj is None:
+            return self
+        obj._build_tables()
+        return obj.__dict__[self.name]
+
+
 
 class ReferSource:
     """A loaded REFER-format source: REFER's index and methods plus typed records.
@@ -92,6 +117,7 @@ class ReferSource:
         image_dir: Path,
         refs_file: Path,
         instances_file: Path,
+        ref_records: list[Ref | None] | None = None,
     ):
         self.dataset = dataset
         self.split_by = split_by
@@ -109,107 +135,55 @@ class ReferSource:
         }
         self.info: Any = instances.get("info", {})
         self.licenses: Any = instances.get("licenses", [])
-        self.problems: list[Problem] = []
-        self._create_index()
+        with paused_gc():
+            self._create_index(ref_records)
 
     # -- index --------------------------------------------------------------------------------
 
-    def _problem(self, kind: str, file: Path, id_: int | str | None, message: str) -> None:
-        self.problems.append(Problem(kind=kind, file=str(file), id=id_, message=message))
+    def _create_index(self, ref_records: list[Ref | None] | None) -> None:
+        """Typed records (instances first, then refs, so errors come in that order) and the problems.
 
-    def _create_index(self) -> None:
-        inst = self.instances_file
-        self._images = [image_record(r, i, inst) for i, r in enumerate(self.data["images"])]
-        self._annotations = [annotation_record(r, i, inst) for i, r in enumerate(self.data["annotations"])]
-        self._categories = [category_record(r, i, inst) for i, r in enumerate(self.data["categories"])]
-        self._refs = [ref_record(r, i, self.refs_file) for i, r in enumerate(self.data["refs"])]
-        self._index_instances()
-        self._index_refs()
+        ``ref_records`` are refs already built by :func:`prepare_ref_records` (None where a ref
+        needs the per-record path). REFER's tables are built on first use (see ``_Table``).
+        """
+        inst, data = self.instances_file, self.data
+        self._images = image_records(data["images"], inst)
+        self._annotations = annotation_records(data["annotations"], inst)
+        self._categories = category_records(data["categories"], inst)
+        self._refs = parse_ref_records(data["refs"], self.refs_file, ref_records)
+        self._image_by_id = {r.image_id: r for r in self._images}
+        self._category_by_id = {r.id: r for r in self._categories}
+        self._annotation_by_id = {r.ann_id: r for r in self._annotations}
+        self._ref_by_id = {r.ref_id: r for r in self._refs}
+        self.problems: list[Problem] = find_problems(
+            data, self._images, self._annotations, self._categories, self._refs,
+            refs_file=self.refs_file, instances_file=inst,
+        )
+        self._tables_lock = threading.Lock()
 
-    def _index_instances(self) -> None:
-        inst = self.instances_file
-        self.Imgs: dict[int, dict[str, Any]] = {}
-        self._image_by_id: dict[int, ImageInfo] = {}
-        for raw, rec in zip(self.data["images"], self._images, strict=True):
-            if rec.image_id in self.Imgs:
-                self._problem("duplicate_image_id", inst, rec.image_id, f"image id {rec.image_id} appears twice")
-            self.Imgs[rec.image_id] = raw
-            self._image_by_id[rec.image_id] = rec
+    def _build_tables(self) -> None:
+        """REFER's tables, all at once, the first time one of them is read."""
+        with self._tables_lock:
+            if "Refs" in self.__dict__:
+                return
+            with long_lived():
+                ix = build_index(self.data, self._images, self._annotations, self._categories, self._refs,
+                                 refs_file=self.refs_file, instances_file=self.instances_file)
+            for name in _TABLES:
+                self.__dict__[name] = getattr(ix, name)
 
-        self.Cats: dict[int, str] = {}
-        self._category_by_id: dict[int, Category] = {}
-        for rec in self._categories:
-            if rec.id in self.Cats:
-                self._problem("duplicate_category_id", inst, rec.id, f"category id {rec.id} appears twice")
-            self.Cats[rec.id] = rec.name
-            self._category_by_id[rec.id] = rec
-
-        self.Anns: dict[int, dict[str, Any]] = {}
-        self.imgToAnns: dict[int, list[dict[str, Any]]] = {}
-        self._annotation_by_id: dict[int, Annotation] = {}
-        for raw, rec in zip(self.data["annotations"], self._annotations, strict=True):
-            if rec.ann_id in self.Anns:
-                self._problem("duplicate_annotation_id", inst, rec.ann_id, f"annotation id {rec.ann_id} appears twice")
-            if rec.image_id not in self.Imgs:
-                self._problem(
-                    "orphan_annotation", inst, rec.ann_id,
-                    f"annotation {rec.ann_id} belongs to image {rec.image_id}, which is not in images",
-                )
-            self.Anns[rec.ann_id] = raw
-            self._annotation_by_id[rec.ann_id] = rec
-            self.imgToAnns.setdefault(rec.image_id, []).append(raw)
-
-    def _index_refs(self) -> None:
-        refs_file = self.refs_file
-        self.Refs: dict[int, dict[str, Any]] = {}
-        self.imgToRefs: dict[int, list[dict[str, Any]]] = {}
-        self.refToAnn: dict[int, dict[str, Any]] = {}
-        self.annToRef: dict[int, dict[str, Any]] = {}
-        self.catToRefs: dict[int, list[dict[str, Any]]] = {}
-        self.Sents: dict[int, dict[str, Any]] = {}
-        self.sentToRef: dict[int, dict[str, Any]] = {}
-        self.sentToTokens: dict[int, list[str]] = {}
-        self._ref_by_id: dict[int, Ref] = {}
-        for raw, rec in zip(self.data["refs"], self._refs, strict=True):
-            rid = rec.ref_id
-            if rid in self.Refs:
-                self._problem("duplicate_ref_id", refs_file, rid, f"ref id {rid} appears twice")
-            self.Refs[rid] = raw
-            self._ref_by_id[rid] = rec
-            self.imgToRefs.setdefault(rec.image_id, []).append(raw)
-            self.catToRefs.setdefault(rec.category_id, []).append(raw)
-            if rec.image_id not in self.Imgs:
-                self._problem("missing_image", refs_file, rid, f"ref {rid} points to image {rec.image_id}, not in instances.json")
-            if rec.category_id not in self.Cats:
-                self._problem("unknown_category", refs_file, rid, f"ref {rid} has category {rec.category_id}, not in instances.json")
-            ann = self._annotation_by_id.get(rec.ann_id)
-            if ann is None:
-                self._problem(
-                    "missing_annotation", refs_file, rid,
-                    f"ref {rid} points to annotation {rec.ann_id}, not in instances.json",
-                )
-            else:
-                self.refToAnn[rid] = self.Anns[rec.ann_id]
-                self.annToRef[rec.ann_id] = raw
-                if ann.image_id != rec.image_id:
-                    self._problem(
-                        "annotation_image_mismatch", refs_file, rid,
-                        f"ref {rid} says image {rec.image_id} but annotation {ann.ann_id} is on image {ann.image_id}",
-                    )
-                if ann.category_id != rec.category_id:
-                    self._problem(
-                        "category_mismatch", refs_file, rid,
-                        f"ref {rid} says category {rec.category_id} but annotation {ann.ann_id} has {ann.category_id}",
-                    )
-            raw_ids = raw.get("sent_ids")
-            if raw_ids is not None and list(raw_ids) != list(rec.sent_ids):
-                self._problem("sent_ids_mismatch", refs_file, rid, f"ref {rid}: sent_ids do not match its sentences")
-            for raw_sent, sent in zip(raw["sentences"], rec.sentences, strict=True):
-                if sent.sent_id in self.Sents:
-                    self._problem("duplicate_sent_id", refs_file, sent.sent_id, f"sent id {sent.sent_id} appears twice")
-                self.Sents[sent.sent_id] = raw_sent
-                self.sentToRef[sent.sent_id] = raw
-                self.sentToTokens[sent.sent_id] = raw_sent.get("tokens", list(sent.tokens))
+    Imgs = _Table()
+    Cats = _Table()
+    Anns = _Table()
+    imgToAnns = _Table()
+    Refs = _Table()
+    imgToRefs = _Table()
+    refToAnn = _Table()
+    annToRef = _Table()
+    catToRefs = _Table()
+    Sents = _Table()
+    sentToRef = _Table()
+    sentToTokens = _Table()
 
     # -- REFER methods ------------------------------------------------------------------------
 
@@ -376,25 +350,46 @@ def load_source(
     if not instances_file.is_file():
         raise SourceError(f"{instances_file}: instances file not found")
 
-    refs = load_plain_pickle(refs_file) if refs_file.suffix == ".p" else load_json(refs_file)
-    if not isinstance(refs, list):
-        raise SourceError(f"{refs_file}: expected a list of refs, got {type(refs).__name__}")
-    instances = load_json(instances_file)
-    if not isinstance(instances, dict):
-        raise SourceError(f"{instances_file}: expected a JSON object, got {type(instances).__name__}")
-    for key in ("images", "annotations", "categories"):
-        if not isinstance(instances.get(key), list):
-            raise SourceError(f"{instances_file}: missing or non-list {key!r}")
+    with long_lived():
+        refs, prepared = _read_refs(refs_file)
+        instances = load_json(instances_file)
+        if not isinstance(instances, dict):
+            raise SourceError(f"{instances_file}: expected a JSON object, got {type(instances).__name__}")
+        for key in ("images", "annotations", "categories"):
+            if not isinstance(instances.get(key), list):
+                raise SourceError(f"{instances_file}: missing or non-list {key!r}")
+        image_dir = Path(images) if images is not None else root / DEFAULT_IMAGE_SUBDIR
+        return ReferSource(
+            refs,
+            instances,
+            root=root,
+            dataset=dataset,
+            split_by=split_by,
+            image_dir=image_dir,
+            refs_file=refs_file,
+            instances_file=instances_file,
+            ref_records=prepared,
+        )
 
-    image_dir = Path(images) if images is not None else root / DEFAULT_IMAGE_SUBDIR
-    return ReferSource(
-        refs,
-        instances,
-        root=root,
-        dataset=dataset,
-        split_by=split_by,
-        image_dir=image_dir,
-        refs_file=refs_file,
-        instances_file=instances_file,
-    )
+
+def _read_refs(refs_file: Path) -> tuple[list[Any], list[Ref | None] | None]:
+    """The refs list and its prepared records; a pickle is refused unless it is plain builtins only.
+
+    The prepared records already prove most of a REFER pickle plain (exact ints, strings and lists
+    of strings), so only what they left out is checked, or the whole tree when some ref took the
+    per-record path: the same refusals as :func:`load_plain_pickle`, at a fraction of the cost.
+    """
+    if refs_file.suffix != ".p":
+        refs = load_json(refs_file)
+        if not isinstance(refs, list):
+            raise SourceError(f"{refs_file}: expected a list of refs, got {type(refs).__name__}")
+        return refs, prepare_ref_records(refs)[0]
+    refs = unpickle_restricted(refs_file)
+    if type(refs) is not list:
+        check_plain(refs, refs_file)
+        raise SourceError(f"{refs_file}: expected a list of refs, got {type(refs).__name__}")
+    prepared, loose = prepare_ref_records(refs)
+    if None in prepared or not all_plain(loose):
+        check_plain(refs, refs_file)  # refuses, naming the first offending type of the whole tree
+    return refs, prepared
 
