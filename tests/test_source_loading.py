@@ -34,7 +34,7 @@ from comcoco.sources.parse import (
     ref_record,
     ref_records,
 )
-from comcoco.sources.reader import _read_refs
+from comcoco.sources.raw import read_refs
 from comcoco.sources.refer import load_plain_pickle, load_source, write_source
 from comcoco.sources.safe_pickle import _first_not_plain, all_plain, check_plain
 
@@ -264,7 +264,7 @@ def test_refs_pickle_refusals_match_load_plain_pickle(tmp_path: Path, refs: list
     except UnsafePickleError as exc:
         expected = ("refused", str(exc))
     try:
-        got: Any = ("ok", _read_refs(path)[0])
+        got: Any = ("ok", read_refs(path)[0])
     except UnsafePickleError as exc:
         got = ("refused", str(exc))
     assert got == expected
@@ -292,7 +292,7 @@ def test_objects_hidden_outside_the_record_fields_are_refused_as_by_load_plain_p
         except UnsafePickleError as exc:
             expected = ("refused", str(exc))
         try:
-            got: Any = ("ok", _read_refs(path)[0])
+            got: Any = ("ok", read_refs(path)[0])
         except UnsafePickleError as exc:
             got = ("refused", str(exc))
         assert got == expected, (n, refs)

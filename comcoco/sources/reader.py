@@ -30,17 +30,26 @@ from comcoco.sources.format import (
 )
 from comcoco.sources.images import segmentation_rles
 from comcoco.sources.index import build_index, find_problems
+from comcoco.sources.index_cache import (
+    MIN_SOURCE_BYTES,
+    CachedSource,
+    CacheMiss,
+    Fingerprint,
+    NotCacheable,
+    cache_location,
+    fingerprint,
+    read_cache,
+    write_cache,
+)
 from comcoco.sources.parse import (
     annotation_records,
     as_int,
     category_records,
     image_records,
     is_map,
-    load_json,
-    prepare_ref_records,
 )
 from comcoco.sources.parse import ref_records as parse_ref_records
-from comcoco.sources.safe_pickle import all_plain, check_plain, unpickle_restricted
+from comcoco.sources.raw import read_instances, read_refs
 
 # --- id arguments ------------------------------------------------------------------------------
 
@@ -97,6 +106,19 @@ class _Table:
         obj._build_tables()
         return obj.__dict__[self.name]
 
+
+
+class _RawData:
+    """``ReferSource.data`` of a source built from its index cache: the files, read on first use.
+
+    The typed records come from the cache; REFER's raw dicts are only needed by the REFER API.
+    """
+
+    def __get__(self, obj: Any, objtype: type | None = None) -> Any:
+        if obj is None:
+            return self
+        obj._load_data()
+        return obj.__dict__["data"]
 
 
 class ReferSource:
@@ -159,7 +181,7 @@ class ReferSource:
             data, self._images, self._annotations, self._categories, self._refs,
             refs_file=self.refs_file, instances_file=inst,
         )
-        self._tables_lock = threading.Lock()
+        self._tables_lock = threading.RLock()
 
     def _build_tables(self) -> None:
         """REFER's tables, all at once, the first time one of them is read."""
@@ -171,6 +193,49 @@ class ReferSource:
                                  refs_file=self.refs_file, instances_file=self.instances_file)
             for name in _TABLES:
                 self.__dict__[name] = getattr(ix, name)
+
+    data = _RawData()
+
+    @classmethod
+    def _from_cache(
+        cls, cached: CachedSource, fp: Fingerprint, *, root: Path, dataset: str, split_by: str, image_dir: Path,
+        refs_file: Path, instances_file: Path,
+    ) -> ReferSource:
+        """A source whose records and problems come from its index cache (``data`` is read on first use)."""
+        self = cls.__new__(cls)
+        self.dataset, self.split_by = dataset, split_by
+        self.refs_file, self.instances_file = refs_file, instances_file
+        self.ROOT_DIR, self.DATA_DIR, self.IMAGE_DIR = str(root), str(root / dataset), str(image_dir)
+        self.info, self.licenses = cached.info, cached.licenses
+        self._images, self._annotations = cached.images, cached.annotations
+        self._categories, self._refs = cached.categories, cached.refs
+        self._image_by_id = {r.image_id: r for r in self._images}
+        self._category_by_id = {r.id: r for r in self._categories}
+        self._annotation_by_id = {r.ann_id: r for r in self._annotations}
+        self._ref_by_id = {r.ref_id: r for r in self._refs}
+        self.problems = cached.problems
+        self._tables_lock = threading.RLock()
+        self._fingerprint = fp
+        return self
+
+    def _load_data(self) -> None:
+        """Read REFER's raw dicts from the files this source was built from (they must be unchanged)."""
+        with self._tables_lock:
+            if "data" in self.__dict__:
+                return
+            with long_lived():
+                fp, refs_bytes, inst_bytes = _fingerprint(self.refs_file, self.instances_file, keep=True)
+                if not fp.same_content(self._fingerprint):
+                    raise SourceError(f"{self.refs_file.parent}: the source files changed after it was loaded; load it again")
+                refs, _ = read_refs(self.refs_file, refs_bytes)
+                instances = read_instances(self.instances_file, inst_bytes)
+            self.__dict__["data"] = {
+                "dataset": self.dataset,
+                "refs": refs,
+                "images": instances["images"],
+                "annotations": instances["annotations"],
+                "categories": instances["categories"],
+            }
 
     Imgs = _Table()
     Cats = _Table()
@@ -334,11 +399,15 @@ def load_source(
     dataset: str = DEFAULT_DATASET,
     split_by: str = DEFAULT_SPLIT_BY,
     images: str | os.PathLike[str] | None = None,
+    *,
+    cache_dir: str | os.PathLike[str] | None = None,
 ) -> ReferSource:
     """Read ``ROOT/<dataset>/refs(<split_by>).p`` (or ``.json``) and ``ROOT/<dataset>/instances.json``.
 
     Raises :class:`SourceError` (or :class:`UnsafePickleError`) naming the file when the source is
-    unusable; non-fatal defects end up in ``source.problems``.
+    unusable; non-fatal defects end up in ``source.problems``. A source that loads is remembered in
+    the index cache (``cache_dir``; see :mod:`comcoco.sources.index_cache`), and a later load of the
+    same, unchanged files builds the same records and problems from there.
     """
     root = Path(root)
     if not root.is_dir():
@@ -349,47 +418,37 @@ def load_source(
         raise SourceError(f"{refs_file}: refs file not found (nor refs({split_by}).json)")
     if not instances_file.is_file():
         raise SourceError(f"{instances_file}: instances file not found")
+    image_dir = Path(images) if images is not None else root / DEFAULT_IMAGE_SUBDIR
+    where = {"root": root, "dataset": dataset, "split_by": split_by, "image_dir": image_dir,
+             "refs_file": refs_file, "instances_file": instances_file}  # fmt: skip
 
+    directory, explicit = cache_location(cache_dir)
+    use_cache = directory is not None and (
+        explicit or refs_file.stat().st_size + instances_file.stat().st_size >= MIN_SOURCE_BYTES
+    )
+    fp = refs_bytes = inst_bytes = None
     with long_lived():
-        refs, prepared = _read_refs(refs_file)
-        instances = load_json(instances_file)
-        if not isinstance(instances, dict):
-            raise SourceError(f"{instances_file}: expected a JSON object, got {type(instances).__name__}")
-        for key in ("images", "annotations", "categories"):
-            if not isinstance(instances.get(key), list):
-                raise SourceError(f"{instances_file}: missing or non-list {key!r}")
-        image_dir = Path(images) if images is not None else root / DEFAULT_IMAGE_SUBDIR
-        return ReferSource(
-            refs,
-            instances,
-            root=root,
-            dataset=dataset,
-            split_by=split_by,
-            image_dir=image_dir,
-            refs_file=refs_file,
-            instances_file=instances_file,
-            ref_records=prepared,
-        )
+        if use_cache:
+            try:
+                fp = _fingerprint(refs_file, instances_file)[0]
+                return ReferSource._from_cache(read_cache(directory, fp, refs_file, instances_file), fp, **where)
+            except CacheMiss:  # read the files once more, and cache what those very bytes give
+                fp, refs_bytes, inst_bytes = _fingerprint(refs_file, instances_file, keep=True)
+        refs, prepared = read_refs(refs_file, refs_bytes)
+        instances = read_instances(instances_file, inst_bytes)
+        del refs_bytes, inst_bytes
+        source = ReferSource(refs, instances, ref_records=prepared, **where)
+    if fp is not None:
+        with paused_gc():
+            try:
+                write_cache(directory, fp, source)
+            except (OSError, NotCacheable):
+                pass  # the cache only saves time; a source that cannot be cached still loads
+    return source
 
 
-def _read_refs(refs_file: Path) -> tuple[list[Any], list[Ref | None] | None]:
-    """The refs list and its prepared records; a pickle is refused unless it is plain builtins only.
-
-    The prepared records already prove most of a REFER pickle plain (exact ints, strings and lists
-    of strings), so only what they left out is checked, or the whole tree when some ref took the
-    per-record path: the same refusals as :func:`load_plain_pickle`, at a fraction of the cost.
-    """
-    if refs_file.suffix != ".p":
-        refs = load_json(refs_file)
-        if not isinstance(refs, list):
-            raise SourceError(f"{refs_file}: expected a list of refs, got {type(refs).__name__}")
-        return refs, prepare_ref_records(refs)[0]
-    refs = unpickle_restricted(refs_file)
-    if type(refs) is not list:
-        check_plain(refs, refs_file)
-        raise SourceError(f"{refs_file}: expected a list of refs, got {type(refs).__name__}")
-    prepared, loose = prepare_ref_records(refs)
-    if None in prepared or not all_plain(loose):
-        check_plain(refs, refs_file)  # refuses, naming the first offending type of the whole tree
-    return refs, prepared
-
+def _fingerprint(refs_file: Path, instances_file: Path, keep: bool = False) -> tuple[Fingerprint, bytes | None, bytes | None]:
+    try:
+        return fingerprint(refs_file, instances_file, keep)
+    except OSError as exc:
+        raise SourceError(f"{exc.filename}: cannot read ({exc.strerror or exc})") from None
