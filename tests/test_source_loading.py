@@ -450,3 +450,77 @@ def test_loading_freezes_the_source_and_leaves_the_collector_on(tmp_path: Path) 
     finally:
         gc.enable()
         gc.unfreeze()
+
+
+# --- inspect's geometry checks in bulk ----------------------------------------------------------------
+
+COORD = st.one_of(
+    st.floats(-10, 700, allow_nan=False), st.integers(-10, 700),
+    st.sampled_from([math.nan, math.inf, -math.inf, True, "3", None, 1e308, 2**80]),
+)  # fmt: skip
+
+
+@st.composite
+def polygon(draw: Any) -> Any:
+    kind = draw(st.integers(0, 9))
+    if kind == 0:  # collinear: zero area in exact arithmetic, rounding noise in floating point
+        a, b = draw(st.floats(0, 50)), draw(st.floats(0.1, 3))
+        xs = draw(st.lists(st.floats(0, 600), min_size=3, max_size=6))
+        return [v for x in xs for v in (x, a + b * x)]
+    if kind == 1:
+        return draw(st.tuples(COORD, COORD)) if draw(st.booleans()) else draw(VALUES)
+    return draw(st.lists(COORD if kind == 2 else st.floats(0, 640, allow_nan=False), max_size=14))
+
+
+@settings(max_examples=300, deadline=None, suppress_health_check=[HealthCheck.too_slow])
+@given(st.lists(st.lists(polygon(), max_size=3) | st.just({"counts": "ab", "size": [4, 4]}), max_size=6),
+       st.lists(st.tuples(NUMBER, NUMBER, NUMBER, NUMBER), min_size=6, max_size=6))
+def test_bulk_geometry_checks_report_what_one_by_one_checks_report(segs: list[Any], boxes: list[Any]) -> None:
+    from comcoco.sources.validate import _bbox_suspects, _bulk_polygon_problems, annotation_problems
+
+    anns = [Annotation(i, 1 + i % 2, 1, tuple(float(v) if not isinstance(v, str | None) else 1.0 for v in box), 1.0, 0, seg)
+            for i, (seg, box) in enumerate(zip(segs, boxes, strict=False))]  # fmt: skip
+    images = {1: ImageInfo(1, "a.jpg", 640, 480)}
+    bulk = _bulk_polygon_problems(anns, "i.json")
+    suspects = _bbox_suspects(anns, images)
+    for ann, found, suspect in zip(anns, bulk, suspects, strict=True):
+        reference = annotation_problems(ann, images.get(ann.image_id), "i.json")
+        assert annotation_problems(ann, images.get(ann.image_id), "i.json", polygon_problems=found) == reference
+        if found == [] and not suspect:
+            assert reference == []
+
+
+EDGE_SEGMENTATIONS = [
+    [[0.0, 0.0, 10.0, 0.0, math.nan, 5.0]],
+    [[0.0, 0.0, 10.0, 0.0, 10.0, math.inf]],
+    [[0.0, 0.0, 10.0, 0.0, 10.0, 5.0], [1.0, 1.0, 2.0, 2.0, 3.0, 3.0]],  # second one collinear
+    [[0, 0, 1, 1, 2, 2]],
+    [[0.1, 0.2, 0.2, 0.4, 0.3, 0.6, 0.7, 1.4]],
+    [[1e308, 1e308, -1e308, 1e308, 0.0, -1e308]],  # terms overflow to inf
+    [[5.0, 5.0, 5.0, 5.0, 5.0, 5.0]],
+    [[0.0, 0.0, 4.0, 0.0, 4.0, 4.0, 0.0, 4.0]],
+    [[0.0, 0.0, 4.0]],
+    [[]],
+    [],
+    [[2**80, 0, 0, 0, 0, 2**80]],
+]
+EDGE_BOXES = [(0.0, 0.0, 641.0, 10.0), (0.0, 0.0, 641.0000000001, 10.0), (-1.0, -1.0, 5.0, 5.0),
+              (-1.0000001, 0.0, 5.0, 5.0), (639.0, 479.0, 2.0, 2.0), (0.0, 0.0, 0.0, 5.0), (0.0, 0.0, math.inf, 1.0),
+              (math.nan, 0.0, 1.0, 1.0), (1.0, 470.0, 5.0, 11.0), (1.0, 470.0, 5.0, 11.0000001)]  # fmt: skip
+
+
+def test_bulk_geometry_checks_on_edge_cases() -> None:
+    from comcoco.sources.validate import _bbox_suspects, _bulk_polygon_problems, annotation_problems
+
+    images = {1: ImageInfo(1, "a.jpg", 640, 480)}
+    anns = [Annotation(i * 100 + j, 1 if j % 3 else 2, 1, box, 1.0, 0, seg)
+            for i, seg in enumerate(EDGE_SEGMENTATIONS) for j, box in enumerate(EDGE_BOXES)]  # fmt: skip
+    bulk = _bulk_polygon_problems(anns, "i.json")
+    suspects = _bbox_suspects(anns, images)
+    kinds = set()
+    for ann, found, suspect in zip(anns, bulk, suspects, strict=True):
+        reference = annotation_problems(ann, images.get(ann.image_id), "i.json")
+        assert annotation_problems(ann, images.get(ann.image_id), "i.json", polygon_problems=found) == reference, ann
+        assert suspect or found is None or found or reference == [], ann
+        kinds |= {p.kind for p in reference}
+    assert kinds == {"invalid_segmentation", "degenerate_polygon", "empty_polygon", "degenerate_bbox", "bbox_outside_image"}
