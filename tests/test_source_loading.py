@@ -509,8 +509,11 @@ EDGE_BOXES = [(0.0, 0.0, 641.0, 10.0), (0.0, 0.0, 641.0000000001, 10.0), (-1.0, 
               (math.nan, 0.0, 1.0, 1.0), (1.0, 470.0, 5.0, 11.0), (1.0, 470.0, 5.0, 11.0000001)]  # fmt: skip
 
 
-def test_bulk_geometry_checks_on_edge_cases() -> None:
+@pytest.mark.parametrize("batch", [3, 8192])
+def test_bulk_geometry_checks_on_edge_cases(batch: int, monkeypatch: pytest.MonkeyPatch) -> None:
     from comcoco.sources.validate import _bbox_suspects, _bulk_polygon_problems, annotation_problems
+
+    monkeypatch.setattr("comcoco.sources.validate._BATCH", batch)
 
     images = {1: ImageInfo(1, "a.jpg", 640, 480)}
     anns = [Annotation(i * 100 + j, 1 if j % 3 else 2, 1, box, 1.0, 0, seg)

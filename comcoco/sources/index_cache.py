@@ -78,17 +78,19 @@ class Fingerprint:
 
 
 def _read_stamped(path: Path, keep: bool) -> tuple[FileStamp, bytes | None]:
+    """Stamp of one file; with ``keep`` also its bytes (read whole), else hashed a block at a time."""
     digest = hashlib.sha256()
-    chunks: list[bytes] = []
     with open(path, "rb") as fh:
         st = os.fstat(fh.fileno())
+        if keep:
+            data: bytes | None = fh.read()
+            digest.update(data)
+            return FileStamp(len(data), st.st_mtime_ns, digest.hexdigest()), data
+        size = 0
         while block := fh.read(1 << 24):
             digest.update(block)
-            if keep:
-                chunks.append(block)
-    data = b"".join(chunks) if keep else None
-    size = len(data) if data is not None else st.st_size
-    return FileStamp(size, st.st_mtime_ns, digest.hexdigest()), data
+            size += len(block)
+    return FileStamp(size, st.st_mtime_ns, digest.hexdigest()), None
 
 
 def fingerprint(refs_file: Path, instances_file: Path, keep: bool = False) -> tuple[Fingerprint, bytes | None, bytes | None]:
@@ -291,10 +293,8 @@ def _segmentations(header: dict[str, Any], payload: memoryview, n: int) -> list[
         or (lengths < 0).any() or int(lengths.sum()) != len(coords) or int((~columnar).sum()) != len(other)
     ):  # fmt: skip
         raise CacheMiss("segmentation sections disagree")
-    flat = coords.tolist()
     ends = np.cumsum(lengths).tolist()
-    polys = [flat[a:b] for a, b in zip([0, *ends[:-1]], ends, strict=True)]
-    del flat
+    polys = [coords[a:b].tolist() for a, b in zip([0, *ends[:-1]], ends, strict=True)]  # no 10M-item list
     seg_ends = np.cumsum(np.maximum(n_polys, 0)).tolist()
     segs = [polys[a:b] for a, b in zip([0, *seg_ends[:-1]], seg_ends, strict=True)]
     if other:

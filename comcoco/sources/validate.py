@@ -169,22 +169,17 @@ def _simple_polygons(segmentations: list[Any]) -> list[bool]:
             for s, ok in zip(segmentations, shaped, strict=True)]
 
 
-def _bulk_polygon_problems(annotations: Sequence[Annotation], file: str) -> list[list[Problem] | None]:
-    """``_polygon_problems`` of every annotation with simple polygons, computed for all at once
-    (None for the other annotations, which are checked one by one).
+_BATCH = 8192  # annotations per numpy batch: keeps temporaries to a few MB
 
-    A RefCOCO+-size source has about 10 million polygon coordinates. numpy checks them for
-    finiteness and sums the shoelace terms; where a sum lies within rounding of zero, the area is
-    recomputed by ``polygon_area`` itself, so every verdict is the one-by-one verdict.
-    """
-    segs = [a.segmentation for a in annotations]
-    simple = _simple_polygons(segs)
-    polys = list(chain.from_iterable(s for s, ok in zip(segs, simple, strict=True) if ok))
+
+def _flag_polygons(polys: list[list[float | int]]) -> list[bool] | None:
+    """For each simple polygon, whether ``_polygon_problems`` could report it (None: an int beyond
+    float range, left to the one-by-one check)."""
     lengths = np.fromiter(map(len, polys), dtype=np.int64, count=len(polys))
     try:
         coords = np.fromiter(chain.from_iterable(polys), dtype=np.float64, count=int(lengths.sum()))
-    except OverflowError:  # an int beyond float range: leave every annotation to the one-by-one check
-        return [None] * len(annotations)
+    except OverflowError:
+        return None
     ends = np.cumsum(lengths)
     starts = ends - lengths
     nonfinite = np.concatenate([[0], np.cumsum(~np.isfinite(coords))])
@@ -207,19 +202,34 @@ def _bulk_polygon_problems(annotations: Sequence[Annotation], file: str) -> list
         for j in unsure.tolist():
             verdict[j] = polygon_area(polys[shaped_index[j]]) <= 0.0
         zero[shaped_index] = verdict
-    flagged = (invalid | (lengths == 0) | ~shaped | zero).tolist()
+    return (invalid | (lengths == 0) | ~shaped | zero).tolist()
+
+
+def _bulk_polygon_problems(annotations: Sequence[Annotation], file: str) -> list[list[Problem] | None]:
+    """``_polygon_problems`` of every annotation with simple polygons, computed in bulk (None for
+    the other annotations, which are checked one by one).
+
+    A RefCOCO+-size source has about 10 million polygon coordinates. numpy checks them for
+    finiteness and sums the shoelace terms; where a sum lies within rounding of zero, the area is
+    recomputed by ``polygon_area`` itself, so every verdict is the one-by-one verdict.
+    """
     out: list[list[Problem] | None] = []
-    at = 0
-    for ann, seg, ok in zip(annotations, segs, simple, strict=True):
-        if not ok:
-            out.append(None)
+    for lo in range(0, len(annotations), _BATCH):
+        batch = annotations[lo:lo + _BATCH]
+        segs = [a.segmentation for a in batch]
+        simple = _simple_polygons(segs)
+        flagged = _flag_polygons(list(chain.from_iterable(s for s, ok in zip(segs, simple, strict=True) if ok)))
+        if flagged is None:
+            out += [None] * len(batch)
             continue
-        n = len(seg)
-        if any(flagged[at:at + n]):
-            out.append(list(_polygon_problems(ann, file)))
-        else:
-            out.append([])
-        at += n
+        at = 0
+        for ann, seg, ok in zip(batch, segs, simple, strict=True):
+            if not ok:
+                out.append(None)
+                continue
+            n = len(seg)
+            out.append(list(_polygon_problems(ann, file)) if any(flagged[at:at + n]) else [])
+            at += n
     return out
 
 
