@@ -253,7 +253,8 @@ def test_refs_pickle_refusals_match_load_plain_pickle(tmp_path: Path, refs: list
             if where == 0:
                 target["hidden"] = bad
             elif where == 1:
-                target["sent_ids"] = [*bad, *target.get("sent_ids", [])]
+                ids = target.get("sent_ids")
+                target["sent_ids"] = [*bad, *ids] if isinstance(ids, list | tuple) else [*bad, ids]
             sentences = target.get("sentences")
             if where == 2 and isinstance(sentences, list) and sentences and isinstance(sentences[0], dict):
                 sentences[0]["hidden"] = bad[::-1]
@@ -426,7 +427,9 @@ def test_problems_found_without_the_tables_are_the_tables_problems(source: Any) 
 # --- the collector -----------------------------------------------------------------------------------
 
 
-def test_loading_freezes_the_source_and_leaves_the_collector_on(tmp_path: Path) -> None:
+def test_loading_freezes_the_source_and_leaves_the_collector_on(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setenv("COMCOCO_SOURCE_CACHE", "off")
+    monkeypatch.setattr("comcoco.sources.reader.MIN_SOURCE_BYTES", 1)  # treat this source as a large one
     sents = (Sentence(0, "Red hat", "red hat", ("red", "hat")),)
     root = write_source(tmp_path / "src", [Ref(0, 1, 1, 1, "train", sents)], [ImageInfo(1, "a.jpg", 8, 8)],
                         [Annotation(1, 1, 1, (0.0, 0.0, 4.0, 4.0), 16.0, 0, [[0.0, 0.0, 4.0, 0.0, 4.0, 4.0]])],
@@ -450,6 +453,14 @@ def test_loading_freezes_the_source_and_leaves_the_collector_on(tmp_path: Path) 
     finally:
         gc.enable()
         gc.unfreeze()
+
+
+def test_small_sources_are_not_frozen(tmp_path: Path) -> None:
+    """Freezing is for large sources: a test session loading many small ones must not pin garbage."""
+    root = write_source(tmp_path / "src", [], [], [], []).parent
+    frozen = gc.get_freeze_count()
+    load_source(root)
+    assert gc.isenabled() and gc.get_freeze_count() == frozen
 
 
 # --- inspect's geometry checks in bulk ----------------------------------------------------------------

@@ -7,10 +7,13 @@ after the load, each of the three generations would still traverse the whole sou
 None of these objects form reference cycles (they are freed by reference counting), so the
 collector has nothing to find in them.
 
-``paused_gc`` switches the collector off inside a block. ``long_lived`` also moves everything the
-block built into the collector's permanent generation (``gc.freeze``), which later collections
-skip; it first collects once, so that no garbage already waiting is frozen with them, and freezes
-nothing when the block fails.
+``paused_gc`` switches the collector off inside a block. ``long_lived(freeze=True)`` also moves
+everything the block built into the collector's permanent generation (``gc.freeze``), which later
+collections skip; it first collects once, so that no garbage already waiting is frozen with them,
+and freezes nothing when the block fails. Freezing is for large sources only: whatever else is
+alive at that moment is frozen too, and should it later die in a reference cycle it is never
+collected, a price worth paying once per process for millions of objects, not for every small
+source a long-running process (a test session) loads.
 """
 
 from __future__ import annotations
@@ -35,9 +38,14 @@ def paused_gc() -> Iterator[None]:
 
 
 @contextmanager
-def long_lived() -> Iterator[None]:
-    """Build objects that live as long as the process's source: collector off, then frozen."""
+def long_lived(freeze: bool = True) -> Iterator[None]:
+    """Build objects that live as long as the process's source: collector off, then (``freeze``,
+    outermost block only) frozen."""
     global _depth
+    if not freeze:
+        with paused_gc():
+            yield
+        return
     outermost = _depth == 0
     was_enabled = gc.isenabled()
     if outermost and was_enabled:

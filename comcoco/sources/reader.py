@@ -107,7 +107,6 @@ class _Table:
         return obj.__dict__[self.name]
 
 
-
 class _RawData:
     """``ReferSource.data`` of a source built from its index cache: the files, read on first use.
 
@@ -125,7 +124,9 @@ class ReferSource:
     """A loaded REFER-format source: REFER's index and methods plus typed records.
 
     Built by :func:`load_source`. Raw dicts (``Refs``, ``Anns``, ``Imgs``, ...) are exactly what the
-    files hold; the typed records (``refs()``, ``annotations()``, ...) are built once here.
+    files hold; the typed records (``refs()``, ``annotations()``, ...) and ``problems`` are built
+    once, at load (or taken from the index cache). REFER's tables are built when first read, and a
+    source from the cache reads its raw dicts (``data``) from the files then.
     """
 
     def __init__(
@@ -188,13 +189,14 @@ class ReferSource:
         with self._tables_lock:
             if "Refs" in self.__dict__:
                 return
-            with long_lived():
+            with long_lived(freeze=self._large):
                 ix = build_index(self.data, self._images, self._annotations, self._categories, self._refs,
                                  refs_file=self.refs_file, instances_file=self.instances_file)
             for name in _TABLES:
                 self.__dict__[name] = getattr(ix, name)
 
     data = _RawData()
+    _large = False  # set by load_source: whatever it builds later is frozen as the source was
 
     @classmethod
     def _from_cache(
@@ -223,7 +225,7 @@ class ReferSource:
         with self._tables_lock:
             if "data" in self.__dict__:
                 return
-            with long_lived():
+            with long_lived(freeze=self._large):
                 fp, refs_bytes, inst_bytes = _fingerprint(self.refs_file, self.instances_file, keep=True)
                 if not fp.same_content(self._fingerprint):
                     raise SourceError(f"{self.refs_file.parent}: the source files changed after it was loaded; load it again")
@@ -422,22 +424,24 @@ def load_source(
     where = {"root": root, "dataset": dataset, "split_by": split_by, "image_dir": image_dir,
              "refs_file": refs_file, "instances_file": instances_file}  # fmt: skip
 
+    large = refs_file.stat().st_size + instances_file.stat().st_size >= MIN_SOURCE_BYTES
     directory, explicit = cache_location(cache_dir)
-    use_cache = directory is not None and (
-        explicit or refs_file.stat().st_size + instances_file.stat().st_size >= MIN_SOURCE_BYTES
-    )
+    use_cache = directory is not None and (explicit or large)
     fp = refs_bytes = inst_bytes = None
-    with long_lived():
+    with long_lived(freeze=large):
         if use_cache:
             try:
                 fp = _fingerprint(refs_file, instances_file)[0]
-                return ReferSource._from_cache(read_cache(directory, fp, refs_file, instances_file), fp, **where)
+                source = ReferSource._from_cache(read_cache(directory, fp, refs_file, instances_file), fp, **where)
+                source._large = large
+                return source
             except CacheMiss:  # read the files once more, and cache what those very bytes give
                 fp, refs_bytes, inst_bytes = _fingerprint(refs_file, instances_file, keep=True)
         refs, prepared = read_refs(refs_file, refs_bytes)
         instances = read_instances(instances_file, inst_bytes)
         del refs_bytes, inst_bytes
         source = ReferSource(refs, instances, ref_records=prepared, **where)
+        source._large = large
     if fp is not None:
         with paused_gc():
             try:
