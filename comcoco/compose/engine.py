@@ -87,7 +87,7 @@ def _place(
     avoid: Sequence[tuple[int, int, int, int]],
     config: ComposeConfig,
     models: ComposeModels,
-    given_box: tuple[int, int, int, int] | None = None,
+    given: Sequence[float] | Placement | None = None,
 ) -> Placement:
     """Describe the object and the scene to ``comcoco.placement.place`` and return its placement."""
     from comcoco.placement.place import place
@@ -104,7 +104,7 @@ def _place(
         avoid=tuple(tuple(float(v) for v in b) for b in avoid),  # type: ignore[misc]
     )
     crop = crop_mask = None
-    if given_box is None and config.placement == "graconet":
+    if given is None and config.placement == "graconet":
         crop = np.ascontiguousarray(fg[ry : ry + rh, rx : rx + rw])
         if shape.polygons:
             local = [p - np.array([rx, ry], dtype=np.float64) for p in shape.polygons]
@@ -112,7 +112,10 @@ def _place(
         else:
             crop_mask = shape.mask.astype(np.uint8) * 255  # type: ignore[union-attr]
     return place(req, config.placement, seed=config.seed, key=plan.sample_id, k=config.placement_k,
-                 placer=models.placer, crop=crop, crop_mask=crop_mask, background=bg, given_box=given_box)
+                 placer=models.placer, crop=crop, crop_mask=crop_mask, background=bg,
+                 given_box=None if given is None or isinstance(given, Placement) else
+                 tuple(int(round(float(v))) for v in given),
+                 fixed=given if isinstance(given, Placement) else None)
 
 
 def _failed(row: SampleRow, status: str, reason: str) -> ComposedSample:
@@ -129,7 +132,7 @@ def _member(
     images: ImageCache,
     config: ComposeConfig,
     models: ComposeModels,
-    given: Sequence[float] | None,
+    given: Sequence[float] | Placement | None,
 ) -> tuple[ComposedSample, Cutout | None]:
     """Place, cut, paste and harmonize one object onto ``canvas`` (in place); a failure leaves the
     canvas as it was and returns the failure row with no cutout."""
@@ -148,8 +151,7 @@ def _member(
         return _failed(row, STATUS_BAD_SOURCE, f"ann {m.annotation.ann_id} of ref {m.candidate.ref_id} in image "
                                                f"{m.fg_image.image_id}: {exc}"), None
     try:
-        pl = _place(m, shape, fg, bg, group, avoid, config, models,
-                    None if given is None else tuple(int(round(float(v))) for v in given))  # type: ignore[arg-type]
+        pl = _place(m, shape, fg, bg, group, avoid, config, models, given)
         cut = cut_object(fg, shape, tuple(int(v) for v in pl.box))  # type: ignore[arg-type]
     except (PlacementError, ValueError) as exc:  # CutoutError is a ValueError; so are NaN proposals
         return _failed(row, STATUS_PLACEMENT_FAILED, f"{ids} into background {group.bg_image_id}: {exc}"), None
@@ -212,7 +214,7 @@ def compose_group(
     images: ImageCache,
     config: ComposeConfig,
     models: ComposeModels | None = None,
-    boxes: Mapping[str, Sequence[float]] | None = None,
+    boxes: Mapping[str, Sequence[float] | Placement] | None = None,
 ) -> ComposedGroup:
     """Compose one background with its objects. Bad data yields failure rows, never an exception.
 
@@ -220,9 +222,9 @@ def compose_group(
     box, so object i's ground truth is the final composite with only object i's pixels restored to
     the background: exact outside object i's mask.
 
-    ``boxes`` (sample id → x, y, w, h in background pixels) skips placement sampling for those
-    members: review uses it to recompose a sample from a corrected box
-    (``comcoco.placement.place.given_placement``).
+    ``boxes`` (sample id → x, y, w, h in background pixels, or a ``Placement`` kept exactly) skips
+    placement sampling for those members: review uses it to recompose a sample from a corrected box
+    (``comcoco.placement.place.given_placement``) while the composite's other objects keep theirs.
     """
     models = models or ComposeModels()
     fp = config.fingerprint()

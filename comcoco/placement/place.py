@@ -86,13 +86,18 @@ def place(
     crop_mask: np.ndarray | None = None,
     background: np.ndarray | None = None,
     given_box: Sequence[float] | None = None,
+    fixed: Placement | None = None,
 ) -> Placement:
     """Where the object of ``req`` goes. ``key`` names the sample (its seeded draws); ``given_box`` skips
-    sampling (review); ``graconet`` needs ``placer`` and the object's crop, mask and the background.
+    sampling (a reviewer's box); ``fixed`` keeps a placement made before exactly (an object that stays
+    put while another one of its composite is moved); ``graconet`` needs ``placer`` and the object's
+    crop, mask and the background.
 
     Raises ``PlacementError`` when no placement meets the hard limits.
     """
-    if given_box is not None:
+    if fixed is not None:
+        pl = fixed
+    elif given_box is not None:
         pl = given_placement(req, given_box)
     elif method == "prior":
         pl = sample_placement(req, seed, key=key, k=k)

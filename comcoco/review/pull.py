@@ -33,7 +33,7 @@ from pathlib import Path
 from typing import Any
 
 from comcoco.errors import ComcocoError
-from comcoco.records import PLACEMENT_DECISIONS, ReviewDecision
+from comcoco.records import PLACEMENT_DECISIONS, Placement, ReviewDecision
 from comcoco.review.push import (
     ReviewError,
     WorkdirView,
@@ -224,7 +224,9 @@ def recompose_sample(workdir: Workdir | str | Path, sample_id: str, box: Sequenc
               if g.composite_id == target.composite_id]
     if len(groups) != 1:
         raise ReviewError(f"composite {target.composite_id} of sample {sample_id} cannot be re-planned")
-    boxes: dict[str, Sequence[int]] = {r.sample_id: r.box for r in members if r.ok and r.box is not None}
+    boxes: dict[str, Sequence[int] | Placement] = {
+        r.sample_id: Placement(s=r.s, rx=r.rx, ry=r.ry, box=r.box, score=r.plausibility)  # type: ignore[arg-type]
+        for r in members if r.ok and r.box is not None and r.sample_id != sample_id}
     boxes[sample_id] = tuple(int(v) for v in box)
     composed = compose_group(groups[0], ImageCache(index.image_path), config.compose, wd.models(), boxes)
     new_by_id = {cs.row.sample_id: cs.row for cs in composed.samples}

@@ -14,8 +14,11 @@ from collections import Counter
 from collections.abc import Iterator, Sequence
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
+from itertools import chain
 from pathlib import Path
 from typing import Any
+
+import numpy as np
 
 from comcoco.records import Annotation, ImageInfo, Problem
 from comcoco.sources.images import ImageReadError, image_size, is_rle, polygon_area, read_image
@@ -153,6 +156,83 @@ def _polygon_problems(ann: Annotation, file: str) -> Iterator[Problem]:
             yield Problem("degenerate_polygon", file, aid, f"annotation {aid}: polygon {k} has zero area")
 
 
+_PLAIN_NUMBERS = frozenset({float, int})
+
+
+def _simple_polygons(segmentations: list[Any]) -> list[bool]:
+    """Which segmentations are non-empty lists of lists of plain ints and floats (checked in bulk)."""
+    shaped = [type(seg) is list and len(seg) > 0 and all(type(p) is list for p in seg) for seg in segmentations]
+    coords = chain.from_iterable(chain.from_iterable(s for s, ok in zip(segmentations, shaped, strict=True) if ok))
+    if _PLAIN_NUMBERS.issuperset(map(type, coords)):
+        return shaped
+    return [ok and _PLAIN_NUMBERS.issuperset(map(type, chain.from_iterable(s)))
+            for s, ok in zip(segmentations, shaped, strict=True)]
+
+
+_BATCH = 8192  # annotations per numpy batch: keeps temporaries to a few MB
+
+
+def _flag_polygons(polys: list[list[float | int]]) -> list[bool] | None:
+    """For each simple polygon, whether ``_polygon_problems`` could report it (None: an int beyond
+    float range, left to the one-by-one check)."""
+    lengths = np.fromiter(map(len, polys), dtype=np.int64, count=len(polys))
+    try:
+        coords = np.fromiter(chain.from_iterable(polys), dtype=np.float64, count=int(lengths.sum()))
+    except OverflowError:
+        return None
+    ends = np.cumsum(lengths)
+    starts = ends - lengths
+    nonfinite = np.concatenate([[0], np.cumsum(~np.isfinite(coords))])
+    invalid = (nonfinite[ends] - nonfinite[starts]) > 0
+    shaped = ~invalid & (lengths >= 6) & (lengths % 2 == 0)
+    zero = np.zeros(len(polys), dtype=bool)
+    if shaped.any():
+        npts = lengths[shaped] // 2
+        first = np.cumsum(npts) - npts
+        k = np.arange(int(npts.sum())) - np.repeat(first, npts)  # point number within its polygon
+        xi = np.repeat(starts[shaped], npts) + 2 * k
+        xn = np.repeat(starts[shaped], npts) + 2 * ((k + 1) % np.repeat(npts, npts))
+        with np.errstate(over="ignore", invalid="ignore"):  # inf and NaN sums are verdicts too
+            cross = coords[xi] * coords[xn + 1] - coords[xn] * coords[xi + 1]
+            twice = np.add.reduceat(cross, first)
+            scale = np.add.reduceat(np.abs(cross), first)
+        unsure = np.flatnonzero(~(np.abs(twice) > 1e-9 * scale))  # near zero (or NaN): decide exactly
+        verdict = np.zeros(len(twice), dtype=bool)
+        shaped_index = np.flatnonzero(shaped)
+        for j in unsure.tolist():
+            verdict[j] = polygon_area(polys[shaped_index[j]]) <= 0.0
+        zero[shaped_index] = verdict
+    return (invalid | (lengths == 0) | ~shaped | zero).tolist()
+
+
+def _bulk_polygon_problems(annotations: Sequence[Annotation], file: str) -> list[list[Problem] | None]:
+    """``_polygon_problems`` of every annotation with simple polygons, computed in bulk (None for
+    the other annotations, which are checked one by one).
+
+    A RefCOCO+-size source has about 10 million polygon coordinates. numpy checks them for
+    finiteness and sums the shoelace terms; where a sum lies within rounding of zero, the area is
+    recomputed by ``polygon_area`` itself, so every verdict is the one-by-one verdict.
+    """
+    out: list[list[Problem] | None] = []
+    for lo in range(0, len(annotations), _BATCH):
+        batch = annotations[lo:lo + _BATCH]
+        segs = [a.segmentation for a in batch]
+        simple = _simple_polygons(segs)
+        flagged = _flag_polygons(list(chain.from_iterable(s for s, ok in zip(segs, simple, strict=True) if ok)))
+        if flagged is None:
+            out += [None] * len(batch)
+            continue
+        at = 0
+        for ann, seg, ok in zip(batch, segs, simple, strict=True):
+            if not ok:
+                out.append(None)
+                continue
+            n = len(seg)
+            out.append(list(_polygon_problems(ann, file)) if any(flagged[at:at + n]) else [])
+            at += n
+    return out
+
+
 def _rle_problems(seg: dict[str, Any], ann: Annotation, image: ImageInfo | None, file: str) -> Iterator[Problem]:
     size = seg.get("size")
     if not isinstance(size, list | tuple) or len(size) != 2:
@@ -165,8 +245,32 @@ def _rle_problems(seg: dict[str, Any], ann: Annotation, image: ImageInfo | None,
         )
 
 
-def annotation_problems(ann: Annotation, image: ImageInfo | None, file: str, referred: bool = False) -> list[Problem]:
-    """Geometry defects of one annotation: polygons, RLE size, bbox against its image."""
+def _bbox_suspects(annotations: Sequence[Annotation], image_by_id: dict[int, ImageInfo]) -> np.ndarray:
+    """Annotations whose bbox ``annotation_problems`` might report (same float arithmetic, in bulk)."""
+    n = len(annotations)
+    box = np.fromiter(chain.from_iterable(a.bbox for a in annotations), dtype=np.float64, count=4 * n).reshape(n, 4)
+    images = [image_by_id.get(a.image_id) for a in annotations]
+    try:
+        size = np.array([(i.width, i.height) if i is not None else (np.inf, np.inf) for i in images],
+                        dtype=np.float64).reshape(n, 2)
+    except OverflowError:
+        return np.ones(n, dtype=bool)
+    x, y, w, h = box.T
+    with np.errstate(invalid="ignore", over="ignore"):
+        good = np.isfinite(box).all(axis=1) & (w > 0) & (h > 0)
+        inside = ~((x < -BBOX_TOLERANCE) | (y < -BBOX_TOLERANCE)
+                   | (x + w > size[:, 0] + BBOX_TOLERANCE) | (y + h > size[:, 1] + BBOX_TOLERANCE))
+    return ~(good & inside)
+
+
+def annotation_problems(
+    ann: Annotation, image: ImageInfo | None, file: str, referred: bool = False,
+    polygon_problems: list[Problem] | None = None,
+) -> list[Problem]:
+    """Geometry defects of one annotation: polygons, RLE size, bbox against its image.
+
+    ``polygon_problems`` are its polygon defects when already found (by the bulk check).
+    """
     out: list[Problem] = []
     seg = ann.segmentation
     aid = ann.ann_id
@@ -178,7 +282,7 @@ def annotation_problems(ann: Annotation, image: ImageInfo | None, file: str, ref
         for part in seg:
             out.extend(_rle_problems(part, ann, image, file))
     else:
-        out.extend(_polygon_problems(ann, file))
+        out.extend(_polygon_problems(ann, file) if polygon_problems is None else polygon_problems)
 
     x, y, w, h = ann.bbox
     if not all(math.isfinite(v) for v in ann.bbox) or w <= 0 or h <= 0:
@@ -257,8 +361,12 @@ def inspect_source(source: ReferSource, deep: bool = False, workers: int | None 
     referred = {ref.ann_id for ref in refs}
 
     problems = list(source.problems)
-    for ann in annotations:
-        problems.extend(annotation_problems(ann, image_by_id.get(ann.image_id), inst, ann.ann_id in referred))
+    polygons = _bulk_polygon_problems(annotations, inst)
+    suspects = np.flatnonzero(_bbox_suspects(annotations, image_by_id)
+                              | np.fromiter((found is None or bool(found) for found in polygons), bool, len(polygons)))
+    for i in suspects.tolist():  # the others have good polygons and a good bbox: nothing to report
+        ann = annotations[i]
+        problems.extend(annotation_problems(ann, image_by_id.get(ann.image_id), inst, ann.ann_id in referred, polygons[i]))
     problems.extend(image_file_problems(source, images, deep=deep, workers=workers))
 
     return InspectReport(
