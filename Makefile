@@ -36,7 +36,7 @@ $(STAMP): pyproject.toml requirements.lock
 DEMO_VERSION ?= 0.1.0
 DEMO_VALIDATE_STEPS ?= 300
 demo: setup
-	$(COMCOCO) demo-source $(DEMO_DIR)/source --images $(DEMO_IMAGES) --seed $(SEED)
+	$(COMCOCO) demo-source -o $(DEMO_DIR)/source --images $(DEMO_IMAGES) --seed $(SEED)
 	$(COMCOCO) inspect $(DEMO_DIR)/source --deep
 	PREFECT_HOME=$${PREFECT_HOME:-$(CURDIR)/.prefect} $(COMCOCO) build $(DEMO_DIR)/source -o $(DEMO_DIR)/work --seed $(SEED) --workers $(WORKERS)
 	test -d $(DEMO_DIR)/releases/comcoco-$(DEMO_VERSION) || PREFECT_HOME=$${PREFECT_HOME:-$(CURDIR)/.prefect} $(COMCOCO) release $(DEMO_DIR)/work -o $(DEMO_DIR)/releases --version $(DEMO_VERSION) --validate --validate-steps $(DEMO_VALIDATE_STEPS)

@@ -180,22 +180,22 @@ def test_same_seed_same_bytes(tmp_path):
 def test_cli_writes_rewrites_and_refuses(tmp_path):
     runner = CliRunner()
     out = tmp_path / "src"
-    result = runner.invoke(app, ["demo-source", str(out), "--images", "6", "--seed", "1"])
+    result = runner.invoke(app, ["demo-source", "-o", str(out), "--images", "6", "--seed", "1"])
     assert result.exit_code == 0, result.output
     assert "6 images" in result.output
     image_dir = out / "images/mscoco/images/train2014"
     assert len(list(image_dir.glob("*.jpg"))) == 6
     # Rerunning over a demo source replaces it, stale images included.
-    result = runner.invoke(app, ["demo-source", str(out), "--images", "4"])
+    result = runner.invoke(app, ["demo-source", "-o", str(out), "--images", "4"])
     assert result.exit_code == 0, result.output
     assert len(list(image_dir.glob("*.jpg"))) == 4 and len(load_source(out).images()) == 4
 
-    result = runner.invoke(app, ["demo-source", str(tmp_path / "tiny"), "--images", "2"])
+    result = runner.invoke(app, ["demo-source", "-o", str(tmp_path / "tiny"), "--images", "2"])
     assert result.exit_code == 2 and "error:" in result.output and "at least 4" in result.output
 
     foreign = tmp_path / "real"
     (foreign / "refcoco+").mkdir(parents=True)
     (foreign / "refcoco+" / "refs(unc).p").write_bytes(b"not ours")
-    result = runner.invoke(app, ["demo-source", str(foreign), "--images", "4"])
+    result = runner.invoke(app, ["demo-source", "-o", str(foreign), "--images", "4"])
     assert result.exit_code == 2 and "not written by demo-source" in result.output
     assert (foreign / "refcoco+" / "refs(unc).p").read_bytes() == b"not ours"

@@ -8,18 +8,19 @@ from pathlib import Path
 import typer
 
 from comcoco.commands._common import user_errors
+from comcoco.commands._options import out_option
 
 
 def demo_source(
-    out: Path = typer.Argument(..., help="Directory to write the source into (created if missing)."),
+    out: Path = out_option("Directory to write the source into (created if missing)."),
     images: int = typer.Option(200, "--images", "-n", min=1, help="Number of images to draw (at least 4)."),
     seed: int = typer.Option(0, "--seed", help="Seed of every random choice; same seed and size, same bytes."),
 ) -> None:
     """Write a synthetic REFER-format RefCOCO+ source: refs(unc).p, instances.json and JPEG images."""
-    from comcoco.sources.demo import DemoSourceError, generate_demo
+    from comcoco.sources.demo import generate_demo
 
     start = time.perf_counter()
-    with user_errors(DemoSourceError, OSError):
+    with user_errors(OSError):
         report = generate_demo(out, n_images=images, seed=seed)
     elapsed = time.perf_counter() - start
     splits = ", ".join(f"{name} {count}" for name, count in report.splits.items())
