@@ -1,0 +1,368 @@
+"""Camera consistency: give a pasted object the noise, sharpness and JPEG grid of the scene around it.
+
+A pasted object comes from another photo, taken with another camera, scaled by the placement, and
+its own JPEG blocks were resampled away; image forensics finds such splices by exactly these
+differences (noise-level and blur inconsistency, a missing or misaligned 8×8 block grid, no chroma
+bleed at the edge). Everything here changes the OBJECT only (its box-local colours, or composite
+pixels where the object's alpha or its JPEG bleed ring reaches) and never the background elsewhere.
+
+* ``noise_level`` — Immerkær's fast noise estimate: the image convolved with the Laplacian-difference
+  kernel [[1,−2,1],[−2,4,−2],[1,−2,1]] has standard deviation 6σ for white noise of std σ. It is
+  measured on the flattest half of the region (by the gradient of a smoothed copy) with a trimmed
+  mean of |response| (lower 75 %, divided by its Gaussian value 0.515·6), so texture and edges do not
+  read as noise. Returned for luma and the two chroma
+  channels (YCrCb, 0–255 units).
+* ``blur_sigma`` — the edge blur as an equivalent Gaussian σ: at an edge blurred by σ the gradient
+  peak scales as 1/σ, so re-blurring by σ₀ scales it by r = σ/√(σ² + σ₀²) and σ = σ₀·r/√(1 − r²);
+  r is the median ratio over the region's strongest-gradient pixels. The operator's own width adds
+  the same amount to both sides of a comparison, which cancels in σ_bg² − σ_obj².
+* ``match_camera`` — blur the object (premultiplied by alpha, so no source background bleeds in) by
+  √(σ_bg² − σ_obj²) when the scene is blurrier, then add seeded Gaussian noise of
+  √(σ_bg² − σ_obj²) per YCrCb channel when the scene is noisier. A sharper scene than object is left
+  alone: sharpening would amplify the object's noise and JPEG artefacts. Nothing is resampled here;
+  the cut already scales with area interpolation when shrinking (no aliasing).
+* ``jpeg_regrid`` — JPEG round trip of the object's region, cut on the full image's 16-px MCU grid
+  (so its 8×8 blocks are the background's), at the background's quality and chroma subsampling, taken
+  back where the object's alpha is > 0 and, fading out, over a ``bleed``-px ring around it: the object
+  then carries the scene's block grid and the chroma bleed a real edge has.
+  ``estimate_jpeg_quality`` reads the background file's quantisation tables (Pillow) and matches them
+  to the IJG tables scaled by quality; without a JPEG file it finds the quality from the pixels by
+  re-compression (the JPEG-ghost dip), or reports that the image shows no JPEG history.
+"""
+
+from __future__ import annotations
+
+import io
+import math
+from dataclasses import asdict, dataclass
+from pathlib import Path
+from typing import Any
+
+import cv2
+import numpy as np
+
+from comcoco.compose.cutout import MASK_THRESHOLD
+
+_IMMERKAER = np.array([[1, -2, 1], [-2, 4, -2], [1, -2, 1]], np.float32)
+_MIN_PIXELS = 64  # a region needs this many usable pixels for an estimate
+_FLAT = 0.5  # noise is measured on the flattest half of a region (texture would read as noise)
+_TRIM_MEAN = 0.51489  # mean of |x| over its lower 75 % for x ~ N(0, 1): 2(φ(0) − φ(1.1503))/0.75
+_SIGMA0 = 1.0  # re-blur of the sharpness estimate
+_BLUR_MIN = 0.35  # do not blur the object for a smaller σ difference
+_BLUR_MAX = 3.0
+_NOISE_MIN = 0.5  # do not add noise below this std (0–255)
+_GHOST_DIP = 0.15  # relative depth of the JPEG-ghost dip that counts as evidence
+# YCrCb → RGB noise mixing (ITU-R BT.601 as OpenCV uses it): n_rgb = _MIX @ (n_Y, n_Cr, n_Cb)
+_MIX = np.array([[1.0, 1.403, 0.0], [1.0, -0.714, -0.344], [1.0, 0.0, 1.773]], np.float32)
+# IJG (libjpeg) standard luminance quantisation table, natural order
+_IJG_LUMA = np.array([
+    16, 11, 10, 16, 24, 40, 51, 61, 12, 12, 14, 19, 26, 58, 60, 55, 14, 13, 16, 24, 40, 57, 69, 56,
+    14, 17, 22, 29, 51, 87, 80, 62, 18, 22, 37, 56, 68, 109, 103, 77, 24, 35, 55, 64, 81, 104, 113, 92,
+    49, 64, 78, 87, 103, 121, 120, 101, 72, 92, 95, 98, 112, 100, 103, 99], np.float64)
+_SAMPLING = {0: cv2.IMWRITE_JPEG_SAMPLING_FACTOR_444, 1: cv2.IMWRITE_JPEG_SAMPLING_FACTOR_422,
+             2: cv2.IMWRITE_JPEG_SAMPLING_FACTOR_420}
+
+
+@dataclass(frozen=True)
+class NoiseLevel:
+    """Noise standard deviation (0–255 units) of luma and chroma; None where unmeasurable."""
+
+    y: float
+    cr: float
+    cb: float
+
+
+@dataclass(frozen=True)
+class CameraParams:
+    margin: float = 0.5  # background window: the box grown by this fraction of its long side (≥ 16 px)
+    blur: bool = True
+    noise: bool = True
+
+
+@dataclass(frozen=True)
+class CameraMatch:
+    """What was measured and applied, for the sample's row (``to_dict``)."""
+
+    blur_object: float | None  # equivalent σ (px) of the object's edges, before matching
+    blur_background: float | None
+    blur_applied: float  # σ of the Gaussian applied to the object (0: none)
+    noise_object: NoiseLevel | None  # after any blur
+    noise_background: NoiseLevel | None
+    noise_added: NoiseLevel  # std of the seeded noise added per channel
+    reason: str  # "" or why a step was skipped
+
+    def to_dict(self) -> dict[str, Any]:
+        return asdict(self)
+
+
+@dataclass(frozen=True)
+class JpegEstimate:
+    quality: int | None  # None: no evidence the background was ever JPEG-compressed
+    subsampling: int  # 0 = 4:4:4, 1 = 4:2:2, 2 = 4:2:0
+    method: str  # "tables" | "pixels" | "none"
+
+
+@dataclass(frozen=True)
+class Regrid:
+    """New composite pixels over ``region`` where ``effect`` is set (everything else unchanged)."""
+
+    region: tuple[int, int, int, int]
+    pixels: np.ndarray  # h×w×3 uint8
+    effect: np.ndarray  # h×w bool: pixels that differ from the composite
+    quality: int | None
+
+    def apply(self, canvas: np.ndarray) -> None:
+        x, y, w, h = self.region
+        if w and h:
+            canvas[y:y + h, x:x + w][self.effect] = self.pixels[self.effect]
+
+    def full_effect(self, height: int, width: int) -> np.ndarray:
+        out = np.zeros((height, width), dtype=bool)
+        x, y, w, h = self.region
+        out[y:y + h, x:x + w] = self.effect
+        return out
+
+
+# --- estimators ----------------------------------------------------------------------------------
+
+
+def _ycrcb(rgb: np.ndarray) -> np.ndarray:
+    return cv2.cvtColor(np.ascontiguousarray(rgb), cv2.COLOR_RGB2YCrCb).astype(np.float32)
+
+
+def _flat_part(lum: np.ndarray, sel: np.ndarray) -> np.ndarray:
+    """The flattest ``_FLAT`` of the selected pixels by gradient magnitude of a σ=2 smoothed copy."""
+    sm = cv2.GaussianBlur(lum, (0, 0), 2.0)
+    g = np.abs(cv2.Sobel(sm, cv2.CV_32F, 1, 0, ksize=3)) + np.abs(cv2.Sobel(sm, cv2.CV_32F, 0, 1, ksize=3))
+    if np.count_nonzero(sel) < _MIN_PIXELS:
+        return sel
+    return sel & (g <= np.quantile(g[sel], _FLAT))
+
+
+def _valid(mask: np.ndarray | None, shape: tuple[int, ...], border: int) -> np.ndarray:
+    m = np.ones(shape[:2], bool) if mask is None else np.asarray(mask, bool)
+    m = cv2.erode(m.astype(np.uint8), np.ones((2 * border + 1, 2 * border + 1), np.uint8),
+                  borderType=cv2.BORDER_CONSTANT, borderValue=0) > 0
+    return m
+
+
+def noise_level(rgb: np.ndarray, mask: np.ndarray | None = None) -> NoiseLevel | None:
+    """Robust Immerkær noise std per YCrCb channel inside ``mask`` (uint8 rgb, h×w×3); None if too small."""
+    if rgb.shape[0] < 5 or rgb.shape[1] < 5:
+        return None
+    ycc = _ycrcb(rgb)
+    sel = _valid(mask, rgb.shape, 1)
+    sel = _flat_part(ycc[..., 0], sel)
+    if np.count_nonzero(sel) < _MIN_PIXELS:
+        return None
+    out = []
+    for c in range(3):
+        r = cv2.filter2D(ycc[..., c], cv2.CV_32F, _IMMERKAER, borderType=cv2.BORDER_REFLECT)
+        a = np.abs(r[sel])
+        a = a[a <= np.quantile(a, 0.75)]  # trimmed: the texture left in the flat part sits in the tail
+        out.append(float(a.mean()) / (_TRIM_MEAN * 6.0))
+    return NoiseLevel(y=out[0], cr=out[1], cb=out[2])
+
+
+def blur_sigma(rgb: np.ndarray, mask: np.ndarray | None = None, top: float = 0.1) -> float | None:
+    """Equivalent Gaussian σ (px) of the edges inside ``mask``; None without enough edges."""
+    if rgb.shape[0] < 7 or rgb.shape[1] < 7:
+        return None
+    lum = _ycrcb(rgb)[..., 0]
+    sel = _valid(mask, rgb.shape, 3)
+    if np.count_nonzero(sel) < _MIN_PIXELS:
+        return None
+
+    def grad(img: np.ndarray) -> np.ndarray:
+        gx = cv2.Sobel(img, cv2.CV_32F, 1, 0, ksize=3)
+        gy = cv2.Sobel(img, cv2.CV_32F, 0, 1, ksize=3)
+        return np.sqrt(gx * gx + gy * gy) * np.float32(1 / 8)
+
+    g1 = grad(lum)
+    g2 = grad(cv2.GaussianBlur(lum, (0, 0), _SIGMA0))
+    vals = g1[sel]
+    thr = max(float(np.quantile(vals, 1.0 - top)), 2.0)  # strong edges only: noise stays below
+    strong = sel & (g1 >= thr)
+    if np.count_nonzero(strong) < 16:
+        return None
+    r = float(np.median(g2[strong] / g1[strong]))
+    r = min(max(r, 1e-3), 0.995)
+    return _SIGMA0 * r / math.sqrt(1.0 - r * r)
+
+
+# --- matching ------------------------------------------------------------------------------------
+
+
+def _window(box: tuple[int, int, int, int], shape: tuple[int, ...], margin: float) -> tuple[int, int, int, int]:
+    x, y, w, h = box
+    m = max(16, int(round(margin * max(w, h))))
+    return max(0, x - m), max(0, y - m), min(shape[1], x + w + m), min(shape[0], y + h + m)
+
+
+def _premult_blur(rgb: np.ndarray, alpha: np.ndarray, sigma: float) -> np.ndarray:
+    """Gaussian blur of the object's colours only: blur(rgb·a)/blur(a), so the crop's background cannot bleed in."""
+    a = np.clip(alpha, 0.0, 1.0).astype(np.float32)
+    num = cv2.GaussianBlur(rgb.astype(np.float32) * a[..., None], (0, 0), sigma, borderType=cv2.BORDER_REFLECT)
+    den = cv2.GaussianBlur(a, (0, 0), sigma, borderType=cv2.BORDER_REFLECT)
+    out = np.where((den > 1e-3)[..., None], num / np.maximum(den, 1e-3)[..., None], rgb.astype(np.float32))
+    return np.clip(np.rint(out), 0, 255).astype(np.uint8)
+
+
+def match_camera(object_rgb: np.ndarray, alpha: np.ndarray, background: np.ndarray,
+                 box: tuple[int, int, int, int], rng: np.random.Generator,
+                 params: CameraParams | None = None) -> tuple[np.ndarray, CameraMatch]:
+    """The object's colours with the scene's blur and noise; (new box-local rgb uint8, what was done).
+
+    ``object_rgb`` and ``alpha`` are box-local (h×w); ``background`` is the frame the object goes
+    into and ``box`` its place there. Only a window around the box is read. Never raises on data.
+    """
+    p = params or CameraParams()
+    x0, y0, x1, y1 = _window(tuple(int(v) for v in box), background.shape, p.margin)  # type: ignore[arg-type]
+    bg = background[y0:y1, x0:x1]
+    inner = np.asarray(alpha) >= MASK_THRESHOLD
+    reasons: list[str] = []
+    b_obj, b_bg = blur_sigma(object_rgb, inner), blur_sigma(bg)
+    rgb = object_rgb
+    applied = 0.0
+    if p.blur:
+        if b_obj is None or b_bg is None:
+            reasons.append("blur: too few edges to measure")
+        elif b_bg * b_bg - b_obj * b_obj > _BLUR_MIN * _BLUR_MIN:
+            applied = min(_BLUR_MAX, math.sqrt(b_bg * b_bg - b_obj * b_obj))
+            rgb = _premult_blur(rgb, alpha, applied)
+        elif b_obj > b_bg + _BLUR_MIN:
+            reasons.append("blur: object blurrier than the scene (not sharpened)")
+    n_obj, n_bg = noise_level(rgb, inner), noise_level(bg)
+    added = NoiseLevel(0.0, 0.0, 0.0)
+    if p.noise:
+        if n_obj is None or n_bg is None:
+            reasons.append("noise: region too small to measure")
+        else:
+            def gap(b: float, o: float) -> float:
+                d = math.sqrt(max(0.0, b * b - o * o))
+                return d if d >= _NOISE_MIN else 0.0
+
+            added = NoiseLevel(gap(n_bg.y, n_obj.y), gap(n_bg.cr, n_obj.cr), gap(n_bg.cb, n_obj.cb))
+            if added.y or added.cr or added.cb:
+                h, w = rgb.shape[:2]
+                n = rng.standard_normal((h, w, 3), dtype=np.float32)
+                n *= np.asarray([added.y, added.cr, added.cb], np.float32)
+                noisy = rgb.astype(np.float32) + n @ _MIX.T
+                rgb = np.clip(np.rint(noisy), 0, 255).astype(np.uint8)
+    if rgb is object_rgb:
+        rgb = object_rgb.copy()
+    info = CameraMatch(blur_object=b_obj, blur_background=b_bg, blur_applied=round(applied, 4),
+                       noise_object=n_obj, noise_background=n_bg, noise_added=added, reason="; ".join(reasons))
+    return rgb, info
+
+
+# --- JPEG ----------------------------------------------------------------------------------------
+
+
+def _ijg_table(q: int) -> np.ndarray:
+    scale = 5000.0 / q if q < 50 else 200.0 - 2.0 * q
+    return np.clip(np.floor((_IJG_LUMA * scale + 50.0) / 100.0), 1, 255)
+
+
+def quality_from_table(table: Any) -> int:
+    """The IJG quality whose scaled standard luminance table is closest to ``table`` (64 values)."""
+    t = np.asarray(list(table), np.float64)
+    errs = [float(np.abs(_ijg_table(q) - t).sum()) for q in range(1, 101)]
+    return int(np.argmin(errs)) + 1
+
+
+def blockiness(rgb: np.ndarray, origin: tuple[int, int] = (0, 0)) -> float:
+    """Mean |second difference| of luma across 8-px block boundaries over that inside blocks (≈1: no grid).
+
+    ``origin`` is the (x, y) of ``rgb``'s top-left pixel in the full image, whose grid is meant.
+    """
+    lum = _ycrcb(rgb)[..., 0] if rgb.ndim == 3 else rgb.astype(np.float32)
+    ratios = []
+    for axis, off in ((1, origin[0]), (0, origin[1])):
+        d = np.abs(np.diff(lum, n=1, axis=axis))  # d[i] = |I[i+1] − I[i]|: boundary when (off+i+1) % 8 == 0
+        if d.shape[axis] < 16:
+            continue
+        pos = (np.arange(d.shape[axis]) + off + 1) % 8
+        on = np.take(d, np.nonzero(pos == 0)[0], axis=axis).mean()
+        off_ = np.take(d, np.nonzero(pos != 0)[0], axis=axis).mean()
+        ratios.append(float(on) / max(float(off_), 1e-6))
+    return float(np.mean(ratios)) if ratios else 1.0
+
+
+def _roundtrip(rgb: np.ndarray, quality: int, subsampling: int = 2) -> np.ndarray:
+    params = [cv2.IMWRITE_JPEG_QUALITY, int(quality),
+              cv2.IMWRITE_JPEG_SAMPLING_FACTOR, _SAMPLING.get(int(subsampling), _SAMPLING[2])]
+    ok, buf = cv2.imencode(".jpg", cv2.cvtColor(np.ascontiguousarray(rgb), cv2.COLOR_RGB2BGR), params)
+    if not ok:
+        raise RuntimeError(f"JPEG encoding of a {rgb.shape} region failed")
+    return cv2.cvtColor(cv2.imdecode(buf, cv2.IMREAD_COLOR), cv2.COLOR_BGR2RGB)
+
+
+def estimate_jpeg_quality(source: str | Path | bytes | None = None, pixels: np.ndarray | None = None) -> JpegEstimate:
+    """The background's JPEG quality: from the file's tables when it is a JPEG, else from its pixels."""
+    if source is not None:
+        try:
+            from PIL import Image, JpegImagePlugin
+
+            data = Path(source).read_bytes() if isinstance(source, str | Path) else bytes(source)
+            with Image.open(io.BytesIO(data)) as im:
+                if im.format == "JPEG" and getattr(im, "quantization", None):
+                    q = quality_from_table(im.quantization[0])
+                    samp = JpegImagePlugin.get_sampling(im)
+                    return JpegEstimate(q, samp if samp in (0, 1, 2) else 2, "tables")
+        except (OSError, ValueError, SyntaxError):
+            pass  # not readable as an image: fall through to the pixels
+    if pixels is None:
+        return JpegEstimate(None, 2, "none")
+    return _quality_from_pixels(pixels)
+
+
+def _quality_from_pixels(pixels: np.ndarray) -> JpegEstimate:
+    """JPEG ghost: re-compressing at the original quality is nearly idempotent, so the error dips there.
+
+    Each quality 50..99 re-compresses a 128-px crop on the image's own 16-px grid; the quality whose
+    error is lowest relative to its two neighbours wins if the dip is deep enough (≥ ``_GHOST_DIP``),
+    otherwise the image shows no JPEG history and None is returned.
+    """
+    h, w = pixels.shape[:2]
+    s = min(128, (h // 16) * 16, (w // 16) * 16)
+    if s < 32:
+        return JpegEstimate(None, 2, "pixels")
+    y0, x0 = ((h - s) // 32) * 16, ((w - s) // 32) * 16
+    crop = np.ascontiguousarray(pixels[y0:y0 + s, x0:x0 + s])
+    qs = np.arange(49, 101)
+    errs = np.array([np.abs(_roundtrip(crop, int(q)).astype(np.int16) - crop).mean() for q in qs])
+    neigh = np.minimum(errs[:-2], errs[2:])
+    dip = 1.0 - errs[1:-1] / np.maximum(neigh, 1e-6)
+    k = int(np.argmax(dip))
+    if dip[k] < _GHOST_DIP:
+        return JpegEstimate(None, 2, "pixels")
+    return JpegEstimate(int(qs[k + 1]), 2, "pixels")
+
+
+def jpeg_regrid(composite: np.ndarray, alpha: np.ndarray, box: tuple[int, int, int, int],
+                estimate: JpegEstimate, bleed: int = 2) -> Regrid:
+    """Round-trip the object's region through JPEG on the image's own grid; see the module docstring.
+
+    ``composite`` is the frame with the object already pasted; ``alpha`` is box-local at ``box``.
+    Returns the new pixels and their footprint (nothing is written).
+    """
+    H, W = composite.shape[:2]
+    x, y, w, h = (int(v) for v in box)
+    if estimate.quality is None or w < 1 or h < 1:
+        return Regrid((x, y, 0, 0), np.zeros((0, 0, 3), np.uint8), np.zeros((0, 0), bool), None)
+    x0, y0 = max(0, (x - bleed - 8) // 16 * 16), max(0, (y - bleed - 8) // 16 * 16)
+    x1 = min(W, -(-(x + w + bleed + 8) // 16) * 16)
+    y1 = min(H, -(-(y + h + bleed + 8) // 16) * 16)
+    region = composite[y0:y1, x0:x1]
+    dec = _roundtrip(region, int(estimate.quality), estimate.subsampling)
+    a = np.zeros(region.shape[:2], np.float32)
+    a[y - y0:y - y0 + h, x - x0:x - x0 + w] = np.clip(alpha, 0.0, 1.0)
+    wgt = (a > 0).astype(np.float32)
+    if bleed > 0:
+        d = cv2.distanceTransform((a <= 0).astype(np.uint8), cv2.DIST_L2, 3)
+        wgt = np.maximum(wgt, np.clip(1.0 - (d - 1.0) / float(bleed), 0.0, 1.0))
+    out = region.astype(np.float32) + wgt[..., None] * (dec.astype(np.float32) - region.astype(np.float32))
+    out = np.clip(np.rint(out), 0, 255).astype(np.uint8)
+    effect = np.any(out != region, axis=-1)
+    return Regrid((x0, y0, x1 - x0, y1 - y0), out, effect, int(estimate.quality))
