@@ -13,7 +13,8 @@ Protocol (all seeded, deterministic):
    composites, the audit refuses to judge: ``auc`` is None and the verdict says how many it had.
 4. **Detector.** Logistic regression on standardised features (median-imputed), out-of-fold
    scores from ``StratifiedGroupKFold`` grouped **by composite** (a composite is never in both
-   train and test), ``folds`` folds (fewer if there are fewer composites).
+   train and test; ``AuditRecord.group`` can widen the unit, e.g. to the background image),
+   ``folds`` folds (fewer if there are fewer groups).
 5. **Numbers.** ROC AUC of the pooled out-of-fold scores; a 95 % interval from ``bootstrap``
    resamples of whole composites; the same AUC with each cue family's columns alone (``cues``).
 
@@ -181,13 +182,13 @@ def audit(records: Sequence[AuditRecord], seed: int = 0, folds: int = 5, bootstr
     keep = sorted({i for p in pairs for i in p}, key=lambda i: row_of[i])
     n_p = sum(1 for i in keep if records[i].label == "pasted")
     n_n = len(keep) - n_p
-    groups = [records[i].composite_id for i in keep]
+    groups = [records[i].fold_group for i in keep]
     n_groups = len(set(groups))
     base = dict(n_pasted=n_p, n_native=n_n, n_composites=n_groups, min_per_class=int(min_per_class),
                 seed=int(seed), problems=tuple(problems))
     if n_p < min_per_class or n_n < min_per_class or n_groups < 2:
         why = (f"not judged: {n_p} pasted and {n_n} native size-matched crops in {n_groups} composites "
-               f"(needs at least {min_per_class} of each class and 2 composites)")
+               f"(needs at least {min_per_class} of each class and 2 composites or groups)")
         return AuditResult(auc=None, ci=None, cues={f: None for f in FAMILIES}, verdict=why, **base)
     from threadpoolctl import threadpool_limits
 

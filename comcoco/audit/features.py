@@ -59,6 +59,8 @@ class AuditRecord:
     """One object to judge: its image (array or path), its mask, its label and its composite.
 
     ``mask`` is box-local at ``offset`` (x, y) in the image, or full-frame with offset (0, 0).
+    ``group`` overrides the composite as the unit the folds keep together (e.g. the background
+    image, when several composites share one background and so its native objects).
     """
 
     composite_id: str
@@ -67,30 +69,35 @@ class AuditRecord:
     label: str  # "pasted" | "native"
     object_id: str = ""
     offset: tuple[int, int] = (0, 0)
+    group: str = ""
+
+    @property
+    def fold_group(self) -> str:
+        return self.group or self.composite_id
 
     @classmethod
     def from_full_mask(cls, composite_id: str, image: np.ndarray | str | Path, mask: np.ndarray, label: str,
-                       object_id: str = "") -> AuditRecord:
+                       object_id: str = "", group: str = "") -> AuditRecord:
         """Crop a full-frame mask to its bounding box (records stay small)."""
         ys, xs = np.nonzero(np.asarray(mask) > 0)
         if xs.size == 0:
-            return cls(composite_id, image, np.zeros((0, 0), bool), label, object_id, (0, 0))
+            return cls(composite_id, image, np.zeros((0, 0), bool), label, object_id, (0, 0), group)
         x0, y0, x1, y1 = int(xs.min()), int(ys.min()), int(xs.max()) + 1, int(ys.max()) + 1
-        return cls(composite_id, image, np.asarray(mask)[y0:y1, x0:x1] > 0, label, object_id, (x0, y0))
+        return cls(composite_id, image, np.asarray(mask)[y0:y1, x0:x1] > 0, label, object_id, (x0, y0), group)
 
     @classmethod
     def from_polygons(cls, composite_id: str, image: np.ndarray | str | Path, polygons: Sequence[Sequence[float]],
-                      label: str, object_id: str = "") -> AuditRecord:
+                      label: str, object_id: str = "", group: str = "") -> AuditRecord:
         """Rasterise COCO flat polygons (image coordinates) into a box-local mask."""
         pts = [np.asarray(p, np.float64).reshape(-1, 2) for p in polygons if len(p) >= 6]
         if not pts:
-            return cls(composite_id, image, np.zeros((0, 0), bool), label, object_id, (0, 0))
+            return cls(composite_id, image, np.zeros((0, 0), bool), label, object_id, (0, 0), group)
         allp = np.concatenate(pts)
         x0, y0 = max(0, int(math.floor(allp[:, 0].min()))), max(0, int(math.floor(allp[:, 1].min())))
         x1, y1 = int(math.ceil(allp[:, 0].max())) + 1, int(math.ceil(allp[:, 1].max())) + 1
         m = np.zeros((y1 - y0, x1 - x0), np.uint8)
         cv2.fillPoly(m, [np.rint(p - (x0, y0)).astype(np.int32).reshape(-1, 1, 2) for p in pts], 1)
-        return cls(composite_id, image, m > 0, label, object_id, (x0, y0))
+        return cls(composite_id, image, m > 0, label, object_id, (x0, y0), group)
 
     @property
     def area(self) -> int:

@@ -45,6 +45,7 @@ from comcoco.compose.cutout import MASK_THRESHOLD
 
 _IMMERKAER = np.array([[1, -2, 1], [-2, 4, -2], [1, -2, 1]], np.float32)
 _MIN_PIXELS = 64  # a region needs this many usable pixels for an estimate
+_TILE = 64  # large regions are measured on tiles of this size
 _FLAT = 0.5  # noise is measured on the flattest half of a region (texture would read as noise)
 _TRIM_MEAN = 0.51489  # mean of |x| over its lower 75 % for x ~ N(0, 1): 2(φ(0) − φ(1.1503))/0.75
 _SIGMA0 = 1.0  # re-blur of the sharpness estimate
@@ -74,7 +75,7 @@ class NoiseLevel:
 
 @dataclass(frozen=True)
 class CameraParams:
-    margin: float = 0.5  # background window: the box grown by this fraction of its long side (≥ 16 px)
+    margin: float = 0.25  # background window: the box grown by this fraction of its long side, 16..48 px
     blur: bool = True
     noise: bool = True
 
@@ -130,13 +131,10 @@ def _ycrcb(rgb: np.ndarray) -> np.ndarray:
     return cv2.cvtColor(np.ascontiguousarray(rgb), cv2.COLOR_RGB2YCrCb).astype(np.float32)
 
 
-def _flat_part(lum: np.ndarray, sel: np.ndarray) -> np.ndarray:
-    """The flattest ``_FLAT`` of the selected pixels by gradient magnitude of a σ=2 smoothed copy."""
-    sm = cv2.GaussianBlur(lum, (0, 0), 2.0)
-    g = np.abs(cv2.Sobel(sm, cv2.CV_32F, 1, 0, ksize=3)) + np.abs(cv2.Sobel(sm, cv2.CV_32F, 0, 1, ksize=3))
-    if np.count_nonzero(sel) < _MIN_PIXELS:
-        return sel
-    return sel & (g <= np.quantile(g[sel], _FLAT))
+def _q(a: np.ndarray, q: float) -> float:
+    """Quantile of a large sample from a strided subsample (≤ 20k values): a threshold, not a result."""
+    step = max(1, a.size // 20000)
+    return float(np.quantile(a[::step], q))
 
 
 def _valid(mask: np.ndarray | None, shape: tuple[int, ...], border: int) -> np.ndarray:
@@ -146,48 +144,119 @@ def _valid(mask: np.ndarray | None, shape: tuple[int, ...], border: int) -> np.n
     return m
 
 
+def _noise_samples(ycc: np.ndarray, mask: np.ndarray | None) -> np.ndarray:
+    """|Immerkær response| (k×3, YCrCb) at the flattest half of the region's usable pixels."""
+    sel = _valid(mask, ycc.shape, 1)
+    if np.count_nonzero(sel) < _MIN_PIXELS:
+        return np.zeros((0, 3), np.float32)
+    sm = cv2.GaussianBlur(ycc[..., 0], (0, 0), 2.0)
+    g = np.abs(cv2.Sobel(sm, cv2.CV_32F, 1, 0, ksize=3)) + np.abs(cv2.Sobel(sm, cv2.CV_32F, 0, 1, ksize=3))
+    sel &= g <= _q(g[sel], _FLAT)  # the flattest part: texture would read as noise
+    return np.abs(cv2.filter2D(ycc, cv2.CV_32F, _IMMERKAER, borderType=cv2.BORDER_REFLECT)[sel])
+
+
+def _blur_samples(lum: np.ndarray, mask: np.ndarray | None, top: float = 0.1, floor: float = 2.0) -> np.ndarray:
+    """Re-blur gradient ratios g(G_σ₀ ∗ I)/g(I) at the region's strongest-gradient pixels.
+
+    ``floor`` keeps noise peaks out: a gradient must exceed it (callers pass ~2.5× the noise std,
+    the 99.9th percentile of the Sobel magnitude of white noise being about 1.6σ).
+    """
+    sel = _valid(mask, lum.shape, 3)
+    if np.count_nonzero(sel) < _MIN_PIXELS:
+        return np.zeros(0, np.float32)
+
+    def grad(img: np.ndarray) -> np.ndarray:
+        return cv2.magnitude(cv2.Sobel(img, cv2.CV_32F, 1, 0, ksize=3),
+                             cv2.Sobel(img, cv2.CV_32F, 0, 1, ksize=3)) * np.float32(1 / 8)
+
+    g1 = grad(lum)
+    thr = max(_q(g1[sel], 1.0 - top), floor)  # strong edges only: noise stays below
+    strong = sel & (g1 >= thr)
+    if not strong.any():
+        return np.zeros(0, np.float32)
+    g2 = grad(cv2.GaussianBlur(lum, (0, 0), _SIGMA0))
+    return g2[strong] / g1[strong]
+
+
+def _noise_from(samples: np.ndarray) -> NoiseLevel | None:
+    if samples.shape[0] < _MIN_PIXELS:
+        return None
+    out = []
+    for c in range(3):
+        a = samples[:, c]
+        a = a[a <= _q(a, 0.75)]  # trimmed: the texture left in the flat part sits in the tail
+        out.append(float(a.mean()) / (_TRIM_MEAN * 6.0))
+    return NoiseLevel(y=out[0], cr=out[1], cb=out[2])
+
+
+def _blur_from(ratios: np.ndarray) -> float | None:
+    if ratios.size < 16:
+        return None
+    r = min(max(float(np.median(ratios)), 1e-3), 0.995)
+    return _SIGMA0 * r / math.sqrt(1.0 - r * r)
+
+
+def _tiles(h: int, w: int, max_px: int) -> list[tuple[int, int, int, int]]:
+    """The region itself if small enough, else a regular grid of _TILE-px tiles totalling about max_px."""
+    if h * w <= max_px or h < _TILE or w < _TILE:
+        return [(0, 0, w, h)]
+    n = max(1, max_px // (_TILE * _TILE))
+    step = max(_TILE, int(math.sqrt(h * w / n)))
+    return [(x, y, _TILE, _TILE) for y in range((h % step) // 2, h - _TILE + 1, step)
+            for x in range((w % step) // 2, w - _TILE + 1, step)]
+
+
+def _measure(rgb: np.ndarray, mask: np.ndarray | None, max_px: int = 16384) -> tuple[float | None, NoiseLevel | None]:
+    """(blur σ, noise) of a region, pooled over tiles so a large region costs no more than max_px.
+
+    Noise first: its level sets the gradient floor of the blur estimate, so a noisy, soft region is
+    not read as sharp.
+    """
+    if rgb.shape[0] < 7 or rgb.shape[1] < 7:
+        return None, None
+    planes = []
+    for x, y, w, h in _tiles(rgb.shape[0], rgb.shape[1], max_px):
+        m = None if mask is None else mask[y:y + h, x:x + w]
+        if m is not None and np.count_nonzero(m) < 0.5 * m.size and (w, h) != (rgb.shape[1], rgb.shape[0]):
+            continue
+        planes.append((_ycrcb(rgb[y:y + h, x:x + w]), m))
+    if not planes:
+        return None, None
+    noise = _noise_from(np.concatenate([_noise_samples(ycc, m) for ycc, m in planes]))
+    floor = max(2.0, 2.5 * noise.y) if noise is not None else 2.0
+    blur = _blur_from(np.concatenate([_blur_samples(ycc[..., 0], m, floor=floor) for ycc, m in planes]))
+    return blur, noise
+
+
 def noise_level(rgb: np.ndarray, mask: np.ndarray | None = None) -> NoiseLevel | None:
     """Robust Immerkær noise std per YCrCb channel inside ``mask`` (uint8 rgb, h×w×3); None if too small."""
     if rgb.shape[0] < 5 or rgb.shape[1] < 5:
         return None
-    ycc = _ycrcb(rgb)
-    sel = _valid(mask, rgb.shape, 1)
-    sel = _flat_part(ycc[..., 0], sel)
-    if np.count_nonzero(sel) < _MIN_PIXELS:
-        return None
-    out = []
-    for c in range(3):
-        r = cv2.filter2D(ycc[..., c], cv2.CV_32F, _IMMERKAER, borderType=cv2.BORDER_REFLECT)
-        a = np.abs(r[sel])
-        a = a[a <= np.quantile(a, 0.75)]  # trimmed: the texture left in the flat part sits in the tail
-        out.append(float(a.mean()) / (_TRIM_MEAN * 6.0))
-    return NoiseLevel(y=out[0], cr=out[1], cb=out[2])
+    return _noise_from(_noise_samples(_ycrcb(rgb), mask))
 
 
 def blur_sigma(rgb: np.ndarray, mask: np.ndarray | None = None, top: float = 0.1) -> float | None:
     """Equivalent Gaussian σ (px) of the edges inside ``mask``; None without enough edges."""
     if rgb.shape[0] < 7 or rgb.shape[1] < 7:
         return None
-    lum = _ycrcb(rgb)[..., 0]
-    sel = _valid(mask, rgb.shape, 3)
-    if np.count_nonzero(sel) < _MIN_PIXELS:
-        return None
+    ycc = _ycrcb(rgb)
+    noise = _noise_from(_noise_samples(ycc, mask))
+    floor = max(2.0, 2.5 * noise.y) if noise is not None else 2.0
+    return _blur_from(_blur_samples(ycc[..., 0], mask, top, floor))
 
-    def grad(img: np.ndarray) -> np.ndarray:
-        gx = cv2.Sobel(img, cv2.CV_32F, 1, 0, ksize=3)
-        gy = cv2.Sobel(img, cv2.CV_32F, 0, 1, ksize=3)
-        return np.sqrt(gx * gx + gy * gy) * np.float32(1 / 8)
 
-    g1 = grad(lum)
-    g2 = grad(cv2.GaussianBlur(lum, (0, 0), _SIGMA0))
-    vals = g1[sel]
-    thr = max(float(np.quantile(vals, 1.0 - top)), 2.0)  # strong edges only: noise stays below
-    strong = sel & (g1 >= thr)
-    if np.count_nonzero(strong) < 16:
-        return None
-    r = float(np.median(g2[strong] / g1[strong]))
-    r = min(max(r, 1e-3), 0.995)
-    return _SIGMA0 * r / math.sqrt(1.0 - r * r)
+@dataclass(frozen=True)
+class SceneCamera:
+    """A background's blur and noise, measured once (``scene_camera``) and reused for its objects."""
+
+    blur: float | None
+    noise: NoiseLevel | None
+
+
+def scene_camera(background: np.ndarray, max_px: int = 65536) -> SceneCamera:
+    """Blur and noise of a whole background from tiles spread over it (per-background, cacheable)."""
+    b, n = _measure(background, None, max_px)
+    return SceneCamera(b, n)
 
 
 # --- matching ------------------------------------------------------------------------------------
@@ -195,7 +264,7 @@ def blur_sigma(rgb: np.ndarray, mask: np.ndarray | None = None, top: float = 0.1
 
 def _window(box: tuple[int, int, int, int], shape: tuple[int, ...], margin: float) -> tuple[int, int, int, int]:
     x, y, w, h = box
-    m = max(16, int(round(margin * max(w, h))))
+    m = int(np.clip(round(margin * max(w, h)), 16, 48))
     return max(0, x - m), max(0, y - m), min(shape[1], x + w + m), min(shape[0], y + h + m)
 
 
@@ -210,18 +279,23 @@ def _premult_blur(rgb: np.ndarray, alpha: np.ndarray, sigma: float) -> np.ndarra
 
 def match_camera(object_rgb: np.ndarray, alpha: np.ndarray, background: np.ndarray,
                  box: tuple[int, int, int, int], rng: np.random.Generator,
-                 params: CameraParams | None = None) -> tuple[np.ndarray, CameraMatch]:
+                 params: CameraParams | None = None, scene: SceneCamera | None = None) -> tuple[np.ndarray, CameraMatch]:
     """The object's colours with the scene's blur and noise; (new box-local rgb uint8, what was done).
 
     ``object_rgb`` and ``alpha`` are box-local (h×w); ``background`` is the frame the object goes
-    into and ``box`` its place there. Only a window around the box is read. Never raises on data.
+    into and ``box`` its place there. The scene is measured in a window around the box, or taken
+    from ``scene`` (``scene_camera`` of the background, computed once per background). Large
+    regions are measured on tiles. Never raises on data.
     """
     p = params or CameraParams()
-    x0, y0, x1, y1 = _window(tuple(int(v) for v in box), background.shape, p.margin)  # type: ignore[arg-type]
-    bg = background[y0:y1, x0:x1]
     inner = np.asarray(alpha) >= MASK_THRESHOLD
     reasons: list[str] = []
-    b_obj, b_bg = blur_sigma(object_rgb, inner), blur_sigma(bg)
+    b_obj, n_obj = _measure(object_rgb, inner)
+    if scene is None:
+        x0, y0, x1, y1 = _window(tuple(int(v) for v in box), background.shape, p.margin)  # type: ignore[arg-type]
+        b_bg, n_bg = _measure(background[y0:y1, x0:x1], None)
+    else:
+        b_bg, n_bg = scene.blur, scene.noise
     rgb = object_rgb
     applied = 0.0
     if p.blur:
@@ -230,9 +304,9 @@ def match_camera(object_rgb: np.ndarray, alpha: np.ndarray, background: np.ndarr
         elif b_bg * b_bg - b_obj * b_obj > _BLUR_MIN * _BLUR_MIN:
             applied = min(_BLUR_MAX, math.sqrt(b_bg * b_bg - b_obj * b_obj))
             rgb = _premult_blur(rgb, alpha, applied)
+            n_obj = _measure(rgb, inner)[1]  # the blur lowered the object's noise
         elif b_obj > b_bg + _BLUR_MIN:
             reasons.append("blur: object blurrier than the scene (not sharpened)")
-    n_obj, n_bg = noise_level(rgb, inner), noise_level(bg)
     added = NoiseLevel(0.0, 0.0, 0.0)
     if p.noise:
         if n_obj is None or n_bg is None:
@@ -244,11 +318,11 @@ def match_camera(object_rgb: np.ndarray, alpha: np.ndarray, background: np.ndarr
 
             added = NoiseLevel(gap(n_bg.y, n_obj.y), gap(n_bg.cr, n_obj.cr), gap(n_bg.cb, n_obj.cb))
             if added.y or added.cr or added.cb:
-                h, w = rgb.shape[:2]
-                n = rng.standard_normal((h, w, 3), dtype=np.float32)
-                n *= np.asarray([added.y, added.cr, added.cb], np.float32)
-                noisy = rgb.astype(np.float32) + n @ _MIX.T
-                rgb = np.clip(np.rint(noisy), 0, 255).astype(np.uint8)
+                shown = np.asarray(alpha) > 0  # pixels never shown need no noise
+                n = rng.standard_normal((int(np.count_nonzero(shown)), 3), dtype=np.float32)
+                n = n * np.asarray([added.y, added.cr, added.cb], np.float32) @ _MIX.T
+                rgb = rgb.copy()
+                rgb[shown] = np.clip(np.rint(rgb[shown].astype(np.float32) + n), 0, 255).astype(np.uint8)
     if rgb is object_rgb:
         rgb = object_rgb.copy()
     info = CameraMatch(blur_object=b_obj, blur_background=b_bg, blur_applied=round(applied, 4),

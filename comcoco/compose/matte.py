@@ -5,10 +5,11 @@ background, which after pasting is a rim of the wrong colour around the object �
 that tells a pasted object from a native one. Two steps fix it, both box-local and numpy/OpenCV only:
 
 1. **Alpha refinement** inside a narrow band around the polygon edge (``band`` px each side). The
-   ``guided`` method (default) is He, Sun and Tang's guided filter with the source crop as the
-   colour guide, written here with box filters: inside a window the alpha is modelled as a linear
-   function of the colour, so the edge snaps to the object's real colour edge where there is one and
-   becomes a soft feather where there is none. ``feather`` is erode-then-feather (a Gaussian of the
+   ``guided`` method (default) is He, Sun and Tang's guided filter with the source crop's luma as
+   the guide, written here with box filters: inside a window the alpha is modelled as a linear
+   function of the guide, so the edge snaps to the object's real edge where there is one and becomes
+   a soft feather where there is none. ``guided-colour`` uses the RGB guide (a 3×3 solve per pixel):
+   on the real fixtures it was no better than luma at four times the cost. ``feather`` is erode-then-feather (a Gaussian of the
    mask shrunk by half the band). Outside the band the alpha is what the polygon gave (1 inside,
    0 outside), and the rasteriser's rule is kept: alpha is non-zero only on the binary mask
    (alpha ≥ 0.5) and its one-pixel rim, so everything farther away stays byte-exact.
@@ -34,7 +35,7 @@ import numpy as np
 
 from comcoco.compose.cutout import MASK_THRESHOLD, Cutout
 
-MATTE_METHODS: tuple[str, ...] = ("guided", "feather", "none")
+MATTE_METHODS: tuple[str, ...] = ("guided", "guided-colour", "feather", "none")
 DECONTAMINATE_METHODS: tuple[str, ...] = ("extend", "solve", "none")
 _EDGE = np.ones((3, 3), np.uint8)
 
@@ -129,18 +130,26 @@ def guided_filter(guide: np.ndarray, p: np.ndarray, r: int, eps: float) -> np.nd
     return np.sum(_box(a, r) * guide, axis=-1) + _box(b, r)
 
 
-def _local_mean(rgb: np.ndarray, weight: np.ndarray, r: int) -> tuple[np.ndarray, np.ndarray]:
-    """Weighted local mean colour within radius r, and the local weight (0 where none)."""
-    w = _box(weight.astype(np.float32), r)
-    s = _box(rgb * weight[..., None].astype(np.float32), r)
-    return s / np.maximum(w, 1e-6)[..., None], w
+def guided_filter_gray(guide: np.ndarray, p: np.ndarray, r: int, eps: float) -> np.ndarray:
+    """Guided filter with a one-channel guide (h×w float32 in [0, 1]): four box filters."""
+    mean_i = _box(guide, r)
+    mean_p = _box(p, r)
+    var_i = _box(guide * guide, r) - mean_i * mean_i
+    cov_ip = _box(guide * p, r) - mean_i * mean_p
+    a = cov_ip / (var_i + eps)
+    b = mean_p - a * mean_i
+    return _box(a, r) * guide + _box(b, r)
 
 
 def _refined_alpha(rgb01: np.ndarray, alpha: np.ndarray, band_mask: np.ndarray, mask: np.ndarray,
                    band: int, params: MatteParams) -> np.ndarray:
-    if params.method == "guided":
-        r = params.radius if params.radius is not None else band
-        q = guided_filter(rgb01, alpha, max(1, int(r)), float(params.eps))
+    if params.method in ("guided", "guided-colour"):
+        r = max(1, int(params.radius if params.radius is not None else band))
+        if params.method == "guided-colour":
+            q = guided_filter(rgb01, alpha, r, float(params.eps))
+        else:
+            luma = rgb01[..., 0] * np.float32(0.299) + rgb01[..., 1] * np.float32(0.587) + rgb01[..., 2] * np.float32(0.114)
+            q = guided_filter_gray(luma, alpha, r, float(params.eps))
     else:  # feather: shrink by half the band, then a Gaussian of the band's width
         shrunk = cv2.erode(mask.astype(np.uint8), _disk(max(1, band // 2))).astype(np.float32)
         q = cv2.GaussianBlur(shrunk, (0, 0), max(0.5, band / 2.0), borderType=cv2.BORDER_REFLECT)
@@ -155,31 +164,39 @@ def decontaminate(rgb: np.ndarray, alpha: np.ndarray, band_mask: np.ndarray, ban
                   method: str = "extend", min_alpha: float = 0.3) -> tuple[np.ndarray, int]:
     """Object colours in the band freed of the source background's spill; (rgb uint8, pixels changed).
 
-    Pixels outside the band, and pixels with alpha 0 (never pasted), keep their bytes.
+    Pixels outside the band, pixels at alpha 1 (``extend``) and pixels with alpha 0 (never pasted)
+    keep their bytes. Box filters run over the box; everything else only at the fixed pixels.
     """
     fix = band_mask & (alpha > 0)
-    n = int(np.count_nonzero(fix))
-    if method == "none" or n == 0:
+    if method == "extend":
+        fix &= alpha < 1.0
+    if method == "none" or not fix.any():
         return rgb.copy(), 0
     img = rgb.astype(np.float32)
     r = 2 * band + 2
-    sure_fg = (alpha >= 1.0) & ~band_mask
-    sure_bg = (alpha <= 0.0) & ~band_mask
-    f0, wf = _local_mean(img, sure_fg, r)
-    have_f = wf > 1e-3
-    f0 = np.where(have_f[..., None], f0, img)  # thin parts: no interior nearby, keep the observed colour
+    k = (2 * r + 1, 2 * r + 1)
+    w_fg = ((alpha >= 1.0) & ~band_mask).astype(np.float32)
+    sf = cv2.boxFilter(img * w_fg[..., None], -1, k, normalize=False, borderType=cv2.BORDER_CONSTANT)[fix]
+    wf = cv2.boxFilter(w_fg, -1, k, normalize=False, borderType=cv2.BORDER_CONSTANT)[fix]
+    obs = img[fix]
+    have_f = (wf > 0.5)[:, None]
+    f0 = np.where(have_f, sf / np.maximum(wf, 1.0)[:, None], obs)  # thin parts: keep the observed colour
     if method == "extend":
-        f = np.where((alpha < 1.0)[..., None], f0, img)
+        f = f0
     else:
-        b, wb = _local_mean(img, sure_bg, r)
-        a = np.maximum(alpha, 1e-3)[..., None]
-        solved = (img - (1.0 - a) * b) / a
-        t = np.clip((alpha - 0.5 * min_alpha) / (0.5 * min_alpha), 0.0, 1.0)[..., None]
-        t = np.where((wb > 1e-3)[..., None], t, 0.0)
+        w_bg = ((alpha <= 0.0) & ~band_mask).astype(np.float32)
+        sb = cv2.boxFilter(img * w_bg[..., None], -1, k, normalize=False, borderType=cv2.BORDER_CONSTANT)[fix]
+        wb = cv2.boxFilter(w_bg, -1, k, normalize=False, borderType=cv2.BORDER_CONSTANT)[fix]
+        b = sb / np.maximum(wb, 1.0)[:, None]
+        a = np.maximum(alpha[fix], 1e-3)[:, None]
+        solved = (obs - (1.0 - a) * b) / a
+        t = np.clip((a - 0.5 * min_alpha) / (0.5 * min_alpha), 0.0, 1.0) * (wb > 0.5)[:, None]
         f = t * solved + (1.0 - t) * f0
+    new = np.clip(np.rint(f), 0, 255).astype(np.uint8)
+    changed = int(np.count_nonzero(np.any(new != rgb[fix], axis=-1)))
     out = rgb.copy()
-    out[fix] = np.clip(np.rint(f[fix]), 0, 255).astype(np.uint8)
-    return out, int(np.count_nonzero(np.any(out != rgb, axis=-1)))
+    out[fix] = new
+    return out, changed
 
 
 def refine_matte(rgb: np.ndarray, alpha: np.ndarray, params: MatteParams | None = None) -> MatteResult:
@@ -227,7 +244,7 @@ def mask_polygons(mask: np.ndarray, origin: tuple[int, int] = (0, 0)) -> tuple[t
         pts = c.reshape(-1, 2).astype(np.float64)
         if len(pts) >= 3:
             pts = pts + np.asarray(origin, dtype=np.float64)
-            out.append(tuple(round(float(v), 2) for v in pts.reshape(-1)))
+            out.append(tuple(np.round(pts.reshape(-1), 2).tolist()))
     return tuple(out)
 
 
