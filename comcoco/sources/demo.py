@@ -479,6 +479,19 @@ def _sensor_noise(rng: np.random.Generator, h: int, w: int) -> np.ndarray:
     return tile[y0:y0 + h, x0:x0 + w]
 
 
+DEFOCUS_SIGMA = (0.4, 1.0)  # px: every demo photo is a little soft, each by its own amount
+
+
+def camera_defocus(img: np.ndarray, rng: np.random.Generator) -> np.ndarray:
+    """The camera's slight global defocus (a Gaussian of σ drawn from DEFOCUS_SIGMA), before its noise.
+
+    Photos differ in sharpness; a pasted object carries its own photo's, which is a cue a model can
+    use only if the demo's images differ as photos do. Its own generator, so the scene draws are unchanged.
+    """
+    sigma = float(rng.uniform(*DEFOCUS_SIGMA))
+    return cv2.GaussianBlur(img, (0, 0), sigma, borderType=cv2.BORDER_REFLECT)
+
+
 def _smooth_noise(rng: np.random.Generator, h: int, w: int, cells: int) -> np.ndarray:
     """Zero-mean smooth noise: a coarse random grid upsampled bicubically."""
     gh = max(2, round(cells * h / max(h, w)) + 1)
@@ -959,6 +972,7 @@ def render_demo_image(index: int, theme_name: str, split: str, seed: int,
     cast = np.asarray([1.0, 1.0, 1.0], np.float32) + np.asarray(rng.uniform(-0.07, 0.07, 3), np.float32)
     img *= (gradient * vignette * exposure)[..., None]
     img *= cast
+    img = camera_defocus(img, rng_for(seed, "demo-camera", index))
     img += _sensor_noise(rng, h, w)
     pixels = np.clip(img * 255.0 + 0.5, 0, 255).astype(np.uint8)
 
