@@ -180,6 +180,6 @@ def test_features_on_real_fixture_objects(coco_real_dir: Path):
     X, used, problems = extract_features(records)
     assert X.shape == (len(used), len(FEATURE_NAMES)) and len(used) >= 8
     assert len(problems) == 1 and "gone" in problems[0]
-    assert np.isfinite(X).mean() > 0.9
+    assert np.isfinite(X).mean() > 0.8  # frame-filling objects (bed, couch) have no outside band
     tiny = object_features(np.zeros((50, 50, 3), np.uint8), np.ones((5, 5), bool), (10, 10))
     assert tiny is None  # below MIN_AREA

@@ -5,20 +5,27 @@ kind of object. Bands come from the distance to the mask edge, in a window aroun
 box grown by half its long side, 8..64 px), at native resolution (resizing would erase the noise and
 the JPEG grid):
 
-* ``edge``: within 1.5 px of the edge on either side; ``near``: 1.5–3 px inside / outside;
-* ``in`` / ``out``: 3..3+R px inside / outside, R = clip(0.15·√area, 6, 24).
+* ``edge``: within ``EDGE_TOL`` = 3 px of the edge on either side; ``near``: 3–6 px inside / outside;
+* ``in`` / ``out``: 6..6+R px inside / outside, R = clip(0.15·√area, 6, 24).
+
+The edge band is wide on purpose: a native object's COCO polygon misses its true edge by a pixel or
+two, while a pasted object's published mask is its pixel edge exactly. A feature that looked at the
+mask's own pixel (a gradient profile at ±1 px) would detect that annotation difference, which an
+image model never sees, rather than anything in the picture. No feature depends on where, within
+±3 px, the mask edge lies.
 
 Families (the columns of ``FEATURE_NAMES`` carry their family in ``FEATURE_FAMILY``):
 
-* boundary — gradient at the edge vs the texture on both sides, the gradient profile across the
-  edge, a luminance halo (the edge pixels' departure from both sides) and the colour rim (edge
-  colours vs the object's own colours nearby);
+* boundary — gradient in the edge band vs the texture on both sides, how peaked it is (a cut is
+  one step), its Laplacian-to-gradient ratio, a luminance halo (the edge band's departure from the
+  near bands) and the colour rim (edge colours vs the object's own colours nearby);
 * noise — Immerkær noise (flattest half, trimmed mean) inside vs outside, luma and chroma;
 * sharpness — equivalent blur σ (re-blur ratio on strong edges) inside vs outside, Laplacian energy;
 * shadow — luminance just below the object's base vs the ground beside it and vs the ring above;
 * colour — YCrCb means, luma spread and chroma inside vs outside;
-* jpeg — 8×8 blockiness on the full image's grid inside vs outside; chroma bleed across the edge
-  (chroma gradient just outside the edge relative to at it, vs the same for luma).
+* jpeg — 8×8 blockiness on the full image's grid inside vs outside; chroma bleed in the edge band:
+  the share of chroma-gradient energy at pixels where the luma gradient is low (subsampled chroma
+  spreads away from the luma edge), against the same share in the surrounding texture.
 """
 
 from __future__ import annotations
@@ -36,19 +43,19 @@ LABELS: tuple[str, ...] = ("pasted", "native")
 MIN_AREA = 64  # objects with fewer mask pixels carry no usable cue and are skipped
 
 _FEATURES: tuple[tuple[str, str], ...] = (
-    ("boundary", "edge_grad_ratio"), ("boundary", "profile_out2"), ("boundary", "profile_out1"),
-    ("boundary", "profile_in1"), ("boundary", "profile_in2"), ("boundary", "halo_in"),
-    ("boundary", "halo_out"), ("boundary", "rim_dev"),
+    ("boundary", "edge_grad_ratio"), ("boundary", "edge_peak"), ("boundary", "edge_lap"),
+    ("boundary", "halo_in"), ("boundary", "halo_out"), ("boundary", "rim_dev"),
     ("noise", "y_ratio"), ("noise", "cr_ratio"), ("noise", "cb_ratio"), ("noise", "y_in"), ("noise", "y_out"),
     ("sharpness", "blur_in"), ("sharpness", "blur_out"), ("sharpness", "blur_ratio"), ("sharpness", "lap_ratio"),
     ("shadow", "below_vs_side"), ("shadow", "below_vs_ring"), ("shadow", "dark_below_vs_side"),
     ("colour", "dY"), ("colour", "dCr"), ("colour", "dCb"), ("colour", "Y_spread"), ("colour", "chroma_ratio"),
-    ("jpeg", "block_in"), ("jpeg", "block_out"), ("jpeg", "block_ratio"), ("jpeg", "bleed_c"),
-    ("jpeg", "bleed_y"), ("jpeg", "bleed_ratio"),
+    ("jpeg", "block_in"), ("jpeg", "block_out"), ("jpeg", "block_ratio"), ("jpeg", "bleed_edge"),
+    ("jpeg", "bleed_texture"), ("jpeg", "bleed_ratio"),
 )
 FEATURE_NAMES: tuple[str, ...] = tuple(f"{fam}.{name}" for fam, name in _FEATURES)
 FEATURE_FAMILY: tuple[str, ...] = tuple(fam for fam, _ in _FEATURES)
 
+EDGE_TOL = 3.0  # px: half-width of the edge band (COCO polygons miss true edges by about this much)
 _IMMERKAER = np.array([[1, -2, 1], [-2, 4, -2], [1, -2, 1]], np.float32)
 _TRIM_MEAN = 0.51489  # mean of |x| over its lower 75 % for x ~ N(0, 1)
 _EPS = 1e-6
@@ -158,6 +165,17 @@ def _blockiness(y: np.ndarray, sel: np.ndarray, ox: int, oy: int) -> float:
     return float(a.mean()) / (float(b.mean()) + 0.1)
 
 
+def _off_luma_share(gc: np.ndarray, g: np.ndarray, sel: np.ndarray) -> float:
+    """Share of the chroma-gradient energy in ``sel`` at pixels whose luma gradient is below its median."""
+    if np.count_nonzero(sel) < 16:
+        return math.nan
+    c, lg = gc[sel], g[sel]
+    tot = float(c.sum())
+    if tot <= 1e-6:
+        return math.nan
+    return float(c[lg < np.median(lg)].sum()) / tot
+
+
 def _local_dev(c: np.ndarray, target: np.ndarray, ref: np.ndarray, r: int) -> float:
     """Mean colour distance of ``target`` pixels from the local mean of ``ref`` pixels (radius r)."""
     w = cv2.boxFilter(ref.astype(np.float32), -1, (2 * r + 1, 2 * r + 1), normalize=True)
@@ -193,30 +211,32 @@ def object_features(image: np.ndarray, mask: np.ndarray, offset: tuple[int, int]
     d_in = cv2.distanceTransform(obj, cv2.DIST_L2, 3)
     d_out = cv2.distanceTransform(1 - obj, cv2.DIST_L2, 3)
     R = float(np.clip(0.15 * math.sqrt(area), 6, 24))
+    t = EDGE_TOL
     inside, outside = obj > 0, obj == 0
-    edge = (inside & (d_in <= 1.5)) | (outside & (d_out <= 1.5))
-    edge_in, edge_out = inside & (d_in <= 1.5), outside & (d_out <= 1.5)
-    near_in, near_out = inside & (d_in > 1.5) & (d_in <= 3), outside & (d_out > 1.5) & (d_out <= 3)
-    band_in, band_out = inside & (d_in > 3) & (d_in <= 3 + R), outside & (d_out > 3) & (d_out <= 3 + R)
+    edge_in, edge_out = inside & (d_in <= t), outside & (d_out <= t)
+    edge = edge_in | edge_out
+    near_in, near_out = inside & (d_in > t) & (d_in <= 2 * t), outside & (d_out > t) & (d_out <= 2 * t)
+    band_in = inside & (d_in > 2 * t) & (d_in <= 2 * t + R)
+    band_out = outside & (d_out > 2 * t) & (d_out <= 2 * t + R)
 
     ycc = cv2.cvtColor(np.ascontiguousarray(win), cv2.COLOR_RGB2YCrCb).astype(np.float32)
     y = ycc[..., 0]
     gx, gy = cv2.Sobel(y, cv2.CV_32F, 1, 0, ksize=3), cv2.Sobel(y, cv2.CV_32F, 0, 1, ksize=3)
     g = np.sqrt(gx * gx + gy * gy) * np.float32(1 / 8)
+    lap = np.abs(cv2.Laplacian(y, cv2.CV_32F))
     f = []
 
     # boundary
     g_tex = 0.5 * (_mean(g, band_in) + _mean(g, band_out))
     g_edge = _mean(g, edge)
     f.append(_log_ratio(g_edge, g_tex))
-    prof = [_mean(g, outside & (d_out > 1.5) & (d_out <= 2.5)), _mean(g, edge_out), _mean(g, edge_in),
-            _mean(g, inside & (d_in > 1.5) & (d_in <= 2.5))]
-    f.extend(_log_ratio(p, g_edge) for p in prof)
+    f.append(_log_ratio(float(np.quantile(g[edge], 0.95)) if edge.any() else math.nan, g_edge))
+    f.append(_log_ratio(_mean(lap, edge), g_edge))
     y_near_in, y_near_out = _mean(y, near_in), _mean(y, near_out)
     contrast = abs(y_near_in - y_near_out) + 5.0
     f.append((_mean(y, edge_in) - y_near_in) / contrast)
     f.append((_mean(y, edge_out) - y_near_out) / contrast)
-    f.append(_log_ratio(_local_dev(ycc, edge_in, near_in, 3), _local_dev(ycc, near_in, band_in, 3)))
+    f.append(_log_ratio(_local_dev(ycc, edge_in, near_in, 4), _local_dev(ycc, near_in, band_in, 4)))
 
     # noise
     flat_g = cv2.GaussianBlur(y, (0, 0), 2.0)
@@ -234,7 +254,6 @@ def object_features(image: np.ndarray, mask: np.ndarray, offset: tuple[int, int]
     yb = cv2.GaussianBlur(y, (0, 0), 1.0)
     g2 = np.sqrt(cv2.Sobel(yb, cv2.CV_32F, 1, 0) ** 2 + cv2.Sobel(yb, cv2.CV_32F, 0, 1) ** 2) * np.float32(1 / 8)
     b_in, b_out = _blur(g, g2, band_in | near_in), _blur(g, g2, band_out | near_out)
-    lap = np.abs(cv2.Laplacian(y, cv2.CV_32F))
     f.extend([b_in, b_out, _log_ratio(b_in, b_out),
               _log_ratio(_mean(lap, band_in) / (_mean(g, band_in) + 0.5), _mean(lap, band_out) / (_mean(g, band_out) + 0.5))])
 
@@ -247,8 +266,8 @@ def object_features(image: np.ndarray, mask: np.ndarray, offset: tuple[int, int]
     cc = np.arange(obj.shape[1])[None, :]
     below_rows = (rr >= base - 0.1 * oh) & (rr < base + max(2.0, 0.15 * oh))
     cx = 0.5 * (cols[0] + cols[-1])
-    below = outside & (d_out > 1.5) & below_rows & (np.abs(cc - cx) <= 0.6 * ow)
-    side = outside & (d_out > 1.5) & below_rows & (np.abs(cc - cx) > 0.6 * ow) & (np.abs(cc - cx) <= 1.2 * ow)
+    below = outside & (d_out > t) & below_rows & (np.abs(cc - cx) <= 0.6 * ow)
+    side = outside & (d_out > t) & below_rows & (np.abs(cc - cx) > 0.6 * ow) & (np.abs(cc - cx) <= 1.2 * ow)
     upper = band_out & (rr < base - 0.3 * oh)
     y_below = _mean(y, below)
     f.append(_log_ratio(y_below, _mean(y, side)))
@@ -269,12 +288,10 @@ def object_features(image: np.ndarray, mask: np.ndarray, offset: tuple[int, int]
     # jpeg
     blk_in, blk_out = _blockiness(y, band_in, x0, y0), _blockiness(y, band_out, x0, y0)
     f.extend([blk_in, blk_out, _log_ratio(blk_in, blk_out)])
-    gc = (np.abs(cv2.Sobel(ycc[..., 1], cv2.CV_32F, 1, 0)) + np.abs(cv2.Sobel(ycc[..., 1], cv2.CV_32F, 0, 1))
-          + np.abs(cv2.Sobel(ycc[..., 2], cv2.CV_32F, 1, 0)) + np.abs(cv2.Sobel(ycc[..., 2], cv2.CV_32F, 0, 1)))
-    ring2 = outside & (d_out > 1.5) & (d_out <= 3.5)
-    bleed_c = _log_ratio(_mean(gc, ring2), _mean(gc, edge))
-    bleed_y = _log_ratio(_mean(g, ring2), _mean(g, edge))
-    f.extend([bleed_c, bleed_y, bleed_c - bleed_y if math.isfinite(bleed_c) and math.isfinite(bleed_y) else math.nan])
+    gc = cv2.magnitude(cv2.Sobel(ycc[..., 1], cv2.CV_32F, 1, 0), cv2.Sobel(ycc[..., 1], cv2.CV_32F, 0, 1)) + \
+        cv2.magnitude(cv2.Sobel(ycc[..., 2], cv2.CV_32F, 1, 0), cv2.Sobel(ycc[..., 2], cv2.CV_32F, 0, 1))
+    bleed_e, bleed_t = _off_luma_share(gc, g, edge), _off_luma_share(gc, g, band_in | band_out)
+    f.extend([bleed_e, bleed_t, bleed_e - bleed_t if math.isfinite(bleed_e) and math.isfinite(bleed_t) else math.nan])
     out = np.asarray(f, np.float64)
     assert out.shape == (len(FEATURE_NAMES),)
     return out
