@@ -15,6 +15,7 @@ from comcoco.compose.camera import (
     blockiness,
     blur_sigma,
     estimate_jpeg_quality,
+    jpeg_noise_gain,
     jpeg_regrid,
     match_camera,
     noise_level,
@@ -88,7 +89,8 @@ def test_match_camera_blurs_and_noises_the_object_only(real):
     rng = np.random.default_rng(3)
     soft_noisy = np.clip(cv2.GaussianBlur(bg, (0, 0), 2.0) + rng.normal(0, 6, bg.shape), 0, 255).astype(np.uint8)
     before = soft_noisy.copy()
-    rgb, info = match_camera(cut.rgb, cut.alpha, soft_noisy, cut.box, rng_for(0, "test", "camera"))
+    res = match_camera(cut.rgb, cut.alpha, soft_noisy, cut.box, rng_for(0, "test", "camera"))
+    rgb, info = res.rgb, res.info
     assert np.array_equal(soft_noisy, before)  # the background is never touched
     assert rgb.shape == cut.rgb.shape and rgb.dtype == np.uint8
     assert info.blur_applied > 0.5
@@ -98,14 +100,20 @@ def test_match_camera_blurs_and_noises_the_object_only(real):
     assert after_noise is not None and info.noise_background is not None
     assert abs(after_noise.y - info.noise_background.y) < 0.35 * info.noise_background.y
     # same seed, same bytes
-    again, _ = match_camera(cut.rgb, cut.alpha, soft_noisy, cut.box, rng_for(0, "test", "camera"))
-    assert np.array_equal(rgb, again)
-    # pasting the matched object changes nothing outside its alpha
+    again = match_camera(cut.rgb, cut.alpha, soft_noisy, cut.box, rng_for(0, "test", "camera"))
+    assert np.array_equal(rgb, again.rgb) and np.array_equal(res.alpha, again.alpha)
+    # the cut edge is softened like the colours, but the mask keeps its meaning and place
+    assert res.alpha.dtype == np.float32 and 0.0 <= res.alpha.min() and res.alpha.max() <= 1.0
+    grad = lambda a: np.abs(np.diff(a, axis=1)).max()  # noqa: E731
+    assert grad(res.alpha) < grad(cut.alpha)
+    old_mask, new_mask = cut.alpha >= 0.5, res.alpha >= 0.5
+    assert np.count_nonzero(old_mask ^ new_mask) < 0.1 * np.count_nonzero(old_mask)
+    # pasting the matched object changes nothing outside its (new) alpha
     comp = soft_noisy.copy()
-    paste(comp, type(cut)(rgb=rgb, alpha=cut.alpha, box=cut.box, polygons=cut.polygons))
+    paste(comp, type(cut)(rgb=rgb, alpha=res.alpha, box=cut.box, polygons=cut.polygons))
     x, y, w, h = cut.box
     outside = np.ones(comp.shape[:2], bool)
-    outside[y:y + h, x:x + w] = cut.alpha <= 0
+    outside[y:y + h, x:x + w] = res.alpha <= 0
     assert np.array_equal(comp[outside], soft_noisy[outside])
 
 
@@ -113,9 +121,31 @@ def test_match_camera_does_not_sharpen_and_says_why():
     scene = _smooth_scene(4)
     obj = cv2.GaussianBlur(scene[40:120, 40:120], (0, 0), 3.0)
     alpha = np.ones(obj.shape[:2], np.float32)
-    rgb, info = match_camera(obj, alpha, scene, (40, 40, 80, 80), np.random.default_rng(0), CameraParams(noise=False))
-    assert info.blur_applied == 0.0 and "not sharpened" in info.reason
-    assert np.array_equal(rgb, obj)
+    res = match_camera(obj, alpha, scene, (40, 40, 80, 80), np.random.default_rng(0), CameraParams(noise=False))
+    assert res.info.blur_applied == 0.0 and "not sharpened" in res.info.reason
+    assert np.array_equal(res.rgb, obj) and np.array_equal(res.alpha, alpha)
+
+
+def test_chroma_noisier_object_is_smoothed_and_jpeg_gain_raises_added_noise():
+    rng = np.random.default_rng(0)
+    scene = np.full((120, 160, 3), 128, np.uint8)
+    scene = np.clip(scene + rng.normal(0, 2.0, scene.shape), 0, 255).astype(np.uint8)
+    scene = _dec(_jpeg(scene, 85))  # 4:2:0: little pixel-level chroma noise
+    ycc = np.full((60, 60, 3), 128.0, np.float32)
+    ycc[..., 1:] += rng.normal(0, 6.0, (60, 60, 2))  # strong chroma noise only
+    obj = cv2.cvtColor(np.clip(np.rint(ycc), 0, 255).astype(np.uint8), cv2.COLOR_YCrCb2RGB)
+    alpha = np.ones((60, 60), np.float32)
+    res = match_camera(obj, alpha, scene, (50, 30, 60, 60), np.random.default_rng(1))
+    assert res.info.chroma_smoothing >= 0.5
+    after = noise_level(res.rgb)
+    before = noise_level(obj)
+    assert after.cr < 0.6 * before.cr and after.cb < 0.6 * before.cb
+    plain = match_camera(obj, alpha, scene, (50, 30, 60, 60), np.random.default_rng(1))
+    with_jpeg = match_camera(obj, alpha, scene, (50, 30, 60, 60), np.random.default_rng(1),
+                             jpeg=JpegEstimate(60, 2, "tables"))
+    assert with_jpeg.info.noise_added.y >= plain.info.noise_added.y
+    gain = jpeg_noise_gain(60)
+    assert all(0.05 <= g < 1.0 for g in gain) and jpeg_noise_gain(95)[0] > gain[0]
 
 
 def test_quality_from_tables_and_from_pixels():

@@ -16,11 +16,15 @@ pixels where the object's alpha or its JPEG bleed ring reaches) and never the ba
   peak scales as 1/σ, so re-blurring by σ₀ scales it by r = σ/√(σ² + σ₀²) and σ = σ₀·r/√(1 − r²);
   r is the median ratio over the region's strongest-gradient pixels. The operator's own width adds
   the same amount to both sides of a comparison, which cancels in σ_bg² − σ_obj².
-* ``match_camera`` — blur the object (premultiplied by alpha, so no source background bleeds in) by
-  √(σ_bg² − σ_obj²) when the scene is blurrier, then add seeded Gaussian noise of
-  √(σ_bg² − σ_obj²) per YCrCb channel when the scene is noisier. A sharper scene than object is left
-  alone: sharpening would amplify the object's noise and JPEG artefacts. Nothing is resampled here;
-  the cut already scales with area interpolation when shrinking (no aliasing).
+* ``match_camera`` — blur the object (premultiplied by alpha, so no source background bleeds in)
+  and its alpha edge (a cut edge is sharper than any photographed one) by √(σ_bg² − σ_obj²) when the
+  scene is blurrier; low-pass the object's chroma when its chroma noise exceeds the scene's (a
+  resampled 4:2:0 source carries pixel-level chroma noise a camera's own chroma never has); then
+  add seeded Gaussian noise of √((σ_bg/g)² − σ_obj²) per YCrCb channel when the scene is noisier,
+  where g is the share of white noise a following JPEG regrid keeps (``jpeg_noise_gain``, measured
+  once per quality; 1 without regrid). A sharper scene than object is left alone: sharpening would
+  amplify the object's noise and JPEG artefacts. Nothing is resampled here; the cut already scales
+  with area interpolation when shrinking (no aliasing).
 * ``jpeg_regrid`` — JPEG round trip of the object's region, cut on the full image's 16-px MCU grid
   (so its 8×8 blocks are the background's), at the background's quality and chroma subsampling, taken
   back where the object's alpha is > 0 and, fading out, over a ``bleed``-px ring around it: the object
@@ -35,6 +39,7 @@ from __future__ import annotations
 import io
 import math
 from dataclasses import asdict, dataclass
+from functools import lru_cache
 from pathlib import Path
 from typing import Any
 
@@ -52,6 +57,8 @@ _SIGMA0 = 1.0  # re-blur of the sharpness estimate
 _BLUR_MIN = 0.35  # do not blur the object for a smaller σ difference
 _BLUR_MAX = 3.0
 _NOISE_MIN = 0.5  # do not add noise below this std (0–255)
+_CHROMA_EXCESS = 1.25  # smooth the object's chroma when its chroma noise exceeds the scene's by this
+_CHROMA_MIN = 0.2  # ... and is at least this (0–255): pixel-level chroma a 4:2:0 scene lacks
 _GHOST_DIP = 0.15  # relative depth of the JPEG-ghost dip that counts as evidence
 # YCrCb → RGB noise mixing (ITU-R BT.601 as OpenCV uses it): n_rgb = _MIX @ (n_Y, n_Cr, n_Cb)
 _MIX = np.array([[1.0, 1.403, 0.0], [1.0, -0.714, -0.344], [1.0, 0.0, 1.773]], np.float32)
@@ -86,7 +93,8 @@ class CameraMatch:
 
     blur_object: float | None  # equivalent σ (px) of the object's edges, before matching
     blur_background: float | None
-    blur_applied: float  # σ of the Gaussian applied to the object (0: none)
+    blur_applied: float  # σ of the Gaussian applied to the object's colours and alpha (0: none)
+    chroma_smoothing: float  # σ of the chroma-only low-pass (0: none)
     noise_object: NoiseLevel | None  # after any blur
     noise_background: NoiseLevel | None
     noise_added: NoiseLevel  # std of the seeded noise added per channel
@@ -277,18 +285,60 @@ def _premult_blur(rgb: np.ndarray, alpha: np.ndarray, sigma: float) -> np.ndarra
     return np.clip(np.rint(out), 0, 255).astype(np.uint8)
 
 
+def _chroma_smooth(rgb: np.ndarray, alpha: np.ndarray, sigma: float) -> np.ndarray:
+    """Low-pass the object's chroma only (as a camera's chroma subsampling and denoising do), premultiplied."""
+    ycc = _ycrcb(rgb)
+    a = np.clip(alpha, 0.0, 1.0).astype(np.float32)
+    den = cv2.GaussianBlur(a, (0, 0), sigma, borderType=cv2.BORDER_REFLECT)
+    for c in (1, 2):
+        num = cv2.GaussianBlur(ycc[..., c] * a, (0, 0), sigma, borderType=cv2.BORDER_REFLECT)
+        ycc[..., c] = np.where(den > 1e-3, num / np.maximum(den, 1e-3), ycc[..., c])
+    out = np.clip(np.rint(ycc), 0, 255).astype(np.uint8)
+    return cv2.cvtColor(out, cv2.COLOR_YCrCb2RGB)
+
+
+@lru_cache(maxsize=64)
+def jpeg_noise_gain(quality: int, subsampling: int = 2) -> tuple[float, float, float]:
+    """How much of white YCrCb noise survives a JPEG round trip at ``quality`` (measured, per channel).
+
+    A mid-grey 128-px patch with noise of std 4 per channel (fixed seed) is compressed; the ratio of
+    the measured noise after to before is the gain. Noise meant to match a JPEG scene *after* the
+    regrid is added at (scene noise / gain).
+    """
+    rng = np.random.default_rng(12345)
+    base = np.full((128, 128, 3), 128.0, np.float32) + rng.standard_normal((128, 128, 3)).astype(np.float32) * 4.0
+    ycc = np.clip(np.rint(base), 0, 255).astype(np.uint8)
+    rgb = cv2.cvtColor(ycc, cv2.COLOR_YCrCb2RGB)
+    before = noise_level(rgb)
+    after = noise_level(_roundtrip(rgb, int(quality), int(subsampling)))
+    if before is None or after is None:
+        return (1.0, 1.0, 1.0)
+    return tuple(float(np.clip(a / max(b, 1e-6), 0.05, 1.0))  # type: ignore[return-value]
+                 for a, b in ((after.y, before.y), (after.cr, before.cr), (after.cb, before.cb)))
+
+
+@dataclass(frozen=True)
+class CameraResult:
+    rgb: np.ndarray  # h×w×3 uint8, the object's new colours
+    alpha: np.ndarray  # h×w float32: the alpha, its edge blurred like the colours
+    info: CameraMatch
+
+
 def match_camera(object_rgb: np.ndarray, alpha: np.ndarray, background: np.ndarray,
                  box: tuple[int, int, int, int], rng: np.random.Generator,
-                 params: CameraParams | None = None, scene: SceneCamera | None = None) -> tuple[np.ndarray, CameraMatch]:
-    """The object's colours with the scene's blur and noise; (new box-local rgb uint8, what was done).
+                 params: CameraParams | None = None, scene: SceneCamera | None = None,
+                 jpeg: JpegEstimate | None = None) -> CameraResult:
+    """The object with the scene's blur and noise (colours and alpha edge); see the module docstring.
 
     ``object_rgb`` and ``alpha`` are box-local (h×w); ``background`` is the frame the object goes
-    into and ``box`` its place there. The scene is measured in a window around the box, or taken
-    from ``scene`` (``scene_camera`` of the background, computed once per background). Large
-    regions are measured on tiles. Never raises on data.
+    into and ``box`` its place there. The scene is measured in a window around the box (tiled), or
+    taken from ``scene`` (``scene_camera``, once per background). With ``jpeg`` (a regrid follows at
+    that quality) the noise is matched as it will be after the round trip. Never raises on data.
+    Kept whole: one decision chain (blur, chroma, noise) over shared measurements.
     """
     p = params or CameraParams()
-    inner = np.asarray(alpha) >= MASK_THRESHOLD
+    alpha = np.asarray(alpha, dtype=np.float32)
+    inner = alpha >= MASK_THRESHOLD
     reasons: list[str] = []
     b_obj, n_obj = _measure(object_rgb, inner)
     if scene is None:
@@ -296,38 +346,50 @@ def match_camera(object_rgb: np.ndarray, alpha: np.ndarray, background: np.ndarr
         b_bg, n_bg = _measure(background[y0:y1, x0:x1], None)
     else:
         b_bg, n_bg = scene.blur, scene.noise
-    rgb = object_rgb
-    applied = 0.0
+    rgb, new_alpha = object_rgb, alpha
+    applied, chroma = 0.0, 0.0
     if p.blur:
         if b_obj is None or b_bg is None:
             reasons.append("blur: too few edges to measure")
         elif b_bg * b_bg - b_obj * b_obj > _BLUR_MIN * _BLUR_MIN:
             applied = min(_BLUR_MAX, math.sqrt(b_bg * b_bg - b_obj * b_obj))
             rgb = _premult_blur(rgb, alpha, applied)
+            # the cut edge gets the same blur; the tail below 1/255 is dropped (alpha stays 0 far out)
+            new_alpha = cv2.GaussianBlur(alpha, (0, 0), applied, borderType=cv2.BORDER_CONSTANT)
+            new_alpha[new_alpha < 1.0 / 255.0] = 0.0
             n_obj = _measure(rgb, inner)[1]  # the blur lowered the object's noise
         elif b_obj > b_bg + _BLUR_MIN:
             reasons.append("blur: object blurrier than the scene (not sharpened)")
+    gain = (1.0, 1.0, 1.0) if jpeg is None or jpeg.quality is None else jpeg_noise_gain(jpeg.quality, jpeg.subsampling)
     added = NoiseLevel(0.0, 0.0, 0.0)
-    if p.noise:
-        if n_obj is None or n_bg is None:
-            reasons.append("noise: region too small to measure")
-        else:
-            def gap(b: float, o: float) -> float:
-                d = math.sqrt(max(0.0, b * b - o * o))
-                return d if d >= _NOISE_MIN else 0.0
+    if p.noise and (n_obj is None or n_bg is None):
+        reasons.append("noise: region too small to measure")
+    elif p.noise:
+        assert n_obj is not None and n_bg is not None
+        ratio = max(1e-3, min(n_bg.cr / max(n_obj.cr, 1e-6), n_bg.cb / max(n_obj.cb, 1e-6)))
+        if ratio < 1.0 / _CHROMA_EXCESS and max(n_obj.cr, n_obj.cb) > _CHROMA_MIN:
+            # the object's chroma is noisier than the scene's: smooth it
+            chroma = float(np.clip(1.0 / (2.0 * math.sqrt(math.pi) * ratio), 0.5, 2.0))
+            rgb = _chroma_smooth(rgb, alpha, chroma)
+            n_obj = _measure(rgb, inner)[1] or n_obj
 
-            added = NoiseLevel(gap(n_bg.y, n_obj.y), gap(n_bg.cr, n_obj.cr), gap(n_bg.cb, n_obj.cb))
-            if added.y or added.cr or added.cb:
-                shown = np.asarray(alpha) > 0  # pixels never shown need no noise
-                n = rng.standard_normal((int(np.count_nonzero(shown)), 3), dtype=np.float32)
-                n = n * np.asarray([added.y, added.cr, added.cb], np.float32) @ _MIX.T
-                rgb = rgb.copy()
-                rgb[shown] = np.clip(np.rint(rgb[shown].astype(np.float32) + n), 0, 255).astype(np.uint8)
+        def gap(b: float, o: float, g: float) -> float:
+            d = math.sqrt(max(0.0, (b / g) ** 2 - o * o))
+            return d if d >= _NOISE_MIN else 0.0
+
+        added = NoiseLevel(gap(n_bg.y, n_obj.y, gain[0]), gap(n_bg.cr, n_obj.cr, gain[1]), gap(n_bg.cb, n_obj.cb, gain[2]))
+        if added.y or added.cr or added.cb:
+            shown = new_alpha > 0  # pixels never shown need no noise
+            n = rng.standard_normal((int(np.count_nonzero(shown)), 3), dtype=np.float32)
+            n = n * np.asarray([added.y, added.cr, added.cb], np.float32) @ _MIX.T
+            rgb = rgb.copy()
+            rgb[shown] = np.clip(np.rint(rgb[shown].astype(np.float32) + n), 0, 255).astype(np.uint8)
     if rgb is object_rgb:
         rgb = object_rgb.copy()
     info = CameraMatch(blur_object=b_obj, blur_background=b_bg, blur_applied=round(applied, 4),
-                       noise_object=n_obj, noise_background=n_bg, noise_added=added, reason="; ".join(reasons))
-    return rgb, info
+                       chroma_smoothing=round(chroma, 4), noise_object=n_obj, noise_background=n_bg,
+                       noise_added=added, reason="; ".join(reasons))
+    return CameraResult(rgb=rgb, alpha=new_alpha if new_alpha is not alpha else alpha.copy(), info=info)
 
 
 # --- JPEG ----------------------------------------------------------------------------------------
@@ -378,8 +440,8 @@ def estimate_jpeg_quality(source: str | Path | bytes | None = None, pixels: np.n
         try:
             from PIL import Image, JpegImagePlugin
 
-            data = Path(source).read_bytes() if isinstance(source, str | Path) else bytes(source)
-            with Image.open(io.BytesIO(data)) as im:
+            fp = source if isinstance(source, str | Path) else io.BytesIO(bytes(source))
+            with Image.open(fp) as im:  # the header only: tables are read, pixels are not decoded
                 if im.format == "JPEG" and getattr(im, "quantization", None):
                     q = quality_from_table(im.quantization[0])
                     samp = JpegImagePlugin.get_sampling(im)

@@ -10,17 +10,21 @@ Light (``estimate_light``), in order of preference:
 
 * ``objects`` — the background's annotated objects' own shadows: around each object's base the
   luminance of eight probes (right, down-right, …, in ground-plane directions foreshortened by
-  ``SQUASH``) is compared with the ground farther away; the direction in which the ground is
-  darkest is where shadows fall, and the darkening there is the strength. The direction is shrunk
-  towards the default in proportion to (1 − confidence); confidence grows with the number of objects
-  and with how much darker the best direction is than the median one.
+  ``SQUASH``) half an object width out is compared with the ground farther away; the direction in
+  which the ground is darkest is where shadows fall, and the darkening there is the strength.
+  Probes further along that direction (up to 1.4 widths) give the shadow's length: the farthest
+  one still at least half as dark. Confidence grows with the number of objects and with the
+  asymmetry between the darkest side and the opposite one (a contact shadow centred under an object
+  is dark on both sides and says nothing about the light); an unsure direction is shrunk towards
+  the default and its cast shadow shortened in proportion.
 * ``gradient`` — no usable objects: the background's large-scale horizontal luminance gradient
   (a plane fitted to log-luminance of a ≤48-px copy). Light comes from the brighter side, so shadows
   fall towards the darker side and towards the camera; strength is the default.
 * ``default`` — neither: ``DEFAULT_LIGHT`` (shadows fall straight down, towards the camera, at
   strength 0.3); ``cast_shadow`` then draws a contact shadow only.
 
-Shadow (``cast_shadow``): a contact shadow (the silhouette's foot squashed flat at the base) plus,
+Shadow (``cast_shadow``): a contact shadow (the silhouette dropped straight down: a band on the base
+row as wide as the object, darkest under its bulk and under its foot) plus,
 when the light's direction is known, a cast shadow: the silhouette projected onto the ground away
 from the light (x′ = x + k_x·z, y′ = y_base + k_y·z for a point at height z above the base),
 fading with z, blurred, clipped to the frame. The map is region-local (never full frame) and exactly
@@ -45,8 +49,11 @@ SQUASH = 0.35  # foreshortening of ground-plane depth in the image (camera looki
 MAX_STRENGTH = 0.6  # no shadow removes more than this fraction of the light
 _LUMA = (0.299, 0.587, 0.114)
 _N_DIRS = 8
+_DISTANCES = (0.25, 0.5, 0.9, 1.4)  # probe distances from the base, in object widths
+_DIR_AT = 1  # the direction is read at half a width
+_MAX_LENGTH = 1.5  # longest cast shadow measured, × object height
 _MIN_PROBE = 12  # pixels a probe needs to count
-_PROBE_HEIGHT = 64.0  # objects are probed at most this tall (px)
+_PROBE_HEIGHT = 48.0  # objects are probed at most this tall (px)
 _MIN_REF = 30  # ground pixels the reference needs
 _G_MIN = 0.05  # log-luminance change across the image width below which the gradient says nothing
 _G_REF = 0.3  # ... and at which it is fully trusted
@@ -67,11 +74,13 @@ class Light:
     source: str  # "objects" | "gradient" | "default"
     confidence: float  # 0..1
     n_objects: int = 0  # annotated objects that contributed
+    length: float | None = None  # cast shadow length on the ground, × object height; None: the default
 
     def to_dict(self) -> dict[str, Any]:
         return {"direction": [round(self.direction[0], 4), round(self.direction[1], 4)],
                 "strength": round(self.strength, 4), "source": self.source,
-                "confidence": round(self.confidence, 4), "n_objects": self.n_objects}
+                "confidence": round(self.confidence, 4), "n_objects": self.n_objects,
+                "length": None if self.length is None else round(self.length, 4)}
 
 
 DEFAULT_LIGHT = Light(direction=(0.0, 1.0), strength=0.3, source="default", confidence=0.0)
@@ -106,9 +115,9 @@ class NativeObject:
 class ShadowParams:
     """Shape of the drawn shadow, in fractions of the object's height H (documented choices)."""
 
-    contact: float = 0.05  # contact shadow: the foot squashed to this fraction of H
-    foot: float = 0.12  # the foot is the silhouette's lowest fraction of H
-    cast_length: float = 0.6  # cast shadow length along the ground (objects light), × H
+    contact: float = 0.07  # contact shadow: a flat-topped band exp(−½(r/c)⁴), c = this × H, on the base row
+    foot: float = 0.25  # the columns of the silhouette's lowest quarter are always fully in it
+    cast_length: float = 0.6  # cast shadow length along the ground when the light does not say, × H
     gradient_length: float = 0.35  # ... for a light from the gradient (less sure)
     cast_darkness: float = 0.7  # cast shadow darkness relative to the contact core
     fade: float = 0.8  # cast shadow fades as exp(−z / (fade·H)) with the casting point's height z
@@ -150,8 +159,10 @@ def _objects_mask(objects: Sequence[NativeObject], h: int, w: int) -> np.ndarray
     return m
 
 
-def _probe_profile(bg: np.ndarray, occupied: np.ndarray, o: NativeObject) -> np.ndarray | None:
-    """Darkening (1 − probe/ground) in each of the eight directions around one object's base.
+def _probe_profile(bg: np.ndarray, occupied: np.ndarray, o: NativeObject) -> tuple[np.ndarray, float] | None:
+    """Darkening (1 − probe/ground) around one object's base: eight directions × ``_DISTANCES``.
+
+    Returns the grid and the object's width/height ratio (distances are in object widths).
 
     Works on a window around the object only; probes are rectangles (slices), so the cost does not
     grow with the frame.
@@ -195,46 +206,61 @@ def _probe_profile(bg: np.ndarray, occupied: np.ndarray, o: NativeObject) -> np.
     ref = float(np.median(lum[ref_sel]))
     if ref < 8.0:
         return None  # too dark to see a shadow
-    prof = np.full(_N_DIRS, np.nan)
+    prof = np.full((_N_DIRS, len(_DISTANCES)), np.nan)
     half_w, half_h = 0.2 * ow, max(2.0, 0.06 * oh)
     for k in range(_N_DIRS):
         phi = 2 * math.pi * k / _N_DIRS
-        px, py = xc + 0.45 * ow * math.cos(phi), yb + 0.45 * ow * math.sin(phi) * SQUASH
-        x0, x1 = max(0, int(px - half_w)), min(lum.shape[1], int(px + half_w) + 1)
-        y0, y1p = max(0, int(py - half_h)), min(lum.shape[0], int(py + half_h) + 1)
-        if x1 <= x0 or y1p <= y0:
-            continue
-        sel = free[y0:y1p, x0:x1]
-        if np.count_nonzero(sel) >= _MIN_PROBE:
-            prof[k] = 1.0 - float(np.median(lum[y0:y1p, x0:x1][sel])) / ref
-    return prof
+        for j, dist in enumerate(_DISTANCES):
+            px, py = xc + dist * ow * math.cos(phi), yb + dist * ow * math.sin(phi) * SQUASH
+            x0, x1 = max(0, int(px - half_w)), min(lum.shape[1], int(px + half_w) + 1)
+            y0, y1p = max(0, int(py - half_h)), min(lum.shape[0], int(py + half_h) + 1)
+            if x1 <= x0 or y1p <= y0:
+                continue
+            sel = free[y0:y1p, x0:x1]
+            if np.count_nonzero(sel) >= _MIN_PROBE:
+                prof[k, j] = 1.0 - float(np.median(lum[y0:y1p, x0:x1][sel])) / ref
+    return prof, ow / oh
 
 
 def _from_objects(bg: np.ndarray, objects: Sequence[NativeObject]) -> Light | None:
+    """Direction from the darkest of eight probes half a width from the base; strength from its
+    darkening; length from how far along that direction the ground stays at least half as dark."""
     occupied = _objects_mask(objects, bg.shape[0], bg.shape[1])
-    profiles = [p for p in (_probe_profile(bg, occupied, o) for o in objects) if p is not None]
-    profiles = [p for p in profiles if np.count_nonzero(~np.isnan(p)) >= 3]
-    if not profiles:
+    probes = [p for p in (_probe_profile(bg, occupied, o) for o in objects) if p is not None]
+    probes = [p for p in probes if np.count_nonzero(~np.isnan(p[0][:, _DIR_AT])) >= 3]
+    if not probes:
         return None
-    P = np.vstack(profiles)
-    with warnings.catch_warnings():  # a direction no object could probe is an all-NaN column
+    grid = np.stack([p[0] for p in probes])  # objects × directions × distances
+    aspect = float(np.median([p[1] for p in probes]))
+    with warnings.catch_warnings():  # a probe no object could place is an all-NaN column
         warnings.simplefilter("ignore", RuntimeWarning)
-        agg = np.nanmedian(P, axis=0)
+        agg_grid = np.nanmedian(grid, axis=0)
+    agg = agg_grid[:, _DIR_AT]
     valid = ~np.isnan(agg)
     if np.count_nonzero(valid) < 3:
         return None
-    strength = float(np.clip(np.nanmax(agg), 0.0, MAX_STRENGTH))
+    strength = float(np.clip(np.nanmax(agg_grid), 0.0, MAX_STRENGTH))  # the darkest ground near a base
     base = float(np.nanmedian(agg))
     wts = np.where(valid, np.clip(agg - base, 0.0, None), 0.0) ** 2
     phis = 2 * np.pi * np.arange(_N_DIRS) / _N_DIRS
     vx, vy = float(np.sum(wts * np.cos(phis))), float(np.sum(wts * np.sin(phis)))
     norm = math.hypot(vx, vy)
-    contrast = float(np.nanmax(agg)) - base
-    n = len(profiles)
-    conf = (1.0 - math.exp(-n / 2.0)) * float(np.clip(contrast / 0.15, 0.0, 1.0))
+    # evidence for a direction is asymmetry: the darkest side against the opposite side (a contact
+    # shadow centred under the object is as dark on both sides and says nothing about the light)
+    k_best = int(np.nanargmax(agg))
+    opposite = agg[(k_best + _N_DIRS // 2) % _N_DIRS]
+    if not np.isfinite(opposite):
+        opposite = base
+    asym = (float(agg[k_best]) - float(opposite)) / max(float(agg[k_best]), 1e-6)
+    n = len(probes)
+    conf = (1.0 - math.exp(-n / 2.0)) * float(np.clip(asym / 0.5, 0.0, 1.0))
     if norm < 1e-9 or strength <= 0.0:
         return Light(direction=DEFAULT_LIGHT.direction, strength=strength, source="objects",
-                     confidence=0.0, n_objects=n)
+                     confidence=0.0, n_objects=n, length=0.0)
+    along = agg_grid[k_best]
+    reach = [d for d, v in zip(_DISTANCES, along, strict=True) if np.isfinite(v) and v >= 0.5 * strength]
+    # an unsure direction casts a shorter shadow: the contact shadow carries the rest
+    length = conf * float(np.clip((max(reach) if reach else 0.0) * aspect, 0.0, _MAX_LENGTH))
     # an unsure direction is shrunk towards the default (shadows straight towards the camera)
     dx = conf * vx / norm + (1.0 - conf) * DEFAULT_LIGHT.direction[0]
     dy = conf * vy / norm + (1.0 - conf) * DEFAULT_LIGHT.direction[1]
@@ -242,7 +268,7 @@ def _from_objects(bg: np.ndarray, objects: Sequence[NativeObject]) -> Light | No
     if dn < 1e-6:
         dx, dy, dn = DEFAULT_LIGHT.direction[0], DEFAULT_LIGHT.direction[1], 1.0
     return Light(direction=(dx / dn, dy / dn), strength=strength, source="objects",
-                 confidence=round(conf, 6), n_objects=n)
+                 confidence=round(conf, 6), n_objects=n, length=round(length, 4))
 
 
 def _from_gradient(bg: np.ndarray) -> Light | None:
@@ -309,7 +335,10 @@ def cast_shadow(alpha: np.ndarray, box: Sequence[int], frame_size: tuple[int, in
         cast, reason = False, "light direction unknown: contact shadow only"
     if by + yb_local >= fh:
         cast, reason = False, "object touches the bottom border: no ground below it"
-    length = p.cast_length if light.source == "objects" else p.gradient_length
+    if light.length is not None:
+        length = light.length
+    else:
+        length = p.cast_length if light.source == "objects" else p.gradient_length
     dx, dy = light.direction
     kx, ky = length * dx, length * dy * SQUASH
     if abs(ky) < _MIN_KY:  # a sideways light: the shadow still has the object's depth on the ground
@@ -328,14 +357,18 @@ def cast_shadow(alpha: np.ndarray, box: Sequence[int], frame_size: tuple[int, in
     ox, oy = bx - x0, by - y0
     sil = mask.astype(np.float32)
     z = (yb_local - np.arange(mask.shape[0], dtype=np.float32) - 0.5)[:, None]
-    # contact: the foot's columns, a thin Gaussian band centred on the base row (separable, alias-free)
-    foot_cols = (sil * (z <= max(1.0, p.foot * H))).max(axis=0)
+    # contact: what the object shades under diffuse light from above, its silhouette dropped straight
+    # down: per column the share of the object above it (the foot's columns at least), spread as a
+    # Gaussian band on the base row (separable, alias-free)
+    cover = sil.sum(axis=0)
+    foot_cols = np.maximum((sil * (z <= max(1.0, p.foot * H))).max(axis=0),
+                           np.sqrt(cover / max(float(cover.max()), 1.0)))
     cols = np.zeros(size[0], np.float32)
     cx0, cx1 = max(0, ox), min(size[0], ox + bw)
     cols[cx0:cx1] = foot_cols[cx0 - ox:cx1 - ox]
     cols = cv2.GaussianBlur(cols[None, :], (0, 0), sigmaX=sig_c, sigmaY=0.1, borderType=cv2.BORDER_CONSTANT)[0]
     ry = np.arange(size[1], dtype=np.float32) + 0.5 - (oy + yb_local)
-    prof = np.exp(-0.5 * (ry / max(1.0, p.contact * H)) ** 2).astype(np.float32)
+    prof = np.exp(-0.5 * (ry / max(1.0, p.contact * H)) ** 4).astype(np.float32)  # flat-topped: a footprint
     contact = prof[:, None] * cols[None, :]
     m = np.clip(contact * (1.0 / max(float(contact.max()), 1e-6)), 0.0, 1.0)
     if cast:
