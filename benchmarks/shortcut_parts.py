@@ -20,7 +20,10 @@ truth and mask as PNG level 1), all measured in this run, single-threaded.
 With the fixtures (three backgrounds) the folds are grouped by background, since composites of one
 background share its native objects; expect wide intervals. ``--demo N`` groups by composite.
 
-    python benchmarks/shortcut_parts.py [--demo N] [--placements P] [--seed S] [--bootstrap B]
+    python benchmarks/shortcut_parts.py [--demo N] [--placements P] [--seed S] [--bootstrap B] [--matte-table]
+
+``--matte-table`` instead compares the alpha-refinement and decontamination variants on the same
+pastes (the measurement that chose the defaults).
 """
 
 from __future__ import annotations
@@ -252,6 +255,33 @@ def fringe(comp: np.ndarray, cut: Cutout, plain: Cutout) -> tuple[float, float, 
     return (float(sp.mean()) if sp.size else float("nan")), seg(fr), seg(ref)
 
 
+MATTE_VARIANTS = (("none", "none"), ("feather", "none"), ("feather", "extend"), ("guided", "none"),
+                  ("guided", "solve"), ("guided", "extend"), ("guided-colour", "extend"))
+
+
+def matte_table(jobs: list[Job]) -> None:
+    """Fringe measurements of each (alpha refinement, decontamination) pair on the same pastes."""
+    from comcoco.compose.matte import MatteParams
+
+    print("\nmatte variants (RGB units; spill: lean of the fringe towards the source background's colour)")
+    print(f"{'alpha':>14s} {'colour':>8s} {'spill':>8s} {'fringe err':>11s} {'interior ref':>13s} {'ms/object':>10s}")
+    for method, deco in MATTE_VARIANTS:
+        rows, t = [], 0.0
+        for j in jobs:
+            fg = j.fg.pixels
+            plain = cut_object(fg, object_shape(j.ann["segmentation"], fg.shape[1], fg.shape[0]), j.box)
+            t0 = time.process_time()
+            cut = plain if method == "none" and deco == "none" else \
+                refine_cutout(plain, MatteParams(method=method, decontaminate=deco))[0]
+            t += time.process_time() - t0
+            comp = j.bg.pixels.copy()
+            paste(comp, cut)
+            rows.append(fringe(comp, cut, plain))
+        a = np.asarray(rows, np.float64)
+        print(f"{method:>14s} {deco:>8s} {np.nanmean(a[:, 0]):8.2f} {np.nanmean(a[:, 1]):11.2f} "
+              f"{np.nanmean(a[:, 2]):13.2f} {1000 * t / len(jobs):10.2f}")
+
+
 def codec_bound_ms(jobs: list[Job]) -> float:
     """CPU ms per sample of decoding the two source files and encoding composite, ground truth and mask."""
     t0 = time.process_time()
@@ -271,6 +301,7 @@ def main() -> None:
     ap.add_argument("--seed", type=int, default=0)
     ap.add_argument("--bootstrap", type=int, default=1000)
     ap.add_argument("--min-per-class", type=int, default=None)
+    ap.add_argument("--matte-table", action="store_true", help="only compare the matte variants' fringes")
     args = ap.parse_args()
     cv2.setNumThreads(1)
     from threadpoolctl import threadpool_limits
@@ -282,7 +313,10 @@ def main() -> None:
         what = f"demo, {args.demo} images" if args.demo else "COCO fixtures, 3 images"
         print(f"source: {what}; "
               f"{len(jobs)} composites in {len({j.group for j in jobs})} groups")
-        run(jobs, args)
+        if args.matte_table:
+            matte_table(jobs)
+        else:
+            run(jobs, args)
 
 
 def run(jobs: list[Job], args: argparse.Namespace) -> None:

@@ -140,9 +140,12 @@ def _ycrcb(rgb: np.ndarray) -> np.ndarray:
 
 
 def _q(a: np.ndarray, q: float) -> float:
-    """Quantile of a large sample from a strided subsample (≤ 20k values): a threshold, not a result."""
-    step = max(1, a.size // 20000)
-    return float(np.quantile(a[::step], q))
+    """Quantile (order statistic) of a sample, from a strided subsample of ≤ 20k values: a threshold."""
+    sub = a[:: max(1, a.size // 20000)]
+    if sub.size == 0:
+        return math.nan
+    k = min(sub.size - 1, max(0, int(q * (sub.size - 1))))
+    return float(np.partition(sub, k)[k])
 
 
 def _valid(mask: np.ndarray | None, shape: tuple[int, ...], border: int) -> np.ndarray:
@@ -400,11 +403,13 @@ def _ijg_table(q: int) -> np.ndarray:
     return np.clip(np.floor((_IJG_LUMA * scale + 50.0) / 100.0), 1, 255)
 
 
+_IJG_TABLES = np.stack([_ijg_table(q) for q in range(1, 101)])  # quality 1..100 × 64
+
+
 def quality_from_table(table: Any) -> int:
     """The IJG quality whose scaled standard luminance table is closest to ``table`` (64 values)."""
     t = np.asarray(list(table), np.float64)
-    errs = [float(np.abs(_ijg_table(q) - t).sum()) for q in range(1, 101)]
-    return int(np.argmin(errs)) + 1
+    return int(np.argmin(np.abs(_IJG_TABLES - t[None, :]).sum(axis=1))) + 1
 
 
 def blockiness(rgb: np.ndarray, origin: tuple[int, int] = (0, 0)) -> float:
