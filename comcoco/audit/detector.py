@@ -2,13 +2,14 @@
 
 Protocol (all seeded, deterministic):
 
-1. **Features** of every object (``features.object_features``), skipping objects under
-   ``MIN_AREA`` pixels.
-2. **Size matching.** Each pasted object, largest first, takes the unused native object closest in
-   log-area, if within a factor ``SIZE_FACTOR`` (ties: composite id, object id); unmatched objects
-   are dropped, so both classes have the same size distribution and size is no cue. Native objects
-   whose box, grown by 8 px, meets a pasted object's box in the same composite are not used (the
-   paste would be inside their ring).
+1. **Size matching** on mask areas (objects under ``MIN_AREA`` pixels are skipped). Each pasted
+   object, largest first, takes the unused native object closest in log-area, if within a factor
+   ``SIZE_FACTOR`` (ties: composite id, object id); unmatched objects are dropped, so both classes
+   have the same size distribution and size is no cue. Native objects whose box, grown by 8 px,
+   meets a pasted object's box in the same composite are not used (the paste would be inside
+   their ring).
+2. **Features** (``features.object_features``) of the matched crops only; a pair whose member cannot
+   be measured (unreadable image, mask outside it) is dropped whole and named in ``problems``.
 3. **Refusal.** With fewer than ``min_per_class`` crops of either class, or fewer than two
    composites, the audit refuses to judge: ``auc`` is None and the verdict says how many it had.
 4. **Detector.** Logistic regression on standardised features (median-imputed), out-of-fold
@@ -31,7 +32,7 @@ from typing import Any
 
 import numpy as np
 
-from comcoco.audit.features import FAMILIES, FEATURE_FAMILY, AuditRecord, extract_features
+from comcoco.audit.features import FAMILIES, FEATURE_FAMILY, MIN_AREA, AuditRecord, extract_features
 from comcoco.ids import rng_for
 
 MIN_PER_CLASS = 30  # below this many crops of either class the audit refuses to judge
@@ -175,11 +176,16 @@ def _verdict(auc: float, ci: tuple[float, float], cues: dict[str, float | None])
 def audit(records: Sequence[AuditRecord], seed: int = 0, folds: int = 5, bootstrap: int = 1000,
           min_per_class: int = MIN_PER_CLASS) -> AuditResult:
     """Run the whole protocol (module docstring) on pasted and native object records."""
-    X_all, used, problems = extract_features(records)
-    row_of = {int(i): k for k, i in enumerate(used)}
-    areas = [records[i].area if i in row_of else 0 for i in range(len(records))]
+    # match on mask areas first, then extract features of the matched crops only (a pair whose
+    # member cannot be measured is dropped whole, so the classes stay size-matched)
+    areas = [r.area if r.area >= MIN_AREA else 0 for r in records]
     pairs = match_by_size(records, areas)
+    needed = sorted({i for p in pairs for i in p})
+    X_sub, used_sub, problems = extract_features([records[i] for i in needed])
+    row_of = {needed[int(k)]: j for j, k in enumerate(used_sub)}
+    pairs = [(a, b) for a, b in pairs if a in row_of and b in row_of]
     keep = sorted({i for p in pairs for i in p}, key=lambda i: row_of[i])
+    X_all = X_sub
     n_p = sum(1 for i in keep if records[i].label == "pasted")
     n_n = len(keep) - n_p
     groups = [records[i].fold_group for i in keep]
