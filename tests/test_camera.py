@@ -164,7 +164,7 @@ def test_quality_from_tables_and_from_pixels():
 
 
 def test_quality_from_table_inverts_the_ijg_scaling():
-    from comcoco.compose.camera import _ijg_table
+    from comcoco.compose.jpeg import _ijg_table
 
     for q in (10, 50, 75, 95, 100):
         assert quality_from_table(_ijg_table(q)) == q

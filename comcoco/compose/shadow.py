@@ -316,6 +316,8 @@ def cast_shadow(alpha: np.ndarray, box: Sequence[int], frame_size: tuple[int, in
     pixel unchanged, so ``effect`` is exactly the set of changed pixels; without it, where no uint8
     value could change (map < 0.5/255). Never raises on data: an empty mask, an object at the bottom
     border, or a light of unknown direction give a smaller shadow with a reason.
+
+    Kept whole: the region, both shadow parts and the fallbacks share the same reach numbers.
     """
     p = params or ShadowParams()
     fw, fh = int(frame_size[0]), int(frame_size[1])
