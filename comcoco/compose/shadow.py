@@ -11,7 +11,9 @@ Light (``estimate_light``), in order of preference:
 * ``objects`` — the background's annotated objects' own shadows: around each object's base the
   luminance of eight probes (right, down-right, …, in ground-plane directions foreshortened by
   ``SQUASH``) half an object width out is compared with the ground farther away; the direction in
-  which the ground is darkest is where shadows fall, and the darkening there is the strength.
+  which the ground is darkest is where shadows fall; the darkest probe is the strength, shrunk
+  towards the default strength by 1 − (1 − e^(−n/2)) for n objects (one object's dark surroundings
+  may be unannotated things rather than its shadow).
   Probes further along that direction (up to 1.4 widths) give the shadow's length: the farthest
   one still at least half as dark. Confidence grows with the number of objects and with the
   asymmetry between the darkest side and the opposite one (a contact shadow centred under an object
@@ -239,7 +241,12 @@ def _from_objects(bg: np.ndarray, objects: Sequence[NativeObject]) -> Light | No
     valid = ~np.isnan(agg)
     if np.count_nonzero(valid) < 3:
         return None
-    strength = float(np.clip(np.nanmax(agg_grid), 0.0, MAX_STRENGTH))  # the darkest ground near a base
+    # the darkest ground near a base, shrunk towards the default by how few objects say so (one
+    # object's dark surroundings may be unannotated things rather than its shadow)
+    n = len(probes)
+    trust = 1.0 - math.exp(-n / 2.0)
+    measured = float(np.clip(np.nanmax(agg_grid), 0.0, MAX_STRENGTH))
+    strength = trust * measured + (1.0 - trust) * DEFAULT_LIGHT.strength
     base = float(np.nanmedian(agg))
     wts = np.where(valid, np.clip(agg - base, 0.0, None), 0.0) ** 2
     phis = 2 * np.pi * np.arange(_N_DIRS) / _N_DIRS
@@ -252,13 +259,12 @@ def _from_objects(bg: np.ndarray, objects: Sequence[NativeObject]) -> Light | No
     if not np.isfinite(opposite):
         opposite = base
     asym = (float(agg[k_best]) - float(opposite)) / max(float(agg[k_best]), 1e-6)
-    n = len(probes)
-    conf = (1.0 - math.exp(-n / 2.0)) * float(np.clip(asym / 0.5, 0.0, 1.0))
-    if norm < 1e-9 or strength <= 0.0:
+    conf = trust * float(np.clip(asym / 0.5, 0.0, 1.0))
+    if norm < 1e-9 or measured <= 0.0:
         return Light(direction=DEFAULT_LIGHT.direction, strength=strength, source="objects",
                      confidence=0.0, n_objects=n, length=0.0)
     along = agg_grid[k_best]
-    reach = [d for d, v in zip(_DISTANCES, along, strict=True) if np.isfinite(v) and v >= 0.5 * strength]
+    reach = [d for d, v in zip(_DISTANCES, along, strict=True) if np.isfinite(v) and v >= 0.5 * measured]
     # an unsure direction casts a shorter shadow: the contact shadow carries the rest
     length = conf * float(np.clip((max(reach) if reach else 0.0) * aspect, 0.0, _MAX_LENGTH))
     # an unsure direction is shrunk towards the default (shadows straight towards the camera)
