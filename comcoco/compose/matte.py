@@ -204,7 +204,8 @@ def refine_matte(rgb: np.ndarray, alpha: np.ndarray, params: MatteParams | None 
 
     ``rgb`` is the object's crop at the placed size (h×w×3 uint8, the source background included
     where alpha < 1) and ``alpha`` its polygon raster (h×w float32). Returns new rgb and alpha of the
-    same size; alpha stays exactly 0 farther than one pixel from the new mask (alpha ≥ 0.5).
+    same size; alpha stays exactly 0 farther than one pixel from the new mask (alpha ≥ 0.5). Only a
+    caller's bug (rgb and alpha of different sizes) raises ValueError.
     """
     params = params or MatteParams()
     alpha = np.asarray(alpha, dtype=np.float32)
