@@ -54,6 +54,19 @@ def _noise_tile() -> np.ndarray:
     return (rng.standard_normal((704, 704, 3)) * 0.012).astype(np.float32)
 
 
+DEFOCUS_SIGMA = (0.4, 1.0)  # px: every demo photo is a little soft, each by its own amount
+
+
+def camera_defocus(img: np.ndarray, rng: np.random.Generator) -> np.ndarray:
+    """The camera's slight global defocus (a Gaussian of σ drawn from DEFOCUS_SIGMA), before its noise.
+
+    Photos differ in sharpness; a pasted object carries its own photo's, which is a cue a model can
+    use only if the demo's images differ as photos do. Its own generator, so the scene draws are unchanged.
+    """
+    sigma = float(rng.uniform(*DEFOCUS_SIGMA))
+    return cv2.GaussianBlur(img, (0, 0), sigma, borderType=cv2.BORDER_REFLECT)
+
+
 def sensor_noise(rng: np.random.Generator, h: int, w: int) -> np.ndarray:
     tile = _noise_tile()
     y0 = int(rng.integers(0, tile.shape[0] - h + 1))

@@ -15,7 +15,7 @@ import numpy as np
 
 from comcoco.ids import rng_for
 from comcoco.records import Annotation, ImageInfo
-from comcoco.sources.demo.backdrop import draw_ground, draw_upper, sensor_noise
+from comcoco.sources.demo.backdrop import camera_defocus, draw_ground, draw_upper, sensor_noise
 from comcoco.sources.demo.catalogue import (
     ALL_COLOURS,
     IMAGE_SIZES,
@@ -156,8 +156,10 @@ def _paint_objects(rng: np.random.Generator, img: np.ndarray, layout: list[Layou
     return ann_records
 
 
-def _scene_lighting(rng: np.random.Generator, img: np.ndarray, light: tuple[float, float]) -> np.ndarray:
-    """Exposure, colour cast, directional gradient, vignetting and grain over everything; uint8 RGB."""
+def _scene_lighting(rng: np.random.Generator, img: np.ndarray, light: tuple[float, float],
+                   camera: np.random.Generator) -> np.ndarray:
+    """Exposure, colour cast, directional gradient, vignetting, defocus (``camera``'s draws) and grain
+    over everything; uint8 RGB."""
     h, w = img.shape[:2]
     yy = (np.arange(h, dtype=np.float32) / h - 0.5)[:, None]
     xx = (np.arange(w, dtype=np.float32) / w - 0.5)[None, :]
@@ -167,6 +169,7 @@ def _scene_lighting(rng: np.random.Generator, img: np.ndarray, light: tuple[floa
     cast = np.asarray([1.0, 1.0, 1.0], np.float32) + np.asarray(rng.uniform(-0.07, 0.07, 3), np.float32)
     img *= (gradient * vignette * exposure)[..., None]
     img *= cast
+    img = camera_defocus(img, camera)
     img += sensor_noise(rng, h, w)
     return np.clip(img * 255.0 + 0.5, 0, 255).astype(np.uint8)
 
@@ -219,7 +222,7 @@ def render_demo_image(index: int, theme_name: str, split: str, seed: int,
 
     drafts = _colour_drafts(rng, layout)
     ann_records = _paint_objects(rng, img, layout, drafts, light, image_id, category_ids)
-    pixels = _scene_lighting(rng, img, light)
+    pixels = _scene_lighting(rng, img, light, rng_for(seed, "demo-camera", index))
     objects = _describe(rng, ann_records, float(w * h))
 
     file_name = f"COCO_train2014_{image_id:012d}.jpg"

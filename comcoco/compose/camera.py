@@ -1,0 +1,362 @@
+"""Camera consistency: give a pasted object the noise, sharpness and JPEG grid of the scene around it.
+
+A pasted object comes from another photo, taken with another camera, scaled by the placement, and
+its own JPEG blocks were resampled away; image forensics finds such splices by exactly these
+differences (noise-level and blur inconsistency, a missing or misaligned 8×8 block grid, no chroma
+bleed at the edge). Everything here changes the OBJECT only (its box-local colours, or composite
+pixels where the object's alpha or its JPEG bleed ring reaches) and never the background elsewhere.
+
+* ``noise_level`` — Immerkær's fast noise estimate: the image convolved with the Laplacian-difference
+  kernel [[1,−2,1],[−2,4,−2],[1,−2,1]] has standard deviation 6σ for white noise of std σ. It is
+  measured on the flattest half of the region (by the gradient of a smoothed copy) with a trimmed
+  mean of |response| (lower 75 %, divided by its Gaussian value 0.515·6), so texture and edges do not
+  read as noise. Returned for luma and the two chroma
+  channels (YCrCb, 0–255 units).
+* ``blur_sigma`` — the edge blur as an equivalent Gaussian σ: at an edge blurred by σ the gradient
+  peak scales as 1/σ, so re-blurring by σ₀ scales it by r = σ/√(σ² + σ₀²) and σ = σ₀·r/√(1 − r²);
+  r is the median ratio over the region's strongest-gradient pixels. The operator's own width adds
+  the same amount to both sides of a comparison, which cancels in σ_bg² − σ_obj².
+* ``match_camera`` — blur the object (premultiplied by alpha, so no source background bleeds in)
+  and its alpha edge (a cut edge is sharper than any photographed one) by √(σ_bg² − σ_obj²) when the
+  scene is blurrier; low-pass the object's chroma when its chroma noise exceeds the scene's (a
+  resampled 4:2:0 source carries pixel-level chroma noise a camera's own chroma never has); then
+  add seeded Gaussian noise of √((σ_bg/g)² − σ_obj²) per YCrCb channel when the scene is noisier,
+  where g is the share of white noise a following JPEG regrid keeps (``jpeg_noise_gain``, measured
+  once per quality; 1 without regrid). A sharper scene than object is left alone: sharpening would
+  amplify the object's noise and JPEG artefacts. Nothing is resampled here; the cut already scales
+  with area interpolation when shrinking (no aliasing).
+* ``jpeg_noise_gain`` — how much white noise a JPEG round trip keeps; the JPEG-consistency step
+  itself (quality estimate, regrid on the image's grid) lives in ``comcoco.compose.jpeg`` and is
+  re-exported here.
+"""
+
+from __future__ import annotations
+
+import math
+from dataclasses import asdict, dataclass
+from functools import lru_cache
+from typing import Any
+
+import cv2
+import numpy as np
+
+from comcoco.compose.cutout import MASK_THRESHOLD
+from comcoco.compose.jpeg import (  # noqa: F401  (re-exported: the camera step's JPEG half)
+    JpegEstimate,
+    Regrid,
+    _roundtrip,
+    blockiness,
+    estimate_jpeg_quality,
+    jpeg_regrid,
+    quality_from_table,
+)
+
+_IMMERKAER = np.array([[1, -2, 1], [-2, 4, -2], [1, -2, 1]], np.float32)
+_MIN_PIXELS = 64  # a region needs this many usable pixels for an estimate
+_TILE = 64  # large regions are measured on tiles of this size
+_FLAT = 0.5  # noise is measured on the flattest half of a region (texture would read as noise)
+_TRIM_MEAN = 0.51489  # mean of |x| over its lower 75 % for x ~ N(0, 1): 2(φ(0) − φ(1.1503))/0.75
+_SIGMA0 = 1.0  # re-blur of the sharpness estimate
+_BLUR_MIN = 0.35  # do not blur the object for a smaller σ difference
+_BLUR_MAX = 3.0
+_NOISE_MIN = 0.5  # do not add noise below this std (0–255)
+_CHROMA_EXCESS = 1.25  # smooth the object's chroma when its chroma noise exceeds the scene's by this
+_CHROMA_MIN = 0.2  # ... and is at least this (0–255): pixel-level chroma a 4:2:0 scene lacks
+# YCrCb → RGB noise mixing (ITU-R BT.601 as OpenCV uses it): n_rgb = _MIX @ (n_Y, n_Cr, n_Cb)
+_MIX = np.array([[1.0, 1.403, 0.0], [1.0, -0.714, -0.344], [1.0, 0.0, 1.773]], np.float32)
+
+
+@dataclass(frozen=True)
+class NoiseLevel:
+    """Noise standard deviation (0–255 units) of luma and chroma; None where unmeasurable."""
+
+    y: float
+    cr: float
+    cb: float
+
+
+@dataclass(frozen=True)
+class CameraParams:
+    margin: float = 0.25  # background window: the box grown by this fraction of its long side, 16..48 px
+    blur: bool = True
+    noise: bool = True
+
+
+@dataclass(frozen=True)
+class CameraMatch:
+    """What was measured and applied, for the sample's row (``to_dict``)."""
+
+    blur_object: float | None  # equivalent σ (px) of the object's edges, before matching
+    blur_background: float | None
+    blur_applied: float  # σ of the Gaussian applied to the object's colours and alpha (0: none)
+    chroma_smoothing: float  # σ of the chroma-only low-pass (0: none)
+    noise_object: NoiseLevel | None  # after any blur
+    noise_background: NoiseLevel | None
+    noise_added: NoiseLevel  # std of the seeded noise added per channel
+    reason: str  # "" or why a step was skipped
+
+    def to_dict(self) -> dict[str, Any]:
+        return asdict(self)
+
+
+# --- estimators ----------------------------------------------------------------------------------
+
+
+def _ycrcb(rgb: np.ndarray) -> np.ndarray:
+    return cv2.cvtColor(np.ascontiguousarray(rgb), cv2.COLOR_RGB2YCrCb).astype(np.float32)
+
+
+def _q(a: np.ndarray, q: float) -> float:
+    """Quantile (order statistic) of a sample, from a strided subsample of ≤ 20k values: a threshold."""
+    sub = a[:: max(1, a.size // 20000)]
+    if sub.size == 0:
+        return math.nan
+    k = min(sub.size - 1, max(0, int(q * (sub.size - 1))))
+    return float(np.partition(sub, k)[k])
+
+
+def _valid(mask: np.ndarray | None, shape: tuple[int, ...], border: int) -> np.ndarray:
+    m = np.ones(shape[:2], bool) if mask is None else np.asarray(mask, bool)
+    m = cv2.erode(m.astype(np.uint8), np.ones((2 * border + 1, 2 * border + 1), np.uint8),
+                  borderType=cv2.BORDER_CONSTANT, borderValue=0) > 0
+    return m
+
+
+def _noise_samples(ycc: np.ndarray, mask: np.ndarray | None) -> np.ndarray:
+    """|Immerkær response| (k×3, YCrCb) at the flattest half of the region's usable pixels."""
+    sel = _valid(mask, ycc.shape, 1)
+    if np.count_nonzero(sel) < _MIN_PIXELS:
+        return np.zeros((0, 3), np.float32)
+    sm = cv2.GaussianBlur(ycc[..., 0], (0, 0), 2.0)
+    g = np.abs(cv2.Sobel(sm, cv2.CV_32F, 1, 0, ksize=3)) + np.abs(cv2.Sobel(sm, cv2.CV_32F, 0, 1, ksize=3))
+    sel &= g <= _q(g[sel], _FLAT)  # the flattest part: texture would read as noise
+    return np.abs(cv2.filter2D(ycc, cv2.CV_32F, _IMMERKAER, borderType=cv2.BORDER_REFLECT)[sel])
+
+
+def _blur_samples(lum: np.ndarray, mask: np.ndarray | None, top: float = 0.1, floor: float = 2.0) -> np.ndarray:
+    """Re-blur gradient ratios g(G_σ₀ ∗ I)/g(I) at the region's strongest-gradient pixels.
+
+    ``floor`` keeps noise peaks out: a gradient must exceed it (callers pass ~2.5× the noise std,
+    the 99.9th percentile of the Sobel magnitude of white noise being about 1.6σ).
+    """
+    sel = _valid(mask, lum.shape, 3)
+    if np.count_nonzero(sel) < _MIN_PIXELS:
+        return np.zeros(0, np.float32)
+
+    def grad(img: np.ndarray) -> np.ndarray:
+        return cv2.magnitude(cv2.Sobel(img, cv2.CV_32F, 1, 0, ksize=3),
+                             cv2.Sobel(img, cv2.CV_32F, 0, 1, ksize=3)) * np.float32(1 / 8)
+
+    g1 = grad(lum)
+    thr = max(_q(g1[sel], 1.0 - top), floor)  # strong edges only: noise stays below
+    strong = sel & (g1 >= thr)
+    if not strong.any():
+        return np.zeros(0, np.float32)
+    g2 = grad(cv2.GaussianBlur(lum, (0, 0), _SIGMA0))
+    return g2[strong] / g1[strong]
+
+
+def _noise_from(samples: np.ndarray) -> NoiseLevel | None:
+    if samples.shape[0] < _MIN_PIXELS:
+        return None
+    out = []
+    for c in range(3):
+        a = samples[:, c]
+        a = a[a <= _q(a, 0.75)]  # trimmed: the texture left in the flat part sits in the tail
+        out.append(float(a.mean()) / (_TRIM_MEAN * 6.0))
+    return NoiseLevel(y=out[0], cr=out[1], cb=out[2])
+
+
+def _blur_from(ratios: np.ndarray) -> float | None:
+    if ratios.size < 16:
+        return None
+    r = min(max(float(np.median(ratios)), 1e-3), 0.995)
+    return _SIGMA0 * r / math.sqrt(1.0 - r * r)
+
+
+def _tiles(h: int, w: int, max_px: int) -> list[tuple[int, int, int, int]]:
+    """The region itself if small enough, else a regular grid of _TILE-px tiles totalling about max_px."""
+    if h * w <= max_px or h < _TILE or w < _TILE:
+        return [(0, 0, w, h)]
+    n = max(1, max_px // (_TILE * _TILE))
+    step = max(_TILE, int(math.sqrt(h * w / n)))
+    return [(x, y, _TILE, _TILE) for y in range((h % step) // 2, h - _TILE + 1, step)
+            for x in range((w % step) // 2, w - _TILE + 1, step)]
+
+
+def _measure(rgb: np.ndarray, mask: np.ndarray | None, max_px: int = 16384) -> tuple[float | None, NoiseLevel | None]:
+    """(blur σ, noise) of a region, pooled over tiles so a large region costs no more than max_px.
+
+    Noise first: its level sets the gradient floor of the blur estimate, so a noisy, soft region is
+    not read as sharp.
+    """
+    if rgb.shape[0] < 7 or rgb.shape[1] < 7:
+        return None, None
+    planes = []
+    for x, y, w, h in _tiles(rgb.shape[0], rgb.shape[1], max_px):
+        m = None if mask is None else mask[y:y + h, x:x + w]
+        if m is not None and np.count_nonzero(m) < 0.5 * m.size and (w, h) != (rgb.shape[1], rgb.shape[0]):
+            continue
+        planes.append((_ycrcb(rgb[y:y + h, x:x + w]), m))
+    if not planes:
+        return None, None
+    noise = _noise_from(np.concatenate([_noise_samples(ycc, m) for ycc, m in planes]))
+    floor = max(2.0, 2.5 * noise.y) if noise is not None else 2.0
+    blur = _blur_from(np.concatenate([_blur_samples(ycc[..., 0], m, floor=floor) for ycc, m in planes]))
+    return blur, noise
+
+
+def noise_level(rgb: np.ndarray, mask: np.ndarray | None = None) -> NoiseLevel | None:
+    """Robust Immerkær noise std per YCrCb channel inside ``mask`` (uint8 rgb, h×w×3); None if too small."""
+    if rgb.shape[0] < 5 or rgb.shape[1] < 5:
+        return None
+    return _noise_from(_noise_samples(_ycrcb(rgb), mask))
+
+
+def blur_sigma(rgb: np.ndarray, mask: np.ndarray | None = None, top: float = 0.1) -> float | None:
+    """Equivalent Gaussian σ (px) of the edges inside ``mask``; None without enough edges."""
+    if rgb.shape[0] < 7 or rgb.shape[1] < 7:
+        return None
+    ycc = _ycrcb(rgb)
+    noise = _noise_from(_noise_samples(ycc, mask))
+    floor = max(2.0, 2.5 * noise.y) if noise is not None else 2.0
+    return _blur_from(_blur_samples(ycc[..., 0], mask, top, floor))
+
+
+@dataclass(frozen=True)
+class SceneCamera:
+    """A background's blur and noise, measured once (``scene_camera``) and reused for its objects."""
+
+    blur: float | None
+    noise: NoiseLevel | None
+
+
+def scene_camera(background: np.ndarray, max_px: int = 65536) -> SceneCamera:
+    """Blur and noise of a whole background from tiles spread over it (per-background, cacheable)."""
+    b, n = _measure(background, None, max_px)
+    return SceneCamera(b, n)
+
+
+# --- matching ------------------------------------------------------------------------------------
+
+
+def _window(box: tuple[int, int, int, int], shape: tuple[int, ...], margin: float) -> tuple[int, int, int, int]:
+    x, y, w, h = box
+    m = int(np.clip(round(margin * max(w, h)), 16, 48))
+    return max(0, x - m), max(0, y - m), min(shape[1], x + w + m), min(shape[0], y + h + m)
+
+
+def _premult_blur(rgb: np.ndarray, alpha: np.ndarray, sigma: float) -> np.ndarray:
+    """Gaussian blur of the object's colours only: blur(rgb·a)/blur(a), so the crop's background cannot bleed in."""
+    a = np.clip(alpha, 0.0, 1.0).astype(np.float32)
+    num = cv2.GaussianBlur(rgb.astype(np.float32) * a[..., None], (0, 0), sigma, borderType=cv2.BORDER_REFLECT)
+    den = cv2.GaussianBlur(a, (0, 0), sigma, borderType=cv2.BORDER_REFLECT)
+    out = np.where((den > 1e-3)[..., None], num / np.maximum(den, 1e-3)[..., None], rgb.astype(np.float32))
+    return np.clip(np.rint(out), 0, 255).astype(np.uint8)
+
+
+def _chroma_smooth(rgb: np.ndarray, alpha: np.ndarray, sigma: float) -> np.ndarray:
+    """Low-pass the object's chroma only (as a camera's chroma subsampling and denoising do), premultiplied."""
+    ycc = _ycrcb(rgb)
+    a = np.clip(alpha, 0.0, 1.0).astype(np.float32)
+    den = cv2.GaussianBlur(a, (0, 0), sigma, borderType=cv2.BORDER_REFLECT)
+    for c in (1, 2):
+        num = cv2.GaussianBlur(ycc[..., c] * a, (0, 0), sigma, borderType=cv2.BORDER_REFLECT)
+        ycc[..., c] = np.where(den > 1e-3, num / np.maximum(den, 1e-3), ycc[..., c])
+    out = np.clip(np.rint(ycc), 0, 255).astype(np.uint8)
+    return cv2.cvtColor(out, cv2.COLOR_YCrCb2RGB)
+
+
+@lru_cache(maxsize=64)
+def jpeg_noise_gain(quality: int, subsampling: int = 2) -> tuple[float, float, float]:
+    """How much of white YCrCb noise survives a JPEG round trip at ``quality`` (measured, per channel).
+
+    A mid-grey 128-px patch with noise of std 4 per channel (fixed seed) is compressed; the ratio of
+    the measured noise after to before is the gain. Noise meant to match a JPEG scene *after* the
+    regrid is added at (scene noise / gain).
+    """
+    rng = np.random.default_rng(12345)
+    base = np.full((128, 128, 3), 128.0, np.float32) + rng.standard_normal((128, 128, 3)).astype(np.float32) * 4.0
+    ycc = np.clip(np.rint(base), 0, 255).astype(np.uint8)
+    rgb = cv2.cvtColor(ycc, cv2.COLOR_YCrCb2RGB)
+    before = noise_level(rgb)
+    after = noise_level(_roundtrip(rgb, int(quality), int(subsampling)))
+    if before is None or after is None:
+        return (1.0, 1.0, 1.0)
+    return tuple(float(np.clip(a / max(b, 1e-6), 0.05, 1.0))  # type: ignore[return-value]
+                 for a, b in ((after.y, before.y), (after.cr, before.cr), (after.cb, before.cb)))
+
+
+@dataclass(frozen=True)
+class CameraResult:
+    rgb: np.ndarray  # h×w×3 uint8, the object's new colours
+    alpha: np.ndarray  # h×w float32: the alpha, its edge blurred like the colours
+    info: CameraMatch
+
+
+def match_camera(object_rgb: np.ndarray, alpha: np.ndarray, background: np.ndarray,
+                 box: tuple[int, int, int, int], rng: np.random.Generator,
+                 params: CameraParams | None = None, scene: SceneCamera | None = None,
+                 jpeg: JpegEstimate | None = None) -> CameraResult:
+    """The object with the scene's blur and noise (colours and alpha edge); see the module docstring.
+
+    ``object_rgb`` and ``alpha`` are box-local (h×w); ``background`` is the frame the object goes
+    into and ``box`` its place there. The scene is measured in a window around the box (tiled), or
+    taken from ``scene`` (``scene_camera``, once per background). With ``jpeg`` (a regrid follows at
+    that quality) the noise is matched as it will be after the round trip. Never raises on data.
+    Kept whole: one decision chain (blur, chroma, noise) over shared measurements.
+    """
+    p = params or CameraParams()
+    alpha = np.asarray(alpha, dtype=np.float32)
+    inner = alpha >= MASK_THRESHOLD
+    reasons: list[str] = []
+    b_obj, n_obj = _measure(object_rgb, inner)
+    if scene is None:
+        x0, y0, x1, y1 = _window(tuple(int(v) for v in box), background.shape, p.margin)  # type: ignore[arg-type]
+        b_bg, n_bg = _measure(background[y0:y1, x0:x1], None)
+    else:
+        b_bg, n_bg = scene.blur, scene.noise
+    rgb, new_alpha = object_rgb, alpha
+    applied, chroma = 0.0, 0.0
+    if p.blur:
+        if b_obj is None or b_bg is None:
+            reasons.append("blur: too few edges to measure")
+        elif b_bg * b_bg - b_obj * b_obj > _BLUR_MIN * _BLUR_MIN:
+            applied = min(_BLUR_MAX, math.sqrt(b_bg * b_bg - b_obj * b_obj))
+            rgb = _premult_blur(rgb, alpha, applied)
+            # the cut edge gets the same blur; the tail below 1/255 is dropped (alpha stays 0 far out)
+            new_alpha = cv2.GaussianBlur(alpha, (0, 0), applied, borderType=cv2.BORDER_CONSTANT)
+            new_alpha[new_alpha < 1.0 / 255.0] = 0.0
+            n_obj = _measure(rgb, inner)[1]  # the blur lowered the object's noise
+        elif b_obj > b_bg + _BLUR_MIN:
+            reasons.append("blur: object blurrier than the scene (not sharpened)")
+    gain = (1.0, 1.0, 1.0) if jpeg is None or jpeg.quality is None else jpeg_noise_gain(jpeg.quality, jpeg.subsampling)
+    added = NoiseLevel(0.0, 0.0, 0.0)
+    if p.noise and (n_obj is None or n_bg is None):
+        reasons.append("noise: region too small to measure")
+    elif p.noise:
+        assert n_obj is not None and n_bg is not None
+        ratio = max(1e-3, min(n_bg.cr / max(n_obj.cr, 1e-6), n_bg.cb / max(n_obj.cb, 1e-6)))
+        if ratio < 1.0 / _CHROMA_EXCESS and max(n_obj.cr, n_obj.cb) > _CHROMA_MIN:
+            # the object's chroma is noisier than the scene's: smooth it
+            chroma = float(np.clip(1.0 / (2.0 * math.sqrt(math.pi) * ratio), 0.5, 2.0))
+            rgb = _chroma_smooth(rgb, alpha, chroma)
+            n_obj = _measure(rgb, inner)[1] or n_obj
+
+        def gap(b: float, o: float, g: float) -> float:
+            d = math.sqrt(max(0.0, (b / g) ** 2 - o * o))
+            return d if d >= _NOISE_MIN else 0.0
+
+        added = NoiseLevel(gap(n_bg.y, n_obj.y, gain[0]), gap(n_bg.cr, n_obj.cr, gain[1]), gap(n_bg.cb, n_obj.cb, gain[2]))
+        if added.y or added.cr or added.cb:
+            shown = new_alpha > 0  # pixels never shown need no noise
+            n = rng.standard_normal((int(np.count_nonzero(shown)), 3), dtype=np.float32)
+            n = n * np.asarray([added.y, added.cr, added.cb], np.float32) @ _MIX.T
+            rgb = rgb.copy()
+            rgb[shown] = np.clip(np.rint(rgb[shown].astype(np.float32) + n), 0, 255).astype(np.uint8)
+    if rgb is object_rgb:
+        rgb = object_rgb.copy()
+    info = CameraMatch(blur_object=b_obj, blur_background=b_bg, blur_applied=round(applied, 4),
+                       chroma_smoothing=round(chroma, 4), noise_object=n_obj, noise_background=n_bg,
+                       noise_added=added, reason="; ".join(reasons))
+    return CameraResult(rgb=rgb, alpha=new_alpha if new_alpha is not alpha else alpha.copy(), info=info)
