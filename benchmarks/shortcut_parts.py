@@ -46,10 +46,10 @@ if str(REPO) not in sys.path:
 from comcoco.audit import AuditRecord, audit  # noqa: E402
 from comcoco.compose.camera import estimate_jpeg_quality, jpeg_regrid, match_camera  # noqa: E402
 from comcoco.compose.cutout import MASK_THRESHOLD, Cutout, cut_object, object_shape, paste  # noqa: E402
-from comcoco.compose.engine import decode_image  # noqa: E402
 from comcoco.compose.matte import refine_cutout  # noqa: E402
 from comcoco.compose.shadow import NativeObject, apply_shadow, cast_shadow, estimate_light  # noqa: E402
 from comcoco.ids import rng_for  # noqa: E402
+from comcoco.sources.images import decode_image  # noqa: E402
 
 VARIANTS = ("plain", "matte", "shadow", "camera", "jpeg", "full")
 PARTS = {"plain": (), "matte": ("matte",), "shadow": ("shadow",), "camera": ("camera",), "jpeg": ("jpeg",),

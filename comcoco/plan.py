@@ -119,6 +119,7 @@ class GroupPlan:
     bg_image: ImageInfo | None
     bg_objects: tuple[Any, ...]  # comcoco.placement.sampler.SceneObject
     members: tuple[ObjectPlan, ...]
+    bg_annotations: tuple[Annotation, ...] = ()  # the background's own objects (their shadows show the light)
 
 
 def select_candidates(
@@ -222,24 +223,47 @@ def plan_groups(
     k = int(config.objects_per_image or 1)
     chunks = _target_groups(candidates, index, config, k, limit) if config.robust and k > 1 else \
         _paper_groups(candidates, config, k, limit)
+    return [_group_plan(ch, index, config, fp, k) for ch in chunks]
+
+
+def _group_plan(ch: Sequence[Candidate], index: SourceIndex, config: ComposeConfig, fp: str, k: int) -> GroupPlan:
+    """One composite of the chunk ``ch`` (members in order); its ids hash the inputs and the configuration."""
+    key = None if k == 1 else [[c.ref_id, c.ann_id] for c in ch]
+    members = tuple(
+        _object_plan(c, index, stable_id("sample", c.ref_id, c.ann_id, c.bg_image_id, config.seed, fp, key))
+        for c in ch
+    )
+    bg_id = ch[0].bg_image_id
+    comp_id = members[0].sample_id if k == 1 else stable_id("composite", bg_id, config.seed, fp, key)
+    return GroupPlan(
+        composite_id=comp_id,
+        bg_image_id=bg_id,
+        bg_image=index.images.get(bg_id),
+        bg_objects=_bg_objects(index, bg_id),
+        members=members,
+        bg_annotations=tuple(index.anns_by_image.get(bg_id, ())) if config.robust else (),
+    )
+
+
+def groups_from_rows(rows: Sequence[PlanRow], index: SourceIndex, config: ComposeConfig) -> list[GroupPlan]:
+    """The composites a frozen plan's rows describe (members in their planned order).
+
+    Their ids are computed again from the rows' inputs; a plan whose ids come out differently was made by
+    another comcoco version, and is refused rather than silently composed under other names.
+    """
+    fp = config.fingerprint()
+    k = int(config.objects_per_image or 1)
+    by_comp: dict[str, list[PlanRow]] = {}
+    for r in rows:
+        by_comp.setdefault(r.composite_id, []).append(r)
     groups = []
-    for ch in chunks:
-        key = None if k == 1 else [[c.ref_id, c.ann_id] for c in ch]
-        members = tuple(
-            _object_plan(c, index, stable_id("sample", c.ref_id, c.ann_id, c.bg_image_id, config.seed, fp, key))
-            for c in ch
-        )
-        bg_id = ch[0].bg_image_id
-        comp_id = members[0].sample_id if k == 1 else stable_id("composite", bg_id, config.seed, fp, key)
-        groups.append(
-            GroupPlan(
-                composite_id=comp_id,
-                bg_image_id=bg_id,
-                bg_image=index.images.get(bg_id),
-                bg_objects=_bg_objects(index, bg_id),
-                members=members,
-            )
-        )
+    for comp_id in sorted(by_comp):
+        members = sorted(by_comp[comp_id], key=lambda r: r.member)
+        g = _group_plan([r.candidate() for r in members], index, config, fp, k)
+        if g.composite_id != comp_id or [m.sample_id for m in g.members] != [r.sample_id for r in members]:
+            raise PlanMismatchError(f"composite {comp_id}: the plan's sample ids cannot be reproduced (the work "
+                                    "directory was planned by another comcoco version); rebuild into a new one")
+        groups.append(g)
     return groups
 
 

@@ -24,7 +24,7 @@ from comcoco.compose.engine import ComposedGroup, compose_group
 from comcoco.compose.samples import SampleRow, write_samples
 from comcoco.compose.writer import BytesLRU, write_group
 from comcoco.io import write_text_atomic
-from comcoco.plan import PLAN_FILE, BuildConfig, PlanRow, plan_groups
+from comcoco.plan import PLAN_FILE, BuildConfig, PlanMismatchError, PlanRow, groups_from_rows
 from comcoco.sources.images import ImageCache
 from comcoco.workdir import (  # noqa: F401 (MARKER, SAMPLES_FILE, SHARDS_DIR, shard_name: re-exported)
     MARKER,
@@ -128,14 +128,10 @@ def _result(shard: int, rows: Sequence[SampleRow], skipped: bool, t0: float) -> 
 def _compose_rows(wd: Workdir, tmp: Path, plan_rows: Sequence[PlanRow], config: BuildConfig) -> list[SampleRow]:
     """Compose the composites of ``plan_rows`` into ``tmp``; the plan's ids must be reproduced exactly."""
     index = wd.index()
-    groups = plan_groups([r.candidate() for r in plan_rows], index, config.compose)
-    planned = {(r.composite_id, r.sample_id) for r in plan_rows}
-    made = {(g.composite_id, m.sample_id) for g in groups for m in g.members}
-    if made != planned:
-        raise RuntimeError(
-            f"shard {shard_name(plan_rows[0].shard)}: the plan's sample ids cannot be reproduced "
-            "(the work directory was planned by another comcoco version); rebuild into a new work directory"
-        )
+    try:
+        groups = groups_from_rows(plan_rows, index, config.compose)
+    except PlanMismatchError as exc:
+        raise WorkdirError(f"shard {shard_name(plan_rows[0].shard)}: {exc}") from None
     cache = ImageCache(index.image_path)
     encoded = BytesLRU()
     models = cached_models(config)
@@ -167,7 +163,7 @@ def run_shard(workdir: Workdir | str | Path, shard: int, retry_failed: bool = Fa
     tmp = _tmp_dir(wd, shard, "tmp")
     try:
         rows = _compose_rows(wd, tmp, plan_rows, config)
-        write_samples(tmp / SAMPLES_FILE, rows)
+        write_samples(tmp / SAMPLES_FILE, rows, config.compose.robust)
         os.rename(tmp, final)
     except BaseException:
         shutil.rmtree(tmp, ignore_errors=True)
@@ -177,17 +173,17 @@ def run_shard(workdir: Workdir | str | Path, shard: int, retry_failed: bool = Fa
 
 
 def _link_files(src: Path, dst: Path, rows: Sequence[SampleRow]) -> None:
-    for rel in sorted({p for r in rows for p in (r.composite, r.ground_truth, r.mask) if p}):
+    for rel in sorted({p for r in rows for p in r.files}):
         (dst / rel).parent.mkdir(parents=True, exist_ok=True)
         os.link(src / rel, dst / rel)
 
 
-def _swap_in(final: Path, tmp: Path, rows: Sequence[SampleRow]) -> None:
+def _swap_in(final: Path, tmp: Path, rows: Sequence[SampleRow], robust: bool) -> None:
     """Replace the marked ``final`` by the complete ``tmp`` and mark it.
 
     A crash between the renames leaves no marked folder, so the shard is simply redone.
     """
-    write_samples(tmp / SAMPLES_FILE, rows)
+    write_samples(tmp / SAMPLES_FILE, rows, robust)
     old = final.with_name(f".{final.name}.old-{os.getpid()}-{threading.get_ident()}")
     os.rename(final, old)
     os.rename(tmp, final)
@@ -207,7 +203,7 @@ def _retry_failed(wd: Workdir, shard: int, rows: list[SampleRow], config: BuildC
     try:
         _link_files(final, tmp, keep)
         new_rows = keep + _compose_rows(wd, tmp, plan_rows, config)
-        _swap_in(final, tmp, new_rows)
+        _swap_in(final, tmp, new_rows, config.compose.robust)
     except BaseException:
         shutil.rmtree(tmp, ignore_errors=True)
         raise
@@ -239,7 +235,7 @@ def rewrite_composite(workdir: Workdir | str | Path, shard: int, composed: Compo
             shutil.rmtree(tmp, ignore_errors=True)
             return False, [by_id[m.sample_id] for m in members]
         _link_files(final, tmp, keep)
-        _swap_in(final, tmp, keep + written)
+        _swap_in(final, tmp, keep + written, config.compose.robust)
     except BaseException:
         shutil.rmtree(tmp, ignore_errors=True)
         raise
@@ -247,7 +243,7 @@ def rewrite_composite(workdir: Workdir | str | Path, shard: int, composed: Compo
 
 
 def _same_files(a: Path, b: Path, row: SampleRow) -> bool:
-    for rel in (row.composite, row.ground_truth, row.mask):
+    for rel in row.files:
         if rel and (not (a / rel).is_file() or (a / rel).read_bytes() != (b / rel).read_bytes()):
             return False
     return True

@@ -31,7 +31,14 @@ import pyarrow as pa
 import pyarrow.parquet as pq
 
 from comcoco.compose.models import ComposeModels, load_models
-from comcoco.compose.samples import SAMPLES_SCHEMA, SampleRow, read_samples, rows_table
+from comcoco.compose.samples import (
+    FILE_FIELDS,
+    ROBUST_SAMPLES_SCHEMA,
+    SAMPLES_SCHEMA,
+    SampleRow,
+    read_samples,
+    rows_table,
+)
 from comcoco.decisions import REVIEW_DIR, merge_decisions, read_decisions
 from comcoco.errors import ComcocoError
 from comcoco.io import write_bytes_atomic
@@ -73,7 +80,7 @@ class StatusRow(SampleRow):
     def of_sample(cls, row: SampleRow, shard: int) -> StatusRow:
         prefix = f"{SHARDS_DIR}/{shard_name(shard)}/"
         base = {f.name: getattr(row, f.name) for f in fields(SampleRow)}
-        for key in ("composite", "ground_truth", "mask"):
+        for key in FILE_FIELDS:
             if base[key]:
                 base[key] = prefix + base[key]
         return cls(**base, shard=shard)
@@ -88,8 +95,10 @@ class StatusRow(SampleRow):
         )
 
 
-STATUS_SCHEMA = pa.schema(list(SAMPLES_SCHEMA) + [pa.field("shard", pa.int32(), nullable=False)])
-assert [f.name for f in fields(StatusRow)] == STATUS_SCHEMA.names
+_SHARD_FIELD = pa.field("shard", pa.int32(), nullable=False)
+STATUS_SCHEMA = pa.schema(list(SAMPLES_SCHEMA) + [_SHARD_FIELD])
+ROBUST_STATUS_SCHEMA = pa.schema(list(ROBUST_SAMPLES_SCHEMA) + [_SHARD_FIELD])
+assert [f.name for f in fields(StatusRow)] == ROBUST_STATUS_SCHEMA.names
 
 
 # --- per-process caches: a worker loads the source and the models once, not once per shard -----------
@@ -219,7 +228,8 @@ class Workdir:
         return {r.sample_id: r for r in self.status()}
 
     def write_status(self, rows: Iterable[StatusRow]) -> None:
-        table = rows_table(sorted(rows, key=lambda r: r.sample_id), STATUS_SCHEMA, StatusRow)
+        schema = ROBUST_STATUS_SCHEMA if self.config().compose.robust else STATUS_SCHEMA
+        table = rows_table(sorted(rows, key=lambda r: r.sample_id), schema, StatusRow)
         buf = io.BytesIO()
         pq.write_table(table, buf, compression="zstd", store_schema=False)
         write_bytes_atomic(self.root / STATUS_FILE, buf.getvalue())

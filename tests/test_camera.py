@@ -22,8 +22,8 @@ from comcoco.compose.camera import (
     quality_from_table,
 )
 from comcoco.compose.cutout import cut_object, object_shape, paste
-from comcoco.compose.engine import decode_image
 from comcoco.ids import rng_for
+from comcoco.sources.images import decode_image
 
 
 @pytest.fixture(scope="module")

@@ -10,7 +10,6 @@ import numpy as np
 import pytest
 
 from comcoco.compose.cutout import MASK_THRESHOLD, cut_object, object_shape, paste
-from comcoco.compose.engine import decode_image
 from comcoco.compose.matte import (
     MatteParams,
     default_band,
@@ -18,6 +17,7 @@ from comcoco.compose.matte import (
     refine_cutout,
     refine_matte,
 )
+from comcoco.sources.images import decode_image
 
 
 def _fixture_objects(coco_real_dir: Path):

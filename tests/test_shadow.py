@@ -10,7 +10,6 @@ import numpy as np
 import pytest
 
 from comcoco.compose.cutout import cut_object, full_mask, object_shape, paste
-from comcoco.compose.engine import decode_image
 from comcoco.compose.shadow import (
     DEFAULT_LIGHT,
     MAX_STRENGTH,
@@ -20,6 +19,7 @@ from comcoco.compose.shadow import (
     cast_shadow,
     estimate_light,
 )
+from comcoco.sources.images import decode_image
 
 SIDE = Light(direction=(0.8, 0.6), strength=0.45, source="objects", confidence=0.9, n_objects=3)
 

@@ -50,6 +50,8 @@ class ComposedSample:
     ground_truth: np.ndarray | None = None  # RGB uint8, full size
     mask: np.ndarray | None = None  # uint8 0/255, full size
     gt_is_background: bool = False  # the ground truth is the untouched background (shareable encode)
+    effect_mask: np.ndarray | None = None  # robust: uint8 0/255, the mask ∪ every pixel the object changed
+    touched: np.ndarray | None = None  # robust: bool, the pixels the object changed
 
 
 @dataclass
@@ -102,6 +104,7 @@ def _place(
         bg_size=(int(bg_w), int(bg_h)),
         bg_objects=group.bg_objects,
         avoid=tuple(tuple(float(v) for v in b) for b in avoid),  # type: ignore[misc]
+        max_scale=1.0 if config.robust else None,
     )
     crop = crop_mask = None
     if given is None and config.placement == "graconet":
@@ -122,10 +125,9 @@ def _failed(row: SampleRow, status: str, reason: str) -> ComposedSample:
     return ComposedSample(row=replace(row, status=status, reason=reason))
 
 
-def _member(
+def _cut(
     m: ObjectPlan,
     row: SampleRow,
-    canvas: np.ndarray,
     bg: np.ndarray,
     group: GroupPlan,
     avoid: Sequence[tuple[int, int, int, int]],
@@ -133,10 +135,8 @@ def _member(
     config: ComposeConfig,
     models: ComposeModels,
     given: Sequence[float] | Placement | None,
-) -> tuple[ComposedSample, Cutout | None]:
-    """Place, cut, paste and harmonize one object onto ``canvas`` (in place); a failure leaves the
-    canvas as it was and returns the failure row with no cutout."""
-    from comcoco.harmonize.fit import harmonize
+) -> tuple[Cutout, Placement] | ComposedSample:
+    """Load, outline, place and cut one object at its placed size; a failure row when that cannot be."""
     from comcoco.placement.sampler import PlacementError
 
     assert m.fg_image is not None and m.annotation is not None
@@ -144,20 +144,42 @@ def _member(
     try:
         fg = images.get(m.fg_image)
     except ImageLoadError as exc:
-        return _failed(row, STATUS_BAD_SOURCE, f"source image {m.fg_image.image_id} ({ids}): {exc}"), None
+        return _failed(row, STATUS_BAD_SOURCE, f"source image {m.fg_image.image_id} ({ids}): {exc}")
     try:
         shape = object_shape(m.annotation.segmentation, fg.shape[1], fg.shape[0])
     except CutoutError as exc:
         return _failed(row, STATUS_BAD_SOURCE, f"ann {m.annotation.ann_id} of ref {m.candidate.ref_id} in image "
-                                               f"{m.fg_image.image_id}: {exc}"), None
+                                               f"{m.fg_image.image_id}: {exc}")
     try:
         pl = _place(m, shape, fg, bg, group, avoid, config, models, given)
         cut = cut_object(fg, shape, tuple(int(v) for v in pl.box))  # type: ignore[arg-type]
     except (PlacementError, ValueError) as exc:  # CutoutError is a ValueError; so are NaN proposals
-        return _failed(row, STATUS_PLACEMENT_FAILED, f"{ids} into background {group.bg_image_id}: {exc}"), None
+        return _failed(row, STATUS_PLACEMENT_FAILED, f"{ids} into background {group.bg_image_id}: {exc}")
     if not cut.mask.any():
         return _failed(row, STATUS_PLACEMENT_FAILED,
-                       f"{ids}: mask is empty at the placed size {cut.box[2]}x{cut.box[3]}"), None
+                       f"{ids}: mask is empty at the placed size {cut.box[2]}x{cut.box[3]}")
+    return cut, pl
+
+
+def _placed_row(row: SampleRow, cut: Cutout, pl: Placement, mask: np.ndarray, args: FilterArgs) -> SampleRow:
+    x, y, w, h = cut.box
+    return replace(
+        row,
+        box_x=x, box_y=y, box_w=w, box_h=h,
+        s=float(pl.s), rx=float(pl.rx), ry=float(pl.ry),
+        plausibility=None if pl.score is None or math.isnan(float(pl.score)) else float(pl.score),
+        polygon=polygons_json(cut.polygons),
+        mask_area=int(np.count_nonzero(mask)),
+    ).with_filters(args)
+
+
+def _paste_paper(m: ObjectPlan, row: SampleRow, canvas: np.ndarray, cut: Cutout, pl: Placement,
+                 config: ComposeConfig, models: ComposeModels) -> tuple[ComposedSample, Cutout | None]:
+    """The paper's recipe: paste as cut, harmonize on the running composite (a failure leaves the canvas
+    as it was and returns the failure row with no cutout)."""
+    from comcoco.harmonize.fit import harmonize
+
+    ids = f"ref {m.candidate.ref_id}, ann {m.annotation.ann_id}"  # type: ignore[union-attr]
     x, y, w, h = cut.box
     before = canvas[y : y + h, x : x + w].copy()
     paste(canvas, cut)
@@ -178,15 +200,7 @@ def _member(
     region = canvas[y : y + h, x : x + w]
     region[touched] = harmonized[y : y + h, x : x + w][touched]
     mask = full_mask(cut, canvas.shape[0], canvas.shape[1])
-    row = replace(
-        row,
-        box_x=x, box_y=y, box_w=w, box_h=h,
-        s=float(pl.s), rx=float(pl.rx), ry=float(pl.ry),
-        plausibility=None if pl.score is None or math.isnan(float(pl.score)) else float(pl.score),
-        polygon=polygons_json(cut.polygons),
-        mask_area=int(np.count_nonzero(mask)),
-    ).with_filters(args)
-    return ComposedSample(row=row, mask=mask), cut
+    return ComposedSample(row=_placed_row(row, cut, pl, mask, args), mask=mask), cut
 
 
 def _ground_truths(done: list[tuple[ComposedSample, Cutout]], canvas: np.ndarray, bg: np.ndarray) -> None:
@@ -203,10 +217,23 @@ def _ground_truths(done: list[tuple[ComposedSample, Cutout]], canvas: np.ndarray
             cs.ground_truth, cs.gt_is_background = bg, True
         else:
             gt = canvas.copy()
-            x, y, w, h = cut.box
-            touched = cut.alpha > 0
-            gt[y : y + h, x : x + w][touched] = bg[y : y + h, x : x + w][touched]
+            if cs.touched is None:
+                x, y, w, h = cut.box
+                touched = cut.alpha > 0
+                gt[y : y + h, x : x + w][touched] = bg[y : y + h, x : x + w][touched]
+            else:
+                gt[cs.touched] = bg[cs.touched]
             cs.ground_truth = gt
+
+
+def _background(group: GroupPlan, images: ImageCache, rows: list[SampleRow]) -> np.ndarray | list[ComposedSample]:
+    """The decoded background, or every member's failure row when it cannot be read."""
+    try:
+        return images.get(group.bg_image)  # type: ignore[arg-type]
+    except ImageLoadError as exc:
+        reason = f"background image {group.bg_image_id}: {exc}"
+        return [_failed(r, *(m.problem or (STATUS_BAD_BACKGROUND, reason)))
+                for m, r in zip(group.members, rows, strict=True)]
 
 
 def compose_group(
@@ -218,9 +245,11 @@ def compose_group(
 ) -> ComposedGroup:
     """Compose one background with its objects. Bad data yields failure rows, never an exception.
 
-    Objects are pasted in member order, each harmonized on the running composite, inside its own
-    box, so object i's ground truth is the final composite with only object i's pixels restored to
-    the background: exact outside object i's mask.
+    Objects are pasted in member order. The paper profile harmonizes each on the running composite,
+    inside its own box; the robust profile pastes each with its effects (``comcoco.compose.robust``),
+    keeping the targets' footprints apart. Object i's ground truth is the final composite with only
+    the pixels object i changed restored to the background: exact outside its mask (paper) or its
+    effect mask (robust).
 
     ``boxes`` (sample id → x, y, w, h in background pixels, or a ``Placement`` kept exactly) skips
     placement sampling for those members: review uses it to recompose a sample from a corrected box
@@ -232,14 +261,13 @@ def compose_group(
     out = ComposedGroup(composite_id=group.composite_id, bg_image_id=group.bg_image_id, composite=None)
     bg: np.ndarray | None = None
     if group.bg_image is not None and any(m.problem is None for m in group.members):
-        try:
-            bg = images.get(group.bg_image)
-        except ImageLoadError as exc:
-            reason = f"background image {group.bg_image_id}: {exc}"
-            out.samples = [_failed(r, *(m.problem or (STATUS_BAD_BACKGROUND, reason)))
-                           for m, r in zip(group.members, rows, strict=True)]
+        loaded = _background(group, images, rows)
+        if isinstance(loaded, list):
+            out.samples = loaded
             return out
+        bg = loaded
     canvas = bg.copy() if bg is not None else None
+    robust = _Robust(bg, images.path(group.bg_image_id), group) if config.robust and bg is not None else None
     done: list[tuple[ComposedSample, Cutout]] = []
     avoid: list[tuple[int, int, int, int]] = []
     for m, row in zip(group.members, rows, strict=True):
@@ -248,16 +276,56 @@ def compose_group(
             continue
         assert canvas is not None and bg is not None
         given = boxes.get(m.sample_id) if boxes else None
-        cs, cut = _member(m, row, canvas, bg, group, avoid, images, config, models, given)
+        prepared = _cut(m, row, bg, group, avoid, images, config, models, given)
+        if isinstance(prepared, ComposedSample):
+            out.samples.append(prepared)
+            continue
+        cut, pl = prepared
+        if robust is None:
+            cs, kept = _paste_paper(m, row, canvas, cut, pl, config, models)
+            if kept is not None:
+                avoid.append(kept.box)
+        else:
+            cs, kept = robust.paste(m, row, canvas, cut, pl, config, models, avoid)
         out.samples.append(cs)
-        if cut is not None:
-            done.append((cs, cut))
-            avoid.append(cut.box)
+        if kept is not None:
+            done.append((cs, kept))
     if done:
         assert canvas is not None and bg is not None
         out.composite = canvas
         _ground_truths(done, canvas, bg)
     return out
+
+
+class _Robust:
+    """The robust profile's state over one composite: the scene measured once, the targets' footprints."""
+
+    def __init__(self, bg: np.ndarray, path: object, group: GroupPlan):
+        from comcoco.compose.robust import measure_scene
+
+        self.bg = bg
+        self.scene = measure_scene(bg, path, group.bg_annotations)  # type: ignore[arg-type]
+        self.forbidden = np.zeros(bg.shape[:2], dtype=bool)
+
+    def paste(self, m: ObjectPlan, row: SampleRow, canvas: np.ndarray, cut: Cutout, pl: Placement,
+              config: ComposeConfig, models: ComposeModels,
+              avoid: list[tuple[int, int, int, int]]) -> tuple[ComposedSample, Cutout | None]:
+        from comcoco.compose.robust import keep_out, paste_target
+
+        before = canvas.copy()
+        try:
+            p = paste_target(canvas, self.bg, cut, self.scene, self.forbidden, config.harmonize, models.harmonizer,
+                             config.seed, m.sample_id)
+        except Exception as exc:  # a harmonizer failure is this sample's failure, not the run's
+            canvas[...] = before
+            ids = f"ref {m.candidate.ref_id}, ann {m.annotation.ann_id}"  # type: ignore[union-attr]
+            return _failed(row, STATUS_HARMONIZE_FAILED, f"{ids} ({config.harmonize}): {type(exc).__name__}: {exc}"), None
+        grown, box = keep_out(p.touched)
+        self.forbidden |= grown
+        avoid.append(box)
+        new_row = replace(_placed_row(row, p.cut, pl, p.mask, p.args),
+                          effect_area=int(np.count_nonzero(p.effect)), **p.info)  # type: ignore[arg-type]
+        return ComposedSample(row=new_row, mask=p.mask, effect_mask=p.effect, touched=p.touched), p.cut
 
 
 def compose_sample(

@@ -150,6 +150,10 @@ def _refined_alpha(rgb01: np.ndarray, alpha: np.ndarray, band_mask: np.ndarray, 
         else:
             luma = rgb01[..., 0] * np.float32(0.299) + rgb01[..., 1] * np.float32(0.587) + rgb01[..., 2] * np.float32(0.114)
             q = guided_filter_gray(luma, alpha, r, float(params.eps))
+        # The filter decides where the edge runs, not how soft it is: its output ramps over the whole
+        # band (up to 2·band px), much softer than a photo's edge. Steepened back to the rasteriser's
+        # ~1 px, the edge keeps the source's sharpness; the camera step blurs it to the scene's.
+        q = (q - np.float32(0.5)) * np.float32(2 * band) + np.float32(0.5)
     else:  # feather: shrink by half the band, then a Gaussian of the band's width
         shrunk = cv2.erode(mask.astype(np.uint8), _disk(max(1, band // 2))).astype(np.float32)
         q = cv2.GaussianBlur(shrunk, (0, 0), max(0.5, band / 2.0), borderType=cv2.BORDER_REFLECT)
@@ -238,13 +242,17 @@ def refine_matte(rgb: np.ndarray, alpha: np.ndarray, params: MatteParams | None 
 
 
 def mask_polygons(mask: np.ndarray, origin: tuple[int, int] = (0, 0)) -> tuple[tuple[float, ...], ...]:
-    """Outer contours of a binary mask as flat COCO polygons (pixel corners), shifted by ``origin``."""
-    contours, _ = cv2.findContours(mask.astype(np.uint8), cv2.RETR_EXTERNAL, cv2.CHAIN_APPROX_SIMPLE)
+    """Outer outlines of a binary mask as flat COCO polygons, shifted by ``origin``, that rasterise back
+    to the same pixels (pycocotools): traced on the mask doubled in size, each vertex a quarter pixel
+    inside the pixel's edge, so every pixel centre of the mask is inside and none outside it. Holes are
+    filled (COCO polygons have none)."""
+    up = cv2.resize(mask.astype(np.uint8), None, fx=2, fy=2, interpolation=cv2.INTER_NEAREST)
+    contours, _ = cv2.findContours(up, cv2.RETR_EXTERNAL, cv2.CHAIN_APPROX_SIMPLE)
     out = []
     for c in contours:
         pts = c.reshape(-1, 2).astype(np.float64)
         if len(pts) >= 3:
-            pts = pts + np.asarray(origin, dtype=np.float64)
+            pts = (pts + 0.5) / 2.0 + np.asarray(origin, dtype=np.float64)
             out.append(tuple(np.round(pts.reshape(-1), 2).tolist()))
     return tuple(out)
 

@@ -57,7 +57,7 @@ def run_compose(
         if progress is not None:
             progress(i + 1, len(groups))
     os.sync()  # one flush for every image written above, before the table that lists them
-    write_samples(out_dir / "samples.parquet", rows)
+    write_samples(out_dir / "samples.parquet", rows, config.robust)
     meta = {"config": asdict(config), "fingerprint": config.fingerprint(), "samples": len(rows)}
     write_text_atomic(out_dir / "compose.json", json.dumps(meta, indent=2, sort_keys=True) + "\n")
     return sorted(rows, key=lambda r: r.sample_id)

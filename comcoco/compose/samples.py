@@ -20,6 +20,8 @@ from comcoco.errors import ComcocoError
 from comcoco.io import write_bytes_atomic
 from comcoco.records import FILTER_NAMES, STATUS_OK, STATUSES, FilterArgs
 
+FILE_FIELDS: tuple[str, ...] = ("composite", "ground_truth", "mask", "effect_mask")
+
 
 class SamplesFileError(ComcocoError, ValueError):
     """A samples table is missing, unreadable or lacks required columns."""
@@ -69,6 +71,16 @@ class SampleRow:
     outside_error: float | None = None
     objects: tuple[str, ...] = field(default=())
     object_ann_ids: tuple[int, ...] = field(default=())
+    # robust profile only (docs/compose.md): what travelled with the object, and how it was matched
+    effect_mask: str | None = None  # object ∪ its shadow ∪ its JPEG ring: what a removal model inpaints
+    effect_area: int | None = None
+    light: str | None = None  # where the light came from: objects | gradient | default
+    shadow: str | None = None  # cast | contact | none, with the reason for less than a cast shadow
+    shadow_strength: float | None = None
+    blur: float | None = None  # σ (px) applied to the object to match the scene
+    noise: float | None = None  # luma noise std (0–255) added to the object
+    jpeg_quality: int | None = None  # quality of the re-encoding on the scene's grid (None: not done)
+    matte: str | None = None  # refined, or kept: why the refinement was not used
 
     @property
     def ok(self) -> bool:
@@ -85,6 +97,11 @@ class SampleRow:
         if self.temperature is None:
             return None
         return FilterArgs.from_sequence([getattr(self, n) for n in FILTER_NAMES])
+
+    @property
+    def files(self) -> tuple[str, ...]:
+        """The sample's files (composite, ground truth, mask, effect mask), relative paths, those it has."""
+        return tuple(p for p in (getattr(self, k) for k in FILE_FIELDS) if p)
 
     def with_filters(self, args: FilterArgs) -> SampleRow:
         return replace(self, **dict(zip(FILTER_NAMES, args.as_tuple(), strict=True)))
@@ -117,13 +134,30 @@ _TYPES: dict[str, pa.DataType] = {
     "outside_error": _F64,
     "objects": pa.list_(_STR),
     "object_ann_ids": pa.list_(_I64),
+    "effect_mask": _STR,
+    "effect_area": _I64,
+    "light": _STR,
+    "shadow": _STR,
+    "shadow_strength": _F64,
+    "blur": _F64,
+    "noise": _F64,
+    "jpeg_quality": _I32,
+    "matte": _STR,
 }
+# Columns only a robust-profile table has; a paper-profile table keeps the original schema (and bytes).
+ROBUST_COLUMNS: tuple[str, ...] = ("effect_mask", "effect_area", "light", "shadow", "shadow_strength", "blur",
+                                   "noise", "jpeg_quality", "matte")
 _REQUIRED = {"sample_id", "composite_id", "status", "reason", "fg_ref_id", "fg_ann_id", "fg_image_id",
              "bg_image_id", "category_id", "candidate_rank", "seed", "config"}
-SAMPLES_SCHEMA = pa.schema(
+ROBUST_SAMPLES_SCHEMA = pa.schema(
     [pa.field(f.name, _TYPES[f.name], nullable=f.name not in _REQUIRED) for f in fields(SampleRow)]
 )
-assert [f.name for f in fields(SampleRow)] == SAMPLES_SCHEMA.names
+SAMPLES_SCHEMA = pa.schema([f for f in ROBUST_SAMPLES_SCHEMA if f.name not in ROBUST_COLUMNS])
+assert [f.name for f in fields(SampleRow)] == ROBUST_SAMPLES_SCHEMA.names
+
+
+def samples_schema(robust: bool) -> pa.Schema:
+    return ROBUST_SAMPLES_SCHEMA if robust else SAMPLES_SCHEMA
 
 
 def _clean_float(v: float | None) -> float | None:
@@ -138,7 +172,7 @@ def rows_table(rows: Sequence[Any], schema: pa.Schema, row_type: type, statuses:
 
     NaN floats become nulls; ``statuses`` (when given) are the only status values accepted.
     """
-    names = [f.name for f in fields(row_type)]
+    names = schema.names
     cols: dict[str, list[Any]] = {name: [] for name in names}
     floats = {f.name for f in schema if f.type == _F64}
     for r in rows:
@@ -154,16 +188,17 @@ def rows_table(rows: Sequence[Any], schema: pa.Schema, row_type: type, statuses:
     return pa.table(cols, schema=schema)
 
 
-def samples_table(rows: Sequence[SampleRow]) -> pa.Table:
-    """Rows as an Arrow table with the fixed schema, sorted by sample_id."""
-    return rows_table(sorted(rows, key=lambda r: r.sample_id), SAMPLES_SCHEMA, SampleRow, STATUSES)
+def samples_table(rows: Sequence[SampleRow], robust: bool = False) -> pa.Table:
+    """Rows as an Arrow table with the fixed schema of their profile, sorted by sample_id."""
+    return rows_table(sorted(rows, key=lambda r: r.sample_id), samples_schema(robust), SampleRow, STATUSES)
 
 
-def write_samples(path: str | Path, rows: Sequence[SampleRow]) -> Path:
-    """Write rows to a Parquet file, sorted and byte-deterministic, atomically."""
+def write_samples(path: str | Path, rows: Sequence[SampleRow], robust: bool = False) -> Path:
+    """Write rows to a Parquet file, sorted and byte-deterministic, atomically (``robust``: the robust
+    profile's columns too)."""
     path = Path(path)
     buf = io.BytesIO()
-    pq.write_table(samples_table(rows), buf, compression="zstd", store_schema=False)
+    pq.write_table(samples_table(rows, robust), buf, compression="zstd", store_schema=False)
     write_bytes_atomic(path, buf.getvalue())
     return path
 
@@ -180,7 +215,8 @@ def read_samples(path: str | Path) -> list[SampleRow]:
     missing = [n for n in SAMPLES_SCHEMA.names if n not in table.column_names]
     if missing:
         raise SamplesFileError(f"{path}: missing columns {', '.join(missing)}")
-    data = table.select(SAMPLES_SCHEMA.names).to_pylist()
+    names = SAMPLES_SCHEMA.names + [n for n in ROBUST_COLUMNS if n in table.column_names]
+    data = table.select(names).to_pylist()
     out = []
     for i, d in enumerate(data):
         if d["sample_id"] is None or d["status"] not in STATUSES:

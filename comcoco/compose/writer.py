@@ -85,7 +85,8 @@ def write_group(
 ) -> list[SampleRow]:
     """Encode and write a composed group's images (write-then-rename); return its rows with paths filled.
 
-    Paths: ``images/<composite_id>.<ext>``, ``gt/<sample_id>.<ext>``, ``masks/<sample_id>.png``.
+    Paths: ``images/<composite_id>.<ext>``, ``gt/<sample_id>.<ext>``, ``masks/<sample_id>.png``, and for the
+    robust profile ``effects/<sample_id>.png`` (the object and everything it changed).
     ``encoded`` caches ground-truth bytes of plain backgrounds, which many samples share.
     """
     out_dir = Path(out_dir)
@@ -110,6 +111,12 @@ def write_group(
         mask_rel = f"masks/{cs.row.sample_id}.png"
         _write_file(out_dir / gt_rel, gt_bytes)
         _write_file(out_dir / mask_rel, encode_image(cs.mask, config))
-        err = outside_error(comp_bytes, gt_bytes, cs.mask) if config.image_format == "jpeg" else 0.0
-        rows.append(replace(cs.row, composite=comp_rel, ground_truth=gt_rel, mask=mask_rel, outside_error=err))
+        effect_rel = None
+        if cs.effect_mask is not None:
+            effect_rel = f"effects/{cs.row.sample_id}.png"
+            _write_file(out_dir / effect_rel, encode_image(cs.effect_mask, config))
+        exact_outside = cs.effect_mask if cs.effect_mask is not None else cs.mask
+        err = outside_error(comp_bytes, gt_bytes, exact_outside) if config.image_format == "jpeg" else 0.0
+        rows.append(replace(cs.row, composite=comp_rel, ground_truth=gt_rel, mask=mask_rel, outside_error=err,
+                            effect_mask=effect_rel))
     return rows

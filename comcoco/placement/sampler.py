@@ -53,6 +53,9 @@ class PlacementRequest:
     bg_size: tuple[int, int]  # background (w, h)
     bg_objects: tuple[SceneObject, ...]  # annotated objects of the background
     avoid: tuple[Box, ...] = ()  # boxes already pasted into this composite; never overlapped
+    # at most this many background pixels per source pixel (None: any): enlarging an object blurs it
+    # beyond what the scene's camera would, so the robust profile only shrinks
+    max_scale: float | None = None
 
 
 @dataclass(frozen=True)
@@ -346,6 +349,8 @@ def _draw_candidate(
     short_per_s = min(bg_h, bg_h * fw / fh) if tall else min(bg_w, bg_w * fh / fw)
     s_min = min(config.min_side_px / short_per_s, 1.0)
     s = min(max(s, s_min), 1.0)
+    if req.max_scale is not None:
+        s = min(s, (fh / bg_h if tall else fw / bg_w) * float(req.max_scale))
     h_px = s * bg_h if tall else s * bg_w * fh / fw
     if relaxed:
         # crowded scenes: let the ground line go anywhere; the support term still prefers the prior

@@ -151,7 +151,10 @@ def card_stage(staging: str | os.PathLike[str], version: str, options: ReleaseOp
     export = json.loads((staging / EXPORT_FILE).read_text())
     validation_path = staging / VALIDATION_FILE
     validation = json.loads(validation_path.read_text()) if validation_path.is_file() else None
-    return write_card(staging, version, entries, selection, export, validation, pairs=options.card_pairs)
+    audit_path = staging / "audit.json"
+    audit = json.loads(audit_path.read_text()) if audit_path.is_file() else None
+    return write_card(staging, version, entries, selection, export, validation, pairs=options.card_pairs,
+                      audit=audit)
 
 
 def manifest_stage(workdir: str | os.PathLike[str], staging: str | os.PathLike[str], version: str,
@@ -194,6 +197,7 @@ class ReleaseContext:
     validate: Any = None  # ValidationOptions (or its dict), a callable, "module:function", or None
     progress: bool = False
     selection: dict[str, Any] = field(default_factory=dict)
+    audit: dict[str, Any] | None = None
     manifest: dict[str, Any] = field(default_factory=dict)
     dist: dict[str, Any] = field(default_factory=dict)
 
@@ -225,11 +229,19 @@ def _validate_arg(validate: Any) -> Any:
     return to_dict() if callable(to_dict) else validate
 
 
+def _audit_step(staging: str, seed: int) -> dict:
+    from comcoco.release.audit import write_audit
+
+    return write_audit(staging, seed=seed)
+
+
 RELEASE_STAGES: tuple[Stage, ...] = (
     Stage("select", lambda c, ex: setattr(c, "selection", ex.call(
         "release-select", _select_step, c.workdir, c.staging, c.options.to_dict()))),
     Stage("export", lambda c, ex: ex.call(
         "release-export", _export_step, c.workdir, c.staging, c.options.to_dict(), c.progress)),
+    Stage("audit", lambda c, ex: c.options.audit and setattr(c, "audit", ex.call(
+        "release-audit", _audit_step, c.staging, c.options.split_seed))),
     Stage("validate", lambda c, ex: c.validate is not None and ex.call(
         "release-validate", validation_stage, c.staging, _validate_arg(c.validate))),
     Stage("card", lambda c, ex: ex.call("release-card", _card_step, c.staging, c.version, c.options.to_dict())),
@@ -267,8 +279,10 @@ def run_release_stages(workdir: str | os.PathLike[str], releases: str | os.PathL
         raise
     if ctx.validate is None:
         seconds.pop("validate", None)
+    if not options.audit:
+        seconds.pop("audit", None)
     return {"release": path, "selection": ctx.selection["splits"]["splits"], "manifest": ctx.manifest,
-            "dist": ctx.dist, "seconds": {k: round(v, 3) for k, v in seconds.items()}}
+            "audit": ctx.audit, "dist": ctx.dist, "seconds": {k: round(v, 3) for k, v in seconds.items()}}
 
 
 def build_release(workdir: str | os.PathLike[str], releases: str | os.PathLike[str], version: str,

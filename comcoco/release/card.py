@@ -226,6 +226,32 @@ def _table(headers: Sequence[str], rows: Sequence[Sequence[Any]]) -> tuple[str, 
     return "\n".join(md), "\n".join(h)
 
 
+_PROFILE_TEXT = {
+    "robust": "Built with the **robust** profile: up to three targets per composite, told apart only by their "
+              "expressions; each pasted with its shadow, a refined matte and the scene's noise, blur and JPEG "
+              "grid. A removal model should inpaint the effect mask (object and shadow), not only the mask.",
+    "paper": "Built with the **paper** profile (the ComCOCO paper's recipe): one object per composite, pasted as "
+             "cut, without shadow or camera matching. Models can find such pastes without reading the "
+             "expression; see the audit.",
+}
+
+
+def audit_section(audit: dict[str, Any] | None, profile: str) -> tuple[str, str]:
+    """The card's artifact-audit section (markdown, html): how well pasted objects can be told from the
+    scenes' own, per cue family, and the profile the release was built with."""
+    intro = _PROFILE_TEXT.get(profile, f"Built with the {profile} profile.")
+    if not audit:
+        text = "No artifact audit was run for this release."
+        return f"{intro}\n\n{text}", f"<p>{html.escape(intro)}</p><p>{text}</p>"
+    ci = audit.get("ci")
+    auc = "n/a" if audit.get("auc") is None else f"{audit['auc']:.2f}" + (f" [{ci[0]:.2f}, {ci[1]:.2f}]" if ci else "")
+    rows = [["all cues", auc]] + [[k, "n/a" if v is None else f"{v:.2f}"] for k, v in sorted(audit.get("cues", {}).items())]
+    md, htm = _table(["cue family", "ROC AUC (0.5 = undetectable)"], rows)
+    note = (f"{audit.get('verdict', '')} — {audit.get('n_pasted', 0)} pasted and {audit.get('n_native', 0)} "
+            "size-matched native objects, folds grouped by background (`comcoco audit RELEASE`).")
+    return f"{intro}\n\n{md}\n\n{note}", f"<p>{html.escape(intro)}</p>{htm}<p>{html.escape(note)}</p>"
+
+
 def validation_section(validation: dict[str, Any] | None) -> tuple[str, str]:
     """The card's validation section (markdown, html) for a validation result, or its absence."""
     if not validation:
@@ -304,7 +330,8 @@ def _sections(version: str, stats: dict[str, Any], selection: dict[str, Any], ex
 
 
 def write_card(release: Path, version: str, entries: Sequence[ReleaseEntry], selection: dict[str, Any],
-               export: dict[str, Any], validation: dict[str, Any] | None, pairs: int = 8) -> list[str]:
+               export: dict[str, Any], validation: dict[str, Any] | None, pairs: int = 8,
+               audit: dict[str, Any] | None = None) -> list[str]:
     """Write the plots, ``README.md`` and ``card.html``; returns the files written (relative)."""
     release = Path(release)
     stats = card_statistics(release, entries)
@@ -316,6 +343,8 @@ def write_card(release: Path, version: str, entries: Sequence[ReleaseEntry], sel
     plot_lengths(stats, card / _IMAGES["lengths"])
     shown = pair_grid(release, entries, card / _IMAGES["pairs"], pairs=pairs)
     sections = _sections(version, stats, selection, export, validation, shown)
+    sections.insert(next(i for i, s in enumerate(sections) if s[0] == "Validation"),
+                    ("Artifact audit", *audit_section(audit, selection.get("profile", "paper"))))
 
     total = sum(c["samples"] for c in export["variants"]["ComCOCO"]["counts"].values())
     intro = (f"ComCOCO {version}: referring object removal pairs. Each sample is a composite image with an "

@@ -17,7 +17,7 @@ from PIL import Image
 from torch.utils.data import Dataset
 
 from comcoco.errors import ComcocoError
-from comcoco.release.export import GT_DIR, IMAGES_DIR, MASKS_DIR, SPLIT_BY, VARIANTS
+from comcoco.release.export import EFFECTS_DIR, GT_DIR, IMAGES_DIR, MASKS_DIR, SPLIT_BY, VARIANTS
 
 SPLITS = ("train", "val", "test")
 
@@ -45,7 +45,9 @@ def _read_rgb(path: Path) -> np.ndarray:
 
 
 class ComCOCODataset(Dataset):
-    """Items are dicts: ``image``, ``ground_truth`` (3×H×W), ``mask`` (1×H×W), ``expression`` and ids.
+    """Items are dicts: ``image``, ``ground_truth`` (3×H×W), ``mask`` and ``effect_mask`` (1×H×W: the object,
+    and the object with everything pasting it changed — its shadow — which a removal model inpaints),
+    ``expression`` and ids.
 
     Images are uint8 tensors, or float32 in [0, 1] with ``as_float``; the mask holds 0/1. ``transform``
     (optional) is applied to each item dict and its result returned.
@@ -78,6 +80,10 @@ class ComCOCODataset(Dataset):
             t = t.permute(2, 0, 1)
         return t.float().div_(255.0) if self.as_float and t.dtype == torch.uint8 else t
 
+    def _binary(self, m: np.ndarray) -> torch.Tensor:
+        t = torch.from_numpy(m).unsqueeze(0)
+        return t.float() if self.as_float else t
+
     def __getitem__(self, index: int) -> Any:
         ref_id, k = self.items[index]
         ref = self.refer.Refs[ref_id]
@@ -86,10 +92,17 @@ class ComCOCODataset(Dataset):
         sentence = ref["sentences"][k]
         with Image.open(self.root / MASKS_DIR / meta["mask_file_name"]) as im:
             mask = (np.array(im.convert("L")) > 127).astype(np.uint8)
+        effect_name = meta.get("effect_mask_file_name")  # releases made before effect masks: the mask
+        if effect_name:
+            with Image.open(self.root / EFFECTS_DIR / effect_name) as im:
+                effect = (np.array(im.convert("L")) > 127).astype(np.uint8)
+        else:
+            effect = mask
         item = {
             "image": self._tensor(_read_rgb(self.root / IMAGES_DIR / image["file_name"])),
             "ground_truth": self._tensor(_read_rgb(self.root / GT_DIR / meta["gt_file_name"])),
-            "mask": torch.from_numpy(mask).unsqueeze(0).float() if self.as_float else torch.from_numpy(mask).unsqueeze(0),
+            "mask": self._binary(mask),
+            "effect_mask": self._binary(effect),
             "expression": sentence["raw"],
             "sent_id": sentence["sent_id"],
             "ref_id": ref_id,

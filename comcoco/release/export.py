@@ -3,11 +3,17 @@
 A release entry is one accepted sample with its release ids, split, expressions and provenance.
 From the same entries this module writes
 
-* ``images/``, ``gt/``, ``masks/``: composites, ground truths and masks renamed by release ids.
-  Masks are the pycocotools rasterisation of the released polygon, so ``COCO.annToMask`` and
-  REFER's ``getMask`` give exactly the mask file;
+* ``images/``, ``gt/``, ``masks/``, ``effects/``: composites, ground truths, masks and effect masks
+  renamed by release ids. Masks are the pycocotools rasterisation of the released polygon, so
+  ``COCO.annToMask`` and REFER's ``getMask`` give exactly the mask file. The effect mask is the object
+  and everything pasting it changed (its shadow, its re-encoded JPEG ring: robust profile): the region
+  a removal model must inpaint; outside it the composite equals the ground truth byte for byte. For a
+  paper-profile build it equals the mask;
 * ``<variant>/refs(unc).p`` + ``<variant>/instances.json`` through the project's REFER writer, with
-  provenance under the extra ref key ``comcoco``;
+  provenance under the extra ref key ``comcoco``; every annotation has an extra ``comcoco`` key:
+  ``{"role": "target", "effect_segmentation": RLE, "effect_area": N}`` for a pasted object, and the
+  background's own objects are there too, ``{"role": "background", "source_ann_id": …}``, referred by
+  no ref (the artifact audit compares them with the pasted ones);
 * ``parquet/<variant>/<split>-NNNNN.parquet``: one row per sample, images as Hugging Face ``Image``
   structs so ``datasets.load_dataset("parquet", ...)`` decodes them;
 * ``instruct/<variant>/<split>.jsonl``: one (input, "remove the ...", output, mask) line per expression.
@@ -42,7 +48,8 @@ SPLIT_BY = "unc"
 # Release image and annotation ids start here: COCO image ids stay below 600,000 and COCO
 # annotation ids below 2.3 M (crowd ids are ~9e11), so release ids never collide with COCO's.
 RELEASE_ID_BASE = 1_000_000_000
-IMAGES_DIR, GT_DIR, MASKS_DIR = "images", "gt", "masks"
+IMAGES_DIR, GT_DIR, MASKS_DIR, EFFECTS_DIR = "images", "gt", "masks", "effects"
+NATIVE_ID_BASE = 2 * RELEASE_ID_BASE  # annotation ids of the backgrounds' own objects
 PARQUET_DIR, INSTRUCT_DIR = "parquet", "instruct"
 DEFAULT_ROWS_PER_PARQUET = 1000
 _PNG_PARAMS = [cv2.IMWRITE_PNG_COMPRESSION, 6]
@@ -81,6 +88,9 @@ class ReleaseEntry:
     polygons: tuple[tuple[float, ...], ...]
     expressions: tuple[Expression, ...]
     provenance: dict[str, Any] = field(default_factory=dict)
+    src_effect_mask: str | None = None  # the build's effect mask (robust profile), workdir-relative
+    # the background's own annotated objects: {"source_ann_id", "category_id", "bbox", "segmentation"}
+    background_objects: tuple[dict[str, Any], ...] = ()
 
     @property
     def image_file_name(self) -> str:
@@ -93,6 +103,10 @@ class ReleaseEntry:
     @property
     def mask_file_name(self) -> str:
         return f"comcoco_{self.image_id:012d}_{self.ann_id}.png"
+
+    @property
+    def effect_file_name(self) -> str:
+        return self.mask_file_name  # under effects/
 
     def expressions_for(self, variant: str) -> tuple[Expression, ...]:
         if variant == "ComCOCO":
@@ -111,6 +125,7 @@ class ReleaseEntry:
         d = dict(d)
         d["polygons"] = tuple(tuple(float(v) for v in p) for p in d["polygons"])
         d["expressions"] = tuple(Expression(**e) for e in d["expressions"])
+        d["background_objects"] = tuple(d.get("background_objects") or ())
         return cls(**d)
 
 
@@ -193,6 +208,7 @@ def export_files(workdir: str | os.PathLike[str], release: str | os.PathLike[str
         _link_or_copy(workdir / e.src_ground_truth, release / GT_DIR / e.gt_file_name)
         _, mask = entry_annotation(e)
         write_bytes_atomic(release / MASKS_DIR / e.mask_file_name, encode_mask(mask))
+        write_bytes_atomic(release / EFFECTS_DIR / e.effect_file_name, encode_mask(_effect(workdir, e, mask)))
         build_mask_rel = e.provenance.get("build_mask")
         if build_mask_rel and (workdir / build_mask_rel).is_file():
             built = cv2.imread(str(workdir / build_mask_rel), cv2.IMREAD_GRAYSCALE)
@@ -208,6 +224,26 @@ def export_files(workdir: str | os.PathLike[str], release: str | os.PathLike[str
     }
 
 
+def _effect(workdir: Path, e: ReleaseEntry, mask: np.ndarray) -> np.ndarray:
+    """The released effect mask: the build's effect mask ∪ the released mask (the mask alone for a
+    paper-profile build), so it always covers the object as released."""
+    effect = mask > 0
+    if e.src_effect_mask:
+        built = cv2.imread(str(workdir / e.src_effect_mask), cv2.IMREAD_GRAYSCALE)
+        if built is None or built.shape != mask.shape:
+            raise ExportError(f"sample {e.sample_id}: effect mask {workdir / e.src_effect_mask} is missing or "
+                              f"not {mask.shape[1]}x{mask.shape[0]}")
+        effect |= built > 127
+    return effect.astype(np.uint8)
+
+
+def _rle(mask01: np.ndarray) -> dict[str, Any]:
+    from pycocotools import mask as mask_utils
+
+    rle = mask_utils.encode(np.asfortranarray(mask01.astype(np.uint8)))
+    return {"size": [int(v) for v in rle["size"]], "counts": rle["counts"].decode("ascii")}
+
+
 # --- REFER / COCO ------------------------------------------------------------------------------------
 
 
@@ -220,6 +256,7 @@ def ref_provenance(entry: ReleaseEntry) -> dict[str, Any]:
         **prov,
         "gt_file_name": entry.gt_file_name,
         "mask_file_name": entry.mask_file_name,
+        "effect_mask_file_name": entry.effect_file_name,
         "spatial_sent_ids": [x.sent_id for x in entry.expressions if x.spatial],
         "source_sent_ids": [x.source_sent_id for x in entry.expressions if not x.spatial],
     }
@@ -239,7 +276,7 @@ def write_refer(release: str | os.PathLike[str], entries: Sequence[ReleaseEntry]
                 info: dict[str, Any] | None = None) -> Path:
     """``<variant>/refs(unc).p`` and ``<variant>/instances.json`` for the variant's entries."""
     chosen = variant_entries(entries, variant)
-    refs, anns, extras = [], [], {}
+    refs, anns, extras, ann_extras = [], [], {}, {}
     images: dict[int, ImageInfo] = {}
     by_image: dict[int, list[ReleaseEntry]] = {}
     for e in chosen:
@@ -247,6 +284,9 @@ def write_refer(release: str | os.PathLike[str], entries: Sequence[ReleaseEntry]
     for e in chosen:
         ann, _ = entry_annotation(e)
         anns.append(ann)
+        effect = cv2.imread(str(Path(release) / EFFECTS_DIR / e.effect_file_name), cv2.IMREAD_GRAYSCALE) > 127
+        ann_extras[ann.ann_id] = {"comcoco": {"role": "target", "effect_segmentation": _rle(effect),
+                                              "effect_area": int(effect.sum())}}
         refs.append(Ref(ref_id=e.ref_id, ann_id=e.ann_id, image_id=e.image_id, category_id=e.category_id,
                         split=e.split, sentences=tuple(_sentence(x) for x in e.expressions_for(variant)),
                         file_name=f"comcoco_{e.image_id:012d}_{e.ann_id}.jpg"))
@@ -260,12 +300,35 @@ def write_refer(release: str | os.PathLike[str], entries: Sequence[ReleaseEntry]
                 extra["gt_file_names"] = {str(x.ann_id): x.gt_file_name for x in group}
             images[e.image_id] = ImageInfo(image_id=e.image_id, file_name=e.image_file_name,
                                            width=e.width, height=e.height, extra=extra)
+    for ann, role in _background_annotations(entries, set(images)):
+        anns.append(ann)
+        ann_extras[ann.ann_id] = {"comcoco": role}
     categories = list(COCO_CATEGORIES)
     licenses = [{"id": 0, "name": "see README.md (COCO images: Flickr terms; annotations CC BY 4.0)", "url": ""}]
     return write_source(release, refs, [images[i] for i in sorted(images)],
                         sorted(anns, key=lambda a: a.ann_id), categories, dataset=variant,
                         split_by=SPLIT_BY, info=info or {"description": variant}, licenses=licenses,
-                        ref_extras=extras)
+                        ref_extras=extras, ann_extras=ann_extras)
+
+
+def _background_annotations(entries: Sequence[ReleaseEntry], image_ids: set[int]) -> list[tuple[Annotation, dict]]:
+    """The backgrounds' own objects on the released composites, ids numbered in (image, source ann) order
+    over the whole release so both variants give every object the same id."""
+    seen: dict[int, tuple[dict[str, Any], ...]] = {}
+    for e in sorted(entries, key=lambda x: x.image_id):
+        seen.setdefault(e.image_id, e.background_objects)
+    out = []
+    n = 0
+    for image_id in sorted(seen):
+        for obj in sorted(seen[image_id], key=lambda o: o["source_ann_id"]):
+            if image_id in image_ids:
+                x, y, w, h = (float(v) for v in obj["bbox"])
+                out.append((Annotation(ann_id=NATIVE_ID_BASE + n, image_id=image_id, category_id=int(obj["category_id"]),
+                                       bbox=(x, y, w, h), area=float(obj["area"]), iscrowd=int(obj["iscrowd"]),
+                                       segmentation=obj["segmentation"]),
+                            {"role": "background", "source_ann_id": int(obj["source_ann_id"])}))
+            n += 1
+    return out
 
 
 # --- Parquet ---------------------------------------------------------------------------------------
@@ -281,6 +344,7 @@ PARQUET_SCHEMA = pa.schema([
     pa.field("image", _IMAGE_STRUCT),
     pa.field("ground_truth", _IMAGE_STRUCT),
     pa.field("mask", _IMAGE_STRUCT),
+    pa.field("effect_mask", _IMAGE_STRUCT),
     pa.field("expressions", pa.list_(pa.string())),
     pa.field("sent_ids", pa.list_(pa.int64())),
     pa.field("spatial", pa.list_(pa.bool_())),
@@ -298,7 +362,8 @@ PARQUET_SCHEMA = pa.schema([
     pa.field("reviewer", pa.string()),
     pa.field("provenance", pa.string()),
 ])
-_HF_FEATURES = {"image": {"_type": "Image"}, "ground_truth": {"_type": "Image"}, "mask": {"_type": "Image"}}
+_HF_FEATURES = {"image": {"_type": "Image"}, "ground_truth": {"_type": "Image"}, "mask": {"_type": "Image"},
+                "effect_mask": {"_type": "Image"}}
 PARQUET_SCHEMA = PARQUET_SCHEMA.with_metadata(
     {b"huggingface": json.dumps({"info": {"features": _HF_FEATURES}}, sort_keys=True).encode()}
 )
@@ -321,6 +386,7 @@ def _parquet_row(release: Path, e: ReleaseEntry, variant: str) -> dict[str, Any]
         "image": img(IMAGES_DIR, e.image_file_name),
         "ground_truth": img(GT_DIR, e.gt_file_name),
         "mask": img(MASKS_DIR, e.mask_file_name),
+        "effect_mask": img(EFFECTS_DIR, e.effect_file_name),
         "expressions": [x.raw for x in exprs], "sent_ids": [x.sent_id for x in exprs],
         "spatial": [x.spatial for x in exprs], "bbox": list(ann.bbox),
         "category_id": e.category_id, "category": _CATEGORY_NAME.get(e.category_id, ""),
@@ -381,6 +447,7 @@ def write_instruct(release: str | os.PathLike[str], entries: Sequence[ReleaseEnt
                 "instruction": instruction(x.raw),
                 "output_image": f"{GT_DIR}/{e.gt_file_name}",
                 "mask": f"{MASKS_DIR}/{e.mask_file_name}",
+                "effect_mask": f"{EFFECTS_DIR}/{e.effect_file_name}",
                 "expression": x.raw, "sent_id": x.sent_id, "spatial": x.spatial,
                 "ref_id": e.ref_id, "sample_id": e.sample_id, "split": e.split,
             }

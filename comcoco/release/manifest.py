@@ -80,11 +80,22 @@ def build_manifest(workdir: Path, release: Path, version: str, options: dict[str
         "code_version": code_version(),
         "counts": {"per_split": counts, "total": totals},
         "selection": selection,
+        "profile": plan["config"].get("compose", {}).get("profile", "paper"),
+        "audit": _audit_summary(release),
         "export": export_stats,
         "files": hash_files(release, release_files(release), progress),
     }
     write_text_atomic(release / MANIFEST_NAME, json.dumps(manifest, indent=2, sort_keys=True) + "\n")
     return manifest
+
+
+def _audit_summary(release: Path) -> dict[str, Any] | None:
+    """The headline of the release's artifact audit (``audit.json``), or None when none was run."""
+    path = release / "audit.json"
+    if not path.is_file():
+        return None
+    a = json.loads(path.read_text())
+    return {k: a.get(k) for k in ("auc", "ci", "n_pasted", "n_native", "cues", "verdict")}
 
 
 def read_manifest(release: str | os.PathLike[str]) -> dict[str, Any]:

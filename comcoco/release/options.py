@@ -28,6 +28,7 @@ class ReleaseOptions:
     rows_per_parquet: int = DEFAULT_ROWS_PER_PARQUET
     shard_bytes: int = DEFAULT_SHARD_BYTES
     card_pairs: int = 8
+    audit: bool = True  # run the artifact audit (comcoco.release.audit) and ship its result
 
     def __post_init__(self) -> None:
         if self.unreviewed not in UNREVIEWED_CHOICES:

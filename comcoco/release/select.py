@@ -71,6 +71,9 @@ def _provenance(r: StatusRow, placement: ReviewDecision | None, expr_dec: Review
             "reviewer": expr_dec.reviewer, "reviewed_at": expr_dec.reviewed_at,
             "dropped_sent_ids": list(expr_dec.dropped_sent_ids)}),
         "build_mask": r.mask,
+        **({"effects": {"effect_area": r.effect_area, "light": r.light, "shadow": r.shadow,
+                        "shadow_strength": r.shadow_strength, "blur": r.blur, "noise": r.noise,
+                        "jpeg_quality": r.jpeg_quality, "matte": r.matte}} if r.effect_mask else {}),
     }
 
 
@@ -166,7 +169,7 @@ def select_entries(workdir: Workdir | str | os.PathLike[str], options: ReleaseOp
         items.append(SplitItem(r.sample_id, tuple(sorted(images)), cluster_of(int(r.category_id)), preferred))
     splits = assign_splits(items, options.proportions, seed=options.split_seed)
 
-    entries = _entries(placed, sizes, splits.assignment)
+    entries = _entries(placed, sizes, splits.assignment, _background_objects(wd, placed))
     report = {
         "workdir_status": dict(sorted(Counter(r.status for r in rows).items())),
         "candidates": len(kept),
@@ -176,12 +179,26 @@ def select_entries(workdir: Workdir | str | os.PathLike[str], options: ReleaseOp
                                                  "expressions_reviewed", "sentences_dropped",
                                                  "spatial_phrases_added")},
         "unreviewed_policy": options.unreviewed,
+        "profile": wd.config().compose.profile,
         "splits": splits.report(),
     }
     return entries, report
 
 
-def _entries(placed: list[_Chosen], sizes: dict[str, tuple[int, int]], split_of: dict[str, str]) -> list[ReleaseEntry]:
+def _background_objects(wd: Workdir, placed: list[_Chosen]) -> dict[int, tuple[dict[str, Any], ...]]:
+    """Each background's own annotated objects (they stay visible in its composites), by image id."""
+    index = wd.index()
+    out: dict[int, tuple[dict[str, Any], ...]] = {}
+    for bg in sorted({int(c.row.bg_image_id) for c in placed}):
+        out[bg] = tuple(
+            {"source_ann_id": int(a.ann_id), "category_id": int(a.category_id), "bbox": [float(v) for v in a.bbox],
+             "area": float(a.area), "iscrowd": int(a.iscrowd), "segmentation": a.segmentation}
+            for a in index.anns_by_image.get(bg, ()))
+    return out
+
+
+def _entries(placed: list[_Chosen], sizes: dict[str, tuple[int, int]], split_of: dict[str, str],
+             natives: dict[int, tuple[dict[str, Any], ...]]) -> list[ReleaseEntry]:
     """Ids: sequential in sorted composite / sample order (``placed`` is in sample id order)."""
     composite_ids = sorted({c.row.composite_id for c in placed})
     image_id_of = {c: RELEASE_ID_BASE + n for n, c in enumerate(composite_ids)}
@@ -203,6 +220,7 @@ def _entries(placed: list[_Chosen], sizes: dict[str, tuple[int, int]], split_of:
             category_id=int(r.category_id), cluster=cluster_of(int(r.category_id)),
             width=width, height=height, src_composite=r.composite or "", src_ground_truth=r.ground_truth or "",
             polygons=tuple(tuple(p) for p in c.polygons or ()), expressions=tuple(exprs), provenance=c.provenance,
+            src_effect_mask=r.effect_mask, background_objects=natives.get(int(r.bg_image_id), ()),
         ))
     return entries
 

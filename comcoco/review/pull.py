@@ -202,7 +202,7 @@ def recompose_sample(workdir: Workdir | str | Path, sample_id: str, box: Sequenc
     ``comcoco.build.refresh_status``).
     """
     from comcoco.compose.engine import compose_group
-    from comcoco.plan import plan_groups
+    from comcoco.plan import PlanMismatchError, groups_from_rows
     from comcoco.shards import rewrite_composite
     from comcoco.sources.images import ImageCache
 
@@ -220,10 +220,10 @@ def recompose_sample(workdir: Workdir | str | Path, sample_id: str, box: Sequenc
     members = [r for r in wd.shard_samples(target.shard) if r.composite_id == target.composite_id]
     plan_rows = sorted((r for r in plan if r.composite_id == target.composite_id), key=lambda r: r.member)
     index = wd.index()
-    groups = [g for g in plan_groups([r.candidate() for r in plan_rows], index, config.compose)
-              if g.composite_id == target.composite_id]
-    if len(groups) != 1:
-        raise ReviewError(f"composite {target.composite_id} of sample {sample_id} cannot be re-planned")
+    try:
+        groups = groups_from_rows(plan_rows, index, config.compose)
+    except PlanMismatchError as exc:
+        raise ReviewError(f"sample {sample_id}: {exc}") from None
     boxes: dict[str, Sequence[int] | Placement] = {
         r.sample_id: Placement(s=r.s, rx=r.rx, ry=r.ry, box=r.box, score=r.plausibility)  # type: ignore[arg-type]
         for r in members if r.ok and r.box is not None and r.sample_id != sample_id}

@@ -198,6 +198,18 @@ def _add_extras(payload: list[dict[str, Any]], refs: Sequence[Ref],
             d[str(key)] = _plain_json(extra[key], f"ref {d['ref_id']} extra {key!r}")
 
 
+def _with_extras(d: dict[str, Any], extra: Mapping[str, Any] | None, what: str) -> dict[str, Any]:
+    """``d`` with ``extra``'s keys appended; none may replace one of ``d``'s."""
+    if not extra:
+        return d
+    clash = sorted(set(extra) & set(d))
+    if clash:
+        raise ValueError(f"{what} {d['id']}: extra keys {clash} would replace COCO keys")
+    for key in extra:
+        d[str(key)] = _plain_json(extra[key], f"{what} {d['id']} extra {key!r}")
+    return d
+
+
 def write_source(
     root: str | os.PathLike[str],
     refs: Sequence[Ref],
@@ -212,6 +224,7 @@ def write_source(
     refs_format: str = "pickle",
     strict: bool = True,
     ref_extras: Mapping[int, Mapping[str, Any]] | None = None,
+    ann_extras: Mapping[int, Mapping[str, Any]] | None = None,
 ) -> Path:
     """Write ``ROOT/<dataset>/refs(<split_by>).p`` and ``instances.json``; returns ``ROOT/<dataset>``.
 
@@ -221,7 +234,7 @@ def write_source(
     With ``strict`` (default) every ref must resolve to an annotation on its image. Ids must be
     unique. Both files are written atomically and identical inputs give identical bytes.
     ``ref_extras`` maps a ref id to extra keys appended after REFER's 8 (plain JSON values only);
-    REFER readers ignore them.
+    REFER readers ignore them. ``ann_extras`` does the same for annotations, after COCO's 7 keys.
     """
     if refs_format not in ("pickle", "json"):
         raise ValueError(f"refs_format must be 'pickle' or 'json', got {refs_format!r}")
@@ -242,7 +255,8 @@ def write_source(
         "info": _plain_json(info if info is not None else {}, "info"),
         "images": [_image_dict(i) for i in images],
         "licenses": _plain_json(licenses if licenses is not None else [], "licenses"),
-        "annotations": [_annotation_dict(a) for a in annotations],
+        "annotations": [_with_extras(_annotation_dict(a), (ann_extras or {}).get(a.ann_id), "annotation")
+                        for a in annotations],
         "categories": [
             {"supercategory": c.supercategory, "id": _plain_int(c.id, f"category {c.id}"), "name": c.name}
             for c in categories

@@ -1,0 +1,157 @@
+"""The robust profile's way of pasting one object: effects travel with it, and nothing gives it away.
+
+For one target, in order (docs/compose.md, "Shortcut-resistant composites"):
+
+1. cut at the placed size, then refine the matte at the edge and remove the source's colour spill
+   (``matte``); the binary mask stays alpha ≥ 0.5;
+2. harmonize against the *background* (not the running composite): the six filters are fitted on the
+   background with this object alone pasted, and applied to the object's own colours, so one target's
+   look never depends on another's and a reviewer's move of one target leaves the others' pixels alone;
+3. match the scene's camera: blur and seeded noise on the object only (``camera``);
+4. cast its shadow on the canvas (``shadow``; light estimated once per background from its annotated
+   objects' own shadows, its gradient, or a default), clipped off every other target's footprint;
+5. paste, then re-encode the object's region on the background's JPEG grid at its quality (``jpeg``).
+
+What the object changed — alpha > 0, its shadow's and its JPEG step's footprints — is its *touched*
+set; ``effect_mask`` is the binary mask ∪ touched. The ground truth restores exactly the touched pixels
+to the background, so the pair is byte-identical outside ``effect_mask`` (grown by 8 px or not).
+Targets keep ``FOOTPRINT_MARGIN`` px between their footprints, so no 16-px JPEG block holds two.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, replace
+from pathlib import Path
+
+import cv2
+import numpy as np
+
+from comcoco.compose.camera import match_camera, scene_camera
+from comcoco.compose.cutout import MASK_THRESHOLD, Cutout
+from comcoco.compose.jpeg import JpegEstimate, estimate_jpeg_quality, jpeg_regrid
+from comcoco.compose.matte import mask_polygons, refine_cutout
+from comcoco.compose.shadow import Light, NativeObject, apply_shadow, cast_shadow, estimate_light
+from comcoco.ids import rng_for
+from comcoco.records import Annotation, FilterArgs
+
+FOOTPRINT_MARGIN = 18  # px between targets' footprints: a 16-px JPEG block and the 2-px chroma ring
+
+
+@dataclass(frozen=True)
+class Scene:
+    """What the robust recipe measures once per background."""
+
+    light: Light
+    jpeg: JpegEstimate
+    camera: object  # comcoco.compose.camera.SceneCamera
+
+
+def measure_scene(background: np.ndarray, path: Path | None, annotations: tuple[Annotation, ...]) -> Scene:
+    """Light, JPEG quality and camera of a background (from its file's tables when it is a JPEG)."""
+    natives = [NativeObject.from_annotation(a.bbox, a.segmentation) for a in annotations]
+    return Scene(light=estimate_light(background, [n for n in natives if n is not None]),
+                 jpeg=estimate_jpeg_quality(path, background),
+                 camera=scene_camera(background))
+
+
+@dataclass
+class Pasted:
+    """One target's result: its final alpha and colours, what it touched, and what was done."""
+
+    cut: Cutout  # final rgb and alpha (after matte and camera), polygons of the final mask
+    args: FilterArgs
+    touched: np.ndarray  # H×W bool: every pixel this target changed
+    mask: np.ndarray  # H×W uint8 0/255: alpha ≥ 0.5
+    effect: np.ndarray  # H×W uint8 0/255: mask ∪ touched
+    info: dict[str, object]
+
+
+def harmonized_colours(bg: np.ndarray, cut: Cutout, method: str, network: object) -> tuple[np.ndarray, FilterArgs]:
+    """The object's colours harmonized against the background alone (see the module docstring)."""
+    from comcoco.harmonize.fit import harmonize
+
+    if method == "none":
+        return cut.rgb, FilterArgs()
+    x, y, w, h = cut.box
+    sel = cut.alpha > 0
+    trial = bg.copy()
+    trial[y:y + h, x:x + w][sel] = cut.rgb[sel]
+    full = np.zeros(bg.shape[:2], np.float32)
+    full[y:y + h, x:x + w][sel] = 1.0
+    out, args = harmonize(trial, full, method, network)
+    if out.shape != bg.shape or out.dtype != np.uint8:
+        raise ValueError(f"harmonizer returned {out.dtype} {out.shape}, expected uint8 {bg.shape}")
+    rgb = cut.rgb.copy()
+    rgb[sel] = out[y:y + h, x:x + w][sel]
+    return rgb, args if isinstance(args, FilterArgs) else FilterArgs.from_sequence(args)
+
+
+def _full(local: np.ndarray, box: tuple[int, int, int, int], shape: tuple[int, int]) -> np.ndarray:
+    out = np.zeros(shape, dtype=bool)
+    x, y, w, h = box
+    out[y:y + h, x:x + w] = local
+    return out
+
+
+def paste_target(canvas: np.ndarray, bg: np.ndarray, cut: Cutout, scene: Scene, forbidden: np.ndarray,
+                 method: str, network: object, seed: int, key: str) -> Pasted:
+    """Steps 1–5 of the module docstring for one target, on ``canvas`` in place.
+
+    ``forbidden`` (H×W bool) is every other target's footprint grown by the margin; the shadow is kept
+    off it. Raises on a harmonizer failure before the canvas is touched.
+    """
+    H, W = canvas.shape[:2]
+    cut, matte = refine_cutout(cut)
+    rgb, args = harmonized_colours(bg, cut, method, network)
+    cam = match_camera(rgb, cut.alpha, bg, cut.box, rng_for(seed, "camera", key), scene=scene.camera,
+                       jpeg=scene.jpeg if scene.jpeg.quality is not None else None)
+    final_mask = cam.alpha >= MASK_THRESHOLD
+    if not final_mask.any():  # the camera's blur cannot empty a mask, but the final cut must have one
+        cam = replace(cam, alpha=cut.alpha)
+        final_mask = cut.alpha >= MASK_THRESHOLD
+    polys = cut.polygons if np.array_equal(final_mask, cut.mask) else \
+        (mask_polygons(final_mask, (cut.box[0], cut.box[1])) or cut.polygons)
+    cut = Cutout(rgb=cam.rgb, alpha=cam.alpha, box=cut.box, polygons=polys)
+    shadow = cast_shadow(cut.alpha, cut.box, (W, H), scene.light, background=canvas)
+    if shadow.region[2] and shadow.region[3]:
+        sx, sy, sw, sh = shadow.region
+        shadow.map[forbidden[sy:sy + sh, sx:sx + sw]] = 0.0
+    apply_shadow(canvas, shadow)
+    _blend(canvas, cut)
+    regrid = jpeg_regrid(canvas, cut.alpha, cut.box, scene.jpeg)
+    regrid.apply(canvas)
+    touched = _full(cut.alpha > 0, cut.box, (H, W))
+    if shadow.region[2] and shadow.region[3]:
+        touched |= shadow.full_effect(H, W)
+    if regrid.region[2] and regrid.region[3]:
+        touched |= regrid.full_effect(H, W)
+    mask = _full(final_mask, cut.box, (H, W))
+    info = {
+        "light": scene.light.source,
+        "shadow": shadow.kind + (f": {shadow.reason}" if shadow.reason else ""),
+        "shadow_strength": round(float(scene.light.strength), 4) if shadow.kind != "none" else 0.0,
+        "blur": round(float(cam.info.blur_applied), 4),
+        "noise": round(float(max(cam.info.noise_added.y, 0.0)), 4),
+        "jpeg_quality": regrid.quality,
+        "matte": "refined" if matte.refined else f"kept: {matte.fallback}",
+    }
+    return Pasted(cut, args, touched, mask.astype(np.uint8) * 255, (mask | touched).astype(np.uint8) * 255, info)
+
+
+def _blend(canvas: np.ndarray, cut: Cutout) -> None:
+    """Alpha-blend ``cut`` into ``canvas`` within its box (pixels where alpha is 0 keep their bytes)."""
+    x, y, w, h = cut.box
+    region = canvas[y:y + h, x:x + w]
+    base = region.astype(np.float32)
+    out = base + cut.alpha[:, :, None] * (cut.rgb.astype(np.float32) - base)
+    sel = cut.alpha > 0
+    region[sel] = np.rint(out).astype(np.uint8)[sel]
+
+
+def keep_out(touched: np.ndarray) -> tuple[np.ndarray, tuple[int, int, int, int]]:
+    """A target's footprint grown by ``FOOTPRINT_MARGIN``: the pixels no other target may touch, and its
+    bounding box (for placement, which must keep other objects out of it)."""
+    k = cv2.getStructuringElement(cv2.MORPH_RECT, (2 * FOOTPRINT_MARGIN + 1, 2 * FOOTPRINT_MARGIN + 1))
+    grown = cv2.dilate(touched.astype(np.uint8), k) > 0
+    x, y, w, h = cv2.boundingRect(grown.view(np.uint8))
+    return grown, (x, y, w, h)
