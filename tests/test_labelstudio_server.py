@@ -209,8 +209,12 @@ def test_placement_config_structure() -> None:
     assert tags["score"].get("value") == "$score"
     decision = tags["decision"]
     assert decision.tag == "Choices" and decision.get("required") == "true"
-    assert [c.get("value") for c in decision] == ["accept", "reject", "adjust"]
-    assert tags["reason"].tag == "TextArea"
+    assert [c.get("alias") for c in decision] == ["accept", "reject", "adjust"]
+    # the meaning is the visible text, not a hover hint
+    assert all(c.get("value").startswith(c.get("alias") + ": ") and len(c.get("value")) > 25 for c in decision)
+    assert tags["reason"].tag == "TextArea" and tags["reason"].get("required") == "true"
+    root = ET.parse(ANNOTATIONS / "placement.xml").getroot()
+    assert any(el.tag == "Header" and el.get("value") == "$look" for el in root.iter())  # the round, shown
 
 
 def test_expressions_config_structure() -> None:

@@ -24,9 +24,9 @@ from comcoco.plan import BuildConfig, SourceSpec
 from comcoco.review.bookkeeping import read_projects, read_tasks
 from comcoco.review.pull import pull
 from comcoco.review.push import push
-from comcoco.review.tasks import percent_to_box
 from comcoco.review.server import RetryPolicy, ReviewServer
 from comcoco.review.status import review_status
+from comcoco.review.tasks import percent_to_box
 from comcoco.workdir import Workdir
 
 
@@ -198,7 +198,7 @@ def test_both_stages_end_to_end(workdir, server, cli_env, label_studio):
     res = cli(["review", "push", str(workdir), "--stage", "expressions"], cli_env)
     assert res.exit_code == 0 and "imported 2 task(s)" in res.output, res.output
     pid2 = read_projects(workdir)["expressions"]["id"]
-    export = {t["data"]["sample_id"]: t for t in server.export(pid2)}
+    export = {t["data"]["sample_id"]: t for page in server.export(pid2) for t in page}
     assert set(export) == {adj_sid, acc_sid}
     t2 = export[acc_sid]
     options = t2["data"]["expression_options"]
@@ -228,7 +228,7 @@ def test_both_stages_end_to_end(workdir, server, cli_env, label_studio):
 def test_stage2_proposes_spatial_phrases_and_highlights(workdir, server, label_studio):
     rep = push(workdir, "expressions", server, label_studio.document_root, without_placement_review=True)
     assert rep.imported == 6
-    export = server.export(rep.project_id)
+    export = [t for page in server.export(rep.project_id) for t in page]
     status = rows(workdir)
     with_phrases = 0
     for t in export:

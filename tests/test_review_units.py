@@ -9,16 +9,16 @@ import httpx
 import pytest
 from label_studio_sdk.core.api_error import ApiError
 
-from comcoco.records import Sentence
 from comcoco.decisions import AnnotationRecord, agreement, box_iou, cohen_kappa
+from comcoco.records import Sentence
 from comcoco.review.answers import read_annotation, submitted
 from comcoco.review.bookkeeping import project_title, task_key
 from comcoco.review.progress import Progress
 from comcoco.review.resolve import CONFLICT, DECIDED, PENDING, resolve_sample
-from comcoco.review.tasks import box_to_percent, percent_to_box, wanted
-from comcoco.review.team import Team
 from comcoco.review.server import NotFound, RetryPolicy, ReviewServer, ServerUnavailable, is_transient
 from comcoco.review.settings import LabelStudioError
+from comcoco.review.tasks import box_to_percent, percent_to_box, wanted
+from comcoco.review.team import Team
 
 TOKEN = "ab" * 20
 

@@ -283,6 +283,7 @@ def pull(
         if again:
             back = push(workdir, stage, server, document_root, only=again)
             report.sent_back = back.imported
+            report.messages.extend(back.messages)
     write_pull_state(workdir, stage, pid, newest)
     return report
 
