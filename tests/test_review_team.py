@@ -247,7 +247,8 @@ def test_bad_input_is_named_and_a_later_pull_continues(workdir, admin, env, labe
     assert "recorded as adjust" in res.output and "account was removed" in res.output
     got = read_decisions(workdir)
     assert (s[0], "placement") not in got and (s[1], "placement") not in got
-    assert got[(s[2], "placement")].decision == "adjust" and got[(s[2], "placement")].box[0] + w <= W
+    clipped = got[(s[2], "placement")].box
+    assert got[(s[2], "placement")].decision == "adjust" and clipped[0] + clipped[2] == W and clipped[2] == w - 15
     assert got[(s[3], "placement")].decision == "adjust" and got[(s[3], "placement")].box == target
     assert got[(gone_task, "placement")].reviewer == "removed"
 
