@@ -10,7 +10,7 @@ Measured in one run, on a server started here (own port, data directory and docu
 3. pull, nothing new — again, with nothing changed; against one full JSON export of the project, which
                    is what every pull read before pulls asked only for changed tasks.
 
-Each step runs in its own subprocess, so its peak RSS is the client's own. Goals (2 cores): push under
+Each step runs in its own subprocess, so its peak RSS (``VmHWM``) is the client's own. Goals (2 cores): push under
 10 minutes, pull with nothing new under 1 minute, peak RSS under 500 MiB.
 
 The 24,000-sample work directory is synthetic, made cheaply from a real one: a 12-image demo source is
@@ -41,7 +41,7 @@ REPO = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO))
 
 CHILD = r"""
-import json, resource, sys, time
+import json, sys, time
 from comcoco.review.server import ReviewServer
 step, workdir, url, token, root = sys.argv[1:6]
 server = ReviewServer(url, token, timeout=600)
@@ -63,8 +63,9 @@ elif step == "export":
     rep = None
 seconds = time.perf_counter() - t
 extra = {} if rep is None else {"recorded": getattr(rep, "recorded", 0), "applied": getattr(rep, "applied", {})}
-print(json.dumps({"seconds": seconds, "n": n, "rss_mib": resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024,
-                  **extra}))
+# VmHWM: this process's own peak (ru_maxrss would start from the parent's RSS at fork)
+hwm = next(int(line.split()[1]) for line in open("/proc/self/status") if line.startswith("VmHWM:"))
+print(json.dumps({"seconds": seconds, "n": n, "rss_mib": hwm / 1024, **extra}))
 """
 
 

@@ -16,6 +16,7 @@ a sample in the overlap, slot 2 the third look after those two disagreed (``comc
 from __future__ import annotations
 
 import math
+import urllib.parse
 from collections.abc import Collection, Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -44,6 +45,7 @@ class WorkdirView:
     decisions: dict[tuple[str, str], ReviewDecision]
     category_names: dict[int, str] = field(default_factory=dict)
     outcomes: dict[str, dict[str, Outcome]] = field(default_factory=dict)  # stage → sample → outcome
+    _url_prefix: dict[str, str] = field(default_factory=dict, repr=False)
 
     @classmethod
     def load(cls, workdir: Workdir | str | Path, tasks: Collection[TaskRecord] = ()) -> WorkdirView:
@@ -73,6 +75,15 @@ class WorkdirView:
             return self.source.ref(int(row.fg_ref_id)).sentences
         except KeyError:
             raise ReviewError(f"sample {row.sample_id}: ref {row.fg_ref_id} is not in the source") from None
+
+    def image_url(self, row: StatusRow, document_root: str | Path) -> str:
+        """The local-files URL of the sample's composite; the work directory is resolved against the
+        document root once, not per task (a push builds tens of thousands)."""
+        key = str(document_root)
+        if key not in self._url_prefix:
+            folder = local_files_url(self.workdir.root / "_", document_root)[: -len("_")]
+            self._url_prefix[key] = folder
+        return self._url_prefix[key] + urllib.parse.quote(str(row.composite), safe="/")
 
     def image_size(self, row: StatusRow) -> tuple[int, int]:
         img = self.source.image(int(row.bg_image_id))
@@ -149,7 +160,7 @@ def placement_task(view: WorkdirView, row: StatusRow, round_: int, slot: int, an
     score = plausibility(row)
     return {
         "data": {
-            "image": local_files_url(view.workdir.root / row.composite, document_root),
+            "image": view.image_url(row, document_root),
             "expressions": "\n".join(s.sent for s in view.sentences(row)),
             "score": f"{score:.2f}" if score >= 0 else "n/a",
             "look": look_text(view, "placement", row, round_, slot, annotator),
@@ -198,7 +209,7 @@ def expressions_task(view: WorkdirView, row: StatusRow, slot: int, annotator: st
         result.append({"from_name": "spatial", "to_name": "image", "type": "textarea", "value": {"text": phrases}})
     return {
         "data": {
-            "image": local_files_url(view.workdir.root / row.composite, document_root),
+            "image": view.image_url(row, document_root),
             "expression_options": [{"value": s.sent, "alias": str(s.sent_id)} for s in sentences],
             "look": look_text(view, "expressions", row, 0, slot, annotator),
             "annotator": annotator,
