@@ -86,10 +86,14 @@ card-screenshot: chromium
 	  --screenshot=$(RELEASE)/card-screenshot.png --window-size=1280,2400 \
 	  file://$$(realpath $(RELEASE))/card.html; rc=$$?; rm -rf $$tmp; exit $$rc
 
-# A stage-1 review task in headless Chromium, saved as runs/review-screenshot.png (starts Label Studio if needed).
+# What an annotator sees (both stages, a second look, the guidelines, the reject refusal), saved as
+# runs/review-*.png: a demo build under the server's document root (runs/), pushed and answered once.
+REVIEW_DEMO ?= runs/review-demo
 review-screenshot: setup label-studio chromium
 	@$(PY) -c "import playwright" 2>/dev/null || $(PY) -m pip install -q --disable-pip-version-check "playwright==1.65.2"
-	$(PY) scripts/review_screenshot.py --out runs/review-screenshot.png
+	test -d $(REVIEW_DEMO)/source || $(COMCOCO) demo-source $(REVIEW_DEMO)/source --images 40 --seed $(SEED)
+	test -f $(REVIEW_DEMO)/work/status.parquet || PREFECT_HOME=$${PREFECT_HOME:-$(CURDIR)/.prefect} $(COMCOCO) build $(REVIEW_DEMO)/source -o $(REVIEW_DEMO)/work --seed $(SEED) --limit 12 --workers $(WORKERS)
+	$(PY) scripts/review_screenshot.py --workdir $(REVIEW_DEMO)/work --out-dir runs
 
 # Refresh requirements.lock from the current environment (after editing pyproject.toml).
 lock: setup

@@ -1,6 +1,6 @@
 """Review flows: push a stage's tasks to Label Studio, pull and apply its decisions.
 
-Thin Prefect faces over ``comcoco.review.push`` and ``comcoco.review.apply``: one task each, taking
+Thin Prefect faces over ``comcoco.review.push`` and ``comcoco.review.pull``: one task each, taking
 paths and names and returning small dicts. The token is read from the environment inside the task
 (``COMCOCO_LS_TOKEN``), never passed as a flow parameter, so it is not recorded with the flow run.
 Retries against an unreachable or restarting server happen in the library (``RetryPolicy``), not
@@ -39,12 +39,13 @@ def _server(url: str | None, document_root: str | None) -> tuple[ReviewServer, P
 
 @task(name="review-push", cache_policy=NO_CACHE)
 def push_task(workdir: str, stage: str, url: str | None, document_root: str | None,
-              without_placement_review: bool, recreate_missing: bool = False) -> dict[str, Any]:
+              without_placement_review: bool, recreate_missing: bool = False, annotators: list[str] | None = None,
+              overlap: float | None = None, seed: int | None = None) -> dict[str, Any]:
     from comcoco.review.push import push
 
     server, root = _server(url, document_root)
     return asdict(push(workdir, stage, server, root, without_placement_review=without_placement_review,
-                       recreate_missing=recreate_missing))
+                       recreate_missing=recreate_missing, annotators=annotators, overlap=overlap, seed=seed))
 
 
 @task(name="review-pull", cache_policy=NO_CACHE)
@@ -57,9 +58,13 @@ def pull_task(workdir: str, stage: str, url: str | None, document_root: str | No
 
 @flow(name="comcoco-review-push", log_prints=False)
 def review_push(workdir: str, stage: str, url: str | None = None, document_root: str | None = None,
-                without_placement_review: bool = False, recreate_missing: bool = False) -> dict[str, Any]:
-    """Import the stage's samples not yet in Label Studio (idempotent)."""
-    return push_task(str(workdir), stage, url, document_root, without_placement_review, recreate_missing)
+                without_placement_review: bool = False, recreate_missing: bool = False,
+                annotators: list[str] | None = None, overlap: float | None = None,
+                seed: int | None = None) -> dict[str, Any]:
+    """Import the stage's samples not yet in Label Studio (idempotent); annotators, overlap and seed set
+    the stage's team (None keeps the recorded one)."""
+    return push_task(str(workdir), stage, url, document_root, without_placement_review, recreate_missing,
+                     annotators, overlap, seed)
 
 
 @flow(name="comcoco-review-pull", log_prints=False)

@@ -109,12 +109,24 @@ build_template() {
 }
 
 port_free() {
-    # label-studio silently moves to another port when its port is taken; refuse instead.
+    # label-studio silently moves to another port when its port is taken; refuse instead. SO_REUSEADDR,
+    # as every server sets it: without it the stopped server's own TIME_WAIT connections would make a
+    # free port look taken for a minute after `stop`.
     "$VENV/bin/python" - "$1" <<'PY' >/dev/null 2>&1
 import socket, sys
 with socket.socket() as s:
+    s.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
     s.bind(("127.0.0.1", int(sys.argv[1])))
 PY
+}
+
+port_holder() {
+    # What listens on the port, for the refusal message: a Label Studio (answers /health) or another program.
+    if healthy "http://127.0.0.1:$1"; then
+        printf 'another Label Studio (not the one of %s)' "$DATA_DIR"
+    else
+        printf 'another program'
+    fi
 }
 
 alive() {
@@ -171,7 +183,11 @@ cmd_start() {
     fi
     DOCUMENT_ROOT="$(cd "$DOCUMENT_ROOT" && pwd)"
     DATA_DIR="$(cd "$DATA_DIR" && pwd)"
-    port_free "$PORT" || die "port $PORT on 127.0.0.1 is in use (set COMCOCO_LS_PORT)"
+    if ! port_free "$PORT"; then
+        die "port $PORT on 127.0.0.1 is in use by $(port_holder "$PORT"); stop it, or move the server and the review \
+commands together: \`export COMCOCO_LS_PORT=<free port>\` in the shell that runs both \`make label-studio\` and \
+\`comcoco review\` (they read the same variable; an exported COMCOCO_LS_URL wins over it for the commands)"
+    fi
     if [[ ! -f "$DATA_DIR/label_studio.sqlite3" && -f "$TEMPLATE_DB" ]]; then
         cp "$TEMPLATE_DB" "$DATA_DIR/label_studio.sqlite3"
     fi

@@ -209,8 +209,12 @@ def test_placement_config_structure() -> None:
     assert tags["score"].get("value") == "$score"
     decision = tags["decision"]
     assert decision.tag == "Choices" and decision.get("required") == "true"
-    assert [c.get("value") for c in decision] == ["accept", "reject", "adjust"]
-    assert tags["reason"].tag == "TextArea"
+    assert [c.get("alias") for c in decision] == ["accept", "reject", "adjust"]
+    # the meaning is the visible text, not a hover hint
+    assert all(c.get("value").startswith(c.get("alias") + ": ") and len(c.get("value")) > 25 for c in decision)
+    assert tags["reason"].tag == "TextArea" and tags["reason"].get("required") == "true"
+    root = ET.parse(ANNOTATIONS / "placement.xml").getroot()
+    assert any(el.tag == "Header" and el.get("value") == "$look" for el in root.iter())  # the round, shown
 
 
 def test_expressions_config_structure() -> None:
@@ -404,3 +408,56 @@ def test_expression_stage_round_trip_with_spatial_proposals(label_studio) -> Non
     assert by_name["keep"]["value"]["choices"] == ["102"]
     assert by_name["spatial"]["value"]["text"] == ["left of the man"]
     assert by_name["more"]["value"]["text"] == ["the skier at the bottom left"]
+
+
+# --- the port: free again right after stop, and a refusal that keeps server and clients together ------
+
+
+def _bind_plain(port: int) -> bool:
+    """True when the port binds without SO_REUSEADDR (what the old port check did)."""
+    import socket
+
+    with socket.socket() as s:
+        try:
+            s.bind(("127.0.0.1", port))
+        except OSError:
+            return False
+        return True
+
+
+@pytest.mark.labelstudio
+def test_restart_right_after_stop_on_the_same_port(label_studio, tmp_path: Path) -> None:
+    """The stopped server's TIME_WAIT connections must not make its own port look taken."""
+    settings = ls_settings.ServerSettings.from_env(
+        port=ls_process.free_port(), data_dir=tmp_path / "data", document_root=tmp_path / "docs",
+        venv=label_studio.settings.venv, url_override=None)
+    ls_process.start(settings)
+    try:
+        for _ in range(5):  # the server closes these connections first: TIME_WAIT on its side of the port
+            assert _get(settings.url + "/api/projects", settings.token)[0] == 200
+    finally:
+        ls_process.stop(settings)
+    assert not _bind_plain(settings.port), "no TIME_WAIT left behind: the test would prove nothing"
+    try:
+        out = ls_process.start(settings)  # at once, same port
+        assert "ready at" in out and ls_process.health_ok(settings.url)
+    finally:
+        ls_process.stop(settings)
+
+
+def test_a_taken_port_is_refused_with_a_message_for_server_and_clients(label_studio, tmp_path: Path) -> None:
+    import socket
+
+    with socket.socket() as holder:
+        holder.bind(("127.0.0.1", 0))
+        holder.listen()
+        port = holder.getsockname()[1]
+        settings = ls_settings.ServerSettings.from_env(
+            port=port, data_dir=tmp_path / "data", document_root=tmp_path / "docs",
+            venv=label_studio.settings.venv, url_override=None)
+        with pytest.raises(ls_settings.LabelStudioError) as err:
+            ls_process.start(settings)
+    msg = str(err.value)
+    assert f"port {port} on 127.0.0.1 is in use by another program" in msg
+    assert "export COMCOCO_LS_PORT" in msg and "comcoco review" in msg and "make label-studio" in msg
+    assert not settings.pid_file.exists()

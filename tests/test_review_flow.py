@@ -19,12 +19,14 @@ from typer.testing import CliRunner
 
 from comcoco.build import build_inline
 from comcoco.cli import app
-from comcoco.decisions import decisions_path, read_decisions
+from comcoco.decisions import decisions_path, ledger_path, read_decisions, read_ledger
 from comcoco.plan import BuildConfig, SourceSpec
-from comcoco.review.pull import pull, read_applied
-from comcoco.review.push import percent_to_box, push, read_projects, read_tasks
+from comcoco.review.bookkeeping import read_projects, read_tasks
+from comcoco.review.pull import pull
+from comcoco.review.push import push
 from comcoco.review.server import RetryPolicy, ReviewServer
 from comcoco.review.status import review_status
+from comcoco.review.tasks import percent_to_box
 from comcoco.workdir import Workdir
 
 
@@ -137,7 +139,11 @@ def test_both_stages_end_to_end(workdir, server, cli_env, label_studio):
     new_box = shifted(old_box, W)
     server.annotate(by[(adj_sid, 0)]["id"], decision("adjust", box=(*new_box, W, H)))
     server.annotate(by[(rej_sid, 0)]["id"], decision("reject", reason="floating above the table"))
-    server.annotate(by[(acc_sid, 0)]["id"], decision("accept"))
+    # accept with the box left as shown is an accept (the prediction's box comes back unchanged)
+
+    acc = before[acc_sid]
+    server.annotate(by[(acc_sid, 0)]["id"], decision(
+        "accept", box=(acc["box_x"], acc["box_y"], acc["box_w"], acc["box_h"], *image_size(workdir / acc["composite"]))))
     composite = workdir / before[adj_sid]["composite"]
     old_bytes = composite.read_bytes()
     old_manifest = json.loads((workdir / "manifest.json").read_text())
@@ -167,10 +173,15 @@ def test_both_stages_end_to_end(workdir, server, cli_env, label_studio):
     assert (adj_sid, 1) in by and len(by) == 7
     look = server.sdk.predictions.list(task=by[(adj_sid, 1)]["id"])[0].result[0]
     assert look["from_name"] == "box" and percent_to_box(look["value"], (W, H)) == moved
+    # the round is shown on the task (the placement config puts data.look above the image)
+    assert by[(adj_sid, 1)]["data"]["look"].startswith("Round 2, look again: admin@comcoco.local adjusted the box")
+    assert by[(adj_sid, 0)]["data"]["look"].startswith("Round 1, first look")
+    project = server.project(pid)
+    assert '<Header value="$look"' in project["label_config"]
 
     # --- pulling and pushing again change nothing ------------------------------------------------
     frozen = {p: p.read_bytes() for p in (decisions_path(workdir), workdir / "status.parquet",
-                                          workdir / "manifest.json", workdir / "review" / "applied.json")}
+                                          workdir / "manifest.json", ledger_path(workdir))}
     rep = pull(workdir, "placement", server, label_studio.document_root)
     assert not rep.applied and rep.unchanged == 3 and rep.sent_back == 0
     assert push(workdir, "placement", server, label_studio.document_root).imported == 0
@@ -187,7 +198,7 @@ def test_both_stages_end_to_end(workdir, server, cli_env, label_studio):
     res = cli(["review", "push", str(workdir), "--stage", "expressions"], cli_env)
     assert res.exit_code == 0 and "imported 2 task(s)" in res.output, res.output
     pid2 = read_projects(workdir)["expressions"]["id"]
-    export = {t["data"]["sample_id"]: t for t in server.export(pid2)}
+    export = {t["data"]["sample_id"]: t for page in server.export(pid2) for t in page}
     assert set(export) == {adj_sid, acc_sid}
     t2 = export[acc_sid]
     options = t2["data"]["expression_options"]
@@ -217,7 +228,7 @@ def test_both_stages_end_to_end(workdir, server, cli_env, label_studio):
 def test_stage2_proposes_spatial_phrases_and_highlights(workdir, server, label_studio):
     rep = push(workdir, "expressions", server, label_studio.document_root, without_placement_review=True)
     assert rep.imported == 6
-    export = server.export(rep.project_id)
+    export = [t for page in server.export(rep.project_id) for t in page]
     status = rows(workdir)
     with_phrases = 0
     for t in export:
@@ -268,9 +279,10 @@ def test_interrupted_pull_resumes_without_loss_or_double_application(workdir, se
     partial = read_decisions(workdir)
     assert (adj, "placement") not in partial
 
-    # crash 2: after the next annotation is recorded
-    def stop_after_one(rec):
-        raise KeyboardInterrupt
+    # crash 2: right after the first decision of the next pull is taken, before it is stored
+    def stop_after_one(event):
+        if event.startswith("decided"):
+            raise KeyboardInterrupt
 
     with pytest.raises(KeyboardInterrupt):
         pull(workdir, "placement", server, root, after_each=stop_after_one)
@@ -278,8 +290,9 @@ def test_interrupted_pull_resumes_without_loss_or_double_application(workdir, se
     assert not (workdir / "review" / ".status-stale").exists()
     done = read_decisions(workdir)
     assert {k[0]: d.decision for k, d in done.items()} == {s: r[0]["value"]["choices"][0] for s, r in plan.items()}
-    applied = read_applied(workdir)
-    assert len(applied) == 4 and sorted(a.outcome for a in applied.values()) == ["accept", "accept", "adjust", "reject"]
+    ledger = read_ledger(workdir)
+    assert len(ledger) == 4 and sorted(a.decision for a in ledger.values()) == ["accept", "accept", "adjust", "reject"]
+    assert all(a.annotator == "admin@comcoco.local" and a.updated_at.endswith("Z") for a in ledger.values())
     # the recomposition reached status.parquet although the first attempt died before refreshing it
     now = rows(workdir)[adj]
     assert (now["box_x"], now["box_y"]) != (b["box_x"], b["box_y"]) and abs(now["box_x"] - target[0]) <= 2

@@ -312,7 +312,7 @@ def _sections(version: str, stats: dict[str, Any], selection: dict[str, Any], ex
     review_rows += [[f"left out: {k}", v] for k, v in selection["excluded"].items()]
     md, htm = _table(["review", "samples"], review_rows)
     note = (f"Unreviewed samples are {'included' if selection['unreviewed_policy'] == 'include' else 'excluded'} "
-            "(release option `--unreviewed`).")
+            "(release option `--unreviewed`). " + agreement_note(selection.get("agreement")))
     add("Review", f"{md}\n\n{note}", f"{htm}<p>{html.escape(note)}</p>")
     im_md, im_html = _img("pairs", "composite and ground-truth pairs")
     cap = f"{shown} (composite with the object outlined, ground truth) pairs."
@@ -327,6 +327,18 @@ def _sections(version: str, stats: dict[str, Any], selection: dict[str, Any], ex
              "instruction-editing pairs: `instruct/<variant>/<split>.jsonl`.")
     add("Loading", usage, "<pre>" + html.escape(usage) + "</pre>")
     return sections
+
+
+def agreement_note(agreement: dict[str, Any] | None) -> str:
+    """One sentence on inter-annotator agreement (placement review) for the card's Review section."""
+    p = (agreement or {}).get("placement") or {}
+    if not p.get("pairs"):
+        return "No sample was answered by two annotators, so no inter-annotator agreement is reported."
+    kappa = "n/a" if p["kappa"] is None else f"{p['kappa']:.2f}"
+    iou = "n/a" if p["mean_box_iou"] is None else f"{p['mean_box_iou']:.2f}"
+    return (f"Inter-annotator agreement on the {p['pairs']} samples two annotators answered: Cohen's kappa "
+            f"{kappa} on accept / reject / adjust (observed agreement {p['observed']:.2f}); mean box IoU {iou} "
+            f"over the {p['box_pairs']} pairs where both answers have a box.")
 
 
 def write_card(release: Path, version: str, entries: Sequence[ReleaseEntry], selection: dict[str, Any],

@@ -15,6 +15,7 @@ from collections import Counter
 from dataclasses import dataclass
 from typing import Any
 
+from comcoco.decisions import agreement_of
 from comcoco.matching.clusters import cluster_of
 from comcoco.records import FILTER_NAMES, STATUS_OK, ReviewDecision, release_split_of
 from comcoco.release.export import RELEASE_ID_BASE, Expression, ReleaseEntry, clip_polygons
@@ -180,6 +181,7 @@ def select_entries(workdir: Workdir | str | os.PathLike[str], options: ReleaseOp
                                                  "spatial_phrases_added")},
         "unreviewed_policy": options.unreviewed,
         "profile": wd.config().compose.profile,
+        "agreement": agreement_of(wd.root),  # inter-annotator agreement on the samples answered twice
         "splits": splits.report(),
     }
     return entries, report

@@ -1,185 +1,64 @@
-"""Pulling finished annotations from Label Studio and applying them to the work directory.
+"""Pulling annotations from Label Studio: record every annotator's answer, resolve, apply.
+
+A pull asks the server only for tasks with annotations changed since the last complete pull (the
+project's tasks filtered on their update time, less a minute of margin, then exported a hundred at a
+time), so pulling again with nothing new takes a second whatever the project's size. Every submitted
+annotation, of every annotator, is read (``comcoco.review.answers``) into the ledger
+``WORKDIR/review/annotations.parquet`` with who and when; an annotation edited in Label Studio is read
+again. Then the ledger is resolved (``comcoco.review.resolve``: one task, or two opinions by the
+documented rule, or a third look) and the resolved decisions that differ from
+``WORKDIR/review/decisions.parquet`` are applied:
 
 Placement (stage 1): *accept* keeps the sample; *reject* leaves it out of the release (the decision
 carries reviewer and reason); *adjust* recomposes the sample from the corrected box — placed, cut and
 harmonized again by the compose engine, its files replaced and its row updated in the shard's
-``samples.parquet`` — and sends it back to stage 1 as a task of the next round for a look.
-Expressions (stage 2): the kept and dropped expressions and the spatial phrases are stored.
+``samples.parquet`` — and sends it back to stage 1 as a task of the next round for a look. Samples
+whose two opinions disagree get a third-look task. Expressions (stage 2): the kept and dropped
+expressions and the spatial phrases are stored.
 
-Every decision lands in ``WORKDIR/review/decisions.parquet`` with reviewer id and time. Which
-annotations were applied is kept in ``WORKDIR/review/applied.json`` by annotation id and update time,
-so pulling again applies nothing twice, and an annotation edited in Label Studio is applied again.
-
-Crash safety, in the order of one annotation's application:
-
-1. side effects (the recomposition: new files written beside the shard, then renamed over the old
-   ones, then the shard's table) — deterministic, so redoing them gives the same bytes;
-2. the decision is merged (same decision again changes nothing);
-3. the annotation is recorded as applied.
-
-An interruption anywhere leaves the annotation unrecorded, and the next pull redoes steps 1–3 with
-the same result: nothing is lost and nothing counts twice. ``status.parquet`` and ``manifest.json`` are
+Crash safety. The ledger is written page by page before anything is applied; resolution is a pure
+function of the ledger and ``tasks.json``; applying a decision is, for an adjust, the recomposition
+(deterministic: redoing it gives the same bytes and is skipped when nothing would change) and then the
+merge of the decision. An interruption anywhere is therefore finished by the next pull, with the
+same result: nothing is lost and nothing counts twice. ``status.parquet`` and ``manifest.json`` are
 refreshed once at the end; the work directory's stale flag (``Workdir.mark_stale``), raised before the
 first recomposition and cleared by the refresh, makes an interrupted pull refresh them on its next run
-and keeps a release from reading the stale table meanwhile.
+and keeps a release from reading the stale table meanwhile. The server's update time of the newest
+task read is kept only once the pull completed.
 """
 
 from __future__ import annotations
 
-from collections.abc import Callable, Mapping, Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field, replace
-from datetime import UTC, datetime
+from datetime import datetime, timedelta
 from pathlib import Path
 from typing import Any
 
+from comcoco.decisions import AnnotationRecord, read_ledger, write_ledger
 from comcoco.errors import ComcocoError
-from comcoco.records import PLACEMENT_DECISIONS, Placement, ReviewDecision
-from comcoco.review.push import (
+from comcoco.records import Placement, ReviewDecision
+from comcoco.review.answers import read_annotation, submitted, utc, where
+from comcoco.review.bookkeeping import (
     ReviewError,
-    WorkdirView,
-    _read_json,
-    _write_json,
     check_stage,
-    percent_to_box,
-    push,
     read_projects,
+    read_pull_state,
     read_tasks,
-    sync_tasks,
+    write_pull_state,
 )
+from comcoco.review.progress import Progress
+from comcoco.review.push import missing_line, push, sync_tasks
+from comcoco.review.resolve import CONFLICT, PENDING, Outcome
 from comcoco.review.server import ReviewServer
-from comcoco.workdir import REVIEW_DIR, Workdir, WorkdirError, as_workdir
+from comcoco.review.tasks import WorkdirView
+from comcoco.workdir import Workdir, WorkdirError, as_workdir
 
-APPLIED_FILE = "applied.json"
-
-
-class AnnotationError(ComcocoError, ValueError):
-    """An annotation that cannot become a decision (no choice made, adjust without a box, ...)."""
+MARGIN = timedelta(seconds=60)  # tasks updated this long before the last pull's newest are read again
 
 
 class RecomposeError(ComcocoError):
     """A corrected box cannot be composed (e.g. it overlaps another object pasted into the composite)."""
-
-
-# --- the applied ledger ----------------------------------------------------------------------------
-
-
-@dataclass(frozen=True)
-class Applied:
-    """One annotation that a pull has dealt with, and how."""
-
-    annotation_id: int
-    updated_at: str
-    stage: str
-    task_id: int
-    sample_id: str
-    outcome: str  # the decision applied, "superseded", or "error: <why>"
-
-
-def _applied_path(workdir: str | Path) -> Path:
-    return Path(workdir) / REVIEW_DIR / APPLIED_FILE
-
-
-def read_applied(workdir: str | Path) -> dict[int, Applied]:
-    path = _applied_path(workdir)
-    out: dict[int, Applied] = {}
-    for i, rec in enumerate(_read_json(path, [])):
-        try:
-            a = Applied(**rec)
-        except TypeError:
-            raise ReviewError(f"{path}: entry {i} is not an applied-annotation record: {rec!r}") from None
-        out[a.annotation_id] = a
-    return out
-
-
-def _record_applied(workdir: str | Path, applied: dict[int, Applied], a: Applied) -> None:
-    applied[a.annotation_id] = a
-    _write_json(_applied_path(workdir), [vars(applied[k]) for k in sorted(applied)])
-
-
-# --- annotations → decisions --------------------------------------------------------------------------
-
-
-def _results(annotation: Mapping[str, Any], from_name: str) -> list[dict[str, Any]]:
-    return [r for r in annotation.get("result") or () if r.get("from_name") == from_name]
-
-
-def _texts(annotation: Mapping[str, Any], from_name: str) -> list[str]:
-    out: list[str] = []
-    for r in _results(annotation, from_name):
-        for t in r.get("value", {}).get("text") or ():
-            for line in str(t).splitlines():
-                line = " ".join(line.split())
-                if line and line not in out:
-                    out.append(line)
-    return out
-
-
-def _utc(stamp: str) -> str:
-    """Label Studio's timestamp as ISO 8601 UTC with a ``Z`` (stable text for the decision store)."""
-    try:
-        dt = datetime.fromisoformat(stamp.replace("Z", "+00:00"))
-    except (AttributeError, ValueError):
-        return str(stamp)
-    if dt.tzinfo is None:
-        dt = dt.replace(tzinfo=UTC)
-    return dt.astimezone(UTC).strftime("%Y-%m-%dT%H:%M:%S.%fZ")
-
-
-def latest_annotation(task: Mapping[str, Any]) -> dict[str, Any] | None:
-    """The task's most recently updated annotation that was submitted (not skipped); None if none."""
-    live = [a for a in task.get("annotations") or () if not a.get("was_cancelled")]
-    if not live:
-        return None
-    return max(live, key=lambda a: (_utc(a.get("updated_at") or ""), int(a["id"])))
-
-
-def annotation_decision(
-    stage: str, task: Mapping[str, Any], annotation: Mapping[str, Any], view: WorkdirView, reviewer: str
-) -> ReviewDecision:
-    """The ReviewDecision an annotation expresses; AnnotationError when it is incomplete."""
-    sid = task["data"]["sample_id"]
-    row = view.rows.get(sid)
-    where = f"task {task['id']} (sample {sid}), annotation {annotation['id']}"
-    if row is None:
-        raise AnnotationError(f"{where}: sample is not in this work directory")
-    base = {"sample_id": sid, "stage": stage, "reviewer": reviewer,
-            "reviewed_at": _utc(annotation.get("updated_at") or annotation.get("created_at") or ""),
-            "task_id": int(task["id"]), "annotation_id": int(annotation["id"])}
-    if stage == "placement":
-        choices = [c for r in _results(annotation, "decision") for c in r.get("value", {}).get("choices") or ()]
-        if len(choices) != 1 or choices[0] not in PLACEMENT_DECISIONS:
-            raise AnnotationError(f"{where}: expected one of {'/'.join(PLACEMENT_DECISIONS)}, got {choices!r}")
-        decision = choices[0]
-        box = None
-        if decision == "adjust":
-            rects = _results(annotation, "box")
-            if not rects:
-                raise AnnotationError(f"{where}: 'adjust' without a box")
-            r = rects[-1]
-            size = (r.get("original_width"), r.get("original_height"))
-            if not all(isinstance(v, int | float) and v > 0 for v in size):
-                size = view.image_size(row)
-            box = percent_to_box(r["value"], size)  # type: ignore[arg-type]
-            if box[2] < 1 or box[3] < 1:
-                raise AnnotationError(f"{where}: the adjusted box {box} is empty")
-        return ReviewDecision(decision=decision, reason=" ".join(_texts(annotation, "reason")), box=box, **base)
-    sent_ids = [s.sent_id for s in view.sentences(row)]
-    kept_aliases = [c for r in _results(annotation, "keep") for c in r.get("value", {}).get("choices") or ()]
-    try:
-        kept = sorted({int(a) for a in kept_aliases})
-    except ValueError:
-        raise AnnotationError(f"{where}: kept expressions {kept_aliases!r} are not sentence ids") from None
-    unknown = sorted(set(kept) - set(sent_ids))
-    if unknown:
-        raise AnnotationError(f"{where}: kept expressions {unknown} are not the object's sentences {sent_ids}")
-    phrases = _texts(annotation, "spatial") + [t for t in _texts(annotation, "more") if t not in _texts(annotation, "spatial")]
-    return ReviewDecision(
-        decision="done",
-        kept_sent_ids=tuple(kept),
-        dropped_sent_ids=tuple(sorted(set(sent_ids) - set(kept))),
-        spatial_phrases=tuple(phrases),
-        **base,
-    )
 
 
 # --- recomposing a sample from a corrected box -----------------------------------------------------
@@ -247,40 +126,106 @@ def recompose_sample(workdir: Workdir | str | Path, sample_id: str, box: Sequenc
 class PullReport:
     stage: str
     project_id: int
-    tasks: int = 0
+    tasks: int = 0  # tasks in the project
     pending: int = 0  # tasks without a submitted annotation
-    unchanged: int = 0  # annotations applied by an earlier pull
+    read: int = 0  # tasks with changed annotations read by this pull
+    recorded: int = 0  # annotations new or edited since the last pull, recorded in the ledger
+    unchanged: int = 0  # annotations recorded by earlier pulls and not edited since
     applied: dict[str, int] = field(default_factory=dict)  # decision → count, this pull
     recomposed: list[str] = field(default_factory=list)
-    superseded: int = 0
+    superseded: int = 0  # answers to an earlier round of a sample a later round decided
+    awaiting: int = 0  # samples with one of two opinions in
+    conflicts: list[str] = field(default_factory=list)  # "sample: what disagreed" (third look due)
     errors: list[str] = field(default_factory=list)
     missing: list[int] = field(default_factory=list)  # task ids deleted on the server
-    sent_back: int = 0  # adjusted samples pushed again to stage 1
+    sent_back: int = 0  # adjusted samples pushed again to stage 1, and third looks
     messages: list[str] = field(default_factory=list)
 
 
-def _apply(wd: Workdir, d: ReviewDecision, rec: Applied, task_round: int, rounds: Mapping[int, int],
-           report: PullReport) -> Applied:
-    """Apply one decision (recompose first for an adjust) unless a later round already decided;
-    returns the ledger record with its outcome."""
-    current = wd.decisions().get((d.sample_id, d.stage))
-    if current is not None and current.task_id is not None and current.task_id != d.task_id \
-            and rounds.get(current.task_id, 0) > task_round:
-        report.superseded += 1
-        return replace(rec, outcome="superseded")
-    try:
-        if d.decision == "adjust":
-            assert d.box is not None
-            wd.mark_stale()
-            result = recompose_sample(wd, d.sample_id, d.box)
+def _changed_query(watermark: str | None) -> dict[str, Any]:
+    """Data Manager filter: annotated tasks updated since ``watermark`` less the margin."""
+    items: list[dict[str, Any]] = [{"filter": "filter:tasks:total_annotations", "operator": "greater",
+                                    "type": "Number", "value": 0}]
+    if watermark:
+        since = datetime.fromisoformat(watermark.replace("Z", "+00:00")) - MARGIN
+        items.append({"filter": "filter:tasks:updated_at", "operator": "greater", "type": "Datetime",
+                      "value": since.strftime("%Y-%m-%dT%H:%M:%S.%fZ")})
+    return {"filters": {"conjunction": "and", "items": items}}
+
+
+def _read(server: ReviewServer, workdir: Path, stage: str, pid: int, view: WorkdirView,
+          ledger: dict[int, AnnotationRecord], report: PullReport, after_each: Callable[[str], None] | None
+          ) -> tuple[str | None, set[int]]:
+    """Record the annotations changed since the last pull (ledger written per exported page); returns
+    the newest task update time seen and the ids recorded."""
+    watermark = read_pull_state(workdir, stage, pid)
+    changed = server.list_tasks(pid, include="id,updated_at", query=_changed_query(watermark))
+    report.read = len(changed)
+    newest = max([utc(t.get("updated_at") or "") for t in changed] + ([watermark] if watermark else []), default=None)
+    recorded: set[int] = set()
+    with Progress(f"pull {stage}", len(changed)) as bar:
+        for page in server.export(pid, [t["id"] for t in changed], progress=bar.advance):
+            fresh: list[AnnotationRecord] = []
+            for task in page:
+                data = task.get("data") or {}
+                if not isinstance(data.get("sample_id"), str):
+                    report.errors.append(f"task {task.get('id')}: no sample_id in its data; not a comcoco task, left alone")
+                    continue
+                for ann in submitted(task):
+                    prev = ledger.get(int(ann["id"]))
+                    if prev is not None and prev.updated_at == utc(ann.get("updated_at") or ""):
+                        continue
+                    rec = read_annotation(stage, pid, task, ann, view, server.reviewer_name(ann.get("completed_by")))
+                    ledger[rec.annotation_id] = rec
+                    fresh.append(rec)
+            if fresh:
+                write_ledger(workdir, ledger)
+            for rec in fresh:
+                report.recorded += 1
+                recorded.add(rec.annotation_id)
+                if rec.error:
+                    report.errors.append(f"{where(rec)}: {rec.error}; not counted (fix it in Label Studio and pull again)")
+                elif rec.note:
+                    report.messages.append(f"{stage}: {where(rec)}: {rec.note}")
+                if after_each is not None:
+                    after_each(f"recorded {rec.annotation_id}")
+    return newest, recorded
+
+
+def _apply(wd: Workdir, stage: str, outcomes: dict[str, Outcome], ledger: dict[int, AnnotationRecord],
+           report: PullReport, after_each: Callable[[str], None] | None) -> None:
+    """Bring ``decisions.parquet`` to the resolved decisions: recompose each new adjust, then merge."""
+    current = wd.decisions()
+    batch: list[ReviewDecision] = []
+    for sid, o in outcomes.items():
+        if o.state == PENDING:
+            report.awaiting += 1
+        elif o.state == CONFLICT:
+            report.conflicts.append(f"{sid}: {o.detail}")
+        new, cur = o.decision, current.get((sid, stage))
+        if new is None or new == cur:
+            continue
+        if new.decision == "adjust" and (cur is None or cur.decision != "adjust" or cur.box != new.box):
+            try:
+                assert new.box is not None
+                wd.mark_stale()
+                result = recompose_sample(wd, sid, new.box)
+            except RecomposeError as exc:
+                for aid in o.basis:
+                    ledger[aid] = replace(ledger[aid], error=f"the box cannot be composed: {exc}")
+                write_ledger(wd.root, ledger)
+                report.errors.append(f"{where(ledger[o.basis[-1]])}: {exc}; not applied")
+                continue
             if result.changed:
-                report.recomposed.append(d.sample_id)
-        wd.merge_decisions([d])
-    except RecomposeError as exc:
-        report.errors.append(f"task {rec.task_id}: {exc}")
-        return replace(rec, outcome=f"error: {exc}")
-    report.applied[d.decision] = report.applied.get(d.decision, 0) + 1
-    return replace(rec, outcome=d.decision)
+                report.recomposed.append(sid)
+            wd.merge_decisions([new])
+        else:
+            batch.append(new)
+        report.applied[new.decision] = report.applied.get(new.decision, 0) + 1
+        if after_each is not None:
+            after_each(f"decided {sid}")
+    if batch:
+        wd.merge_decisions(batch)
 
 
 def pull(
@@ -288,12 +233,12 @@ def pull(
     stage: str,
     server: ReviewServer,
     document_root: str | Path,
-    after_each: Callable[[Applied], None] | None = None,
+    after_each: Callable[[str], None] | None = None,
 ) -> PullReport:
-    """Fetch the stage's finished annotations and apply the new ones (see the module docstring).
+    """Record the stage's new annotations, resolve and apply them (see the module docstring).
 
-    ``after_each`` is called after every annotation dealt with (progress reporting; tests use it to
-    interrupt a pull halfway).
+    ``after_each`` is called after every annotation recorded and every decision applied (tests use it
+    to interrupt a pull halfway).
     """
     check_stage(stage)
     workdir = Path(workdir)
@@ -302,53 +247,46 @@ def pull(
         raise ReviewError(f"{workdir}: nothing pushed for stage {stage} yet (run `comcoco review push --stage {stage}` first)")
     pid = int(entry["id"])
     report = PullReport(stage, pid)
-    if not server.project_exists(pid):
-        report.messages.append(f"{stage}: project {pid} was deleted on the server; its unapplied annotations are lost "
-                               "(push again to create a new project)")
+    counts = server.project_counts(pid)
+    if counts is None:
+        report.messages.append(f"{stage}: project {pid} was deleted on the server; its unpulled annotations are lost "
+                               "(answers pulled before are kept; push again to create a new project)")
         return report
+    report.tasks, report.pending = counts["tasks"], counts["tasks"] - counts["annotated"]
     from comcoco.build import refresh_status
 
     wd = Workdir(workdir)
     if wd.stale:
         refresh_status(wd)
-    view = WorkdirView.load(wd)
-    _, missing, _ = sync_tasks(server, workdir, stage, pid)
-    report.missing = [t.task_id for t in missing]
-    rounds = {t.task_id: t.round for t in read_tasks(workdir)}
-    applied = read_applied(workdir)
-    tasks = server.export(pid)
-    report.tasks = len(tasks)
-    for task in tasks:
-        data = task.get("data") or {}
-        if not isinstance(data.get("sample_id"), str):
-            report.errors.append(f"task {task.get('id')}: no sample_id in its data; not a comcoco task")
-            continue
-        ann = latest_annotation(task)
-        if ann is None:
-            report.pending += 1
-            continue
-        stamp = _utc(ann.get("updated_at") or "")
-        prev = applied.get(int(ann["id"]))
-        if prev is not None and prev.updated_at == stamp:
-            report.unchanged += 1
-            continue
-        sid = data["sample_id"]
-        rec = Applied(int(ann["id"]), stamp, stage, int(task["id"]), sid, "")
-        try:
-            d = annotation_decision(stage, task, ann, view, server.reviewer_name(ann.get("completed_by")))
-        except (AnnotationError, ReviewError) as exc:
-            report.errors.append(str(exc))
-            rec = replace(rec, outcome=f"error: {exc}")
-        else:
-            rec = _apply(wd, d, rec, int(data.get("round", 0) or 0), rounds, report)
-        _record_applied(workdir, applied, rec)
-        if after_each is not None:
-            after_each(rec)
+    mine = [t for t in read_tasks(workdir) if t.stage == stage and t.project_id == pid]
+    missing: list[Any] = []
+    if counts["tasks"] != len(mine):
+        _, missing, _ = sync_tasks(server, workdir, stage, pid)
+        report.missing = [t.task_id for t in missing]
+        if missing:
+            report.messages.append(missing_line(stage, missing))
+    present = [t for t in read_tasks(workdir) if t not in set(missing)]
+    view = WorkdirView.load(wd, present)
+    ledger = read_ledger(workdir)
+    newest, fresh = _read(server, workdir, stage, pid, view, ledger, report, after_each)
+    view.resolve(ledger.values(), present)
+    outcomes = view.outcomes[stage]
+    _apply(wd, stage, outcomes, ledger, report, after_each)
+    mine_ids = {a for a, r in ledger.items() if r.stage == stage and r.project_id == pid}
+    report.unchanged = len(mine_ids) - report.recorded
+    report.superseded = sum(1 for a in fresh if ledger[a].counts and ledger[a].sample_id in outcomes
+                            and ledger[a].round < outcomes[ledger[a].sample_id].round)
     if wd.stale:  # raised by a recomposition of this pull (or an earlier, interrupted one)
         refresh_status(wd)
     if stage == "placement":
-        adjusted = {k[0] for k, d in wd.decisions().items() if k[1] == "placement" and d.decision == "adjust"}
-        if adjusted:
-            back = push(workdir, "placement", server, document_root, only=adjusted)
+        decided = wd.decisions()
+        again = {sid for (sid, st), d in decided.items() if st == stage and d.decision == "adjust"}
+        again |= {sid for sid, o in outcomes.items() if o.state == CONFLICT}
+        if again:
+            back = push(workdir, stage, server, document_root, only=again)
             report.sent_back = back.imported
+            report.messages.extend(back.messages)
+    write_pull_state(workdir, stage, pid, newest)
     return report
+
+
