@@ -8,12 +8,12 @@ try:
 except PackageNotFoundError:  # running from a source tree without installation
     __version__ = "0.0.0+unknown"
 
-__all__ = ["__version__", "load", "load_refer"]
+__all__ = ["__version__", "collate", "load", "load_refer"]
 
 
 def __getattr__(name: str) -> Any:
-    """``comcoco.load`` and ``comcoco.load_refer`` import torch only when first used."""
-    if name in ("load", "load_refer"):
+    """``comcoco.load``, ``comcoco.collate`` and ``comcoco.load_refer`` import torch only when first used."""
+    if name in ("collate", "load", "load_refer"):
         from comcoco.release import dataset
 
         return getattr(dataset, name)
