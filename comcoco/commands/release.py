@@ -120,7 +120,8 @@ def diff(
     a: Path = typer.Argument(..., help="The older release folder."),
     b: Path = typer.Argument(..., help="The newer release folder."),
     as_json: bool = typer.Option(False, "--json", help="Print one JSON object (every sample, with its reasons)."),
-    show_all: bool = typer.Option(False, "--all", help=f"List every sample (default: the first {DIFF_ROWS})."),
+    show_all: bool = typer.Option(False, "--all", help="List every sample added, removed or changed."),
+    rows: int = typer.Option(DIFF_ROWS, "--rows", min=0, help="Samples listed without --all."),
 ) -> None:
     """What changed from release A to B: configuration first, then each sample added, removed or changed
     with what changed (split, category, expressions, files, placement), then count deltas."""
@@ -142,13 +143,13 @@ def diff(
     typer.echo(f"samples: {summary_line(d)}")
     if d["identical_data"]:
         typer.echo(f"note: {identical_note(d)}")
-    rows = [(kind, r) for kind in ("added", "removed", "changed") for r in d[kind]]
-    shown = rows if show_all else rows[:DIFF_ROWS]
+    listed = [(kind, r) for kind in ("added", "removed", "changed") for r in d[kind]]
+    shown = listed if show_all else listed[:rows]
     for kind, r in shown:
         typer.echo(f"  {kind:<8} ref {r['fg_ref_id']} ann {r['fg_ann_id']} on background {r['bg_image_id']}: "
                    + "; ".join(r["reasons"]))
-    if len(shown) < len(rows):
-        typer.echo(f"  ... {len(rows) - len(shown)} more not shown (--all lists every sample; "
+    if len(shown) < len(listed):
+        typer.echo(f"  ... {len(listed) - len(shown)} more not shown (--all lists every sample; "
                    "--json holds all with their reasons)")
     for variant, per_split in d["count_deltas"].items():
         for split, c in split_ordered(per_split):

@@ -79,37 +79,47 @@ class MatchGaps:
                                "lines": self.lines(), "headline": self.lines(short=False)}
 
 
+def gap_reasons(refs: Sequence[Ref], annotations: Sequence[Annotation], candidates: Sequence[Candidate],
+                options: MatchOptions) -> dict[int, tuple[str, int]]:
+    """ref_id → (reason, backgrounds it got) for every ref with fewer than ``options.k`` candidates."""
+    per_ref = Counter(c.ref_id for c in candidates)
+    gaps = [r for r in sorted(refs, key=lambda r: r.ref_id) if per_ref.get(r.ref_id, 0) < options.k]
+    if not gaps:
+        return {}
+    pools = {c: set(ids.tolist()) for c, ids in image_clusters(annotations).items()}
+    group_of = image_split_groups(refs, [a.image_id for a in annotations], options.seed)
+    in_group: dict[int, Counter[str]] = {c: Counter(group_of.get(i) for i in ids) for c, ids in pools.items()}
+    out = {}
+    for r in gaps:
+        cluster = ref_cluster(r)
+        images = pools.get(cluster, set())
+        own = 1 if int(r.image_id) in images else 0
+        everywhere = len(images) - own
+        group = group_of.get(int(r.image_id))
+        scope = in_group.get(cluster, Counter()).get(group, 0) - own if options.within_splits else everywhere
+        got = per_ref.get(r.ref_id, 0)
+        need = 1 if got == 0 else options.k  # images the ref would have needed to do better
+        if scope >= need and options.max_uses is not None:
+            reason = USAGE_CAP
+        elif options.within_splits and everywhere > scope:
+            reason = SPLIT_GROUP
+        else:
+            reason = CLUSTER_TOO_SMALL
+        out[int(r.ref_id)] = (reason, got)
+    return out
+
+
 def match_gaps(refs: Sequence[Ref], annotations: Sequence[Annotation], candidates: Sequence[Candidate],
                options: MatchOptions) -> MatchGaps:
     """Explain every ref with fewer than ``options.k`` candidates (refs and annotations as matched)."""
-    per_ref = Counter(c.ref_id for c in candidates)
-    gaps = [r for r in sorted(refs, key=lambda r: r.ref_id) if per_ref.get(r.ref_id, 0) < options.k]
     without: Counter[str] = Counter()
     short: Counter[str] = Counter()
     examples: dict[str, list[int]] = {}
-    if gaps:
-        pools = {c: set(ids.tolist()) for c, ids in image_clusters(annotations).items()}
-        group_of = image_split_groups(refs, [a.image_id for a in annotations], options.seed)
-        in_group: dict[int, Counter[str]] = {c: Counter(group_of.get(i) for i in ids) for c, ids in pools.items()}
-        for r in gaps:
-            cluster = ref_cluster(r)
-            images = pools.get(cluster, set())
-            own = 1 if int(r.image_id) in images else 0
-            everywhere = len(images) - own
-            group = group_of.get(int(r.image_id))
-            scope = in_group.get(cluster, Counter()).get(group, 0) - own if options.within_splits else everywhere
-            got = per_ref.get(r.ref_id, 0)
-            need = 1 if got == 0 else options.k
-            if scope >= need and options.max_uses is not None:
-                reason = USAGE_CAP
-            elif options.within_splits and everywhere > scope:
-                reason = SPLIT_GROUP
-            else:
-                reason = CLUSTER_TOO_SMALL
-            (without if got == 0 else short)[reason] += 1
-            bucket = examples.setdefault(reason, [])
-            if len(bucket) < EXAMPLES:
-                bucket.append(int(r.ref_id))
+    for ref_id, (reason, got) in gap_reasons(refs, annotations, candidates, options).items():
+        (without if got == 0 else short)[reason] += 1
+        bucket = examples.setdefault(reason, [])
+        if len(bucket) < EXAMPLES:
+            bucket.append(ref_id)
     order = {name: i for i, name in enumerate(REASONS)}
     return MatchGaps(refs=len(refs), k=options.k, within_splits=options.within_splits, max_uses=options.max_uses,
                      without=dict(sorted(without.items(), key=lambda kv: order[kv[0]])),
@@ -117,4 +127,4 @@ def match_gaps(refs: Sequence[Ref], annotations: Sequence[Annotation], candidate
                      examples=dict(sorted(examples.items(), key=lambda kv: order[kv[0]])))
 
 
-__all__ = ["CLUSTER_TOO_SMALL", "REASONS", "SPLIT_GROUP", "USAGE_CAP", "MatchGaps", "match_gaps"]
+__all__ = ["CLUSTER_TOO_SMALL", "REASONS", "SPLIT_GROUP", "USAGE_CAP", "MatchGaps", "gap_reasons", "match_gaps"]
