@@ -218,8 +218,8 @@ class BuildRecord:
         write_text_atomic(as_workdir(workdir).path(BUILD_RECORD), _json(asdict(self)))
 
 
-def failure_summary(workdir: Workdir | str | Path, limit: int = 10) -> list[StatusRow]:
-    """The first failed samples, for a build summary."""
+def failure_summary(workdir: Workdir | str | Path, limit: int | None = 10) -> list[StatusRow]:
+    """The first failed samples (all with ``limit=None``), for a build summary."""
     return [r for r in as_workdir(workdir).status() if not r.ok][:limit]
 
 

@@ -54,15 +54,12 @@ def build_outcome(status: dict[str, Any], shard_errors: dict[str, str], gaps: di
     if samples == 0:
         why = "; ".join(gap_lines) if gap_lines else "the source has no referred object to compose"
         return BuildOutcome(PARTIAL, f"no sample was planned: {why}", None)
-    if disk_full:
-        return BuildOutcome(PARTIAL, f"no space left on device: {len(shard_errors)} shard(s) did not complete "
-                            f"({not_built} samples not built; {ok} of {samples} ok are kept)",
-                            "free some space and run the same command again: it resumes")
-    if shard_errors or not_built:
-        shards = ", ".join(sorted(shard_errors)) or "unknown"
-        return BuildOutcome(PARTIAL, f"{not_built} of {samples} samples not built: shard(s) {shards} did not "
-                            f"complete ({ok} ok)", "run the same command again: finished shards are kept "
-                            "and the others redone")
+    if disk_full or shard_errors or not_built:
+        shards = ", ".join(f"{int(k):05d}" for k in sorted(shard_errors, key=int)) or "unknown"
+        what = "no space left on device: " if disk_full else ""
+        return BuildOutcome(PARTIAL, f"{what}{not_built} of {samples} samples not built: shard(s) {shards} did not "
+                            f"complete ({ok} ok)", ("free some space, then " if disk_full else "")
+                            + "run the same command again: finished shards are kept and the others redone")
     failed = samples - ok
     if ok == 0:
         return BuildOutcome(PARTIAL, f"none of {samples} samples is ok ({_counts(by)})",
@@ -80,7 +77,7 @@ def build_outcome(status: dict[str, Any], shard_errors: dict[str, str], gaps: di
 
 def _reason_kind(reason: str) -> str:
     """A reason with its numbers and file names blanked, so the same failure on many samples is one row."""
-    text = re.sub(r"[^\s:,()]+\.(jpe?g|png|json|parquet|p)\b", "<file>", reason, flags=re.IGNORECASE)
+    text = re.sub(r"[^\s:,()]+\.(jpe?g|png|json|parquet|p)\b", "FILE", reason, flags=re.IGNORECASE)
     return re.sub(r"\d+", "N", text)
 
 

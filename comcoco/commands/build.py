@@ -56,6 +56,8 @@ def build(
     from comcoco.workdir import cached_models, cached_source
     from pipelines.runners import RunnerSpec
 
+    with user_errors():
+        compose.check_paths()
     with usage_errors():
         compose_config = compose.config(seed)
         compose_config.validate()
@@ -93,6 +95,7 @@ def build(
 
 def _print_summary(out: Path, summary: dict) -> None:
     from comcoco.build import failure_summary, outcome_of
+    from comcoco.records import STATUS_NOT_BUILT
 
     status, record = summary["status"], summary["record"]
     by = status["by_status"]
@@ -104,16 +107,18 @@ def _print_summary(out: Path, summary: dict) -> None:
         typer.echo(f"matching: {line}")
     if failed:
         typer.echo("failed: " + ", ".join(f"{k} {v}" for k, v in sorted(failed.items())))
-        shown = failure_summary(out, limit=5) if status["samples"] else []
+        shown = [r for r in failure_summary(out, limit=None) if r.status != STATUS_NOT_BUILT][:5]
         for row in shown:
             typer.echo(f"  {row.status}: sample {row.sample_id} (ref {row.fg_ref_id}, "
                        f"background {row.bg_image_id}): {row.reason}")
-        rest = sum(failed.values()) - len(shown)
+        rest = sum(v for k, v in failed.items() if k != STATUS_NOT_BUILT) - len(shown)
         if rest > 0:
             typer.echo(f"  ... and {rest} more in {os.path.join(out, 'status.parquet')} (status != 'ok')")
-    if record["shard_errors"]:
-        for shard, err in record["shard_errors"].items():
-            typer.echo(f"shard {int(shard):05d} did not complete: {err}")
+    by_error: dict[str, list[str]] = {}
+    for shard, err in record["shard_errors"].items():
+        by_error.setdefault(err, []).append(f"{int(shard):05d}")
+    for err, shards in by_error.items():
+        typer.echo(f"shard(s) {', '.join(shards)} did not complete: {err}")
     secs = ", ".join(f"{k} {v:.1f}s" for k, v in record["seconds"].items())
     typer.echo(f"seconds: {secs}; {record['samples_per_second']:.1f} samples/s")
     typer.echo(f"status: {os.path.join(out, 'status.parquet')}  manifest: {os.path.join(out, 'manifest.json')}")

@@ -54,6 +54,8 @@ def compose(
     from comcoco.compose.run import run_compose
     from comcoco.sources.refer import SourceError, load_source
 
+    with user_errors():
+        compose.check_paths()
     with usage_errors():
         config = compose.config(seed)
         config.validate()
