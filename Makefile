@@ -59,9 +59,13 @@ lint: setup
 bench: setup
 	for b in benchmarks/*.py; do echo "== $$b"; $(PY) $$b || exit 1; done
 
-# A Prefect server with its UI on 127.0.0.1; then `export PREFECT_API_URL=http://127.0.0.1:$(PREFECT_PORT)/api`.
+# A Prefect server with its UI on 127.0.0.1:$(PREFECT_PORT); then `export PREFECT_API_URL=http://127.0.0.1:$(PREFECT_PORT)/api`.
+# `--port` alone moves the API but not the URL the UI calls (it would stay on 4200), so both are set here.
 prefect-server: setup
-	PREFECT_HOME=$${PREFECT_HOME:-$(CURDIR)/.prefect} $(VENV)/bin/prefect server start --host 127.0.0.1 --port $(PREFECT_PORT)
+	PREFECT_HOME=$${PREFECT_HOME:-$(CURDIR)/.prefect} PREFECT_SERVER_API_HOST=127.0.0.1 \
+	PREFECT_SERVER_API_PORT=$(PREFECT_PORT) \
+	PREFECT_SERVER_UI_API_URL=http://127.0.0.1:$(PREFECT_PORT)/api \
+	$(VENV)/bin/prefect server start --host 127.0.0.1 --port $(PREFECT_PORT)
 
 # Label Studio in its own virtualenv (.label-studio/venv), on 127.0.0.1; see docs/review.md.
 label-studio:

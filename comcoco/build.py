@@ -6,12 +6,17 @@ and write the manifest. ``run_build_stages(context, executor)`` walks them and w
 ``pipelines/build.py`` with Prefect tasks, one per shard, on threads or a Dask cluster.
 
 ``manifest.json`` depends only on the inputs and the configuration (same inputs → same bytes);
-``build.json`` records how one run went and is kept out of the manifest's ``files``.
+``build.json`` records how one run went (the runner that really ran it, the verdict) and is kept out of
+the manifest's ``files``. Every step logs what it found to ``comcoco.build``: inside a Prefect run these
+lines land in the log of the task that wrote them (a shard's task says which samples it made and
+which failed, and why).
 """
 
 from __future__ import annotations
 
+import errno
 import json
+import logging
 import subprocess
 from collections import Counter
 from collections.abc import Sequence
@@ -22,6 +27,7 @@ from typing import Any
 
 import comcoco
 from comcoco.io import sha256_file, write_text_atomic
+from comcoco.outcome import BuildOutcome, build_outcome
 from comcoco.plan import (
     BuildConfig,
     SourceSpec,
@@ -43,6 +49,9 @@ from comcoco.workdir import (
     cached_source,
     shard_name,
 )
+
+log = logging.getLogger(__name__)
+SHOWN = 20  # sample ids a shard's log names in one line
 
 
 def _json(obj: Any) -> str:
@@ -189,6 +198,9 @@ def code_version() -> str:
 
 @dataclass
 class BuildRecord:
+    """``build.json``: how one run went. ``runner``, ``workers`` and the addresses are what really ran
+    the shards (asked of the task runner at the end), not what was asked for."""
+
     runner: str
     workers: int
     started: str
@@ -199,13 +211,19 @@ class BuildRecord:
     shard_errors: dict[str, str]
     samples_per_second: float
     code_version: str
+    scheduler: str | None = None
+    worker_addresses: list[str] = field(default_factory=list)
+    dashboard: str | None = None
+    threads: int | None = None
+    matching: dict[str, Any] = field(default_factory=dict)
+    outcome: dict[str, Any] = field(default_factory=dict)
 
     def write(self, workdir: Workdir | str | Path) -> None:
         write_text_atomic(as_workdir(workdir).path(BUILD_RECORD), _json(asdict(self)))
 
 
-def failure_summary(workdir: Workdir | str | Path, limit: int = 10) -> list[StatusRow]:
-    """The first failed samples, for a build summary."""
+def failure_summary(workdir: Workdir | str | Path, limit: int | None = 10) -> list[StatusRow]:
+    """The first failed samples (all with ``limit=None``), for a build summary."""
     return [r for r in as_workdir(workdir).status() if not r.ok][:limit]
 
 
@@ -221,11 +239,14 @@ class BuildContext:
     config: BuildConfig
     retry_failed: bool = False
     progress: bool = False
+    strict: bool = False
     source_counts: dict[str, Any] = field(default_factory=dict)
+    matching: dict[str, Any] = field(default_factory=dict)
     shards: list[int] = field(default_factory=list)
     todo: list[int] = field(default_factory=list)
     results: list[dict[str, Any]] = field(default_factory=list)
     errors: dict[int, str] = field(default_factory=dict)
+    disk_full: bool = False
     counts: dict[str, Any] = field(default_factory=dict)
 
     def args(self) -> tuple[dict[str, Any], str, dict[str, Any]]:
@@ -234,26 +255,74 @@ class BuildContext:
 
 
 def _validate_step(source: dict, workdir: str) -> dict:
-    return check_source(SourceSpec(**source), workdir)
+    counts = check_source(SourceSpec(**source), workdir)
+    log.info("source: %d refs, %d expressions, %d images, %d annotations", counts["refs"], counts["expressions"],
+             counts["images"], counts["annotations"])
+    if counts["problems"]:
+        log.warning("source: %d problem(s), listed in %s (`comcoco inspect` explains them)", counts["problems"],
+                    as_workdir(workdir).path(SOURCE_REPORT))
+    return counts
 
 
-def _match_step(source: dict, workdir: str, config: dict) -> str:
-    return str(match_stage(SourceSpec(**source), workdir, BuildConfig.from_dict(config)))
+def _match_step(source: dict, workdir: str, config: dict) -> dict:
+    """Match (or reuse the frozen candidates) and explain every object left with too few backgrounds."""
+    from comcoco.matching.candidates import read_candidates
+    from comcoco.matching.gaps import match_gaps
+
+    spec, cfg = SourceSpec(**source), BuildConfig.from_dict(config)
+    path = match_stage(spec, workdir, cfg)
+    candidates = read_candidates(path)
+    index = cached_source(spec)[1]
+    gaps = match_gaps(list(index.refs.values()), list(index.annotations.values()), candidates,
+                      cfg.match_options())
+    log.info("matching: %d candidates for %d objects (%d distinct backgrounds)", len(candidates), gaps.refs,
+             len({c.bg_image_id for c in candidates}))
+    for line in gaps.lines():
+        log.warning("matching: %s", line)
+    return gaps.to_dict()
 
 
 def _plan_step(source: dict, workdir: str, config: dict) -> list[int]:
-    return plan_stage(SourceSpec(**source), workdir, BuildConfig.from_dict(config))
+    shards = plan_stage(SourceSpec(**source), workdir, BuildConfig.from_dict(config))
+    meta = as_workdir(workdir).require_plan()
+    log.info("plan: %d samples in %d composites, %d shard(s)", meta["samples"], meta["composites"], meta["shards"])
+    return shards
 
 
 def _shard_step(shard: int, workdir: str, retry_failed: bool) -> dict:
+    """Run one shard and say which samples it made and which failed, with their reasons."""
     from comcoco.shards import run_shard
 
-    return run_shard(workdir, shard, retry_failed=retry_failed).to_dict()
+    result = run_shard(workdir, shard, retry_failed=retry_failed).to_dict()
+    name = shard_name(shard)
+    if result["skipped"]:
+        log.info("shard %s: already complete (%d samples, %d ok); skipped", name, result["samples"], result["ok"])
+        return result
+    rows = as_workdir(workdir).shard_samples(shard)
+    made = [r.sample_id for r in rows if r.ok]
+    failed = [r for r in rows if not r.ok]
+    more = f" and {len(made) - SHOWN} more" if len(made) > SHOWN else ""
+    log.info("shard %s: %d of %d samples ok in %.1f s: %s%s", name, len(made), len(rows), result["seconds"],
+             ", ".join(made[:SHOWN]) or "none", more)
+    for r in failed:
+        log.warning("shard %s: sample %s (ref %s, ann %s, background %s) %s: %s", name, r.sample_id, r.fg_ref_id,
+                    r.fg_ann_id, r.bg_image_id, r.status, r.reason)
+    result["failed_samples"] = [r.sample_id for r in failed]
+    return result
+
+
+def shard_verdict(result: dict) -> str | None:
+    """A shard with failed samples is done, but with failures (shown on its task in the Prefect UI)."""
+    if result.get("failed"):
+        return f"{result['failed']} of {result['samples']} samples failed"
+    return None
 
 
 def _collect_step(workdir: str, errors: dict[int, str]) -> dict:
     counts = collect_status(workdir, errors)
     write_manifest(workdir, counts)
+    log.info("status: %s of %d samples", ", ".join(f"{k} {v}" for k, v in counts["by_status"].items()) or "none",
+             counts["samples"])
     return counts
 
 
@@ -263,22 +332,26 @@ def _validate(ctx: BuildContext, ex: Executor) -> None:
 
 
 def _match(ctx: BuildContext, ex: Executor) -> None:
-    ex.call("match", _match_step, *ctx.args())
+    ctx.matching = ex.call("match", _match_step, *ctx.args())
 
 
 def _plan(ctx: BuildContext, ex: Executor) -> None:
     ctx.shards = ex.call("plan", _plan_step, *ctx.args())
     ctx.todo = pending_shards(ctx.workdir, ctx.shards, ctx.retry_failed)
+    log.info("compose: %d of %d shard(s) to run", len(ctx.todo), len(ctx.shards))
 
 
 def _compose(ctx: BuildContext, ex: Executor) -> None:
     done = ex.map("compose-shard", _shard_step, ctx.todo, str(ctx.workdir.root), ctx.retry_failed,
-                  label=lambda s: f"shard {shard_name(s)}", progress=ctx.progress)
+                  label=lambda s: f"shard {shard_name(s)}", progress=ctx.progress, verdict=shard_verdict)
     for shard, result, error in done:
         if error is None:
             ctx.results.append(result)
-        else:  # a shard that crashed is reported; the others go on
-            ctx.errors[shard] = f"{type(error).__name__}: {error}"
+            continue
+        # a shard that crashed is reported; the others go on
+        ctx.errors[shard] = f"{type(error).__name__}: {error}"
+        ctx.disk_full |= isinstance(error, OSError) and error.errno in (errno.ENOSPC, errno.EDQUOT)
+        log.error("shard %s did not complete: %s", shard_name(shard), ctx.errors[shard])
 
 
 def _collect(ctx: BuildContext, ex: Executor) -> None:
@@ -294,26 +367,45 @@ BUILD_STAGES: tuple[Stage, ...] = (
 )
 
 
-def run_build_stages(ctx: BuildContext, executor: Executor, runner: str = "inline", workers: int = 1) -> dict[str, Any]:
-    """Walk ``BUILD_STAGES`` with ``executor``, write ``build.json``; returns the build's summary."""
+def run_build_stages(ctx: BuildContext, executor: Executor) -> dict[str, Any]:
+    """Walk ``BUILD_STAGES`` with ``executor``, write ``build.json``; returns the build's summary.
+
+    The summary's ``outcome`` is the verdict (``comcoco.outcome``) that the CLI's exit code and the
+    flow's final state follow.
+    """
     prepare_workdir(ctx.workdir, ctx.config, ctx.spec)
     started = datetime.now(UTC).isoformat(timespec="seconds")
     seconds = walk(BUILD_STAGES, ctx, executor)
     made = sum(r["samples"] for r in ctx.results if not r["skipped"])
+    errors = {str(k): v for k, v in sorted(ctx.errors.items())}
+    outcome = build_outcome(ctx.counts, errors, ctx.matching, ctx.strict, ctx.disk_full)
+    ran = executor.describe()
     record = BuildRecord(
-        runner=runner,
-        workers=workers,
+        runner=ran["runner"],
+        workers=int(ran["workers"]),
         started=started,
         finished=datetime.now(UTC).isoformat(timespec="seconds"),
         seconds={k: round(v, 3) for k, v in seconds.items()},
         shards_run=sum(1 for r in ctx.results if not r["skipped"]),
         shards_skipped=len(ctx.shards) - len(ctx.todo) + sum(1 for r in ctx.results if r["skipped"]),
-        shard_errors={str(k): v for k, v in sorted(ctx.errors.items())},
+        shard_errors=errors,
         samples_per_second=round(made / seconds["compose"], 3) if seconds["compose"] > 0 else 0.0,
         code_version=code_version(),
+        scheduler=ran.get("scheduler"),
+        worker_addresses=list(ran.get("worker_addresses") or []),
+        dashboard=ran.get("dashboard"),
+        threads=ran.get("threads"),
+        matching=ctx.matching,
+        outcome=outcome.to_dict(),
     )
     record.write(ctx.workdir)
-    return {"source": ctx.source_counts, "status": ctx.counts, "record": asdict(record), "shards": len(ctx.shards)}
+    (log.info if outcome.verdict == "ok" else log.warning)("build: %s", outcome.line())
+    return {"source": ctx.source_counts, "status": ctx.counts, "record": asdict(record), "shards": len(ctx.shards),
+            "matching": ctx.matching, "outcome": outcome.to_dict()}
+
+
+def outcome_of(summary: dict[str, Any]) -> BuildOutcome:
+    return BuildOutcome(**summary["outcome"])
 
 
 def build_inline(spec: SourceSpec, workdir: Workdir | str | Path, config: BuildConfig,
@@ -328,6 +420,6 @@ def build_inline(spec: SourceSpec, workdir: Workdir | str | Path, config: BuildC
 
 __all__ = [
     "BUILD_STAGES", "BuildContext", "BuildRecord", "build_inline", "check_source", "code_version",
-    "collect_status", "failure_summary", "match_stage", "pending_shards", "plan_stage", "prepare_workdir",
-    "refresh_status", "run_build_stages", "write_manifest",
+    "collect_status", "failure_summary", "match_stage", "outcome_of", "pending_shards", "plan_stage",
+    "prepare_workdir", "refresh_status", "run_build_stages", "shard_verdict", "write_manifest",
 ]

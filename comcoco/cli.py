@@ -14,9 +14,11 @@ import typer
 
 import comcoco
 import comcoco.commands
+from comcoco.commands._common import OneLineErrors
 
 app = typer.Typer(
     name="comcoco",
+    cls=OneLineErrors,
     help="Build ComCOCO-style referring object removal datasets from RefCOCO+ sources.",
     no_args_is_help=True,
     add_completion=False,

@@ -48,6 +48,10 @@ class PlanMismatchError(ComcocoError):
     """The work directory was planned with another configuration."""
 
 
+class PlanFileError(ComcocoError):
+    """``plan.json`` or ``plan.parquet`` cannot be read (the message names the file)."""
+
+
 def _flatten(d: dict[str, Any], prefix: str = "") -> dict[str, Any]:
     out: dict[str, Any] = {}
     for k, v in d.items():
@@ -349,14 +353,29 @@ def write_plan(workdir: str | Path, rows: Sequence[PlanRow], meta: dict[str, Any
 
 
 def read_plan(workdir: str | Path) -> list[PlanRow]:
-    table = pq.read_table(Path(workdir) / PLAN_FILE)
-    data = table.to_pydict()
-    return [PlanRow(**{f.name: data[f.name][i] for f in fields(PlanRow)}) for i in range(table.num_rows)]
+    path = Path(workdir) / PLAN_FILE
+    try:
+        table = pq.read_table(path)
+        data = table.to_pydict()
+        return [PlanRow(**{f.name: data[f.name][i] for f in fields(PlanRow)}) for i in range(table.num_rows)]
+    except FileNotFoundError:
+        raise PlanFileError(f"{path}: missing; the work directory was not planned (run `comcoco build`)") from None
+    except (pa.ArrowException, OSError, KeyError, TypeError) as exc:
+        raise PlanFileError(f"{path}: not a readable plan ({type(exc).__name__}: {exc}); "
+                            "build into a new work directory") from None
 
 
 def read_plan_meta(workdir: str | Path) -> dict[str, Any] | None:
     p = Path(workdir) / PLAN_META
-    return json.loads(p.read_text()) if p.is_file() else None
+    if not p.is_file():
+        return None
+    try:
+        meta = json.loads(p.read_text())
+    except (ValueError, UnicodeDecodeError) as exc:
+        raise PlanFileError(f"{p}: not readable as JSON ({exc}); build into a new work directory") from None
+    if not isinstance(meta, dict) or not isinstance(meta.get("config"), dict) or not isinstance(meta.get("source"), dict):
+        raise PlanFileError(f"{p}: not a comcoco plan (no config or source); build into a new work directory")
+    return meta
 
 
 def check_resume(workdir: str | Path, config: BuildConfig, source: SourceSpec) -> dict[str, Any] | None:

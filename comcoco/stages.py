@@ -22,11 +22,17 @@ class Executor(Protocol):
         """Run one step and return its result (exceptions propagate)."""
 
     def map(self, name: str, fn: Callable[..., Any], items: Sequence[Any], *args: Any,
-            label: Callable[[Any], str] = str, progress: bool = False) -> list[tuple[Any, Any, BaseException | None]]:
+            label: Callable[[Any], str] = str, progress: bool = False,
+            verdict: Callable[[Any], str | None] | None = None) -> list[tuple[Any, Any, BaseException | None]]:
         """Run ``fn(item, *args)`` for every item; returns (item, result, error) in completion order.
 
-        One item's exception is its error, never the others': the rest go on.
+        One item's exception is its error, never the others': the rest go on. ``label(item)`` names the
+        item's step (a shard's task is "shard 00012"); ``verdict(result)``, when it returns words, marks
+        the step as done with failures where the executor can show that.
         """
+
+    def describe(self) -> dict[str, Any]:
+        """What ran the steps: ``runner`` (a description), ``workers`` and, for a cluster, its addresses."""
 
 
 class Inline:
@@ -36,7 +42,8 @@ class Inline:
         return fn(*args)
 
     def map(self, name: str, fn: Callable[..., Any], items: Sequence[Any], *args: Any,
-            label: Callable[[Any], str] = str, progress: bool = False) -> list[tuple[Any, Any, BaseException | None]]:
+            label: Callable[[Any], str] = str, progress: bool = False,
+            verdict: Callable[[Any], str | None] | None = None) -> list[tuple[Any, Any, BaseException | None]]:
         out: list[tuple[Any, Any, BaseException | None]] = []
         bar = progress_bar(len(items), name, progress)
         for item in items:
@@ -49,6 +56,9 @@ class Inline:
         if bar is not None:
             bar.close()
         return out
+
+    def describe(self) -> dict[str, Any]:
+        return {"runner": "inline", "workers": 1, "scheduler": None, "worker_addresses": [], "dashboard": None}
 
 
 def progress_bar(total: int, desc: str, enabled: bool, initial: int = 0) -> Any:

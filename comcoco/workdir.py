@@ -20,7 +20,6 @@ spelling paths; only ``comcoco.shards`` writes into ``shards/``.
 from __future__ import annotations
 
 import io
-import json
 import threading
 from collections.abc import Iterable, Sequence
 from dataclasses import dataclass, fields
@@ -42,7 +41,17 @@ from comcoco.compose.samples import (
 from comcoco.decisions import REVIEW_DIR, merge_decisions, read_decisions
 from comcoco.errors import ComcocoError
 from comcoco.io import write_bytes_atomic
-from comcoco.plan import PLAN_FILE, PLAN_META, BuildConfig, PlanRow, SourceIndex, SourceSpec, read_plan
+from comcoco.plan import (
+    PLAN_FILE,
+    PLAN_META,
+    BuildConfig,
+    PlanFileError,
+    PlanRow,
+    SourceIndex,
+    SourceSpec,
+    read_plan,
+    read_plan_meta,
+)
 from comcoco.records import STATUS_NOT_BUILT, ReviewDecision
 
 SOURCE_REPORT = "source-report.json"
@@ -163,13 +172,10 @@ class Workdir:
 
     # plan and configuration
     def plan_meta(self) -> dict[str, Any] | None:
-        p = self.root / PLAN_META
-        if not p.is_file():
-            return None
         try:
-            return json.loads(p.read_text())
-        except ValueError as exc:
-            raise WorkdirError(f"{p}: not readable as JSON ({exc})") from None
+            return read_plan_meta(self.root)
+        except PlanFileError as exc:
+            raise WorkdirError(str(exc)) from None
 
     def require_plan(self) -> dict[str, Any]:
         meta = self.plan_meta()
@@ -196,11 +202,16 @@ class Workdir:
 
     def plan_rows(self, shard: int | None = None) -> list[PlanRow]:
         """The frozen plan's rows (of one shard, ordered by composite and member, when ``shard`` is given)."""
-        if shard is None:
-            return read_plan(self.root)
-        table = pq.read_table(self.root / PLAN_FILE, filters=[("shard", "=", shard)])
-        data = table.to_pydict()
-        rows = [PlanRow(**{k: data[k][i] for k in data}) for i in range(table.num_rows)]
+        try:
+            if shard is None:
+                return read_plan(self.root)
+            table = pq.read_table(self.root / PLAN_FILE, filters=[("shard", "=", shard)])
+            data = table.to_pydict()
+            rows = [PlanRow(**{k: data[k][i] for k in data}) for i in range(table.num_rows)]
+        except PlanFileError as exc:
+            raise WorkdirError(str(exc)) from None
+        except (pa.ArrowException, OSError, TypeError) as exc:
+            raise WorkdirError(f"{self.root / PLAN_FILE}: not a readable plan ({type(exc).__name__}: {exc})") from None
         return sorted(rows, key=lambda r: (r.composite_id, r.member))
 
     def shard_samples(self, shard: int) -> list[SampleRow]:
@@ -218,10 +229,14 @@ class Workdir:
         if not path.is_file():
             raise WorkdirError(f"{path}: missing; the build has not finished (run `comcoco build`)")
         out = []
-        for d in pq.read_table(path).to_pylist():
-            d["objects"] = tuple(d["objects"] or ())
-            d["object_ann_ids"] = tuple(int(v) for v in (d["object_ann_ids"] or ()))
-            out.append(StatusRow(**d))
+        try:
+            for d in pq.read_table(path).to_pylist():
+                d["objects"] = tuple(d["objects"] or ())
+                d["object_ann_ids"] = tuple(int(v) for v in (d["object_ann_ids"] or ()))
+                out.append(StatusRow(**d))
+        except (pa.ArrowException, OSError, KeyError, TypeError) as exc:
+            raise WorkdirError(f"{path}: not a readable status table ({type(exc).__name__}: {exc}); "
+                               "run `comcoco build` again to rewrite it") from None
         return out
 
     def status_by_id(self) -> dict[str, StatusRow]:

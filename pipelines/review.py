@@ -20,7 +20,7 @@ from pipelines.runners import configure_prefect
 
 configure_prefect()
 
-from prefect import flow, task  # noqa: E402
+from prefect import flow, get_run_logger, task  # noqa: E402
 from prefect.cache_policies import NO_CACHE  # noqa: E402
 
 from comcoco.review.server import RetryPolicy, ReviewServer  # noqa: E402
@@ -63,11 +63,28 @@ def review_push(workdir: str, stage: str, url: str | None = None, document_root:
                 seed: int | None = None) -> dict[str, Any]:
     """Import the stage's samples not yet in Label Studio (idempotent); annotators, overlap and seed set
     the stage's team (None keeps the recorded one)."""
-    return push_task(str(workdir), stage, url, document_root, without_placement_review, recreate_missing,
-                     annotators, overlap, seed)
+    rep = push_task(str(workdir), stage, url, document_root, without_placement_review, recreate_missing,
+                    annotators, overlap, seed)
+    logger = get_run_logger()
+    for m in rep["messages"]:
+        logger.info("%s", m)
+    logger.info("%s: imported %d task(s) into project %s; %d already there", stage, rep["imported"],
+                rep["project_id"], rep["already"])
+    if rep["missing"]:
+        logger.warning("%s: %d task(s) missing on the server (deleted in Label Studio)", stage, len(rep["missing"]))
+    return rep
 
 
 @flow(name="comcoco-review-pull", log_prints=False)
 def review_pull(workdir: str, stage: str, url: str | None = None, document_root: str | None = None) -> dict[str, Any]:
     """Apply the stage's finished annotations to the work directory (idempotent, resumable)."""
-    return pull_task(str(workdir), stage, url, document_root)
+    rep = pull_task(str(workdir), stage, url, document_root)
+    logger = get_run_logger()
+    for m in rep["messages"]:
+        logger.info("%s", m)
+    applied = ", ".join(f"{k} {v}" for k, v in sorted(rep["applied"].items())) or "none"
+    logger.info("%s: %d task(s); applied %s; %d already applied; %d not yet annotated", stage, rep["tasks"],
+                applied, rep["unchanged"], rep["pending"])
+    for e in rep["errors"]:
+        logger.error("%s: not applied: %s", stage, e)
+    return rep

@@ -74,7 +74,6 @@ def prefect_api(tmp_path_factory: pytest.TempPathFactory) -> Iterator[dict[str, 
     env.update({
         "PREFECT_HOME": str(home),
         "PREFECT_SERVER_ANALYTICS_ENABLED": "false",
-        "PREFECT_LOGGING_LEVEL": "WARNING",
         "PREFECT_SERVER_LOGGING_LEVEL": "CRITICAL",
         "PREFECT_SERVER_API_HOST": "127.0.0.1",
         "PREFECT_SERVER_API_PORT": str(port),
@@ -99,8 +98,8 @@ def prefect_api(tmp_path_factory: pytest.TempPathFactory) -> Iterator[dict[str, 
             proc.kill()
             pytest.fail(f"prefect server did not start; see {home / 'server.log'}", pytrace=False)
         time.sleep(0.5)
-    client_env = {"PREFECT_HOME": str(home), "PREFECT_API_URL": url,
-                  "PREFECT_LOGGING_LEVEL": "WARNING", "PREFECT_SERVER_ANALYTICS_ENABLED": "false"}
+    # Runs log at INFO (comcoco's default, pipelines.runners) so their stage and shard lines reach the API.
+    client_env = {"PREFECT_HOME": str(home), "PREFECT_API_URL": url, "PREFECT_SERVER_ANALYTICS_ENABLED": "false"}
     try:
         yield client_env
     finally:

@@ -15,7 +15,7 @@ FLOORS: dict[str, int] = {
     "comcoco.plan": 4,
     "comcoco.compose": 5,
     "comcoco.decisions": 6, "comcoco.workdir": 6,
-    "comcoco.shards": 7, "comcoco.build": 7,
+    "comcoco.shards": 7, "comcoco.build": 7, "comcoco.outcome": 7,
     "comcoco.review": 8, "comcoco.release": 8,
     "comcoco.sahm": 9,
     "pipelines": 10,

@@ -57,7 +57,8 @@ def test_work_directory_layout(straight):
             assert r[key] in files
     record = json.loads((straight / "build.json").read_text())
     assert set(record["seconds"]) == {"validate", "match", "plan", "compose", "collect"}
-    assert record["runner"].startswith("local") and record["code_version"]
+    assert record["runner"] == "local (1 thread)" and record["workers"] == 1 and record["code_version"]
+    assert record["outcome"] == {"verdict": "ok", "message": "24 of 24 samples ok", "next_step": None}
     assert "build.json" not in files and "manifest.json" not in files
 
 
@@ -75,7 +76,9 @@ def test_dask_runner_gives_identical_files(straight, demo_source_small, prefect_
     proc = comcoco(["build", str(demo_source_small), "-o", str(out), *BUILD_ARGS,
                     "--runner", "dask", "--workers", "2"], prefect_api)
     assert proc.returncode == 0, proc.stderr
-    assert "dask" in json.loads((out / "build.json").read_text())["runner"]
+    record = json.loads((out / "build.json").read_text())
+    assert record["runner"] == "dask (local cluster, 2 processes)" and record["workers"] == 2
+    assert record["scheduler"].startswith("tcp://127.0.0.1:") and len(record["worker_addresses"]) == 2
     assert manifest_files(out) == manifest_files(straight)
 
 
@@ -107,18 +110,18 @@ def test_sigkill_then_resume_gives_identical_files(straight, demo_source_small, 
 def test_resume_with_other_config_is_refused(straight, demo_source_small, prefect_api):
     proc = comcoco(["build", str(demo_source_small), "-o", str(straight), "--limit", "24", "--shard-size", "5",
                     "--seed", "3", "--harmonize", "reinhard"], prefect_api)
-    assert proc.returncode == 2
+    assert proc.returncode == 3
     assert "shard_size: 4 (planned) vs 5 (now)" in proc.stderr
     assert "compose.harmonize: 'fit' (planned) vs 'reinhard' (now)" in proc.stderr
     assert "Traceback" not in proc.stderr
 
 
-def test_unreadable_source_exits_2(tmp_path, prefect_api):
+def test_unreadable_source_is_refused_in_one_line(tmp_path, prefect_api):
     (tmp_path / "src" / "refcoco+").mkdir(parents=True)
     (tmp_path / "src" / "refcoco+" / "refs(unc).p").write_bytes(b"not a pickle")
     (tmp_path / "src" / "refcoco+" / "instances.json").write_text('{"images": [], "annotations": [], "categories": []}')
     proc = comcoco(["build", str(tmp_path / "src"), "-o", str(tmp_path / "wd")], prefect_api)
-    assert proc.returncode == 2
+    assert proc.returncode == 3
     assert proc.stderr.startswith("error: ") and "refs(unc).p" in proc.stderr
     assert "Traceback" not in proc.stderr
 

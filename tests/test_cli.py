@@ -54,6 +54,6 @@ def test_problem_lists_are_capped_with_a_count_of_the_rest(capsys):
     with pytest.raises(typer.Exit) as exc:
         fail_with_problems([f"file{i}: sha256 mismatch" for i in range(60)], "R: 60 problem(s)", limit=50)
     err = capsys.readouterr().err.splitlines()
-    assert exc.value.exit_code == 1
+    assert exc.value.exit_code == 3
     assert err[0] == "  file0: sha256 mismatch" and err[49] == "  file49: sha256 mismatch"
     assert err[50] == "  ... and 10 more" and err[-1] == "error: R: 60 problem(s)" and len(err) == 52

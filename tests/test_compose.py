@@ -523,7 +523,7 @@ def test_cli_missing_candidates_file(real_source, tmp_path):
 
     src, _ = real_source
     res = CliRunner().invoke(app, ["compose", str(src.ROOT_DIR), "--candidates", str(tmp_path / "none.parquet"), "-o", str(tmp_path / "o")])
-    assert res.exit_code == 2 and "none.parquet" in res.output and "Traceback" not in res.output
+    assert res.exit_code == 3 and "none.parquet" in res.output and "Traceback" not in res.output
 
 
 def test_graconet_place_gets_the_boxes_already_pasted(demo_source, tmp_path):

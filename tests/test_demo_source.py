@@ -197,5 +197,5 @@ def test_cli_writes_rewrites_and_refuses(tmp_path):
     (foreign / "refcoco+").mkdir(parents=True)
     (foreign / "refcoco+" / "refs(unc).p").write_bytes(b"not ours")
     result = runner.invoke(app, ["demo-source", "-o", str(foreign), "--images", "4"])
-    assert result.exit_code == 2 and "not written by demo-source" in result.output
+    assert result.exit_code == 3 and "not written by demo-source" in result.output
     assert (foreign / "refcoco+" / "refs(unc).p").read_bytes() == b"not ours"

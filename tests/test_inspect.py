@@ -221,7 +221,7 @@ def test_cli_json_and_table(app: typer.Typer, tmp_path: Path) -> None:
 
 
 def _assert_one_line_error(result: Any, *needles: str) -> None:
-    assert result.exit_code == 2, result.output
+    assert result.exit_code == 3, result.output
     lines = result.stderr.strip().splitlines()
     assert len(lines) == 1 and lines[0].startswith("error: "), result.stderr
     assert "Traceback" not in result.output
@@ -261,7 +261,7 @@ def test_installed_cli_refuses_hostile_pickle(tmp_path: Path) -> None:
         [sys.executable, "-m", "comcoco", "inspect", str(root)],
         capture_output=True, text=True, cwd=REPO, timeout=120,
     )
-    assert proc.returncode == 2, proc.stderr
+    assert proc.returncode == 3, proc.stderr
     assert proc.stderr.strip().splitlines() == [
         f"error: {refs_file}: refused: it asks for the global posix.system; nothing from the pickle was run"
     ]

@@ -355,7 +355,7 @@ def test_cli_match_errors(tmp_path):
     bad = runner.invoke(app, ["match", str(tmp_path / "src"), "-o", str(out), "--similarity", "mean"])
     assert bad.exit_code == 2 and "error: --similarity must be one of max, union" in bad.output
     missing = runner.invoke(app, ["match", str(tmp_path / "nope"), "-o", str(out)])
-    assert missing.exit_code == 2 and "error:" in missing.output and "Traceback" not in missing.output
+    assert missing.exit_code == 3 and "error:" in missing.output and "Traceback" not in missing.output
     stops = runner.invoke(app, ["match", str(tmp_path / "src"), "-o", str(out), "--stop-words", "klingon"])
     assert stops.exit_code == 2 and "--stop-words" in stops.output
     assert not out.exists()

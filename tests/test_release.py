@@ -298,18 +298,38 @@ def test_review_decisions_shape_the_release(reviewed, tmp_path):
 
 
 def test_release_diff_cli(release, reviewed, tmp_path):
-    wd, rejected, edited, *_ = reviewed
+    wd, rejected, edited, adjusted, sents = reviewed
     newer = build_release(wd, release.parent, "1.2.0", OPTIONS)
     res = runner.invoke(app, ["release", "diff", str(release), str(newer), "--json"])
     assert res.exit_code == 0, res.output
     d = json.loads(res.output)
-    key = lambda r: {"fg_ref_id": r["fg_ref_id"], "fg_ann_id": r["fg_ann_id"], "bg_image_id": r["bg_image_id"]}  # noqa: E731
-    assert d["removed"] == [key(rejected)] and key(edited) in d["changed"] and d["added"] == []
+    key = lambda r: (r["fg_ref_id"], r["fg_ann_id"], r["bg_image_id"])  # noqa: E731
+    assert [key(r) for r in d["removed"]] == [key(rejected)] and d["added"] == []
+    assert d["removed"][0]["reasons"] == ["not in 1.2.0"] and d["removed"][0]["sample_id"] == rejected["sample_id"]
+    changed = {key(r): r["reasons"] for r in d["changed"]}
+    exprs = next(x for x in changed[key(edited)] if x.startswith("expressions "))
+    assert '+"object on the left"' in exprs and f"-{json.dumps(sents[0].raw)}" in exprs
+    assert "review unreviewed → accept" in changed[key(edited)]
+    assert "review unreviewed → adjust" in changed[key(adjusted)]
+    assert d["config_changes"] == [] and d["identical_data"] is False
     assert d["count_deltas"]["ComCOCO"]  # per split deltas are listed
     changelog = (newer / "CHANGELOG.md").read_text()
     assert changelog.index("## 1.2.0") < changelog.index("## 1.0.0") and "1 removed" in changelog
+
+    text = runner.invoke(app, ["release", "diff", str(release), str(newer)])
+    assert text.exit_code == 0 and text.output.splitlines()[:2] == ["1.0.0 -> 1.2.0", "configuration: unchanged"]
+    for r in d["changed"]:
+        assert f"changed  ref {r['fg_ref_id']} ann {r['fg_ann_id']} on background {r['bg_image_id']}: " \
+               + "; ".join(r["reasons"]) in text.output
+    rows = len(d["added"]) + len(d["removed"]) + len(d["changed"])
+    short = runner.invoke(app, ["release", "diff", str(release), str(newer), "--rows", "1"])
+    assert f"... {rows - 1} more not shown (--all lists every sample; --json holds all with their reasons)" \
+        in short.output
+    every = runner.invoke(app, ["release", "diff", str(release), str(newer), "--rows", "1", "--all"])
+    assert "more not shown" not in every.output and every.output.count(" ref ") == rows
+
     res = runner.invoke(app, ["release", "diff", str(release), str(tmp_path)])
-    assert res.exit_code == 2 and "error:" in res.output
+    assert res.exit_code == 3 and "error:" in res.output
 
 
 def test_validation_hook_fills_the_card(workdir, tmp_path):
@@ -359,7 +379,7 @@ def test_download_verify_load_over_http(release, served, tmp_path):
     victim = sorted((out / "gt").iterdir())[0]
     victim.write_bytes(victim.read_bytes()[:-1] + b"\0")
     res = runner.invoke(app, ["verify", str(out), "--no-progress"])
-    assert res.exit_code == 1 and f"gt/{victim.name}" in res.output
+    assert res.exit_code == 3 and f"gt/{victim.name}" in res.output
 
 
 def test_tampered_shard_refused_nothing_extracted(release, served, tmp_path):
@@ -371,11 +391,11 @@ def test_tampered_shard_refused_nothing_extracted(release, served, tmp_path):
     shard.write_bytes(bytes(data))
     out = tmp_path / "got"
     res = runner.invoke(app, ["download", f"{url}/v1/index.json", "-o", str(out), "--no-progress"])
-    assert res.exit_code == 2 and "checksum mismatch" in res.output
+    assert res.exit_code == 3 and "checksum mismatch" in res.output
     assert not out.exists() or not any(out.iterdir())
     assert not list(tmp_path.glob(".got.*"))
     res = runner.invoke(app, ["verify", str(tmp_path / "nothing"), "--no-progress"])
-    assert res.exit_code == 2 and "not a comcoco release" in res.output
+    assert res.exit_code == 3 and "not a comcoco release" in res.output
 
 
 def test_cli_create_is_the_default_subcommand(release, workdir, tmp_path):
@@ -383,13 +403,13 @@ def test_cli_create_is_the_default_subcommand(release, workdir, tmp_path):
         res = runner.invoke(app, args)
         assert res.exit_code == 0 and "Usage" in res.output, args
     res = runner.invoke(app, ["release", str(workdir), "-o", str(release.parent), "--version", "1.0.0", "--no-progress"])
-    assert res.exit_code == 2 and "error:" in res.output and "never overwritten" in res.output
+    assert res.exit_code == 3 and "error:" in res.output and "never overwritten" in res.output
     res = runner.invoke(app, ["release", str(workdir), "-o", str(tmp_path), "--version", "1.0.0", "--unreviewed", "maybe"])
     assert res.exit_code == 2 and "--unreviewed" in res.output
     res = runner.invoke(app, ["release", str(workdir), "-o", str(tmp_path), "--version", "1.0.0", "--split", "train"])
     assert res.exit_code == 2 and "--split" in res.output
     res = runner.invoke(app, ["release", str(tmp_path / "none"), "-o", str(tmp_path), "--version", "1.0.0"])
-    assert res.exit_code == 2 and "no such work directory" in res.output
+    assert res.exit_code == 3 and "no such work directory" in res.output
     assert not list(tmp_path.glob("comcoco-*"))
 
 

@@ -341,7 +341,7 @@ def test_unreachable_server_retries_then_one_clear_line(built, label_studio, tmp
            "COMCOCO_LS_DOCUMENT_ROOT": str(label_studio.document_root),
            "COMCOCO_LS_RETRIES": "3", "COMCOCO_LS_BACKOFF": "0.01"}
     res = CliRunner().invoke(app, ["review", "push", str(wd), "--stage", "placement"], env=env)
-    assert res.exit_code == 2
+    assert res.exit_code == 3
     err = res.stderr.strip()
     assert err.startswith("error: ") and "\n" not in err and "unreachable" in err and "3 times" in err
     assert label_studio.token not in res.output and "Traceback" not in res.output

@@ -316,13 +316,13 @@ def test_cli_errors_are_one_line_without_a_server(tmp_path):
 
     env = {"COMCOCO_LS_URL": "http://127.0.0.1:9", "COMCOCO_LS_TOKEN": TOKEN}
     res = CliRunner().invoke(app, ["review", "pull", str(tmp_path / "nope"), "--stage", "placement"], env=env)
-    assert res.exit_code == 2 and res.stderr.strip() == f"error: {tmp_path / 'nope'}: no such work directory"
+    assert res.exit_code == 3 and res.stderr.strip() == f"error: {tmp_path / 'nope'}: no such work directory"
     res = CliRunner().invoke(app, ["review", "pull", str(tmp_path), "--stage", "placement"], env=env)
-    assert res.exit_code == 2 and "nothing pushed for stage placement" in res.stderr and "\n" not in res.stderr.strip()
+    assert res.exit_code == 3 and "nothing pushed for stage placement" in res.stderr and "\n" not in res.stderr.strip()
     res = CliRunner().invoke(app, ["review", "push", str(tmp_path), "--stage", "colour"], env=env)
     assert res.exit_code == 2 and "--stage must be one of placement, expressions" in res.stderr
     res = CliRunner().invoke(app, ["review", "status", str(tmp_path), "--offline"], env=env)
-    assert res.exit_code == 2 and "build the work directory first" in res.stderr
+    assert res.exit_code == 3 and "build the work directory first" in res.stderr
     assert TOKEN not in res.output
 
 

@@ -317,12 +317,12 @@ def _feature_net(path: Path) -> Path:
 
 def test_cli_train_eval_validate(trained, validated, release, tmp_path):
     res = runner.invoke(app, ["sahm", "train", str(tmp_path / "nope"), "--out", str(tmp_path / "r")])
-    assert res.exit_code == 2 and "error:" in res.output and "release not found" in res.output
+    assert res.exit_code == 3 and "error:" in res.output and "release not found" in res.output
     res = runner.invoke(app, ["sahm", "train", str(release), "--out", str(trained["a"]), "--steps", "5",
                               "--no-progress"])
-    assert res.exit_code == 2 and "--resume" in res.output
+    assert res.exit_code == 3 and "--resume" in res.output
     res = runner.invoke(app, ["sahm", "eval", str(tmp_path)])
-    assert res.exit_code == 2 and "not a SAHM run folder" in res.output
+    assert res.exit_code == 3 and "not a SAHM run folder" in res.output
 
     res = runner.invoke(app, ["sahm", "train", str(release), "--out", str(tmp_path / "cli"), "--steps", "1",
                               "--batch-size", "8", "--eval-split", "none", "--no-progress"])

@@ -41,6 +41,14 @@ class ComposeOptions:
     jpeg_quality: int = 95
     png_level: int = 1
 
+    def check_paths(self) -> None:
+        """A checkpoint the user named that is not a file is refused input (exit 3), not a usage error."""
+        from comcoco.commands._common import UserError
+
+        for option, path in (("--graconet-ckpt", self.graconet_ckpt), ("--harmonizer-ckpt", self.harmonizer_ckpt)):
+            if path is not None and not path.is_file():
+                raise UserError(f"{path}: {option} is not a file" if path.exists() else f"{path}: no such {option} file")
+
     def config(self, seed: int) -> ComposeConfig:
         """The compose configuration; checkpoint paths are made absolute so any worker can open them."""
         return ComposeConfig(

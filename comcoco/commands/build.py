@@ -8,7 +8,16 @@ from pathlib import Path
 
 import typer
 
-from comcoco.commands._common import user_errors
+from comcoco.commands._common import (
+    EXIT_PARTIAL,
+    PartialResult,
+    UserError,
+    describe_os_error,
+    fail,
+    is_disk_full,
+    usage_errors,
+    user_errors,
+)
 from comcoco.commands._options import ComposeOptions, compose_options, out_option
 
 
@@ -33,57 +42,92 @@ def build(
     workers: int = typer.Option(1, min=1, help="Threads (local) or worker processes (dask local cluster)."),
     dask_address: str | None = typer.Option(None, help="Join an existing Dask scheduler tcp://HOST:PORT."),
     retry_failed: bool = typer.Option(False, "--retry-failed", help="Recompose only samples that failed before."),
+    strict: bool = typer.Option(False, "--strict", help="Any failed sample makes the build fail "
+                                "(exit 4, the Prefect run Failed) instead of a summary of the failures."),
     progress: bool | None = typer.Option(None, "--progress/--no-progress", help="Progress bar (default: on a terminal)."),
     compose: ComposeOptions = ComposeOptions(),
 ) -> None:
-    """Validate, match, plan and compose SOURCE into the work directory OUT, resumably."""
+    """Validate, match, plan and compose SOURCE into the work directory OUT, resumably.
+
+    Exit 0 when every sample is ok or failed with a reason (listed); 4 when a shard did not complete,
+    nothing is ok, nothing was planned, or (with --strict) any sample failed; see docs/cli.md.
+    """
     from comcoco.plan import BuildConfig, SourceSpec, check_resume
     from comcoco.workdir import cached_models, cached_source
     from pipelines.runners import RunnerSpec
 
     with user_errors():
+        compose.check_paths()
+    with usage_errors():
         compose_config = compose.config(seed)
         compose_config.validate()
         config = BuildConfig(seed=seed, k=k, similarity=similarity, max_uses=max_uses,
                              match_within_splits=not match_across_splits, limit=limit,
                              shard_size=shard_size, compose=compose_config)
         config.match_options()  # an unusable matching option fails here, naming it
+        runner_spec = RunnerSpec(kind=runner, workers=workers, address=dask_address)
+    with user_errors():
+        if not source.is_dir():
+            raise UserError(f"{source}: SOURCE is not a folder" if source.exists() else f"{source}: no such source folder")
+        if images is not None and not images.is_dir():
+            raise UserError(f"{images}: --images is not a folder" if images.exists() else f"{images}: no such --images folder")
+        if out.exists() and not out.is_dir():
+            raise UserError(f"{out}: a file stands where the work directory belongs")
         spec = SourceSpec(root=str(source.resolve()), dataset=dataset, split_by=split_by,
                           images=str(images.resolve()) if images else None)
-        runner_spec = RunnerSpec(kind=runner, workers=workers, address=dask_address)
         check_resume(out, config, spec)  # refuse a mismatched work directory before any work
+        out.mkdir(parents=True, exist_ok=True)  # so does an output path that cannot be a folder
         cached_source(spec)  # an unreadable source fails here, in one line, before the flow starts
         cached_models(config)  # so does a checkpoint that does not load
         from pipelines.build import run_build
 
         show = sys.stderr.isatty() if progress is None else progress
-        summary = run_build(spec, out, config, runner_spec, retry_failed=retry_failed, progress=show)
+        try:
+            summary = run_build(spec, out, config, runner_spec, retry_failed=retry_failed, progress=show,
+                                strict=strict)
+        except OSError as exc:
+            if is_disk_full(exc):
+                raise PartialResult(f"{describe_os_error(exc)}; what was finished is kept in {out}: free some "
+                                    "space and run the same command again to resume") from None
+            raise
     _print_summary(out, summary)
 
 
 def _print_summary(out: Path, summary: dict) -> None:
-    from comcoco.build import failure_summary
+    from comcoco.build import failure_summary, outcome_of
+    from comcoco.records import STATUS_NOT_BUILT
 
     status, record = summary["status"], summary["record"]
     by = status["by_status"]
     ok = by.get("ok", 0)
     failed = {k: v for k, v in by.items() if k != "ok"}
     typer.echo(f"built {out}: {ok} of {status['samples']} samples ok in {summary['shards']} shards"
-               f" ({record['runner']})")
+               f" ({record['runner']}, {record['workers']} worker(s))")
+    for line in (summary.get("matching") or {}).get("headline", []):
+        typer.echo(f"matching: {line}")
     if failed:
         typer.echo("failed: " + ", ".join(f"{k} {v}" for k, v in sorted(failed.items())))
-        for row in failure_summary(out, limit=5):
+        shown = [r for r in failure_summary(out, limit=None) if r.status != STATUS_NOT_BUILT][:5]
+        for row in shown:
             typer.echo(f"  {row.status}: sample {row.sample_id} (ref {row.fg_ref_id}, "
                        f"background {row.bg_image_id}): {row.reason}")
-    if record["shard_errors"]:
-        for shard, err in record["shard_errors"].items():
-            typer.echo(f"shard {shard} did not complete: {err}")
+        rest = sum(v for k, v in failed.items() if k != STATUS_NOT_BUILT) - len(shown)
+        if rest > 0:
+            typer.echo(f"  ... and {rest} more in {os.path.join(out, 'status.parquet')} (status != 'ok')")
+    by_error: dict[str, list[str]] = {}
+    for shard, err in record["shard_errors"].items():
+        by_error.setdefault(err, []).append(f"{int(shard):05d}")
+    for err, shards in by_error.items():
+        typer.echo(f"shard(s) {', '.join(shards)} did not complete: {err}")
     secs = ", ".join(f"{k} {v:.1f}s" for k, v in record["seconds"].items())
     typer.echo(f"seconds: {secs}; {record['samples_per_second']:.1f} samples/s")
     typer.echo(f"status: {os.path.join(out, 'status.parquet')}  manifest: {os.path.join(out, 'manifest.json')}")
+    outcome = outcome_of(summary)
+    if outcome.verdict == "failures":
+        typer.echo(f"next: {outcome.next_step}")
+    elif outcome.verdict == "partial":
+        fail(outcome.line(), EXIT_PARTIAL)
 
 
 def register(app: typer.Typer) -> None:
     app.command("build")(build)
-
-

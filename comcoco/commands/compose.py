@@ -8,7 +8,7 @@ from pathlib import Path
 
 import typer
 
-from comcoco.commands._common import UserError, user_errors
+from comcoco.commands._common import EXIT_PARTIAL, UserError, fail, usage_errors, user_errors
 from comcoco.commands._options import ComposeOptions, compose_options, out_option
 
 
@@ -43,6 +43,7 @@ def compose(
     dataset: str = typer.Option("refcoco+", "--dataset", help="Dataset folder inside SOURCE."),
     split_by: str = typer.Option("unc", "--split-by", help="Refs file variant: refs(<split-by>).p."),
     images: Path | None = typer.Option(None, "--images", help="Image directory (default SOURCE/images/mscoco/images/train2014)."),
+    strict: bool = typer.Option(False, "--strict", help="Any failed sample makes the verb fail (exit 4)."),
     compose: ComposeOptions = ComposeOptions(),
 ) -> None:
     """Compose samples: composite, exact ground truth, mask and one metadata row each.
@@ -53,11 +54,15 @@ def compose(
     from comcoco.compose.run import run_compose
     from comcoco.sources.refer import SourceError, load_source
 
-    config = compose.config(seed)
-    with user_errors(SourceError):
+    with user_errors():
+        compose.check_paths()
+    with usage_errors():
+        config = compose.config(seed)
         config.validate()
+    with user_errors(SourceError):
         if not candidates.is_file():
-            raise UserError(f"{candidates}: no such candidates file")
+            raise UserError(f"{candidates}: no such candidates file" if not candidates.exists()
+                            else f"{candidates}: --candidates is not a file")
         if images is not None and not images.is_dir():
             raise UserError(f"{images}: --images is not a directory")
         src = load_source(source, dataset=dataset, split_by=split_by, images=images)
@@ -71,8 +76,15 @@ def compose(
         worst = max(r.outside_error or 0.0 for r in ok)
         mean = sum(r.outside_error or 0.0 for r in ok) / len(ok)
         typer.echo(f"jpeg q{config.jpeg_quality}: mean abs error outside the dilated mask {mean:.3f} (worst {worst:.3f})")
-    for r in [r for r in rows if not r.ok][:10]:
+    failed = [r for r in rows if not r.ok]
+    for r in failed[:10]:
         typer.echo(f"  {r.status}: {r.reason}", err=True)
+    if len(failed) > 10:
+        typer.echo(f"  ... and {len(failed) - 10} more in {out / 'samples.parquet'} (status != 'ok')", err=True)
+    if rows and not ok:
+        fail(f"none of {len(rows)} samples is ok ({summary})", EXIT_PARTIAL)
+    if strict and failed:
+        fail(f"{len(failed)} of {len(rows)} samples failed (--strict)", EXIT_PARTIAL)
 
 
 def register(app: typer.Typer) -> None:

@@ -7,7 +7,7 @@ from pathlib import Path
 
 import typer
 
-from comcoco.commands._common import user_errors
+from comcoco.commands._common import EXIT_USAGE, UserError, user_errors
 from comcoco.commands._options import out_option
 
 
@@ -17,10 +17,15 @@ def demo_source(
     seed: int = typer.Option(0, "--seed", help="Seed of every random choice; same seed and size, same bytes."),
 ) -> None:
     """Write a synthetic REFER-format RefCOCO+ source: refs(unc).p, instances.json and JPEG images."""
-    from comcoco.sources.demo import generate_demo
+    from comcoco.sources.demo import MIN_IMAGES, DemoSourceError, generate_demo
 
     start = time.perf_counter()
-    with user_errors(OSError):
+    with user_errors(DemoSourceError):
+        if images < MIN_IMAGES:
+            raise UserError(f"--images: the demo source needs at least {MIN_IMAGES} images (one per split), "
+                            f"got {images}", EXIT_USAGE)
+        if out.exists() and not out.is_dir():
+            raise UserError(f"{out}: a file stands where the source folder belongs")
         report = generate_demo(out, n_images=images, seed=seed)
     elapsed = time.perf_counter() - start
     splits = ", ".join(f"{name} {count}" for name, count in report.splits.items())

@@ -19,7 +19,7 @@ def download(
     from comcoco.release.download import download_release
     from comcoco.release.manifest import verify_release
 
-    with user_errors(OSError):
+    with user_errors():
         out = download_release(location, out, progress=progress)
         problems = verify_release(out, progress=progress)
     if problems:

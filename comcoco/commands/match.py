@@ -9,7 +9,7 @@ from pathlib import Path
 
 import typer
 
-from comcoco.commands._common import user_errors
+from comcoco.commands._common import usage_errors, user_errors
 from comcoco.commands._options import out_option
 
 
@@ -48,20 +48,24 @@ def match(
     same seed and options, `comcoco compose` on these candidates makes the samples `comcoco build` makes.
     """
     from comcoco.matching.candidates import match_summary, write_candidates
+    from comcoco.matching.gaps import match_gaps
     from comcoco.matching.rules import DISTINCT_JACCARD
     from comcoco.matching.source import MatchOptions, match_source
     from comcoco.sources.refer import SourceError, load_source
 
     start = time.perf_counter()
-    with user_errors(SourceError, OSError):
+    with usage_errors():
         options = MatchOptions(k=k, seed=seed, similarity=similarity, max_uses=max_uses,
                                within_splits=not match_across_splits, stop_words=stop_words)
+    with user_errors(SourceError):
         src = load_source(source, dataset=dataset, split_by=split_by)
         refs = src.refs()
         candidates = match_source(refs, src.annotations(), options,
                                   progress=sys.stderr.isatty() if progress is None else progress)
         write_candidates(out, candidates, options.params() | {"dataset": dataset, "split_by": split_by})
+        gaps = match_gaps(refs, src.annotations(), candidates, options)
     summary = match_summary(refs, candidates, k) | {
+        "gaps": gaps.to_dict(),
         "output": str(out),
         "source_problems": len(src.problems),
         "seconds": round(time.perf_counter() - start, 3),
@@ -73,14 +77,8 @@ def match(
         f"wrote {summary['candidates']} candidates for {summary['refs']} refs "
         f"({summary['backgrounds']} distinct backgrounds) to {out} in {summary['seconds']:.1f} s"
     )
-    if summary["refs_short"] or summary["refs_without"]:
-        typer.echo(
-            f"{summary['refs_short']} refs got fewer than {k} backgrounds, "
-            f"{summary['refs_without']} got none (cluster too small"
-            + (" within its split group" if options.within_splits else "")
-            + (", or its images used up by --max-uses" if max_uses else "") + ")"
-            + ("; --match-across-splits draws from every split" if options.within_splits else "")
-        )
+    for line in gaps.lines():
+        typer.echo(line)
     if summary["above_distinct"]:
         typer.echo(f"{summary['above_distinct']} chosen backgrounds have expressions more similar than "
                    f"{DISTINCT_JACCARD} to their object's: their cluster has no less similar image")

@@ -12,9 +12,10 @@ import click
 import typer
 from typer.core import TyperGroup
 
-from comcoco.commands._common import UserError, user_errors
+from comcoco.commands._common import UserError, usage_errors, user_errors
 from comcoco.commands._options import out_option
 
+DIFF_ROWS = 20
 release_app = typer.Typer(help="Build a versioned ComCOCO release, or compare two (release diff A B).",
                           no_args_is_help=True, add_completion=False)
 
@@ -39,7 +40,7 @@ def _proportions(text: str | None) -> dict[str, float] | None:
                 raise ValueError
             out[name.strip()] = float(value)
         except ValueError:
-            raise UserError(f"--split {text!r}: expected e.g. train=0.8,val=0.1,test=0.1") from None
+            raise ValueError(f"--split {text!r}: expected e.g. train=0.8,val=0.1,test=0.1") from None
     return out
 
 
@@ -66,13 +67,15 @@ def create(
     progress: bool = typer.Option(True, "--progress/--no-progress", help="Show progress bars."),
 ) -> None:
     """Build OUT/comcoco-X.Y.Z (ComCOCO and ComCOCO+, Parquet, card, manifest, dist) from WORKDIR."""
-    from comcoco.release.builder import ReleaseOptions
+    from comcoco.release.builder import ReleaseOptions, check_version
     from comcoco.release.manifest import split_ordered
+    from comcoco.release.splits import normalize_proportions
     from comcoco.sources.refer import SourceError
+    from comcoco.workdir import Workdir
 
-    with user_errors(SourceError, OSError):
-        if not workdir.is_dir():
-            raise UserError(f"{workdir}: no such work directory")
+    with usage_errors():
+        check_version(version)
+        normalize_proportions(_proportions(split))  # unknown split names and bad shares are usage errors
         options = ReleaseOptions(proportions=_proportions(split), split_seed=split_seed, unreviewed=unreviewed,
                                  rows_per_parquet=rows_per_parquet, shard_bytes=shard_mb * 1024 * 1024)
         validation = None
@@ -82,9 +85,17 @@ def create(
 
             validation = ValidationOptions(config=validate_config, steps=validate_steps, blind=validate_blind,
                                            runtime=Runtime(device=validate_device, progress=progress))
+    with user_errors(SourceError):
+        if not workdir.is_dir():
+            raise UserError(f"{workdir}: no such work directory" if not workdir.exists()
+                            else f"{workdir}: not a folder (a work directory made by `comcoco build`)")
+        if out.exists() and not out.is_dir():
+            raise UserError(f"{out}: a file stands where the releases folder belongs")
+        Workdir(workdir).require_plan()  # a work directory that was never built fails here, before the flow
         from pipelines.release import run_release
 
-        path = Path(run_release(workdir, out, version, options, validate=validation, progress=progress)["release"])
+        result = run_release(workdir, out, version, options, validate=validation, progress=progress)
+    path = Path(result["release"])
     manifest = json.loads((path / "manifest.json").read_text())
     typer.echo(f"release  {path}")
     for variant, per_split in manifest["counts"]["per_split"].items():
@@ -95,28 +106,51 @@ def create(
                f"left out: {sel['excluded'] or 'none'}; unreviewed: {sel['review']['unreviewed']} "
                f"({sel['unreviewed_policy']}d)")
     typer.echo(f"files    {len(manifest['files'])} in manifest.json; dist/index.json for download")
+    compared = result["manifest"].get("compared")
+    if compared is not None:
+        typer.echo(f"compared with {compared['previous']}: {compared['summary']}")
+        for change in compared["config_changes"]:
+            typer.echo(f"  configuration: {change}")
+        if compared["identical_data"]:
+            typer.echo(f"note: {compared['note']}")
 
 
 @release_app.command("diff")
 def diff(
     a: Path = typer.Argument(..., help="The older release folder."),
     b: Path = typer.Argument(..., help="The newer release folder."),
-    as_json: bool = typer.Option(False, "--json", help="Print one JSON object."),
+    as_json: bool = typer.Option(False, "--json", help="Print one JSON object (every sample, with its reasons)."),
+    show_all: bool = typer.Option(False, "--all", help="List every sample added, removed or changed."),
+    rows: int = typer.Option(DIFF_ROWS, "--rows", min=0, help="Samples listed without --all."),
 ) -> None:
-    """Samples added, removed and changed from release A to B, and count deltas per variant and split."""
-    from comcoco.release.manifest import diff_releases, split_ordered
-    from comcoco.sources.refer import SourceError
+    """What changed from release A to B: configuration first, then each sample added, removed or changed
+    with what changed (split, category, expressions, files, placement), then count deltas."""
+    from comcoco.release.diff import diff_releases, identical_note, summary_line
+    from comcoco.release.manifest import split_ordered
 
-    with user_errors(SourceError, KeyError):
+    with user_errors():
         d = diff_releases(a, b)
     if as_json:
-        typer.echo(json.dumps(d, indent=2))
+        typer.echo(json.dumps(d, indent=2, ensure_ascii=False))
         return
-    typer.echo(f"{d['a']} -> {d['b']}: {len(d['added'])} added, {len(d['removed'])} removed, "
-               f"{len(d['changed'])} changed, {d['unchanged']} unchanged")
-    for kind in ("added", "removed", "changed"):
-        for k in d[kind][:20]:
-            typer.echo(f"  {kind:<8} ref {k['fg_ref_id']} ann {k['fg_ann_id']} on background {k['bg_image_id']}")
+    typer.echo(f"{d['a']} -> {d['b']}")
+    if d["config_changes"] or d["code_changes"]:
+        typer.echo("configuration:")
+        for change in d["config_changes"] + d["code_changes"]:
+            typer.echo(f"  {change}")
+    else:
+        typer.echo("configuration: unchanged")
+    typer.echo(f"samples: {summary_line(d)}")
+    if d["identical_data"]:
+        typer.echo(f"note: {identical_note(d)}")
+    listed = [(kind, r) for kind in ("added", "removed", "changed") for r in d[kind]]
+    shown = listed if show_all else listed[:rows]
+    for kind, r in shown:
+        typer.echo(f"  {kind:<8} ref {r['fg_ref_id']} ann {r['fg_ann_id']} on background {r['bg_image_id']}: "
+                   + "; ".join(r["reasons"]))
+    if len(shown) < len(listed):
+        typer.echo(f"  ... {len(listed) - len(shown)} more not shown (--all lists every sample; "
+                   "--json holds all with their reasons)")
     for variant, per_split in d["count_deltas"].items():
         for split, c in split_ordered(per_split):
             typer.echo(f"  {variant:<9} {split:<6} samples {c['samples']:+d}  expressions {c['expressions']:+d}  "

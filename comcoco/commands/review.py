@@ -13,7 +13,7 @@ from pathlib import Path
 
 import typer
 
-from comcoco.commands._common import UserError, user_errors
+from comcoco.commands._common import EXIT_PARTIAL, EXIT_USAGE, UserError, fail, user_errors
 from comcoco.compose.samples import SamplesFileError
 from comcoco.review.bookkeeping import STAGES, ReviewError
 from comcoco.review.server import RetryPolicy, ReviewServer
@@ -56,10 +56,11 @@ def _root(document_root: Path | None) -> str | None:
 
 
 def _check(workdir: Path, stage: str | None = None) -> None:
-    if not workdir.is_dir():
-        raise UserError(f"{workdir}: no such work directory")
     if stage is not None and stage not in STAGES:
-        raise UserError(f"--stage must be one of {', '.join(STAGES)}, got {stage!r}")
+        raise UserError(f"--stage must be one of {', '.join(STAGES)}, got {stage!r}", EXIT_USAGE)
+    if not workdir.is_dir():
+        raise UserError(f"{workdir}: no such work directory" if not workdir.exists()
+                        else f"{workdir}: not a folder (a work directory made by `comcoco build`)")
 
 
 def push_cmd(
@@ -132,6 +133,9 @@ def pull_cmd(
         typer.echo(f"{stage}: {rep.superseded} annotation(s) of earlier rounds ignored (a later round decided)")
     for e in rep.errors:
         typer.echo(f"{stage}: not applied: {e}", err=True)
+    if rep.errors:
+        fail(f"{stage}: {len(rep.errors)} decision(s) not applied (listed above); pulling again retries them",
+             EXIT_PARTIAL)
 
 
 def status_cmd(

@@ -10,7 +10,7 @@ from pathlib import Path
 
 import typer
 
-from comcoco.commands._common import UserError, user_errors
+from comcoco.commands._common import EXIT_USAGE, UserError, user_errors
 
 sahm_app = typer.Typer(help="Train the SAHM validation model on a release, and evaluate a run.",
                        no_args_is_help=True, add_completion=False)
@@ -28,7 +28,7 @@ def _errors():
     from comcoco.sahm.text import TokenizerError
     from comcoco.sahm.train import TrainError
 
-    return user_errors(RunError, DataError, TrainError, TokenizerError, MetricWeightsError, OSError)
+    return user_errors(RunError, DataError, TrainError, TokenizerError, MetricWeightsError)
 
 
 def print_metrics(metrics: dict) -> None:
@@ -67,7 +67,7 @@ def train(
 
     with _errors():
         if config not in ("tiny", "paper"):
-            raise UserError(f"--config must be tiny or paper, got {config!r}")
+            raise UserError(f"--config must be tiny or paper, got {config!r}", EXIT_USAGE)
         options = TrainOptions(
             release=str(release), config=config, variant=variant, epochs=epochs, max_steps=steps,
             batch_size=batch_size, seed=seed, image_size=image_size, checkpoint_every=checkpoint_every,
@@ -108,7 +108,7 @@ def evaluate(
 
     with _errors():
         if split not in ("train", "val", "test"):
-            raise UserError(f"--split must be train, val or test, got {split!r}")
+            raise UserError(f"--split must be train, val or test, got {split!r}", EXIT_USAGE)
         metrics = eval_run(run, split=split, checkpoint=checkpoint, fid_net=fid_net, alexnet=alexnet,
                            runtime=Runtime(device=device, amp=amp, num_workers=workers, cache_mb=cache_mb),
                            batch_size=batch_size,

@@ -12,7 +12,7 @@ from pathlib import Path
 
 import typer
 
-from comcoco.commands._common import UserError
+from comcoco.commands._common import EXIT_USAGE, UserError
 from comcoco.commands.sahm import CACHE_HELP
 
 
@@ -45,6 +45,8 @@ def validate(
     from comcoco.sahm.validate import ValidationOptions, validate_release, write_validation
 
     with _errors():
+        if config not in ("auto", "tiny", "paper"):
+            raise UserError(f"--config must be auto, tiny or paper, got {config!r}", EXIT_USAGE)
         if not (release / "manifest.json").is_file() and not (release / variant).is_dir():
             raise UserError(f"{release}: not a comcoco release (no manifest.json or {variant}/)")
         options = ValidationOptions(

@@ -13,10 +13,10 @@ def verify(
     release: Path = typer.Argument(..., help="An extracted release folder (holds manifest.json)."),
     progress: bool = typer.Option(True, "--progress/--no-progress", help="Show a progress bar."),
 ) -> None:
-    """Re-hash every file listed in manifest.json; exit 0 when all match, 1 with the problems otherwise."""
+    """Re-hash every file listed in manifest.json; exit 0 when all match, 3 with the problems otherwise."""
     from comcoco.release.manifest import ManifestError, verify_release
 
-    with user_errors(ManifestError, OSError):
+    with user_errors(ManifestError):
         problems = verify_release(release, progress=progress)
     if problems:
         fail_with_problems(problems, f"{release}: {len(problems)} problem(s)")

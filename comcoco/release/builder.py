@@ -14,6 +14,7 @@ A published release never changes: validating an existing one writes its report 
 from __future__ import annotations
 
 import json
+import logging
 import os
 import shutil
 from collections.abc import Callable
@@ -52,6 +53,7 @@ EXPORT_FILE = f"{BUILD_DIR}/export.json"
 VALIDATION_FILE = "validation/validation.json"
 
 ValidationHook = Callable[[str], dict[str, Any]]
+log = logging.getLogger(__name__)
 
 
 # --- the staging directory ----------------------------------------------------------------------------
@@ -158,19 +160,36 @@ def card_stage(staging: str | os.PathLike[str], version: str, options: ReleaseOp
 
 
 def manifest_stage(workdir: str | os.PathLike[str], staging: str | os.PathLike[str], version: str,
-                   options: ReleaseOptions, progress: bool = False) -> dict[str, Any]:
-    from comcoco.release.manifest import build_manifest, changelog_entry, previous_release, write_changelog
+                   options: ReleaseOptions, progress: bool = False) -> tuple[dict[str, Any], dict[str, Any] | None]:
+    """Compare with the newest earlier release, write the changelog, hash everything into the manifest.
+
+    Returns the manifest and the comparison (None for the first release in the folder).
+    """
+    from comcoco.release.diff import identical_note, summary_line
+    from comcoco.release.manifest import (
+        build_manifest,
+        changelog_entry,
+        compare_with_previous,
+        write_changelog,
+    )
 
     staging = Path(staging)
     releases = staging.parent
     selection = json.loads((staging / SELECTION_FILE).read_text())
     export = json.loads((staging / EXPORT_FILE).read_text())
     counts = {v: export["variants"][v]["counts"] for v in VARIANTS}
-    previous = previous_release(releases, version)
-    entry = changelog_entry(version, counts, selection, staging, previous)
-    write_changelog(staging / "CHANGELOG.md", releases / "CHANGELOG.md", entry)
-    return build_manifest(Path(workdir), staging, version, options.to_dict(), counts, selection,
-                          export["files"], progress=progress)
+    comparison = compare_with_previous(Path(workdir), staging, version, options.to_dict(), counts)
+    if comparison is not None:
+        log.info("compared with %s: %s", comparison["a"], summary_line(comparison))
+        for change in comparison["config_changes"]:
+            log.info("configuration: %s", change)
+        if comparison["identical_data"]:
+            log.warning("%s", identical_note(comparison))
+    write_changelog(staging / "CHANGELOG.md", releases / "CHANGELOG.md",
+                    changelog_entry(version, counts, selection, comparison))
+    manifest = build_manifest(Path(workdir), staging, version, options.to_dict(), counts, selection,
+                              export["files"], progress=progress)
+    return manifest, comparison
 
 
 def dist_stage(staging: str | os.PathLike[str], version: str, options: ReleaseOptions, progress: bool = False) -> dict[str, Any]:
@@ -203,11 +222,20 @@ class ReleaseContext:
 
 
 def _select_step(workdir: str, staging: str, options: dict) -> dict:
-    return select_stage(workdir, staging, ReleaseOptions(**options))
+    report = select_stage(workdir, staging, ReleaseOptions(**options))
+    log.info("select: %d of %d built samples; left out: %s; unreviewed %d (%sd)", report["selected"],
+             report["workdir_status"].get("ok", 0),
+             ", ".join(f"{k} {v}" for k, v in report["excluded"].items()) or "none",
+             report["review"]["unreviewed"], report["unreviewed_policy"])
+    return report
 
 
 def _export_step(workdir: str, staging: str, options: dict, progress: bool) -> dict:
-    return export_stage(workdir, staging, ReleaseOptions(**options), progress)["files"]
+    out = export_stage(workdir, staging, ReleaseOptions(**options), progress)
+    for variant, v in out["variants"].items():
+        log.info("export: %s %s", variant, ", ".join(f"{s} {c['samples']} samples / {c['expressions']} expressions"
+                                                      for s, c in sorted(v["counts"].items())))
+    return out["files"]
 
 
 def _card_step(staging: str, version: str, options: dict) -> list[str]:
@@ -215,12 +243,20 @@ def _card_step(staging: str, version: str, options: dict) -> list[str]:
 
 
 def _manifest_step(workdir: str, staging: str, version: str, options: dict, progress: bool) -> dict:
-    m = manifest_stage(workdir, staging, version, ReleaseOptions(**options), progress)
-    return {"files": len(m["files"]), "counts": m["counts"]["total"]}
+    from comcoco.release.diff import identical_note, summary_line
+
+    m, d = manifest_stage(workdir, staging, version, ReleaseOptions(**options), progress)
+    log.info("manifest: %d files", len(m["files"]))
+    compared = None if d is None else {
+        "previous": d["a"], "summary": summary_line(d), "config_changes": d["config_changes"],
+        "identical_data": d["identical_data"], "note": identical_note(d) if d["identical_data"] else None}
+    return {"files": len(m["files"]), "counts": m["counts"]["total"], "compared": compared}
 
 
 def _dist_step(staging: str, version: str, options: dict, progress: bool) -> dict:
-    return dist_stage(staging, version, ReleaseOptions(**options), progress)
+    out = dist_stage(staging, version, ReleaseOptions(**options), progress)
+    log.info("dist: %d tar shard(s), %.1f MB", out["shards"], out["bytes"] / 1e6)
+    return out
 
 
 def _validate_arg(validate: Any) -> Any:
@@ -257,7 +293,9 @@ def _start_step(releases: str, version: str) -> str:
 
 
 def _publish_step(staging: str) -> str:
-    return str(finish_release(staging))
+    path = str(finish_release(staging))
+    log.info("published %s", path)
+    return path
 
 
 def run_release_stages(workdir: str | os.PathLike[str], releases: str | os.PathLike[str], version: str,

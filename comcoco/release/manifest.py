@@ -9,7 +9,6 @@ only field that changes when the same work directory is released again with the 
 
 from __future__ import annotations
 
-import hashlib
 import json
 import os
 from datetime import UTC, datetime
@@ -52,15 +51,22 @@ def hash_files(root: str | os.PathLike[str], files: list[str], progress: bool = 
             for rel in tqdm(files, desc="hashing", unit="file", disable=not progress, leave=False)}
 
 
+def release_source(workdir: Path, plan: dict[str, Any]) -> dict[str, Any]:
+    """What a release was built from: the work directory's manifest hash and the source spec."""
+    from comcoco.workdir import MANIFEST_FILE
+
+    wd_manifest = workdir / MANIFEST_FILE
+    return {"workdir_manifest_sha256": sha256_file(wd_manifest) if wd_manifest.is_file() else None,
+            "source": plan["source"]}
+
+
 def build_manifest(workdir: Path, release: Path, version: str, options: dict[str, Any],
                    counts: dict[str, dict[str, dict[str, int]]], selection: dict[str, Any],
                    export_stats: dict[str, Any], progress: bool = False) -> dict[str, Any]:
     """Hash the staged release and write ``manifest.json``; returns it."""
     from comcoco.build import code_version
-    from comcoco.workdir import MANIFEST_FILE
 
     plan = json.loads((workdir / "plan.json").read_text())
-    wd_manifest = workdir / MANIFEST_FILE
     totals: dict[str, dict[str, int]] = {}
     for variant, per_split in counts.items():
         t = totals.setdefault(variant, {"samples": 0, "expressions": 0, "images": 0})
@@ -71,10 +77,7 @@ def build_manifest(workdir: Path, release: Path, version: str, options: dict[str
         "name": "comcoco",
         "version": version,
         "created": datetime.now(UTC).isoformat(timespec="seconds"),
-        "source": {
-            "workdir_manifest_sha256": sha256_file(wd_manifest) if wd_manifest.is_file() else None,
-            "source": plan["source"],
-        },
+        "source": release_source(workdir, plan),
         "build_config": plan["config"],
         "release_config": options,
         "code_version": code_version(),
@@ -148,8 +151,26 @@ def previous_release(releases: Path, version: str) -> Path | None:
     return best[1] if best else None
 
 
-def changelog_entry(version: str, counts: dict[str, Any], selection: dict[str, Any], staging: Path,
-                    previous: Path | None) -> str:
+def compare_with_previous(workdir: Path, staging: Path, version: str, options: dict[str, Any],
+                          counts: dict[str, Any]) -> dict[str, Any] | None:
+    """The diff from the newest earlier release in the same folder to the release being staged, if any."""
+    from comcoco.build import code_version
+    from comcoco.release.diff import diff_releases
+
+    previous = previous_release(staging.parent, version)
+    if previous is None:
+        return None
+    plan = json.loads((workdir / "plan.json").read_text())
+    staged = {"version": version, "files": hash_files(staging, release_files(staging)),
+              "counts": {"per_split": counts}, "release_config": options, "build_config": plan["config"],
+              "source": release_source(workdir, plan), "code_version": code_version()}
+    return diff_releases(previous, staging, staged=staged)
+
+
+def changelog_entry(version: str, counts: dict[str, Any], selection: dict[str, Any],
+                    comparison: dict[str, Any] | None) -> str:
+    from comcoco.release.diff import identical_note
+
     lines = [f"## {version}", ""]
     for variant, per_split in counts.items():
         parts = ", ".join(f"{s} {c['samples']} samples / {c['expressions']} expressions"
@@ -157,12 +178,17 @@ def changelog_entry(version: str, counts: dict[str, Any], selection: dict[str, A
         lines.append(f"- {variant}: {parts}")
     if selection.get("excluded"):
         lines.append("- left out: " + ", ".join(f"{k} {v}" for k, v in selection["excluded"].items()))
-    if previous is not None:
-        d = diff_releases(previous, staging, new_counts=counts)
-        lines.append(f"- compared with {d['a']}: {len(d['added'])} added, {len(d['removed'])} removed, "
-                     f"{len(d['changed'])} changed samples")
-    else:
+    if comparison is None:
         lines.append("- first release in this folder")
+        return "\n".join(lines) + "\n"
+    d = comparison
+    lines.append(f"- compared with {d['a']}: {len(d['added'])} added, {len(d['removed'])} removed, "
+                 f"{len(d['changed'])} changed samples ({d['unchanged']} unchanged)")
+    lines += [f"- configuration: {c}" for c in d["config_changes"]] or ["- configuration: unchanged"]
+    if d["identical_data"]:
+        lines.append(f"- {identical_note(d)}")
+    else:
+        lines.append(f"- `comcoco release diff comcoco-{d['a']} comcoco-{d['b']}` says what changed in each sample")
     return "\n".join(lines) + "\n"
 
 
@@ -174,70 +200,15 @@ def write_changelog(path: Path, shared: Path, entry: str) -> None:
     write_text_atomic(path, CHANGELOG_TITLE + "\n" + entry + ("\n" + earlier if earlier else ""))
 
 
-# --- diff --------------------------------------------------------------------------------------------
+# --- diff (comcoco.release.diff; importable from here) ----------------------------------------------
 
 
-def _load_refs(release: Path, variant: str) -> list[dict[str, Any]]:
-    from comcoco.sources.refer import load_plain_pickle
+def diff_releases(a: str | os.PathLike[str], b: str | os.PathLike[str]) -> dict[str, Any]:
+    """Configuration changes, and samples added, removed and changed with their reasons (``release.diff``)."""
+    from comcoco.release.diff import diff_releases as diff
 
-    path = release / variant / "refs(unc).p"
-    if not path.is_file():
-        raise ManifestError(f"{path}: not found")
-    return load_plain_pickle(path)
+    return diff(a, b)
 
 
-def _sample_signatures(release: Path, files: dict[str, dict[str, Any]]) -> dict[tuple[int, int, int], str]:
-    """Provenance key (fg_ref_id, fg_ann_id, bg_image_id) → hash of what users get for that sample."""
-    out = {}
-    for ref in _load_refs(release, "ComCOCO"):
-        meta = ref.get("comcoco") or {}
-        key = (int(meta["fg_ref_id"]), int(meta["fg_ann_id"]), int(meta["bg_image_id"]))
-        image = f"comcoco_{ref['image_id']:012d}"
-        parts = [ref["split"], ref["category_id"], [s["raw"] for s in ref["sentences"]],
-                 files.get(f"gt/{meta['gt_file_name']}", {}).get("sha256"),
-                 files.get(f"masks/{meta['mask_file_name']}", {}).get("sha256"),
-                 sorted(v["sha256"] for k, v in files.items() if k.startswith(f"images/{image}."))]
-        out[key] = hashlib.sha256(json.dumps(parts, sort_keys=True).encode()).hexdigest()
-    return out
-
-
-def diff_releases(a: str | os.PathLike[str], b: str | os.PathLike[str],
-                  new_counts: dict[str, Any] | None = None) -> dict[str, Any]:
-    """Samples added, removed and changed from release ``a`` to ``b``, and count deltas.
-
-    Samples are matched by provenance (source ref, source annotation, background image); a sample
-    is changed when its split, category, expressions or any of its files differ.
-    """
-    a, b = Path(a), Path(b)
-    ma = read_manifest(a)
-    if new_counts is None:
-        mb = read_manifest(b)
-        files_b, counts_b, version_b = mb["files"], mb["counts"]["per_split"], mb["version"]
-    else:  # b is being built: hash its files now
-        files_b = hash_files(b, release_files(b))
-        counts_b, version_b = new_counts, b.name.removeprefix("comcoco-").removesuffix(".incomplete")
-    sa, sb = _sample_signatures(a, ma["files"]), _sample_signatures(b, files_b)
-    counts_a = ma["counts"]["per_split"]
-    deltas: dict[str, dict[str, dict[str, int]]] = {}
-    for variant in sorted(set(counts_a) | set(counts_b)):
-        ca, cb = counts_a.get(variant, {}), counts_b.get(variant, {})
-        for split in sorted(set(ca) | set(cb)):
-            x, y = ca.get(split, {}), cb.get(split, {})
-            deltas.setdefault(variant, {})[split] = {k: y.get(k, 0) - x.get(k, 0)
-                                                     for k in ("samples", "expressions", "images")}
-
-    def fmt(keys: Any) -> list[dict[str, int]]:
-        return [{"fg_ref_id": k[0], "fg_ann_id": k[1], "bg_image_id": k[2]} for k in sorted(keys)]
-
-    return {
-        "a": ma["version"], "b": version_b,
-        "added": fmt(sb.keys() - sa.keys()),
-        "removed": fmt(sa.keys() - sb.keys()),
-        "changed": fmt(k for k in sa.keys() & sb.keys() if sa[k] != sb[k]),
-        "unchanged": len([k for k in sa.keys() & sb.keys() if sa[k] == sb[k]]),
-        "count_deltas": deltas,
-    }
-
-
-__all__ = ["MANIFEST_NAME", "ManifestError", "build_manifest", "diff_releases", "read_manifest",
-           "release_files", "verify_release"]
+__all__ = ["MANIFEST_NAME", "ManifestError", "build_manifest", "changelog_entry", "compare_with_previous",
+           "diff_releases", "read_manifest", "release_files", "release_source", "verify_release"]
