@@ -34,7 +34,10 @@ from comcoco.compose.shadow import Light, NativeObject, apply_shadow, cast_shado
 from comcoco.ids import rng_for
 from comcoco.records import Annotation, FilterArgs
 
-FOOTPRINT_MARGIN = 18  # px between targets' footprints: a 16-px JPEG block and the 2-px chroma ring
+FOOTPRINT_MARGIN = 18  # px between targets' footprints: a 16-px JPEG block and a 2-px margin
+# The re-encoding is taken back on the object only: a chroma ring around it (the module's ``bleed``)
+# measured as *more* chroma bleed than the scenes' own edges carry (the object already brings its own).
+JPEG_BLEED = 0
 
 
 @dataclass(frozen=True)
@@ -118,7 +121,7 @@ def paste_target(canvas: np.ndarray, bg: np.ndarray, cut: Cutout, scene: Scene, 
         shadow.map[forbidden[sy:sy + sh, sx:sx + sw]] = 0.0
     apply_shadow(canvas, shadow)
     _blend(canvas, cut)
-    regrid = jpeg_regrid(canvas, cut.alpha, cut.box, scene.jpeg)
+    regrid = jpeg_regrid(canvas, cut.alpha, cut.box, scene.jpeg, bleed=JPEG_BLEED)
     regrid.apply(canvas)
     touched = _full(cut.alpha > 0, cut.box, (H, W))
     if shadow.region[2] and shadow.region[3]:

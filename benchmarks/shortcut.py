@@ -1,0 +1,142 @@
+"""Does the robust profile make samples that must be read? The paper profile beside it, in one run.
+
+    python benchmarks/shortcut.py [--images 900] [--steps 20000] [--out DIR] [--reuse] [--jobs 2]
+
+One demo source (``--images``, seed 0) is built twice — ``--profile paper`` and the default
+(``robust``) — and released; then for each release:
+
+- the artifact audit (``comcoco audit``): held-out ROC AUC that pasted objects are told from the scenes'
+  own objects, with its bootstrap interval, and per cue family;
+- ``comcoco validate`` at ``--steps`` tiny-SAHM steps (docs/sahm.md: about 20,000 before the verdict can
+  be judged): the full model's IoU and the blind model's (trained on empty expressions), their ratio
+  with its object-level 95 % interval, and the verdict.
+
+Goals (the issue's): audit AUC paper ≥ 0.8 (the problem is visible), robust ≤ 0.65; blind / full IoU
+ratio of the robust profile ≤ 0.35 with its interval below 0.5. The compose throughput of the robust
+profile against the codec bound is ``benchmarks/compose.py --profile robust``.
+
+The two validations run as ``--jobs`` processes side by side (one core each). ``--reuse`` keeps what
+an earlier run of the same ``--out`` made (source, builds, releases, and validation runs, which
+``comcoco validate`` continues). Prints a table; ``DIR/shortcut.json`` holds every number.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import shutil
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+REPO = Path(__file__).resolve().parents[1]
+PROFILES = ("paper", "robust")
+
+
+def comcoco(*args: str, log: Path) -> None:
+    env = dict(os.environ, PYTHONPATH=str(REPO))
+    with open(log, "ab") as fh:
+        proc = subprocess.run([sys.executable, "-m", "comcoco", *args], stdout=fh, stderr=subprocess.STDOUT,
+                              env=env, cwd=REPO)
+    if proc.returncode not in (0, 4):  # 4: a partial build (some samples failed) is still a build
+        raise SystemExit(f"comcoco {' '.join(args)} failed ({proc.returncode}); see {log}")
+
+
+def build_and_release(out: Path, images: int, reuse: bool) -> dict[str, Path]:
+    source = out / "source"
+    if not (reuse and (source / "demo-source.json").is_file()):
+        shutil.rmtree(source, ignore_errors=True)
+        comcoco("demo-source", "-o", str(source), "--images", str(images), "--seed", "0", log=out / "log.txt")
+    releases = {}
+    for profile in PROFILES:
+        work, rels = out / f"work-{profile}", out / f"releases-{profile}"
+        rel = rels / "comcoco-1.0.0"
+        if not (reuse and rel.is_dir()):
+            shutil.rmtree(work, ignore_errors=True)
+            shutil.rmtree(rels, ignore_errors=True)
+            comcoco("build", str(source), "-o", str(work), "--profile", profile, "--workers", "2", "--no-progress",
+                    log=out / "log.txt")
+            comcoco("release", str(work), "-o", str(rels), "--version", "1.0.0", "--no-progress", log=out / "log.txt")
+        releases[profile] = rel
+    return releases
+
+
+def validate(releases: dict[str, Path], steps: int, out: Path, jobs: int) -> dict[str, dict]:
+    env = dict(os.environ, PYTHONPATH=str(REPO), OMP_NUM_THREADS="1", MKL_NUM_THREADS="1")
+    procs = {}
+    pending = list(PROFILES)
+    results = {}
+    while pending or procs:
+        while pending and len(procs) < jobs:
+            p = pending.pop(0)
+            cmd = [sys.executable, "-m", "comcoco", "validate", str(releases[p]), "--out", str(out / f"run-{p}"),
+                   "--steps", str(steps), "--device", "cpu", "--no-progress"]
+            procs[p] = subprocess.Popen(cmd, stdout=open(out / f"validate-{p}.log", "wb"), stderr=subprocess.STDOUT,
+                                        env=env, cwd=REPO)
+        for p, proc in list(procs.items()):
+            if proc.poll() is not None:
+                del procs[p]
+                report = releases[p].with_name(releases[p].name + ".validation") / "validation.json"
+                if proc.returncode != 0 or not report.is_file():
+                    raise SystemExit(f"validate {p} failed ({proc.returncode}); see {out / f'validate-{p}.log'}")
+                results[p] = json.loads(report.read_text())
+        time.sleep(5)
+    return results
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    ap.add_argument("--images", type=int, default=900)
+    ap.add_argument("--steps", type=int, default=20000)
+    ap.add_argument("--out", type=Path, default=Path("runs/shortcut"))
+    ap.add_argument("--reuse", action="store_true")
+    ap.add_argument("--jobs", type=int, default=2)
+    args = ap.parse_args()
+    sys.path.insert(0, str(REPO))
+    from comcoco.release.audit import audit_release
+
+    args.out.mkdir(parents=True, exist_ok=True)
+    t0 = time.perf_counter()
+    releases = build_and_release(args.out, args.images, args.reuse)
+    audits = {p: audit_release(rel) for p, rel in releases.items()}
+    t1 = time.perf_counter()
+    vals = validate(releases, args.steps, args.out, args.jobs) if args.steps > 0 else {}
+    t2 = time.perf_counter()
+    summary = {"images": args.images, "steps": args.steps, "audit": audits,
+               "validation": {p: v["language_baseline"] for p, v in vals.items()},
+               "seconds": {"build_release_audit": round(t1 - t0, 1), "validate": round(t2 - t1, 1)}}
+    (args.out / "shortcut.json").write_text(json.dumps(summary, indent=2, sort_keys=True) + "\n")
+
+    print(f"demo source: {args.images} images; {args.steps} tiny SAHM steps per model")
+    print(f"{'':<28}{'paper':>26}{'robust':>26}")
+
+    def auc(a: dict) -> str:
+        return "n/a" if a["auc"] is None else f"{a['auc']:.2f} [{a['ci'][0]:.2f}, {a['ci'][1]:.2f}]"
+
+    print(f"{'audit AUC (0.5 = hidden)':<28}{auc(audits['paper']):>26}{auc(audits['robust']):>26}")
+    for fam in sorted(audits["paper"]["cues"]):
+        row = [audits[p]["cues"].get(fam) for p in PROFILES]
+        print(f"{'  ' + fam:<28}" + "".join(f"{'n/a' if v is None else f'{v:.2f}':>26}" for v in row))
+    print(f"{'  pasted / native objects':<28}" + "".join(f"{audits[p]['n_pasted']} / {audits[p]['n_native']:<4}".rjust(26)
+                                                        for p in PROFILES))
+    if vals:
+        lb = {p: vals[p]["language_baseline"] for p in PROFILES}
+        for key, label in (("original", "IoU, original text"), ("blind", "IoU, trained without text")):
+            print(f"{label:<28}" + "".join(f"{lb[p].get(key, {}).get('iou_mean', float('nan')):>26.3f}" for p in PROFILES))
+
+        def ratio(b: dict) -> str:
+            r, ci = b.get("ratio", {}).get("blind"), b.get("ratio_ci95", {}).get("blind")
+            return "n/a" if r is None else f"{r:.2f} [{ci[0]:.2f}, {ci[1]:.2f}]"
+
+        print(f"{'blind / full IoU':<28}" + "".join(f"{ratio(lb[p]):>26}" for p in PROFILES))
+        for p in PROFILES:
+            print(f"verdict {p}: {lb[p].get('verdict')}")
+    print("goals: audit paper >= 0.8, robust <= 0.65; blind/full robust <= 0.35 with its interval below 0.5")
+    print(f"seconds: build, release and audit {t1 - t0:.0f}; validation {t2 - t1:.0f}; all numbers in "
+          f"{args.out / 'shortcut.json'}")
+
+
+if __name__ == "__main__":
+    main()
