@@ -13,6 +13,7 @@ from pathlib import Path
 
 import cv2
 import numpy as np
+import pyarrow.parquet as pq
 import pytest
 from pycocotools import mask as mask_utils
 from typer.testing import CliRunner
@@ -547,3 +548,69 @@ def test_graconet_place_gets_the_boxes_already_pasted(demo_source, tmp_path):
     first = next(r for r in ok if r.fg_ref_id == cands[0].ref_id)
     assert requests[1][0].avoid == (tuple(float(v) for v in first.box),)
     assert all(r.plausibility is not None for r in ok)
+
+
+# --- the robust profile: effects travel with the object ---------------------------------------------
+
+
+@pytest.fixture(scope="module")
+def robust_run(tmp_path_factory, real_source):
+    src, cands = real_source
+    out = tmp_path_factory.mktemp("robust_out")
+    rows = run_compose(src, cands, out, ComposeConfig(seed=3))
+    return src, out, rows
+
+
+def test_robust_pairs_are_exact_outside_the_effect_mask_on_real_images(robust_run):
+    """Real COCO photos: each target's ground truth is the composite with exactly the pixels it changed
+    (object, shadow, JPEG step) restored; the pair is byte-identical outside its effect mask."""
+    src, out, rows = robust_run
+    ok = [r for r in rows if r.ok]
+    assert len(ok) >= 6, [(r.status, r.reason) for r in rows]
+    by_comp: dict[str, list] = {}
+    for r in ok:
+        by_comp.setdefault(r.composite_id, []).append(r)
+    assert any(len(v) > 1 for v in by_comp.values())  # several targets share a composite
+    for r in ok:
+        comp, gt = _load(out, r.composite), _load(out, r.ground_truth)
+        mask, effect = _load(out, r.mask, gray=True), _load(out, r.effect_mask, gray=True)
+        assert set(np.unique(effect)) <= {0, 255} and int((effect > 0).sum()) == r.effect_area
+        assert not ((mask > 0) & (effect == 0)).any()  # the effect mask holds the object
+        assert np.array_equal(comp[effect == 0], gt[effect == 0])  # exact outside the effect mask itself
+        assert np.array_equal(comp[~dilated(effect, 8)], gt[~dilated(effect, 8)])
+        changed = (comp != gt).any(axis=2)
+        assert changed.sum() > 0.5 * (mask > 0).sum()
+        assert r.light in ("objects", "gradient", "default") and r.matte and r.shadow_kind
+        bg = cv2.cvtColor(decode_image(src.image_path(r.bg_image_id)), cv2.COLOR_RGB2BGR)
+        others = [o for o in by_comp[r.composite_id] if o is not r]
+        if not others:  # alone: the ground truth is the background
+            assert np.array_equal(gt, bg)
+        for o in others:  # the other targets stay in this target's ground truth, untouched
+            oe = _load(out, o.effect_mask, gray=True) > 0
+            assert not (oe & (effect > 0)).any()  # footprints never overlap
+            assert np.array_equal(gt[oe], comp[oe])
+    # the shadow darkens only: outside the object, the composite is never brighter than the background
+    for r in ok:
+        comp = _load(out, r.composite).astype(int)
+        bg = cv2.cvtColor(decode_image(src.image_path(r.bg_image_id)), cv2.COLOR_RGB2BGR).astype(int)
+        effect, mask = _load(out, r.effect_mask, gray=True) > 0, _grow1(_load(out, r.mask, gray=True))
+        ring = effect & ~mask & ~dilated(_load(out, r.mask, gray=True), 2)
+        if ring.any():
+            assert (comp[ring].sum(axis=1) <= bg[ring].sum(axis=1) + 3).mean() > 0.95
+
+
+def test_robust_output_is_deterministic_and_its_table_has_the_effect_columns(robust_run, real_source, tmp_path):
+    from comcoco.compose.samples import ROBUST_COLUMNS, SAMPLES_SCHEMA
+
+    src, out, rows = robust_run
+    src2, cands = real_source
+    again = run_compose(src2, cands, tmp_path / "again", ComposeConfig(seed=3))
+    assert again == rows
+    for r in (x for x in rows if x.ok):
+        for rel in r.files:
+            assert (out / rel).read_bytes() == (tmp_path / "again" / rel).read_bytes()
+    names = pq.read_schema(out / "samples.parquet").names
+    assert names == SAMPLES_SCHEMA.names + list(ROBUST_COLUMNS)
+    paper = run_compose(src2, cands[:4], tmp_path / "paper", ComposeConfig(profile="paper", seed=3))
+    assert pq.read_schema(tmp_path / "paper" / "samples.parquet").names == SAMPLES_SCHEMA.names
+    assert all(r.effect_mask is None for r in paper) and not (tmp_path / "paper" / "effects").exists()

@@ -131,7 +131,7 @@ def paste_target(canvas: np.ndarray, bg: np.ndarray, cut: Cutout, scene: Scene, 
     mask = _full(final_mask, cut.box, (H, W))
     info = {
         "light": scene.light.source,
-        "shadow": shadow.kind + (f": {shadow.reason}" if shadow.reason else ""),
+        "shadow_kind": shadow.kind + (f": {shadow.reason}" if shadow.reason else ""),
         "shadow_strength": round(float(scene.light.strength), 4) if shadow.kind != "none" else 0.0,
         "blur": round(float(cam.info.blur_applied), 4),
         "noise": round(float(max(cam.info.noise_added.y, 0.0)), 4),

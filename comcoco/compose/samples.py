@@ -75,7 +75,7 @@ class SampleRow:
     effect_mask: str | None = None  # object ∪ its shadow ∪ its JPEG ring: what a removal model inpaints
     effect_area: int | None = None
     light: str | None = None  # where the light came from: objects | gradient | default
-    shadow: str | None = None  # cast | contact | none, with the reason for less than a cast shadow
+    shadow_kind: str | None = None  # cast | contact | none, with the reason for less than a cast shadow
     shadow_strength: float | None = None
     blur: float | None = None  # σ (px) applied to the object to match the scene
     noise: float | None = None  # luma noise std (0–255) added to the object
@@ -137,7 +137,7 @@ _TYPES: dict[str, pa.DataType] = {
     "effect_mask": _STR,
     "effect_area": _I64,
     "light": _STR,
-    "shadow": _STR,
+    "shadow_kind": _STR,
     "shadow_strength": _F64,
     "blur": _F64,
     "noise": _F64,
@@ -145,7 +145,7 @@ _TYPES: dict[str, pa.DataType] = {
     "matte": _STR,
 }
 # Columns only a robust-profile table has; a paper-profile table keeps the original schema (and bytes).
-ROBUST_COLUMNS: tuple[str, ...] = ("effect_mask", "effect_area", "light", "shadow", "shadow_strength", "blur",
+ROBUST_COLUMNS: tuple[str, ...] = ("effect_mask", "effect_area", "light", "shadow_kind", "shadow_strength", "blur",
                                    "noise", "jpeg_quality", "matte")
 _REQUIRED = {"sample_id", "composite_id", "status", "reason", "fg_ref_id", "fg_ann_id", "fg_image_id",
              "bg_image_id", "category_id", "candidate_rank", "seed", "config"}

@@ -72,7 +72,7 @@ def _provenance(r: StatusRow, placement: ReviewDecision | None, expr_dec: Review
             "reviewer": expr_dec.reviewer, "reviewed_at": expr_dec.reviewed_at,
             "dropped_sent_ids": list(expr_dec.dropped_sent_ids)}),
         "build_mask": r.mask,
-        **({"effects": {"effect_area": r.effect_area, "light": r.light, "shadow": r.shadow,
+        **({"effects": {"effect_area": r.effect_area, "light": r.light, "shadow": r.shadow_kind,
                         "shadow_strength": r.shadow_strength, "blur": r.blur, "noise": r.noise,
                         "jpeg_quality": r.jpeg_quality, "matte": r.matte}} if r.effect_mask else {}),
     }
