@@ -473,3 +473,83 @@ def test_stale_status_after_interrupted_review_is_refused(workdir, tmp_path):
     (wd / "review" / ".status-stale").write_text("")
     with pytest.raises(ReleaseError, match="out of date"):
         select_entries(wd, OPTIONS)
+
+
+# --- effect masks, the backgrounds' own objects, the artifact audit ---------------------------------------
+
+
+def test_effect_masks_travel_in_every_format(release, workdir):
+    from pycocotools import mask as mask_utils
+
+    import comcoco
+
+    refs = {r["ref_id"]: r for r in _refs(release)}
+    instances = json.loads((release / "ComCOCO/instances.json").read_text())
+    anns = {a["id"]: a for a in instances["annotations"]}
+    images = {i["id"]: i for i in instances["images"]}
+    built = {r["sample_id"]: r for r in read_status(workdir)}
+    assert any(r["effect_mask"] for r in built.values())  # a robust build: the shadows are recorded
+    for r in refs.values():
+        meta = r["comcoco"]
+        mask = np.array(Image.open(release / "masks" / meta["mask_file_name"])) > 127
+        effect = np.array(Image.open(release / "effects" / meta["effect_mask_file_name"])) > 127
+        assert not (mask & ~effect).any()  # the effect mask holds the object
+        extra = anns[r["ann_id"]]["comcoco"]
+        assert extra["role"] == "target" and extra["effect_area"] == int(effect.sum())
+        assert np.array_equal(mask_utils.decode(extra["effect_segmentation"]).astype(bool), effect)
+        # outside the effect mask the pair is exact: composite == ground truth
+        comp = np.array(Image.open(release / "images" / images[r["image_id"]]["file_name"]).convert("RGB"))
+        gt = np.array(Image.open(release / "gt" / meta["gt_file_name"]).convert("RGB"))
+        assert np.array_equal(comp[~effect], gt[~effect])
+        src = built[meta["sample_id"]]
+        if src["effect_mask"]:  # the released effect mask holds the build's
+            b = np.array(Image.open(workdir / src["effect_mask"])) > 127
+            assert not (b & ~effect).any() and "effects" in meta
+    natives = [a for a in anns.values() if a["comcoco"]["role"] == "background"]
+    assert natives and all(a["id"] not in {r["ann_id"] for r in refs.values()} for a in natives)
+    assert all(a["image_id"] in images for a in natives)
+    # Parquet, instruction pairs, torch loader
+    table = pq.read_table(next((release / "parquet" / "ComCOCO").glob("train-*.parquet")))
+    row = table.slice(0, 1).to_pylist()[0]
+    assert row["effect_mask"]["path"].startswith("effects/")
+    assert row["effect_mask"]["bytes"] == (release / row["effect_mask"]["path"]).read_bytes()
+    line = json.loads((release / "instruct" / "ComCOCO" / "train.jsonl").read_text().splitlines()[0])
+    assert (release / line["effect_mask"]).is_file()
+    item = comcoco.load(release, split="train")[0]
+    meta = refs[item["ref_id"]]["comcoco"]
+    effect = np.array(Image.open(release / "effects" / meta["effect_mask_file_name"])) > 127
+    assert np.array_equal(item["effect_mask"][0].numpy().astype(bool), effect)
+
+
+def test_audit_ships_with_the_release_and_refuses_small_samples(release, tmp_path):
+    audit = json.loads((release / "audit.json").read_text())
+    assert audit["n_pasted"] < 30 and audit["auc"] is None  # a 14-sample build: too few to judge
+    assert "not judged" in audit["verdict"] and "at least 30" in audit["verdict"]
+    manifest = read_manifest(release)
+    assert manifest["audit"]["verdict"] == audit["verdict"] and manifest["profile"] == "robust"
+    assert "audit.json" in manifest["files"]
+    assert "Artifact audit" in (release / "README.md").read_text()
+    res = runner.invoke(app, ["audit", str(release), "--json"])
+    assert res.exit_code == 0, res.output
+    printed = json.loads(res.output)
+    assert {"auc", "ci", "n_pasted", "n_native", "cues", "verdict"} <= set(printed)
+    assert printed["verdict"] == audit["verdict"]
+    res = runner.invoke(app, ["audit", str(tmp_path)])
+    assert res.exit_code != 0 and "not a comcoco release" in res.output
+
+
+def test_release_audit_folds_keep_a_background_together(release):
+    from comcoco.audit import grouped_folds
+    from comcoco.release.audit import release_records
+
+    records, total = release_records(release)
+    assert total == len(_refs(release)) and records
+    groups = [r.fold_group for r in records]
+    y = np.asarray([r.label == "pasted" for r in records], dtype=int)
+    for train, test in grouped_folds(groups, y, 3, 0):
+        assert not {groups[i] for i in train} & {groups[i] for i in test}
+    # every composite's records share their background's group
+    by_comp: dict[str, set] = {}
+    for r in records:
+        by_comp.setdefault(r.composite_id, set()).add(r.fold_group)
+    assert all(len(g) == 1 for g in by_comp.values())
