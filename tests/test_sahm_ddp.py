@@ -58,6 +58,23 @@ def _descendants(pid: int) -> list[int]:
     return out
 
 
+def _last_logged_step(run: Path) -> int:
+    """The last step in the metrics log, read while rank 0 may be appending to it."""
+    try:
+        lines = (run / "metrics.jsonl").read_text().splitlines()
+    except OSError:
+        return 0
+    steps = [0]
+    for line in lines:
+        try:
+            rec = json.loads(line)
+        except ValueError:
+            continue  # a line being written
+        if rec.get("kind") == "step":
+            steps.append(int(rec["step"]))
+    return max(steps)
+
+
 def _torchrun_then_kill(release: Path, run: Path, log_path: Path) -> tuple[int, int]:
     """Start the 2-process CLI run; SIGKILL the launcher and both ranks after KILL_AFTER steps.
     Returns (exit status, last logged step at the kill)."""
@@ -72,8 +89,7 @@ def _torchrun_then_kill(release: Path, run: Path, log_path: Path) -> tuple[int, 
     deadline, logged = time.monotonic() + 300, 0
     try:
         while proc.poll() is None and time.monotonic() < deadline:
-            if (run / "metrics.jsonl").is_file():
-                logged = max([r["step"] for r in read_log(run) if r["kind"] == "step"], default=0)
+            logged = _last_logged_step(run)
             if logged >= KILL_AFTER and (run / LAST_CKPT).is_file():
                 break
             time.sleep(0.05)

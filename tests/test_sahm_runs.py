@@ -271,6 +271,8 @@ def test_validate_reports_metrics_and_language_baseline(validated, release):
     result, out = validated
     assert {"title", "metrics", "notes", "language_baseline", "sahm", "run"} <= set(result)
     assert result["run"]["config"] == "tiny" and result["run"]["steps"] == 2 and result["run"]["device"] == "cpu"
+    assert result["run"]["precision"] == "fp32" and result["run"]["world_size"] == 1
+    assert "(batch 4) on the ComCOCO train split" in result["notes"] and "on cpu (fp32)" in result["notes"]
     n_test = result["run"]["test_items"]
     lb = result["language_baseline"]
     for mode in ("original", "random", "null"):

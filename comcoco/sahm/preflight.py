@@ -44,7 +44,9 @@ from comcoco.text.syntax import TAG_ATTRIBUTE, TAG_IDENTITY
 FIXED_BYTES_PER_PARAM = 16  # fp32 weight + gradient + AdamW exp_avg + exp_avg_sq
 AUTOCAST_BYTES_PER_PARAM = 2  # bf16/fp16 weight copies autocast makes for one step
 HEADROOM = 0.9  # share of device memory a step may plan to use (CUDA context, fragmentation)
-GPU_UTILISATION = 0.25  # assumed share of dense peak reached by this conv/attention mix (an estimate)
+# Assumed share of the dense tensor-core peak a train step reaches: an estimate, not a measurement (small
+# batches, grid sampling, norms and casts keep this conv/attention mix well below peak).
+GPU_UTILISATION = (0.1, 0.3)
 # Reference GPUs: (name, memory GiB, dense tensor-core TFLOPS in the precision they would train with).
 REFERENCE_GPUS: tuple[tuple[str, float, str, float], ...] = (
     ("T4 16 GB", 16, "fp16", 65),
@@ -62,7 +64,8 @@ class GPUEstimate:
     memory_bytes: int
     precision: str
     max_batch: int
-    step_seconds: float  # at the configuration's default batch, or max_batch if smaller
+    batch: int  # the configuration's per-process batch, or max_batch if smaller
+    step_seconds: tuple[float, float]  # at ``batch``, for the GPU_UTILISATION range (slowest first)
 
 
 @dataclass(frozen=True)
@@ -230,9 +233,9 @@ def gpu_estimates(fixed: int, per_sample: int, flops_per_sample: float, batch: i
     for name, gib, prec, tflops in REFERENCE_GPUS:
         mem = int(gib * GIB)
         fit = max(0, math.floor((HEADROOM * mem - fixed) / max(per_sample, 1)))
-        b = min(batch, fit) if fit else 0
-        secs = b * flops_per_sample / (tflops * 1e12 * GPU_UTILISATION) if b else float("nan")
-        out.append(GPUEstimate(name, mem, prec, fit, round(secs, 3)))
+        b = min(batch, fit)
+        secs = tuple(b * flops_per_sample / (tflops * 1e12 * u) for u in GPU_UTILISATION)
+        out.append(GPUEstimate(name, mem, prec, fit, b, secs))  # type: ignore[arg-type]
     return out
 
 
@@ -276,6 +279,12 @@ def preflight(config: str = "paper", device: str = "auto", batch: int | None = N
     )
 
 
+def _secs(lo: float, hi: float) -> str:
+    if hi < 0.1:
+        return f"{lo * 1e3:.0f}–{hi * 1e3:.0f} ms/step"
+    return f"{lo:.2f}–{hi:.2f} s/step"
+
+
 def _gib(n: float) -> str:
     return f"{n / GIB:.2f} GiB" if n >= GIB else f"{n / 2**20:.1f} MiB"
 
@@ -300,11 +309,10 @@ def format_report(r: PreflightReport) -> list[str]:
         f"(peak − fixed) / {r.batch} = {_gib(r.per_sample_bytes)}",
     ]
     if r.gpus:
-        lines.append(f"  GPU estimates (until measured; time at {GPU_UTILISATION:.0%} of dense peak, memory from "
-                     f"the {r.precision} per-sample bytes above):")
+        lo, hi = GPU_UTILISATION
+        lines.append(f"  GPU estimates (until measured): memory from the {r.precision} per-sample bytes above, "
+                     f"time from the counted FLOPs at {lo:.0%}–{hi:.0%} of the dense peak")
         for g in r.gpus:
-            step = f"{g.step_seconds:.2f} s/step" if g.max_batch else "does not fit"
-            b = DEFAULT_BATCH.get(r.config, 1)
-            lines.append(f"    {g.name:<16} {g.precision}  largest batch {g.max_batch:>3}   "
-                         f"batch {min(b, g.max_batch)}: {step}")
+            step = _secs(g.step_seconds[1], g.step_seconds[0]) if g.batch else "does not fit"
+            lines.append(f"    {g.name:<16} {g.precision}  largest batch {g.max_batch:>3}   batch {g.batch}: {step}")
     return lines

@@ -299,22 +299,7 @@ def train_run(
                 continue
             train.set_epoch(epoch)
             loader = epoch_loader(trainer, items, batch, epoch, skip=done, num_workers=workers)
-            for indices, b in zip(loader.batch_sampler, loader, strict=True):
-                t0 = time.perf_counter()
-                rec = trainer.train_step(b)
-                rec = {"kind": "step", **rec, "epoch": epoch, "lr": trainer.opt_g.param_groups[0]["lr"],
-                       "seconds": round(time.perf_counter() - t0, 4)}
-                if rank == 0:
-                    append_log(run, rec)
-                if on_step is not None:
-                    on_step({**rec, "rank": rank, "items": list(indices)}, trainer)
-                if bar is not None:
-                    bar.update(1)
-                    bar.set_postfix(total=f"{rec['total']:.3f}", seg=f"{rec['seg']:.3f}")
-                if options.checkpoint_every and trainer.step % options.checkpoint_every == 0:
-                    trainer.save(run / LAST_CKPT)
-                if trainer.step >= limit:
-                    break
+            _train_batches(trainer, loader, run, options.checkpoint_every, limit, on_step, bar)
             if trainer.step - epoch * spe >= spe:
                 best_value = _end_epoch(trainer, run, val, batch, workers, best_value, rank, world)
     finally:
@@ -330,6 +315,27 @@ def train_run(
         seconds=round(time.perf_counter() - started, 3), precision=trainer.precision,
         digest=trainer.replica_digest(),
     )
+
+
+def _train_batches(trainer: Trainer, loader: DataLoader, run: Path, checkpoint_every: int, limit: int,
+                   on_step: Callable[[dict[str, Any], Trainer], None] | None, bar: Any) -> None:
+    """Train on an epoch's (remaining) batches until the loader ends or the step limit is reached."""
+    for indices, b in zip(loader.batch_sampler, loader, strict=True):
+        t0 = time.perf_counter()
+        rec = trainer.train_step(b)
+        rec = {"kind": "step", **rec, "epoch": trainer.epoch, "lr": trainer.opt_g.param_groups[0]["lr"],
+               "seconds": round(time.perf_counter() - t0, 4)}
+        if trainer.rank == 0:
+            append_log(run, rec)
+        if on_step is not None:
+            on_step({**rec, "rank": trainer.rank, "items": list(indices)}, trainer)
+        if bar is not None:
+            bar.update(1)
+            bar.set_postfix(total=f"{rec['total']:.3f}", seg=f"{rec['seg']:.3f}")
+        if checkpoint_every and trainer.step % checkpoint_every == 0:
+            trainer.save(run / LAST_CKPT)
+        if trainer.step >= limit:
+            break
 
 
 def _end_epoch(trainer: Trainer, run: Path, val: ReleaseSamples | None, batch: int, workers: int,

@@ -70,10 +70,10 @@ def setup_distributed(device: torch.device | None = None) -> tuple[int, int]:
 
     if device is None:
         device = select_device()
+    if device.type == "cuda":
+        torch.cuda.set_device(device)  # before the process group, so NCCL's barriers use this rank's GPU
     if not dist.is_initialized():
         dist.init_process_group(distributed_backend(device), timeout=DIST_TIMEOUT)
-    if device.type == "cuda":
-        torch.cuda.set_device(device)
     return dist.get_rank(), dist.get_world_size()
 
 
