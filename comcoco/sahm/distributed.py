@@ -93,9 +93,10 @@ def launch(fn: Callable[..., Any], args: tuple, nproc: int, expected: tuple[type
         config = LaunchConfig(min_nodes=1, max_nodes=1, nproc_per_node=nproc, run_id=uuid.uuid4().hex,
                               rdzv_backend="c10d", rdzv_endpoint="localhost:0", max_restarts=0,
                               monitor_interval=0.2, start_method="spawn")
-        quiet = logging.getLogger("torch.distributed.elastic")
-        level = quiet.level
-        quiet.setLevel(logging.CRITICAL)  # the failure is reported below, in one line
+        quiet = [logging.getLogger(n) for n in ("torch.distributed.elastic", "torch.multiprocessing")]
+        levels = [q.level for q in quiet]
+        for q in quiet:
+            q.setLevel(logging.CRITICAL)  # a failure is reported below, in one line
         try:
             results = elastic_launch(config, _worker)(fn, args, nproc, tmp, expected)
         except ChildFailedError as exc:
@@ -105,7 +106,8 @@ def launch(fn: Callable[..., Any], args: tuple, nproc: int, expected: tuple[type
             rank, failure = min(exc.failures.items())
             raise RunError(f"process {rank} of {nproc} failed (exit code {failure.exitcode})") from None
         finally:
-            quiet.setLevel(level)
+            for q, level in zip(quiet, levels, strict=True):
+                q.setLevel(level)
     return results[0]
 
 

@@ -12,11 +12,12 @@ Memory model (what "largest batch" extrapolates with): peak(B) = fixed + B × pe
 the batch-independent training state — fp32 weights, gradients and the two AdamW moments of G and D,
 16 bytes per parameter, plus 2 for autocast's low-precision weight copies — and per-sample =
 (measured peak − fixed) / measured batch. The largest batch is the largest B with peak(B) within 90 % of
-the device's memory (CUDA: total memory; CPU: memory available before the model was built).
+the device's memory (CUDA: total memory; CPU: available memory when the preflight starts).
 
 On the CPU the same model gives estimates for reference GPUs: memory from the measured per-sample bytes,
-step time from the counted FLOPs at an assumed share of the GPU's dense tensor-core peak. They are
-estimates until a GPU run measures them (``--device cuda`` here).
+step time as the longer of the counted FLOPs at an assumed share of the GPU's dense tensor-core peak and
+the dispatched operations at an assumed host cost each. They are estimates until a GPU run measures them
+(``--device cuda:N``).
 """
 
 from __future__ import annotations
@@ -47,6 +48,9 @@ HEADROOM = 0.9  # share of device memory a step may plan to use (CUDA context, f
 # Assumed share of the dense tensor-core peak a train step reaches: an estimate, not a measurement (small
 # batches, grid sampling, norms and casts keep this conv/attention mix well below peak).
 GPU_UTILISATION = (0.1, 0.3)
+# Assumed host time to dispatch one eager operation to a GPU: a step cannot be faster than its operations
+# take to launch (PyTorch eager mode: roughly 5–20 µs each).
+DISPATCH_SECONDS = 10e-6
 # Reference GPUs: (name, memory GiB, dense tensor-core TFLOPS in the precision they would train with).
 REFERENCE_GPUS: tuple[tuple[str, float, str, float], ...] = (
     ("T4 16 GB", 16, "fp16", 65),
@@ -85,6 +89,7 @@ class PreflightReport:
     allocator_peak_bytes: int | None  # CUDA: the caching allocator's peak during the timed step
     step_seconds: float
     flops: int  # counted FLOPs of one train step at ``batch`` (matmul and convolution, forward and backward)
+    ops: int  # operations one train step dispatches (independent of the batch size)
     device_bytes: int  # the memory the largest batch is planned against
     device_source: str
     per_sample_bytes: int
@@ -117,6 +122,7 @@ class LiveTensorBytes(TorchDispatchMode):
         self.device = device
         self.ids: set[int] = set()
         self.live = self.peak = 0
+        self.ops = 0  # operations dispatched (each is at least one kernel launch on a GPU)
         for t in initial:
             self.add(t)
 
@@ -139,6 +145,7 @@ class LiveTensorBytes(TorchDispatchMode):
             self.live -= n
 
     def __torch_dispatch__(self, func, types, args=(), kwargs=None):
+        self.ops += 1
         out = func(*args, **(kwargs or {}))
         for t in tree_leaves(out):
             if isinstance(t, torch.Tensor):
@@ -223,18 +230,19 @@ def _measure(cfg: SAHMConfig, device: torch.device, precision: str | None, batch
     _sync(device)
     seconds = time.perf_counter() - t0
     allocator = torch.cuda.max_memory_allocated(device) if device.type == "cuda" else None
-    return {"trainer": trainer, "activation": activation, "flops": flops, "peak": tracker.peak,
+    return {"trainer": trainer, "activation": activation, "flops": flops, "peak": tracker.peak, "ops": tracker.ops,
             "start": start, "allocator": allocator, "seconds": seconds}
 
 
-def gpu_estimates(fixed: int, per_sample: int, flops_per_sample: float, batch: int) -> list[GPUEstimate]:
-    """The memory model and counted FLOPs applied to ``REFERENCE_GPUS`` (estimates until measured)."""
+def gpu_estimates(fixed: int, per_sample: int, flops_per_sample: float, ops: int, batch: int) -> list[GPUEstimate]:
+    """The memory model, counted FLOPs and dispatched operations applied to ``REFERENCE_GPUS``: a step takes
+    the longer of its FLOPs at ``GPU_UTILISATION`` of the peak and its operations' dispatch time."""
     out = []
     for name, gib, prec, tflops in REFERENCE_GPUS:
         mem = int(gib * GIB)
         fit = max(0, math.floor((HEADROOM * mem - fixed) / max(per_sample, 1)))
         b = min(batch, fit)
-        secs = tuple(b * flops_per_sample / (tflops * 1e12 * u) for u in GPU_UTILISATION)
+        secs = tuple(max(b * flops_per_sample / (tflops * 1e12 * u), ops * DISPATCH_SECONDS) for u in GPU_UTILISATION)
         out.append(GPUEstimate(name, mem, prec, fit, b, secs))  # type: ignore[arg-type]
     return out
 
@@ -267,13 +275,14 @@ def preflight(config: str = "paper", device: str = "auto", batch: int | None = N
     max_batch = max(0, math.floor((HEADROOM * device_bytes - fixed) / per_sample))
     gpus = []
     if dev.type == "cpu":
-        gpus = gpu_estimates(fixed, per_sample, m["flops"] / batch, DEFAULT_BATCH.get(config, 1))
+        gpus = gpu_estimates(fixed, per_sample, m["flops"] / batch, m["ops"], DEFAULT_BATCH.get(config, 1))
     return PreflightReport(
         config=cfg.name, image_size=cfg.image_size, batch=batch, device=str(dev),
         device_name=torch.cuda.get_device_name(dev) if dev.type == "cuda" else "CPU",
         precision=trainer.precision, threads=torch.get_num_threads(), params_g=n_g, params_d=n_d,
         fixed_bytes=fixed, activation_bytes=int(m["activation"]), peak_bytes=int(m["peak"]),
         allocator_peak_bytes=m["allocator"], step_seconds=round(m["seconds"], 3), flops=int(m["flops"]),
+        ops=int(m["ops"]),
         device_bytes=int(device_bytes), device_source=device_source, per_sample_bytes=per_sample,
         max_batch=max_batch, gpus=gpus,
     )
@@ -302,7 +311,8 @@ def format_report(r: PreflightReport) -> list[str]:
         + (f"; CUDA allocator peak {_gib(r.allocator_peak_bytes)}" if r.allocator_peak_bytes else ""),
         f"  step time      {r.step_seconds:.2f} s  (G and D forward, backward and AdamW; measured, "
         f"second step)",
-        f"  compute        {r.flops / 1e9:.1f} GFLOPs per step  (matmul and convolution, counted)",
+        f"  compute        {r.flops / 1e9:.1f} GFLOPs per step  (matmul and convolution, counted), "
+        f"{r.ops} operations dispatched",
         f"  largest batch  {r.max_batch} on this device: {_gib(HEADROOM * r.device_bytes)} usable "
         f"({HEADROOM:.0%} of {_gib(r.device_bytes)}, {r.device_source})",
         f"                 extrapolated from batch {r.batch}: peak(B) = fixed + B × per-sample, per-sample = "
@@ -310,8 +320,9 @@ def format_report(r: PreflightReport) -> list[str]:
     ]
     if r.gpus:
         lo, hi = GPU_UTILISATION
-        lines.append(f"  GPU estimates (until measured): memory from the {r.precision} per-sample bytes above, "
-                     f"time from the counted FLOPs at {lo:.0%}–{hi:.0%} of the dense peak")
+        lines.append(f"  GPU estimates (until measured): memory from the {r.precision} per-sample bytes above; "
+                     f"time: FLOPs at {lo:.0%}–{hi:.0%} of the dense peak, at least "
+                     f"{DISPATCH_SECONDS * 1e6:.0f} µs per operation")
         for g in r.gpus:
             step = _secs(g.step_seconds[1], g.step_seconds[0]) if g.batch else "does not fit"
             lines.append(f"    {g.name:<16} {g.precision}  largest batch {g.max_batch:>3}   batch {g.batch}: {step}")
