@@ -352,10 +352,11 @@ class Trainer:
     def loader(
         self, dataset: Dataset, batch_size: int, shuffle: bool = True, num_workers: int = 0
     ) -> DataLoader:
-        """A seeded DataLoader (distributed sampler under data parallelism); reshuffles per epoch."""
+        """A seeded DataLoader; reshuffles per epoch. Training batches (``shuffle``) are split over the
+        data-parallel ranks by a distributed sampler; evaluation (no shuffle) sees the whole dataset."""
         gen = torch.Generator().manual_seed(self.seed + self.epoch)
         sampler = None
-        if self.world > 1:
+        if self.world > 1 and shuffle:
             from torch.utils.data.distributed import DistributedSampler
 
             sampler = DistributedSampler(dataset, shuffle=shuffle, seed=self.seed)
