@@ -52,7 +52,7 @@ def test_preflight_extrapolates_what_a_larger_batch_measures():
           f"measured {three.peak_bytes / 2**20:.1f} MiB")
     assert predicted == pytest.approx(three.peak_bytes, rel=EXTRAPOLATION_RTOL)
     assert three.activation_bytes == pytest.approx(3 * one.activation_bytes, rel=0.1)
-    assert three.flops == pytest.approx(3 * one.flops, rel=0.02) and three.ops == one.ops
+    assert three.flops == pytest.approx(3 * one.flops, rel=0.02) and three.ops == pytest.approx(one.ops, rel=0.05)
     assert one.peak_bytes > one.fixed_bytes and one.step_seconds > 0
     assert one.max_batch == int((0.9 * one.device_bytes - one.fixed_bytes) // one.per_sample_bytes)
     assert [g.name for g in one.gpus][:2] == ["T4 16 GB", "V100 32 GB"]

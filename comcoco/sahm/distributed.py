@@ -10,7 +10,9 @@ from __future__ import annotations
 
 import logging
 import os
+import signal
 import tempfile
+import threading
 import traceback
 import uuid
 from collections.abc import Callable
@@ -97,6 +99,7 @@ def launch(fn: Callable[..., Any], args: tuple, nproc: int, expected: tuple[type
         levels = [q.level for q in quiet]
         for q in quiet:
             q.setLevel(logging.CRITICAL)  # a failure is reported below, in one line
+        handlers = _signal_handlers()  # the agent installs its own; the caller gets its back
         try:
             results = elastic_launch(config, _worker)(fn, args, nproc, tmp, expected)
         except ChildFailedError as exc:
@@ -108,7 +111,16 @@ def launch(fn: Callable[..., Any], args: tuple, nproc: int, expected: tuple[type
         finally:
             for q, level in zip(quiet, levels, strict=True):
                 q.setLevel(level)
+            for sig, handler in handlers.items():
+                signal.signal(sig, handler)
     return results[0]
+
+
+def _signal_handlers() -> dict[signal.Signals, Any]:
+    if threading.current_thread() is not threading.main_thread():
+        return {}
+    sigs = [signal.SIGTERM, signal.SIGINT] + [getattr(signal, n) for n in ("SIGHUP", "SIGQUIT") if hasattr(signal, n)]
+    return {s: signal.getsignal(s) for s in sigs}
 
 
 def _worker(fn: Callable[..., Any], args: tuple, nproc: int, tmp: str,

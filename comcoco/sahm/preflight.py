@@ -89,7 +89,7 @@ class PreflightReport:
     allocator_peak_bytes: int | None  # CUDA: the caching allocator's peak during the timed step
     step_seconds: float
     flops: int  # counted FLOPs of one train step at ``batch`` (matmul and convolution, forward and backward)
-    ops: int  # operations one train step dispatches (independent of the batch size)
+    ops: int  # operations one train step dispatches (almost independent of the batch size)
     device_bytes: int  # the memory the largest batch is planned against
     device_source: str
     per_sample_bytes: int
