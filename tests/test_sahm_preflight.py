@@ -14,7 +14,7 @@ from comcoco.sahm.preflight import DISPATCH_SECONDS, LiveTensorBytes, preflight
 
 runner = CliRunner()
 # Stated tolerance of the memory model peak(B) = fixed + B × per-sample: the peak predicted for batch 3 from
-# batch 1 against the peak measured at batch 3 (tiny, 128²). Measured: within 1 % (0.5 % at batch 4).
+# batch 1 against the peak measured at batch 3 (tiny, 96²). Measured: within 2 % (0.5 % at 128², batch 4).
 EXTRAPOLATION_RTOL = 0.1
 
 
@@ -41,14 +41,14 @@ def test_live_tensor_bytes_follow_allocations_and_releases():
 
 
 def test_preflight_extrapolates_what_a_larger_batch_measures():
-    one = preflight("tiny", "cpu", batch=1, image_size=128)
-    three = preflight("tiny", "cpu", batch=3, image_size=128)
-    cfg = get_config("tiny", image_size=128)
+    one = preflight("tiny", "cpu", batch=1, image_size=96)
+    three = preflight("tiny", "cpu", batch=3, image_size=96)
+    cfg = get_config("tiny", image_size=96)
     assert one.params_g == count_parameters(build_generator(cfg))
     assert one.params_d == count_parameters(build_discriminator(cfg))
     assert one.fixed_bytes == 16 * (one.params_g + one.params_d)  # fp32 weights, grads, two AdamW moments
     predicted = one.fixed_bytes + 3 * one.per_sample_bytes
-    print(f"\npreflight tiny 128²: peak(3) predicted from batch 1 {predicted / 2**20:.1f} MiB, "
+    print(f"\npreflight tiny 96²: peak(3) predicted from batch 1 {predicted / 2**20:.1f} MiB, "
           f"measured {three.peak_bytes / 2**20:.1f} MiB")
     assert predicted == pytest.approx(three.peak_bytes, rel=EXTRAPOLATION_RTOL)
     assert three.activation_bytes == pytest.approx(3 * one.activation_bytes, rel=0.1)
