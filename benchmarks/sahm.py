@@ -92,6 +92,15 @@ def main() -> None:
             batch = tr.collate([dsz[i] for i in range(4)])
             ts = step_times(tr, batch, 5)
             print(f"  tiny {size}², batch 4: median {statistics.median(ts):.3f} s, min {min(ts):.3f} s")
+        print("== CPU train step by precision (tiny 64², batch 4; bf16/fp16 autocast, fp16 with a scaler) ==")
+        dsz = SyntheticRemovalDataset(4, 64)
+        base = None
+        for precision in ("fp32", "bf16", "fp16"):
+            tr = Trainer(get_config("tiny"), tok, seed=0, precision=precision)
+            ts = step_times(tr, tr.collate([dsz[i] for i in range(4)]), 3)
+            base = base or statistics.median(ts)
+            print(f"  {precision}: median {statistics.median(ts):.3f} s  (ratio to fp32 "
+                  f"{statistics.median(ts) / base:.2f}; CPUs without native bf16/fp16 convolutions emulate them)")
         if not args.quick:
             cfg = get_config("paper", image_size=224, swin_window=7)
             tr = Trainer(cfg, tok, seed=0)

@@ -53,12 +53,25 @@ def _quiet_env(monkeypatch, tmp_path):
     torch.set_num_threads(n)
 
 
+def build_workdir(source: Path, out: Path) -> Path:
+    """A 14-sample build of the small demo source (also used by the data-parallel tests)."""
+    config = BuildConfig(limit=14, shard_size=8, seed=0, compose=ComposeConfig(seed=0, objects_per_image=2))
+    build_inline(SourceSpec(root=str(source)), out, config)
+    return out
+
+
+def build_small_release(workdir: Path, out: Path) -> Path:
+    """Release 1.0.0 of ``workdir`` with refs dealt to train/train/val/test (see ``_resplit``)."""
+    rel = build_release(workdir, out, "1.0.0", OPTIONS)
+    _resplit(rel)
+    sizes = {s: len(ReleaseSamples(rel, s, 64, False)) for s in ("train", "val", "test")}
+    assert sizes["train"] >= 8 and sizes["val"] > 0 and sizes["test"] > 0, sizes
+    return rel
+
+
 @pytest.fixture(scope="module")
 def workdir(demo_source_small, tmp_path_factory) -> Path:
-    out = tmp_path_factory.mktemp("sahm-wd") / "wd"
-    config = BuildConfig(limit=14, shard_size=8, seed=0, compose=ComposeConfig(seed=0, objects_per_image=2))
-    build_inline(SourceSpec(root=str(demo_source_small)), out, config)
-    return out
+    return build_workdir(demo_source_small, tmp_path_factory.mktemp("sahm-wd") / "wd")
 
 
 def _resplit(release: Path) -> None:
@@ -76,11 +89,7 @@ def _resplit(release: Path) -> None:
 
 @pytest.fixture(scope="module")
 def release(workdir, tmp_path_factory) -> Path:
-    rel = build_release(workdir, tmp_path_factory.mktemp("sahm-releases") / "R", "1.0.0", OPTIONS)
-    _resplit(rel)
-    sizes = {s: len(ReleaseSamples(rel, s, 64, False)) for s in ("train", "val", "test")}
-    assert sizes["train"] >= 8 and sizes["val"] > 0 and sizes["test"] > 0, sizes
-    return rel
+    return build_small_release(workdir, tmp_path_factory.mktemp("sahm-releases") / "R")
 
 
 @pytest.fixture(scope="module")
@@ -262,6 +271,8 @@ def test_validate_reports_metrics_and_language_baseline(validated, release):
     result, out = validated
     assert {"title", "metrics", "notes", "language_baseline", "sahm", "run"} <= set(result)
     assert result["run"]["config"] == "tiny" and result["run"]["steps"] == 2 and result["run"]["device"] == "cpu"
+    assert result["run"]["precision"] == "fp32" and result["run"]["world_size"] == 1
+    assert "(batch 4) on the ComCOCO train split" in result["notes"] and "on cpu (fp32)" in result["notes"]
     n_test = result["run"]["test_items"]
     lb = result["language_baseline"]
     for mode in ("original", "random", "null"):

@@ -1,7 +1,7 @@
-"""``comcoco sahm train`` / ``comcoco sahm eval``: train the SAHM model on a release and evaluate a run.
+"""``comcoco sahm train`` / ``eval`` / ``preflight``: train SAHM on a release, evaluate a run, size a device.
 
-Under ``torchrun --nproc_per_node=N -m comcoco sahm train ...`` the run is data-parallel (DDP, one
-process per GPU); only rank 0 writes. See docs/sahm.md.
+``train --nproc N`` (or ``torchrun --nproc_per_node=N -m comcoco sahm train ...``) runs data-parallel: one
+process per GPU over NCCL, or N CPU processes over gloo; only rank 0 writes. See docs/sahm.md.
 """
 
 from __future__ import annotations
@@ -18,17 +18,31 @@ sahm_app = typer.Typer(help="Train the SAHM validation model on a release, and e
 _DEVICE_HELP = "auto (CUDA when present, else CPU), cpu, cuda or cuda:N."
 CACHE_HELP = ("MiB of decoded samples (at the model's working size) kept in memory per split and process; "
               "0 turns the cache off.")
-_AMP_HELP = "Mixed precision on CUDA (bf16 where supported, else fp16); default on for CUDA, off on CPU."
+PRECISION_HELP = ("auto (bf16 on CUDA that supports it, fp16 on older GPUs, fp32 on CPU), fp32, bf16 or fp16 "
+                  "(autocast; fp16 with a gradient scaler). bf16 and fp16 also run on the CPU.")
+PRECISIONS = ("auto", "fp32", "bf16", "fp16")
+
+
+def precision_option(value: str) -> str | None:
+    """``--precision`` as the Runtime takes it (None for auto); UserError for unknown names."""
+    if value not in PRECISIONS:
+        raise UserError(f"--precision must be one of {', '.join(PRECISIONS)}, got {value!r}")
+    return None if value == "auto" else value
 
 
 def _errors():
+    return user_errors(*_error_types(), OSError)
+
+
+def _error_types() -> tuple[type[Exception], ...]:
     from comcoco.sahm.data import DataError
+    from comcoco.sahm.encoders import WeightsError
     from comcoco.sahm.metrics import MetricWeightsError
     from comcoco.sahm.runs import RunError
     from comcoco.sahm.text import TokenizerError
     from comcoco.sahm.train import TrainError
 
-    return user_errors(RunError, DataError, TrainError, TokenizerError, MetricWeightsError)
+    return RunError, DataError, TrainError, TokenizerError, MetricWeightsError, WeightsError
 
 
 def print_metrics(metrics: dict) -> None:
@@ -44,7 +58,9 @@ def train(
     out: Path = typer.Option(..., "--out", "-o", help="The run folder (config, tokenizer, checkpoints, logs)."),
     config: str = typer.Option("tiny", "--config", help="tiny (CPU smoke runs) or paper (480², 42.6 M)."),
     device: str = typer.Option("auto", "--device", help=_DEVICE_HELP),
-    amp: bool | None = typer.Option(None, "--amp/--no-amp", help=_AMP_HELP),
+    precision: str = typer.Option("auto", "--precision", help=PRECISION_HELP),
+    nproc: int = typer.Option(1, "--nproc", min=1, help="Data-parallel processes on this machine: one per GPU "
+                              "(NCCL), or CPU processes (gloo). --batch-size is per process."),
     epochs: int | None = typer.Option(None, "--epochs", min=1, help="Epochs in total (default: paper 76, tiny 10)."),
     steps: int | None = typer.Option(None, "--steps", min=0, help="Stop after this many steps in total."),
     batch_size: int | None = typer.Option(None, "--batch-size", min=1,
@@ -63,6 +79,7 @@ def train(
     progress: bool = typer.Option(True, "--progress/--no-progress", help="Show a progress bar."),
 ) -> None:
     """Train SAHM on RELEASE into --out; --resume continues it at the saved step."""
+    from comcoco.sahm.distributed import check_nproc, launch
     from comcoco.sahm.runs import Runtime, TrainOptions, train_run
 
     with _errors():
@@ -74,13 +91,18 @@ def train(
             eval_split=None if eval_split.lower() == "none" else eval_split,
             tokenizer=str(tokenizer) if tokenizer else None,
         )
-        summary = train_run(out, options, Runtime(device=device, amp=amp, num_workers=workers, progress=progress,
-                                    cache_mb=cache_mb),
-                            resume=resume)
+        runtime = Runtime(device=device, precision=precision_option(precision), num_workers=workers,
+                          progress=progress, cache_mb=cache_mb)
+        if nproc > 1:
+            check_nproc(nproc, device)
+            summary = launch(train_run, (out, options, runtime, resume), nproc, expected=_error_types())
+        else:
+            summary = train_run(out, options, runtime, resume=resume)
     if summary.rank != 0:  # under torchrun only rank 0 reports
         return
     typer.echo(f"run      {summary.run}  (step {summary.step}, epoch {summary.epoch}, "
-               f"{summary.steps_per_epoch} steps/epoch, {summary.device}, {summary.world_size} process(es), "
+               f"{summary.steps_per_epoch} steps/epoch, {summary.device}, {summary.precision}, "
+               f"{summary.world_size} process(es), "
                f"{summary.seconds:.1f} s)")
     typer.echo(f"last     {summary.last_checkpoint}")
     if summary.best_checkpoint and summary.best_value is not None:
@@ -97,7 +119,7 @@ def evaluate(
     alexnet: Path | None = typer.Option(None, "--alexnet", help="alexnet-owt-7be5be79.pth for LPIPS "
                                         "(or $COMCOCO_LPIPS_ALEXNET)."),
     device: str = typer.Option("auto", "--device", help=_DEVICE_HELP),
-    amp: bool | None = typer.Option(None, "--amp/--no-amp", help=_AMP_HELP),
+    precision: str = typer.Option("auto", "--precision", help=PRECISION_HELP),
     batch_size: int | None = typer.Option(None, "--batch-size", min=1, help="Evaluation batch size."),
     workers: int | None = typer.Option(None, "--workers", min=0, help="DataLoader workers."),
     cache_mb: float = typer.Option(1024, "--cache-mb", min=0, help=CACHE_HELP),
@@ -110,11 +132,34 @@ def evaluate(
         if split not in ("train", "val", "test"):
             raise UserError(f"--split must be train, val or test, got {split!r}", EXIT_USAGE)
         metrics = eval_run(run, split=split, checkpoint=checkpoint, fid_net=fid_net, alexnet=alexnet,
-                           runtime=Runtime(device=device, amp=amp, num_workers=workers, cache_mb=cache_mb),
+                           runtime=Runtime(device=device, precision=precision_option(precision), num_workers=workers,
+                                           cache_mb=cache_mb),
                            batch_size=batch_size,
                            release=release)
     typer.echo(f"{split} metrics -> {run / metrics_file(split)}")
     print_metrics(metrics)
+
+
+@sahm_app.command("preflight")
+def preflight(
+    config: str = typer.Option("paper", "--config", help="paper (480², 42.6 M) or tiny."),
+    device: str = typer.Option("auto", "--device", help=_DEVICE_HELP),
+    batch: int | None = typer.Option(None, "--batch", min=1, help="Batch to measure (default: 1 on CPU, the "
+                                     "config's per-process batch on CUDA)."),
+    precision: str = typer.Option("auto", "--precision", help=PRECISION_HELP),
+    image_size: int | None = typer.Option(None, "--image-size", min=32, help="Input size (default: the config's)."),
+) -> None:
+    """Build SAHM, run real train steps at the configured size, and print parameters, activation and peak
+    memory, step time and the largest batch the device holds (CPU: extrapolated from the measured batch)."""
+    from comcoco.sahm.preflight import format_report
+    from comcoco.sahm.preflight import preflight as run_preflight
+
+    with _errors():
+        if config not in ("tiny", "paper"):
+            raise UserError(f"--config must be tiny or paper, got {config!r}")
+        report = run_preflight(config, device, batch, precision_option(precision), image_size)
+    for line in format_report(report):
+        typer.echo(line)
 
 
 def register(app: typer.Typer) -> None:

@@ -13,7 +13,7 @@ from pathlib import Path
 import typer
 
 from comcoco.commands._common import EXIT_USAGE, UserError
-from comcoco.commands.sahm import CACHE_HELP
+from comcoco.commands.sahm import CACHE_HELP, PRECISION_HELP, precision_option
 
 
 def validate(
@@ -24,7 +24,7 @@ def validate(
     steps: int | None = typer.Option(None, "--steps", min=1, help="Training steps (default: tiny 300, paper 3000)."),
     batch_size: int | None = typer.Option(None, "--batch-size", min=1, help="Per process (default: paper 8, tiny 4)."),
     device: str = typer.Option("auto", "--device", help="auto, cpu, cuda or cuda:N."),
-    amp: bool | None = typer.Option(None, "--amp/--no-amp", help="Mixed precision on CUDA (default on for CUDA)."),
+    precision: str = typer.Option("auto", "--precision", help=PRECISION_HELP),
     workers: int | None = typer.Option(None, "--workers", min=0, help="DataLoader workers."),
     cache_mb: float = typer.Option(1024, "--cache-mb", min=0, help=CACHE_HELP),
     seed: int = typer.Option(0, "--seed", help="Seed for training and the random-text baseline."),
@@ -52,7 +52,8 @@ def validate(
         options = ValidationOptions(
             config=config, steps=steps, batch_size=batch_size, variant=variant, seed=seed,
             fid_net=str(fid_net) if fid_net else None, alexnet=str(alexnet) if alexnet else None, blind=blind,
-            runtime=Runtime(device=device, amp=amp, num_workers=workers, progress=progress, cache_mb=cache_mb),
+            runtime=Runtime(device=device, precision=precision_option(precision), num_workers=workers,
+                            progress=progress, cache_mb=cache_mb),
         )
         result = validate_release(release, out, options)
         if not result:  # a non-zero rank under torchrun

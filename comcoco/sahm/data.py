@@ -28,6 +28,7 @@ import torch
 import torch.nn.functional as F
 from torch.utils.data import Dataset
 
+from comcoco.errors import ComcocoError
 from comcoco.ids import rng_for
 from comcoco.sahm.train import Collator
 from comcoco.text.syntax import extend_identity, split_words
@@ -35,7 +36,7 @@ from comcoco.text.syntax import extend_identity, split_words
 TEXT_MODES = ("original", "random", "null")
 
 
-class DataError(Exception):
+class DataError(ComcocoError):
     """A release cannot be turned into training samples; the message names the release and item."""
 
 

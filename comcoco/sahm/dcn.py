@@ -1,8 +1,10 @@
 """Deformable convolution (DCNv1/v2) written on one ``F.grid_sample``, so it runs without torchvision.
 
 All kernel taps are sampled in a single bilinear ``grid_sample`` call (zero padding, ``align_corners=True``)
-and contracted with the weight in one matmul. Offsets use the ``torchvision.ops.deform_conv2d`` layout:
-channel ``2k`` is the y offset and ``2k+1`` the x offset of tap ``k`` (taps in row-major kernel order).
+and contracted with the weight in one matmul. Positions and sampling are computed in fp32 under autocast
+(bf16 would round sampling positions to ½ pixel); the contraction follows the autocast dtype. Offsets
+use the ``torchvision.ops.deform_conv2d`` layout: channel ``2k`` is the y offset and ``2k+1`` the x offset
+of tap ``k`` (taps in row-major kernel order).
 """
 
 from __future__ import annotations
@@ -12,6 +14,8 @@ import math
 import torch
 import torch.nn.functional as F
 from torch import nn
+
+from comcoco.sahm.precision import fp32
 
 
 def deform_conv2d(
@@ -37,22 +41,25 @@ def deform_conv2d(
     wo = w + 2 * padding - dilation * (kw - 1)
     if offset.shape != (b, 2 * k, ho, wo):
         raise ValueError(f"offset must have shape {(b, 2 * k, ho, wo)}, got {tuple(offset.shape)}")
-    dtype, dev = x.dtype, x.device
-    ky, kx = torch.meshgrid(
-        torch.arange(kh, device=dev, dtype=dtype) * dilation - padding,
-        torch.arange(kw, device=dev, dtype=dtype) * dilation - padding,
-        indexing="ij",
-    )
-    oy, ox = torch.meshgrid(
-        torch.arange(ho, device=dev, dtype=dtype), torch.arange(wo, device=dev, dtype=dtype), indexing="ij"
-    )
-    off = offset.view(b, k, 2, ho, wo)
-    py = oy.view(1, 1, ho, wo) + ky.reshape(1, k, 1, 1) + off[:, :, 0]  # (B,K,Ho,Wo)
-    px = ox.view(1, 1, ho, wo) + kx.reshape(1, k, 1, 1) + off[:, :, 1]
-    gy = py * (2.0 / max(h - 1, 1)) - 1.0
-    gx = px * (2.0 / max(w - 1, 1)) - 1.0
-    grid = torch.stack((gx, gy), dim=-1).view(b, k * ho, wo, 2)
-    cols = F.grid_sample(x, grid, mode="bilinear", padding_mode="zeros", align_corners=True)  # (B,C,K*Ho,Wo)
+    dev, ft = x.device, torch.promote_types(x.dtype, torch.float32)  # fp32, or fp64 for gradcheck
+    with fp32(x):  # positions near 100 px are held to ½ px in bf16: sample in fp32, contract under autocast
+        ky, kx = torch.meshgrid(
+            torch.arange(kh, device=dev, dtype=ft) * dilation - padding,
+            torch.arange(kw, device=dev, dtype=ft) * dilation - padding,
+            indexing="ij",
+        )
+        oy, ox = torch.meshgrid(
+            torch.arange(ho, device=dev, dtype=ft),
+            torch.arange(wo, device=dev, dtype=ft),
+            indexing="ij",
+        )
+        off = offset.to(ft).view(b, k, 2, ho, wo)
+        py = oy.view(1, 1, ho, wo) + ky.reshape(1, k, 1, 1) + off[:, :, 0]  # (B,K,Ho,Wo)
+        px = ox.view(1, 1, ho, wo) + kx.reshape(1, k, 1, 1) + off[:, :, 1]
+        gy = py * (2.0 / max(h - 1, 1)) - 1.0
+        gx = px * (2.0 / max(w - 1, 1)) - 1.0
+        grid = torch.stack((gx, gy), dim=-1).view(b, k * ho, wo, 2)
+        cols = F.grid_sample(x.to(ft), grid, mode="bilinear", padding_mode="zeros", align_corners=True)
     cols = cols.view(b, c, k, ho, wo)
     if mask is not None:
         cols = cols * mask.view(b, 1, k, ho, wo)

@@ -14,6 +14,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from comcoco.sahm.dcn import AlignedDeformConv
+from comcoco.sahm.precision import GroupNorm32, fp32
 
 NEG = -1e4
 
@@ -29,10 +30,10 @@ class ResBlock(nn.Module):
         super().__init__()
         self.body = nn.Sequential(
             nn.Conv2d(ch, ch, 3, padding=dilation, dilation=dilation),
-            nn.GroupNorm(min(8, ch), ch),
+            GroupNorm32(min(8, ch), ch),
             nn.GELU(),
             nn.Conv2d(ch, ch, 3, padding=1),
-            nn.GroupNorm(min(8, ch), ch),
+            GroupNorm32(min(8, ch), ch),
         )
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
@@ -51,7 +52,7 @@ class HDC(nn.Module):
                     for r in rates
                     for m in (
                         nn.Conv2d(ch, ch, 3, padding=r, dilation=r),
-                        nn.GroupNorm(min(8, ch), ch),
+                        GroupNorm32(min(8, ch), ch),
                         nn.GELU(),
                     )
                 ]
@@ -71,15 +72,17 @@ def contextual_attention(
     """Fill every position from positions outside the mask.
 
     keys (B, C, H, W) give 3×3 patches compared by cosine similarity; values (B, Cv, H, W); mask (B, 1, H, W)
-    in [0, 1]. A key patch touching the mask (3×3 max > 0.5) is suppressed. Returns (B, Cv, H, W).
+    in [0, 1]. A key patch touching the mask (3×3 max > 0.5) is suppressed. Returns (B, Cv, H, W) in fp32,
+    computed in fp32 under autocast too.
     """
     b, c, h, w = keys.shape
-    patches = F.normalize(F.unfold(keys, 3, padding=1), dim=1)  # (B, C·9, HW)
-    sim = torch.bmm(patches.transpose(1, 2), patches) * scale  # (B, HW query, HW key)
-    inside = F.max_pool2d(mask, 3, stride=1, padding=1).flatten(1) > 0.5  # (B, HW)
-    sim = sim.masked_fill(inside[:, None, :], NEG)
-    attn = torch.softmax(sim, dim=-1)
-    out = torch.bmm(attn, values.flatten(2).transpose(1, 2))  # (B, HW, Cv)
+    with fp32(keys):  # patch norms over C·9 values and the scaled softmax overflow or flatten in fp16/bf16
+        patches = F.normalize(F.unfold(keys.float(), 3, padding=1), dim=1)  # (B, C·9, HW)
+        sim = torch.bmm(patches.transpose(1, 2), patches) * scale  # (B, HW query, HW key)
+        inside = F.max_pool2d(mask.float(), 3, stride=1, padding=1).flatten(1) > 0.5  # (B, HW)
+        sim = sim.masked_fill(inside[:, None, :], NEG)
+        attn = torch.softmax(sim, dim=-1)
+        out = torch.bmm(attn, values.float().flatten(2).transpose(1, 2))  # (B, HW, Cv)
     return out.transpose(1, 2).reshape(b, values.shape[1], h, w)
 
 

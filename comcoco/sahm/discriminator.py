@@ -1,8 +1,13 @@
-"""PatchGAN discriminator (pix2pix NLayerDiscriminator shape: ndf 64, 3 strided layers, 70×70 patches)."""
+"""PatchGAN discriminator (pix2pix NLayerDiscriminator shape: ndf 64, 3 strided layers, 70×70 patches).
+
+Its instance norms run in fp32 under autocast; the logits are cast to fp32 before the loss (train.py).
+"""
 
 from __future__ import annotations
 
 from torch import nn
+
+from comcoco.sahm.precision import InstanceNorm32
 
 
 class PatchGAN(nn.Module):
@@ -17,7 +22,7 @@ class PatchGAN(nn.Module):
             stride = 2 if n < n_layers else 1
             layers += [
                 nn.Conv2d(ndf * prev, ndf * mult, 4, stride, 1, bias=False),
-                nn.InstanceNorm2d(ndf * mult, affine=True),
+                InstanceNorm32(ndf * mult, affine=True),
                 nn.LeakyReLU(0.2),
             ]
         layers.append(nn.Conv2d(ndf * mult, 1, 4, 1, 1))

@@ -14,6 +14,7 @@ from pathlib import Path
 import torch
 from torch import nn
 
+from comcoco.errors import ComcocoError
 from comcoco.sahm.config import SAHMConfig
 
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
@@ -23,7 +24,7 @@ IMAGENET_MEAN = (0.485, 0.456, 0.406)
 IMAGENET_STD = (0.229, 0.224, 0.225)
 
 
-class WeightsError(Exception):
+class WeightsError(ComcocoError):
     """A weights folder is missing or does not match the configuration; names the folder."""
 
 

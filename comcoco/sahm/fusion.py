@@ -15,6 +15,8 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from comcoco.sahm.precision import LayerNorm32, fp32
+
 NEG = -1e4  # masked logit; finite so a row with nothing to attend never turns into NaN
 
 
@@ -54,25 +56,28 @@ class SyntaxAwareAttention(nn.Module):
         vv = self.v_vis(vis)  # (B, d, H, W)
         valid = text_mask.bool()
         attr = attribute_mask.bool() & valid
-        ident = (identity_mask.bool() & valid).to(text.dtype)
+        ident = identity_mask.bool() & valid
 
-        # head 1: cosine over all words, learnable temperature
-        k1 = self.k1(text)
-        s1 = torch.einsum("bnd,btd->bnt", F.normalize(q, dim=-1), F.normalize(k1, dim=-1))
-        s1 = (s1 / self.log_gamma.exp()).masked_fill(~valid[:, None, :], NEG)
-        g1 = torch.softmax(s1, dim=-1) @ self.v1(text)
+        k1, v1, k2, v2 = self.k1(text), self.v1(text), self.k2(text), self.v2(text)
+        with fp32(q):  # logits and softmax in fp32: q·k of Swin features overflows fp16, 1/γ is unbounded
+            qf = q.float()
+            # head 1: cosine over all words, learnable temperature
+            s1 = torch.einsum("bnd,btd->bnt", F.normalize(qf, dim=-1), F.normalize(k1.float(), dim=-1))
+            s1 = (s1 / self.log_gamma.float().exp()).masked_fill(~valid[:, None, :], NEG)
+            g1 = torch.softmax(s1, dim=-1) @ v1.float()
 
-        # head 2: scaled dot-product over attribute words; zero when a sentence has none
-        s2 = torch.einsum("bnd,btd->bnt", q, self.k2(text)) / math.sqrt(self.dim)
-        s2 = s2.masked_fill(~attr[:, None, :], NEG)
-        has_attr = attr.any(dim=1).to(text.dtype).view(b, 1, 1)
-        g2 = (torch.softmax(s2, dim=-1) @ self.v2(text)) * has_attr
+            # head 2: scaled dot-product over attribute words; zero when a sentence has none
+            s2 = torch.einsum("bnd,btd->bnt", qf, k2.float()) / math.sqrt(self.dim)
+            s2 = s2.masked_fill(~attr[:, None, :], NEG)
+            has_attr = attr.any(dim=1).float().view(b, 1, 1)
+            g2 = (torch.softmax(s2, dim=-1) @ v2.float()) * has_attr
 
         # head 3: hard attention, weight 1 on each identity word (same language vector at every position)
-        g3 = torch.einsum("bt,btd->bd", ident, self.v3(text))[:, None, :].expand(b, h * w, self.dim)
+        v3 = self.v3(text)
+        g3 = torch.einsum("bt,btd->bd", ident.to(v3.dtype), v3)[:, None, :].expand(b, h * w, self.dim)
 
         wts = self.head_weights()
-        lang = wts[0] * g1 + wts[1] * g2 + wts[2] * g3  # (B, HW, d)
+        lang = (wts[0] * g1 + wts[1] * g2 + wts[2] * g3.float()).to(vv.dtype)  # (B, HW, d)
         p = vv * lang.transpose(1, 2).reshape(b, self.dim, h, w)  # Σ wⱼ (V ⊙ Gⱼ)
         return vis + self.out(p)
 
@@ -82,7 +87,7 @@ class TextProjection(nn.Module):
 
     def __init__(self, in_dim: int, out_dim: int):
         super().__init__()
-        self.proj = nn.Sequential(nn.Linear(in_dim, out_dim), nn.LayerNorm(out_dim))
+        self.proj = nn.Sequential(nn.Linear(in_dim, out_dim), LayerNorm32(out_dim))
 
     def forward(self, text: torch.Tensor) -> torch.Tensor:
         return self.proj(text)

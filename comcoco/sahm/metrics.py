@@ -21,6 +21,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from comcoco.errors import ComcocoError
 from comcoco.io import write_text_atomic
 
 METRIC_KEYS: tuple[str, ...] = ("psnr", "ssim", "iou_mean", "iou_overall", "pr@0.7", "fid", "lpips")
@@ -30,7 +31,7 @@ ALEXNET_FILE = "alexnet-owt-7be5be79.pth"
 NVIDIA_INCEPTION_FILE = "inception-2015-12-05.pt"
 
 
-class MetricWeightsError(Exception):
+class MetricWeightsError(ComcocoError):
     """A metric's weight file is unusable; the message names the file."""
 
 

@@ -1,21 +1,15 @@
-"""SAHM runs on a release: a RUN folder with its config, tokenizer, checkpoints, metrics log and metrics.
-
-```
-RUN/config.json             the run's options, the SAHM configuration and the release it trains on
-RUN/tokenizer/              the tokenizer (trained on the release's training expressions, or a copy)
-RUN/checkpoints/last.pt     written every --checkpoint-every steps and at each epoch end
-RUN/checkpoints/best.pt     the epoch with the best validation mask IoU (best.json says which)
-RUN/metrics.jsonl           one JSON line per step ("kind": "step") and per epoch ("kind": "epoch")
-RUN/metrics.json            `eval --split test`: exactly psnr, ssim, iou_mean, iou_overall, pr@0.7, fid, lpips
-RUN/eval-<split>.json       the same evaluation with its context (checkpoint, step, tagging accuracy, nets)
-```
+"""SAHM runs on a release: train into a RUN folder (``runfiles.py`` lists its files), resume, evaluate.
 
 Resuming continues from ``last.pt`` at the saved step: the batches of a half-finished epoch that were
 already trained are skipped, data order and crops depend only on (seed, epoch, index), and the trainer's
 checkpoint restores every RNG, so a resumed run reproduces an uninterrupted one. Lines of the metrics
-log written after the checkpoint (by a run that died later) are dropped on resume. Under ``torchrun``
-(``WORLD_SIZE`` > 1) the Trainer wraps both networks in DDP; this module splits the data with a
-``DistributedSampler`` and lets only rank 0 write or evaluate.
+log written after the checkpoint (by a run that died later) are dropped on resume.
+
+Data parallelism (``torchrun``, or ``launch`` behind ``--nproc``): the Trainer wraps both networks in DDP.
+An epoch's order is one seeded permutation of the items; rank r of W takes every W-th item from position r,
+so the W per-process batches of a step together hold exactly the items of one process's batch of W×B —
+a data-parallel run trains on what a single process with the global batch would. Only rank 0 writes
+files or evaluates; the others wait at barriers.
 """
 
 from __future__ import annotations
@@ -25,16 +19,16 @@ import os
 import shutil
 import time
 from collections.abc import Callable
-from dataclasses import asdict, dataclass, field, fields, replace
+from dataclasses import asdict, dataclass, replace
 from pathlib import Path
 from typing import Any
 
 import torch
 from torch.utils.data import DataLoader, Dataset
 
-from comcoco.io import write_text_atomic
-from comcoco.sahm.config import SAHMConfig, get_config
+from comcoco.sahm.config import SAHMConfig
 from comcoco.sahm.data import DataError, ReleaseSamples, TextSubstitute, make_collate
+from comcoco.sahm.distributed import barrier, resolve_device, resolve_workers
 from comcoco.sahm.metrics import (
     ALEXNET_FILE,
     FID_ENV,
@@ -48,73 +42,42 @@ from comcoco.sahm.metrics import (
     torch_home,
     write_metrics,
 )
+from comcoco.sahm.runfiles import (  # re-exported: the run's names are imported from here
+    BEST_CKPT,
+    BEST_INFO,
+    CONFIG_FILE,
+    DEFAULT_BATCH,
+    DEFAULT_EPOCHS,
+    LAST_CKPT,
+    LOG_FILE,
+    METRICS_FILE,
+    RUN_FORMAT,
+    TOKENIZER_DIR,
+    RunError,
+    Runtime,
+    TrainOptions,
+    append_log,
+    check_resume,
+    checkpoint_path,
+    metrics_file,
+    options_from,
+    read_log,
+    read_run_config,
+    release_info,
+    truncate_log,
+    write_json,
+)
 from comcoco.sahm.text import TokenizerError, load_tokenizer, train_tokenizer
 from comcoco.sahm.train import Trainer, TrainError, setup_distributed
 
-RUN_FORMAT = 1
-CONFIG_FILE = "config.json"
-TOKENIZER_DIR = "tokenizer"
-LAST_CKPT = "checkpoints/last.pt"
-BEST_CKPT = "checkpoints/best.pt"
-BEST_INFO = "checkpoints/best.json"
-LOG_FILE = "metrics.jsonl"
-METRICS_FILE = "metrics.json"
-DEVICES = ("auto", "cpu", "cuda")
-# Paper: 76 epochs, batch 32 on 4 GPUs (8 per process). Tiny: a CPU smoke budget.
-DEFAULT_EPOCHS = {"paper": 76, "tiny": 10}
-DEFAULT_BATCH = {"paper": 8, "tiny": 4}
+__all__ = [
+    "BEST_CKPT", "BEST_INFO", "CONFIG_FILE", "DEFAULT_BATCH", "DEFAULT_EPOCHS", "LAST_CKPT", "LOG_FILE",
+    "METRICS_FILE", "RUN_FORMAT", "TOKENIZER_DIR", "RunError", "Runtime", "TrainOptions", "TrainSummary",
+    "checkpoint_path", "epoch_loader", "eval_run", "evaluate_dataset", "evaluate_split", "flat_metrics",
+    "load_run", "metrics_file", "read_log", "read_run_config", "steps_per_epoch", "train_run",
+]
+
 BEST_METRIC = "iou_mean"
-
-
-class RunError(Exception):
-    """A run cannot be started, resumed or evaluated as asked; the message names the file or option."""
-
-
-@dataclass(frozen=True)
-class TrainOptions:
-    """What decides a run's result; stored in ``RUN/config.json`` and reused on resume."""
-
-    release: str
-    config: str = "tiny"
-    variant: str = "ComCOCO"
-    epochs: int | None = None  # None: 76 for paper, 10 for tiny
-    max_steps: int | None = None  # stop after this many optimiser steps in total (None: epochs decide)
-    batch_size: int | None = None  # per process; None: 8 for paper, 4 for tiny
-    seed: int = 0
-    image_size: int | None = None  # None: the configuration's
-    min_scale: float = 0.6
-    flip_prob: float = 0.5
-    checkpoint_every: int = 0  # steps; 0: at epoch ends only
-    eval_split: str | None = "val"  # evaluated after each epoch to pick best.pt; None: never
-    tokenizer: str | None = None  # a local ALBERT tokenizer folder; None: train one on the release
-    text: str = "original"  # "null": train on empty expressions (the blind baseline of `validate`)
-    overrides: dict[str, Any] = field(default_factory=dict)  # SAHM config fields
-
-    def resolved_epochs(self) -> int:
-        return int(self.epochs if self.epochs is not None else DEFAULT_EPOCHS.get(self.config, 10))
-
-    def resolved_batch(self) -> int:
-        return int(self.batch_size if self.batch_size is not None else DEFAULT_BATCH.get(self.config, 4))
-
-    def sahm_config(self) -> SAHMConfig:
-        over = dict(self.overrides)
-        if self.image_size is not None:
-            over["image_size"] = self.image_size
-        try:
-            return get_config(self.config, **over)
-        except (ValueError, TypeError) as exc:
-            raise RunError(f"SAHM config {self.config!r}: {exc}") from None
-
-
-@dataclass(frozen=True)
-class Runtime:
-    """How a run executes (not part of its identity): device, AMP, loader workers, progress output."""
-
-    device: str = "auto"
-    amp: bool | None = None  # None: on for CUDA (bf16 where supported, else fp16), off on CPU
-    num_workers: int | None = None  # None: 4 on CUDA, 0 on CPU
-    progress: bool = False
-    cache_mb: float = 1024  # decoded working-size samples kept in memory per dataset and process (0: none)
 
 
 @dataclass(frozen=True)
@@ -130,106 +93,8 @@ class TrainSummary:
     world_size: int
     rank: int
     seconds: float
-
-
-# --- device, distribution ------------------------------------------------------------------------------
-
-
-def resolve_device(name: str) -> torch.device:
-    """``auto``: the local CUDA device when present, else CPU; ``cuda`` is refused without a GPU."""
-    local = int(os.environ.get("LOCAL_RANK", "0"))
-    if name == "auto":
-        return torch.device("cuda", local) if torch.cuda.is_available() else torch.device("cpu")
-    if name == "cpu":
-        return torch.device("cpu")
-    if name.startswith("cuda"):
-        if not torch.cuda.is_available():
-            raise RunError(f"--device {name}: no CUDA device is available (use --device cpu or auto)")
-        return torch.device(name) if ":" in name else torch.device("cuda", local)
-    raise RunError(f"--device must be one of {', '.join(DEVICES)} (or cuda:N), got {name!r}")
-
-
-def resolve_workers(runtime: Runtime, device: torch.device) -> int:
-    if runtime.num_workers is not None:
-        if runtime.num_workers < 0:
-            raise RunError(f"--workers must be >= 0, got {runtime.num_workers}")
-        return runtime.num_workers
-    return min(4, os.cpu_count() or 1) if device.type == "cuda" else 0
-
-
-def _barrier(world: int) -> None:
-    if world > 1:
-        import torch.distributed as dist
-
-        dist.barrier()
-
-
-# --- files ---------------------------------------------------------------------------------------------
-
-
-def _write_json(path: Path, data: Any) -> None:
-    path.parent.mkdir(parents=True, exist_ok=True)
-    write_text_atomic(path, json.dumps(data, indent=2, sort_keys=True) + "\n")
-
-
-def read_run_config(run: str | os.PathLike[str]) -> dict[str, Any]:
-    path = Path(run) / CONFIG_FILE
-    if not path.is_file():
-        raise RunError(f"{path}: not found; {run} is not a SAHM run folder")
-    try:
-        data = json.loads(path.read_text())
-        data["options"], data["sahm"]
-    except (ValueError, KeyError, TypeError) as exc:
-        raise RunError(f"{path}: not a SAHM run config ({exc})") from None
-    return data
-
-
-def _options_from(data: dict[str, Any], path: Path) -> TrainOptions:
-    names = {f.name for f in fields(TrainOptions)}
-    unknown = sorted(set(data) - names)
-    if unknown:
-        raise RunError(f"{path}: unknown run options {unknown}")
-    return TrainOptions(**data)
-
-
-def _release_info(release: Path) -> dict[str, Any]:
-    info: dict[str, Any] = {"path": str(release)}
-    manifest = release / "manifest.json"
-    if manifest.is_file():
-        try:
-            info["version"] = json.loads(manifest.read_text()).get("version")
-        except ValueError:
-            raise RunError(f"{manifest}: unreadable release manifest") from None
-    return info
-
-
-def read_log(run: str | os.PathLike[str]) -> list[dict[str, Any]]:
-    """The metrics log's records, oldest first."""
-    path = Path(run) / LOG_FILE
-    if not path.is_file():
-        return []
-    out = []
-    for n, line in enumerate(path.read_text().splitlines(), 1):
-        if line.strip():
-            try:
-                out.append(json.loads(line))
-            except ValueError:
-                raise RunError(f"{path}: line {n} is not JSON") from None
-    return out
-
-
-def _truncate_log(run: Path, step: int) -> None:
-    """Keep only records up to ``step`` (a run that died after its last checkpoint logged more)."""
-    path = run / LOG_FILE
-    if not path.is_file():
-        return
-    keep = [r for r in read_log(run) if int(r.get("step", 0)) <= step]
-    write_text_atomic(path, "".join(json.dumps(r, sort_keys=True) + "\n" for r in keep))
-
-
-def _append_log(run: Path, record: dict[str, Any]) -> None:
-    with open(run / LOG_FILE, "a", encoding="utf-8") as fh:
-        fh.write(json.dumps(record, sort_keys=True) + "\n")
+    precision: str = "fp32"
+    digest: str = ""  # weights_digest of G and D on this process at the end (equal on every rank)
 
 
 # --- data loading --------------------------------------------------------------------------------------
@@ -249,16 +114,10 @@ def epoch_loader(
     checkpoint restores.
     """
     n = len(dataset)  # type: ignore[arg-type]
-    if trainer.world > 1:
-        from torch.utils.data.distributed import DistributedSampler
-
-        sampler = DistributedSampler(dataset, num_replicas=trainer.world, rank=trainer.rank, shuffle=True,
-                                     seed=trainer.seed, drop_last=True)
-        sampler.set_epoch(epoch)
-        order = list(sampler)
-    else:
-        gen = torch.Generator().manual_seed(trainer.seed * 1_000_003 + epoch)
-        order = torch.randperm(n, generator=gen).tolist()
+    gen = torch.Generator().manual_seed(trainer.seed * 1_000_003 + epoch)
+    order = torch.randperm(n, generator=gen).tolist()
+    if trainer.world > 1:  # rank r takes positions r, r + W, …: step k's W batches are one batch of W×B
+        order = order[: n - n % trainer.world][trainer.rank :: trainer.world]
     batches = [order[i * batch_size : (i + 1) * batch_size] for i in range(len(order) // batch_size)]
     return _loader(trainer, dataset, batches[skip:], num_workers, seed=trainer.seed + epoch)
 
@@ -314,7 +173,7 @@ def _prepare_tokenizer(run: Path, options: TrainOptions, cfg: SAHMConfig, train:
             else:
                 train_tokenizer(train.expressions(), tmp, vocab_size=cfg.text_vocab_size)
             os.rename(tmp, folder)
-        _barrier(world)
+        barrier(world)
         tok = load_tokenizer(folder)
     except TokenizerError as exc:
         raise RunError(str(exc)) from None
@@ -327,43 +186,14 @@ def _prepare_tokenizer(run: Path, options: TrainOptions, cfg: SAHMConfig, train:
 # --- training ------------------------------------------------------------------------------------------
 
 
-def _check_resume(stored: TrainOptions, given: TrainOptions, path: Path) -> TrainOptions:
-    """The stored options with the budget taken from ``given`` (epochs, or the stored ones when not given;
-    ``max_steps`` as given, None meaning no step limit). Config, variant, seed, batch size and image size
-    given explicitly (not at their defaults) must agree with the run's, and so must the release."""
-    default = TrainOptions(release="")
-    for name in ("config", "variant", "seed", "text"):  # left at its default: taken from the run
-        if getattr(given, name) != getattr(default, name) and getattr(given, name) != getattr(stored, name):
-            raise RunError(f"{path}: the run was started with {name}={getattr(stored, name)!r}, "
-                           f"not {getattr(given, name)!r}; start a new run folder instead")
-    for name in ("batch_size", "image_size"):
-        if getattr(given, name) is not None and getattr(given, name) != getattr(stored, name):
-            raise RunError(f"{path}: the run was started with {name}={getattr(stored, name)!r}, "
-                           f"not {getattr(given, name)!r}")
-    if Path(given.release).resolve() != Path(stored.release).resolve():
-        raise RunError(f"{path}: the run trains on {stored.release}, not {given.release}")
-    return replace(stored,
-                   epochs=given.epochs if given.epochs is not None else stored.epochs,
-                   max_steps=given.max_steps)
-
-
-def train_run(
-    run: str | os.PathLike[str],
-    options: TrainOptions,
-    runtime: Runtime | None = None,
-    resume: bool = False,
-    on_step: Callable[[dict[str, Any]], None] | None = None,
-) -> TrainSummary:
-    """Train SAHM on ``options.release`` into ``run`` (or continue it with ``resume``)."""
-    runtime = runtime or Runtime()
-    started = time.perf_counter()
-    run = Path(run)
+def _run_options(run: Path, options: TrainOptions, resume: bool) -> TrainOptions:
+    """The options a (new or resumed) run trains with, checked; the release path made absolute."""
     cfg_path = run / CONFIG_FILE
     if cfg_path.is_file():
         if not resume:
             raise RunError(f"{run}: a run already exists here; pass --resume to continue it or choose a new --out")
         stored = read_run_config(run)
-        options = _check_resume(_options_from(stored["options"], cfg_path), options, cfg_path)
+        options = check_resume(options_from(stored["options"], cfg_path), options, cfg_path)
     elif resume and run.exists() and any(run.iterdir()):
         raise RunError(f"{run}: nothing to resume (no {CONFIG_FILE})")
     release = Path(options.release).resolve()
@@ -374,51 +204,79 @@ def train_run(
         raise RunError(f"--steps must be >= 0, got {options.max_steps}")
     if options.resolved_epochs() < 1:
         raise RunError(f"--epochs must be >= 1, got {options.resolved_epochs()}")
-    cfg = options.sahm_config()
-    batch = options.resolved_batch()
-    if batch < 1:
-        raise RunError(f"--batch-size must be >= 1, got {batch}")
+    if options.resolved_batch() < 1:
+        raise RunError(f"--batch-size must be >= 1, got {options.resolved_batch()}")
+    if options.text not in ("original", "null"):
+        raise RunError(f"text must be 'original' or 'null', got {options.text!r}")
+    return options
 
-    device = resolve_device(runtime.device)
-    rank, world = setup_distributed()
+
+def _datasets(options: TrainOptions, cfg: SAHMConfig, runtime: Runtime) -> tuple[ReleaseSamples, ReleaseSamples | None]:
     try:
-        train = ReleaseSamples(release, "train", cfg.image_size, True, options.variant, options.seed,
+        train = ReleaseSamples(options.release, "train", cfg.image_size, True, options.variant, options.seed,
                                options.min_scale, options.flip_prob, cache_mb=runtime.cache_mb)
         val = None
         if options.eval_split:
-            val = ReleaseSamples(release, options.eval_split, cfg.image_size, False, options.variant,
+            val = ReleaseSamples(options.release, options.eval_split, cfg.image_size, False, options.variant,
                                  cache_mb=runtime.cache_mb)
     except DataError as exc:
         raise RunError(str(exc)) from None
-    if options.text not in ("original", "null"):
-        raise RunError(f"text must be 'original' or 'null', got {options.text!r}")
+    return train, val
+
+
+def _trainer(run: Path, cfg: SAHMConfig, options: TrainOptions, runtime: Runtime, tok: Any,
+             device: torch.device, resume: bool) -> Trainer:
+    last = run / LAST_CKPT
+    try:
+        if resume and last.is_file():
+            trainer = Trainer.resume(last, tok, device=device, precision=runtime.precision)
+        else:
+            trainer = Trainer(cfg, tok, device=device, precision=runtime.precision, seed=options.seed)
+    except TrainError as exc:
+        raise RunError(str(exc)) from None
+    if trainer.cfg != cfg:
+        raise RunError(f"{last}: written with a different SAHM config than {run / CONFIG_FILE}")
+    return trainer
+
+
+def train_run(
+    run: str | os.PathLike[str],
+    options: TrainOptions,
+    runtime: Runtime | None = None,
+    resume: bool = False,
+    on_step: Callable[[dict[str, Any], Trainer], None] | None = None,
+) -> TrainSummary:
+    """Train SAHM on ``options.release`` into ``run`` (or continue it with ``resume``).
+
+    ``on_step(record, trainer)`` is called after every step on every rank; the record is the step's log line
+    plus ``rank`` and ``items`` (the dataset indices of that rank's batch).
+    """
+    runtime = runtime or Runtime()
+    started = time.perf_counter()
+    run = Path(run)
+    options = _run_options(run, options, resume)
+    cfg, batch = options.sahm_config(), options.resolved_batch()
+    device = resolve_device(runtime.device)
+    rank, world = setup_distributed(device)
+    train, val = _datasets(options, cfg, runtime)
     items = train if options.text == "original" else TextSubstitute(train, "null")
     spe = steps_per_epoch(len(train), batch, world)
     if spe == 0:
-        raise RunError(f"{release}: {options.variant} train split has {len(train)} items, fewer than one "
+        raise RunError(f"{options.release}: {options.variant} train split has {len(train)} items, fewer than one "
                        f"batch of {batch} per process ({world}); lower --batch-size")
 
     if rank == 0:
         run.mkdir(parents=True, exist_ok=True)
-    _barrier(world)
+    barrier(world)
     tok = _prepare_tokenizer(run, options, cfg, train, rank, world)
-    if rank == 0:
-        _write_json(cfg_path, {"format": RUN_FORMAT, "options": asdict(options), "sahm": cfg.to_dict(),
-                               "release": _release_info(release)})
-
-    last, best = run / LAST_CKPT, run / BEST_CKPT
-    try:
-        if resume and last.is_file():
-            trainer = Trainer.resume(last, tok, device=device, amp=runtime.amp)
-        else:
-            trainer = Trainer(cfg, tok, device=device, amp=runtime.amp, seed=options.seed)
-    except TrainError as exc:
-        raise RunError(str(exc)) from None
-    if trainer.cfg != cfg:
-        raise RunError(f"{last}: written with a different SAHM config than {cfg_path}")
+    trainer = _trainer(run, cfg, options, runtime, tok, device, resume)
     trainer.collate = make_collate(tok, cfg.max_text_len, train.category_names())
     if rank == 0:
-        _truncate_log(run, trainer.step)
+        write_json(run / CONFIG_FILE, {
+            "format": RUN_FORMAT, "options": asdict(options), "sahm": cfg.to_dict(),
+            "release": release_info(Path(options.release)),
+            "runtime": {"device": str(trainer.device), "precision": trainer.precision, "world_size": world}})
+        truncate_log(run, trainer.step)
     best_value: float | None = None
     if (run / BEST_INFO).is_file():
         best_value = json.loads((run / BEST_INFO).read_text()).get("value")
@@ -440,34 +298,44 @@ def train_run(
                 best_value = _end_epoch(trainer, run, val, batch, workers, best_value, rank, world)
                 continue
             train.set_epoch(epoch)
-            for b in epoch_loader(trainer, items, batch, epoch, skip=done, num_workers=workers):
-                t0 = time.perf_counter()
-                rec = trainer.train_step(b)
-                rec = {"kind": "step", **rec, "epoch": epoch, "lr": trainer.opt_g.param_groups[0]["lr"],
-                       "seconds": round(time.perf_counter() - t0, 4)}
-                if rank == 0:
-                    _append_log(run, rec)
-                if on_step is not None:
-                    on_step(rec)
-                if bar is not None:
-                    bar.update(1)
-                    bar.set_postfix(total=f"{rec['total']:.3f}", seg=f"{rec['seg']:.3f}")
-                if options.checkpoint_every and trainer.step % options.checkpoint_every == 0:
-                    trainer.save(last)
-                if trainer.step >= limit:
-                    break
+            loader = epoch_loader(trainer, items, batch, epoch, skip=done, num_workers=workers)
+            _train_batches(trainer, loader, run, options.checkpoint_every, limit, on_step, bar)
             if trainer.step - epoch * spe >= spe:
                 best_value = _end_epoch(trainer, run, val, batch, workers, best_value, rank, world)
     finally:
         if bar is not None:
             bar.close()
-    trainer.save(last)
-    _barrier(world)
+    trainer.save(run / LAST_CKPT)
+    barrier(world)
+    best = run / BEST_CKPT
     return TrainSummary(
-        run=str(run), step=trainer.step, epoch=trainer.epoch, steps_per_epoch=spe, last_checkpoint=str(last),
-        best_checkpoint=str(best) if best.is_file() else None, best_value=best_value,
-        device=str(trainer.device), world_size=world, rank=rank, seconds=round(time.perf_counter() - started, 3),
+        run=str(run), step=trainer.step, epoch=trainer.epoch, steps_per_epoch=spe,
+        last_checkpoint=str(run / LAST_CKPT), best_checkpoint=str(best) if best.is_file() else None,
+        best_value=best_value, device=str(trainer.device), world_size=world, rank=rank,
+        seconds=round(time.perf_counter() - started, 3), precision=trainer.precision,
+        digest=trainer.replica_digest(),
     )
+
+
+def _train_batches(trainer: Trainer, loader: DataLoader, run: Path, checkpoint_every: int, limit: int,
+                   on_step: Callable[[dict[str, Any], Trainer], None] | None, bar: Any) -> None:
+    """Train on an epoch's (remaining) batches until the loader ends or the step limit is reached."""
+    for indices, b in zip(loader.batch_sampler, loader, strict=True):
+        t0 = time.perf_counter()
+        rec = trainer.train_step(b)
+        rec = {"kind": "step", **rec, "epoch": trainer.epoch, "lr": trainer.opt_g.param_groups[0]["lr"],
+               "seconds": round(time.perf_counter() - t0, 4)}
+        if trainer.rank == 0:
+            append_log(run, rec)
+        if on_step is not None:
+            on_step({**rec, "rank": trainer.rank, "items": list(indices)}, trainer)
+        if bar is not None:
+            bar.update(1)
+            bar.set_postfix(total=f"{rec['total']:.3f}", seg=f"{rec['seg']:.3f}")
+        if checkpoint_every and trainer.step % checkpoint_every == 0:
+            trainer.save(run / LAST_CKPT)
+        if trainer.step >= limit:
+            break
 
 
 def _end_epoch(trainer: Trainer, run: Path, val: ReleaseSamples | None, batch: int, workers: int,
@@ -487,25 +355,16 @@ def _end_epoch(trainer: Trainer, run: Path, val: ReleaseSamples | None, batch: i
                 best_value = float(value)
                 shutil.copyfile(last, run / (BEST_CKPT + ".tmp"))
                 os.replace(run / (BEST_CKPT + ".tmp"), run / BEST_CKPT)
-                _write_json(run / BEST_INFO, {"epoch": trainer.epoch, "step": trainer.step,
+                write_json(run / BEST_INFO, {"epoch": trainer.epoch, "step": trainer.step,
                                               "metric": f"{val.split} {BEST_METRIC}", "value": best_value})
         elif val is not None:
             record["val"] = f"not computed: the {val.split} split is empty"
-        _append_log(run, record)
-    _barrier(world)
+        append_log(run, record)
+    barrier(world)
     return best_value
 
 
 # --- evaluation ----------------------------------------------------------------------------------------
-
-
-def checkpoint_path(run: Path, checkpoint: str) -> Path:
-    """``best`` (falling back to ``last`` when no epoch was validated), ``last``, or a file path."""
-    if checkpoint == "best":
-        return run / BEST_CKPT if (run / BEST_CKPT).is_file() else run / LAST_CKPT
-    if checkpoint == "last":
-        return run / LAST_CKPT
-    return Path(checkpoint)
 
 
 def load_run(run: str | os.PathLike[str], checkpoint: str = "best", runtime: Runtime | None = None) -> tuple[Trainer, dict[str, Any], Path]:
@@ -520,7 +379,7 @@ def load_run(run: str | os.PathLike[str], checkpoint: str = "best", runtime: Run
     os.environ["WORLD_SIZE"] = "1"  # evaluation is one process: no DDP wrapping even under torchrun
     try:
         tok = load_tokenizer(run / TOKENIZER_DIR)
-        trainer = Trainer.resume(ckpt, tok, device=resolve_device(runtime.device), amp=runtime.amp)
+        trainer = Trainer.resume(ckpt, tok, device=resolve_device(runtime.device), precision=runtime.precision)
     except (TokenizerError, TrainError) as exc:
         raise RunError(str(exc)) from None
     finally:
@@ -535,10 +394,6 @@ def _weights(explicit: Any, env: str, default: Path) -> str | None:
     """The weight file a metric used (as ``RemovalMetrics.from_paths`` resolves it), for the record."""
     p = resolve_weights(explicit, env, default)
     return str(p) if p is not None else None
-
-
-def metrics_file(split: str) -> str:
-    return METRICS_FILE if split == "test" else f"metrics-{split}.json"
 
 
 def evaluate_split(
@@ -557,7 +412,7 @@ def evaluate_split(
     runtime = runtime or Runtime()
     run = Path(run)
     trainer, data, ckpt = load_run(run, checkpoint, runtime)
-    options = _options_from(data["options"], run / CONFIG_FILE)
+    options = options_from(data["options"], run / CONFIG_FILE)
     rel = Path(release) if release else Path(options.release)
     try:
         ds = ReleaseSamples(rel, split, trainer.cfg.image_size, False, options.variant, cache_mb=runtime.cache_mb)
@@ -571,7 +426,7 @@ def evaluate_split(
     if len(ds) == 0:
         seven = {k: not_computed(f"the {options.variant} {split} split of {rel} is empty") for k in METRIC_KEYS}
     write_metrics(run / metrics_file(split), seven)
-    _write_json(run / f"eval-{split}.json", {
+    write_json(run / f"eval-{split}.json", {
         "split": split, "variant": options.variant, "release": str(rel), "items": len(ds),
         "checkpoint": str(ckpt), "step": trainer.step, "epoch": trainer.epoch, "config": trainer.cfg.name,
         "image_size": trainer.cfg.image_size, "metrics": result,

@@ -16,6 +16,7 @@ import torch
 from torch import nn
 from torchcrf import CRF
 
+from comcoco.errors import ComcocoError
 from comcoco.text.syntax import IDENTITY_WORDS, TAG_NAMES, TAG_OTHER, split_words, tag_words
 
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
@@ -24,7 +25,7 @@ os.environ.setdefault("TRANSFORMERS_OFFLINE", "1")
 SPECIAL_SYMBOLS = ("[CLS]", "[SEP]", "[MASK]")
 
 
-class TokenizerError(Exception):
+class TokenizerError(ComcocoError):
     """The tokenizer cannot be built or loaded; the message names the folder."""
 
 

@@ -1,19 +1,22 @@
-"""SAHM trainer core: one G/D train step, checkpoints with exact resume, device/AMP/data-parallel setup.
+"""SAHM trainer core: one G/D train step, checkpoints with exact resume, device, precision and data-parallel setup.
 
 Works on any ``torch.utils.data.Dataset`` whose items are dicts with ``image`` and ``ground_truth``
 (3,H,W float in [0,1]), ``mask`` (1,H,W in {0,1}) and ``expression`` (str). H and W must be multiples of 32.
-On CUDA the step runs under autocast (bf16 when supported, else fp16 with a grad scaler); under ``torchrun``
-(``WORLD_SIZE`` > 1) both networks are wrapped in DistributedDataParallel and data is split by a
-``DistributedSampler``. Randomness is seeded; checkpoints carry optimiser, scheduler, scaler and RNG state.
+The step runs in the chosen precision (``precision.py``: fp32, or bf16 / fp16 autocast on CUDA or the CPU,
+fp16 with a gradient scaler). Under ``torchrun`` (``WORLD_SIZE`` > 1) both networks are wrapped in
+DistributedDataParallel over NCCL (CUDA) or gloo (CPU), and every checkpoint first checks that all replicas
+hold the same weights. Randomness is seeded; checkpoints carry optimiser, scheduler, scaler and RNG state.
 """
 
 from __future__ import annotations
 
+import hashlib
 import json
 import os
 import random
 from collections.abc import Sequence
 from dataclasses import dataclass
+from datetime import timedelta
 from pathlib import Path
 from typing import Any
 
@@ -22,18 +25,23 @@ import torch
 from torch import nn
 from torch.utils.data import DataLoader, Dataset
 
+from comcoco.errors import ComcocoError
 from comcoco.io import atomic_write
 from comcoco.sahm.config import SAHMConfig, get_config
 from comcoco.sahm.losses import discriminator_loss, generator_losses
 from comcoco.sahm.metrics import RemovalMetrics
 from comcoco.sahm.model import SAHMGenerator, build_discriminator, build_generator
+from comcoco.sahm.precision import PrecisionError, autocast, resolve_precision
 from comcoco.sahm.text import encode_expressions, tagging_accuracy
 from comcoco.text.syntax import IDENTITY_WORDS
 
 CHECKPOINT_FORMAT = 1
+# Ranks wait at barriers while rank 0 trains the tokenizer or evaluates the validation split; NCCL's default
+# of 10 minutes is shorter than a large split's evaluation at 480².
+DIST_TIMEOUT = timedelta(hours=3)
 
 
-class TrainError(Exception):
+class TrainError(ComcocoError):
     """Unusable training input or checkpoint; the message names the file or sample."""
 
 
@@ -46,25 +54,39 @@ def select_device(device: str | torch.device | None = None) -> torch.device:
     return torch.device("cpu")
 
 
-def amp_dtype(device: torch.device, amp: bool | None) -> torch.dtype | None:
-    """Autocast dtype: None on CPU or when disabled; bf16 if the GPU supports it, else fp16."""
-    if device.type != "cuda" or amp is False:
-        return None
-    return torch.bfloat16 if torch.cuda.is_bf16_supported() else torch.float16
+def distributed_backend(device: torch.device) -> str:
+    """NCCL for CUDA devices, gloo otherwise (the CPU, and tests)."""
+    return "nccl" if device.type == "cuda" else "gloo"
 
 
-def setup_distributed() -> tuple[int, int]:
-    """Initialise the process group under torchrun; returns (rank, world_size), (0, 1) when not distributed."""
+def setup_distributed(device: torch.device | None = None) -> tuple[int, int]:
+    """Initialise the process group under torchrun; returns (rank, world_size), (0, 1) when not distributed.
+
+    The backend follows the device (``distributed_backend``); without one, CUDA when present.
+    """
     world = int(os.environ.get("WORLD_SIZE", "1"))
     if world <= 1:
         return 0, 1
     import torch.distributed as dist
 
+    if device is None:
+        device = select_device()
+    if device.type == "cuda":
+        torch.cuda.set_device(device)  # before the process group, so NCCL's barriers use this rank's GPU
     if not dist.is_initialized():
-        dist.init_process_group("nccl" if torch.cuda.is_available() else "gloo")
-    if torch.cuda.is_available():
-        torch.cuda.set_device(int(os.environ.get("LOCAL_RANK", "0")))
+        dist.init_process_group(distributed_backend(device), timeout=DIST_TIMEOUT)
     return dist.get_rank(), dist.get_world_size()
+
+
+def weights_digest(*state_dicts: dict[str, torch.Tensor]) -> str:
+    """blake2b of the state dicts' names, dtypes, shapes and bytes: equal digests mean identical weights."""
+    h = hashlib.blake2b(digest_size=16)
+    for sd in state_dicts:
+        for name in sorted(sd):
+            t = sd[name].detach().cpu().contiguous()
+            h.update(f"{name}|{t.dtype}|{tuple(t.shape)}|".encode())
+            h.update(t.reshape(-1).view(torch.uint8).numpy().tobytes())
+    return h.hexdigest()
 
 
 def seed_everything(seed: int) -> None:
@@ -130,7 +152,7 @@ class Trainer:
         config: str | SAHMConfig,
         tokenizer: Any,
         device: str | torch.device | None = None,
-        amp: bool | None = None,
+        precision: str | None = None,
         seed: int = 0,
     ):
         self.cfg = get_config(config) if isinstance(config, str) else config
@@ -138,7 +160,11 @@ class Trainer:
         self.tokenizer = tokenizer
         self.seed = seed
         self.device = select_device(device)
-        self.rank, self.world = setup_distributed()
+        try:
+            self.precision = resolve_precision(self.device, precision)
+        except PrecisionError as exc:
+            raise TrainError(str(exc)) from None
+        self.rank, self.world = setup_distributed(self.device)
         seed_everything(seed)
         g: nn.Module = build_generator(self.cfg).to(self.device)
         d: nn.Module = build_discriminator(self.cfg).to(self.device)
@@ -157,8 +183,7 @@ class Trainer:
         )
         self.sched_g = torch.optim.lr_scheduler.ExponentialLR(self.opt_g, gamma=c.lr_decay)
         self.sched_d = torch.optim.lr_scheduler.ExponentialLR(self.opt_d, gamma=c.lr_decay)
-        self.amp_dtype = amp_dtype(self.device, amp)
-        self.scaler = torch.amp.GradScaler("cuda", enabled=self.amp_dtype == torch.float16)
+        self.scaler = torch.amp.GradScaler(self.device.type, enabled=self.precision == "fp16")
         self.collate = Collator(tokenizer, c.max_text_len)
         self.step = 0
         self.epoch = 0
@@ -168,9 +193,7 @@ class Trainer:
         return _unwrap(self.G)  # type: ignore[return-value]
 
     def _autocast(self):
-        if self.amp_dtype is None:
-            return torch.autocast("cpu", enabled=False)
-        return torch.autocast(self.device.type, dtype=self.amp_dtype)
+        return autocast(self.device, self.precision)
 
     def to_device(self, batch: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
         return {k: v.to(self.device, non_blocking=True) for k, v in batch.items()}
@@ -203,7 +226,18 @@ class Trainer:
         self.scaler.update()
         self.opt_d.zero_grad(set_to_none=True)  # D grads from the G pass are discarded
         self.step += 1
-        return {**losses.as_floats(), "d": float(d_loss.detach()), "step": self.step}
+        return {**self._mean_over_ranks({**losses.as_floats(), "d": float(d_loss.detach())}), "step": self.step}
+
+    def _mean_over_ranks(self, values: dict[str, float]) -> dict[str, float]:
+        """Losses averaged over the data-parallel ranks (the global batch's, as one process would log)."""
+        if self.world <= 1:
+            return values
+        import torch.distributed as dist
+
+        keys = sorted(values)
+        t = torch.tensor([values[k] for k in keys], dtype=torch.float64, device=self.device)
+        dist.all_reduce(t)
+        return dict(zip(keys, (t / self.world).tolist(), strict=True))
 
     def end_epoch(self) -> None:
         """Apply the per-epoch exponential learning-rate decay."""
@@ -235,9 +269,27 @@ class Trainer:
             },
         }
 
+    def replica_digest(self) -> str:
+        """``weights_digest`` of G and D on this process."""
+        return weights_digest(_unwrap(self.G).state_dict(), _unwrap(self.D).state_dict())
+
+    def check_replicas(self) -> str:
+        """All ranks compare weight digests (a collective); TrainError if any replica diverged."""
+        mine = self.replica_digest()
+        if self.world > 1:
+            import torch.distributed as dist
+
+            every: list[str | None] = [None] * self.world
+            dist.all_gather_object(every, mine)
+            if len(set(every)) > 1:
+                raise TrainError(f"data-parallel replicas diverged at step {self.step}: weight digests {every}")
+        return mine
+
     def save(self, path: str | Path) -> Path:
-        """Write a checkpoint atomically (rank 0 only under data parallelism)."""
+        """Write a checkpoint atomically (rank 0 only under data parallelism, after ``check_replicas``)."""
         p = Path(path)
+        if self.world > 1:
+            self.check_replicas()
         if self.rank == 0:
             p.parent.mkdir(parents=True, exist_ok=True)
             with atomic_write(p, "wb") as fh:
@@ -263,7 +315,8 @@ class Trainer:
         self.opt_d.load_state_dict(st["opt_d"])
         self.sched_g.load_state_dict(st["sched_g"])
         self.sched_d.load_state_dict(st["sched_d"])
-        self.scaler.load_state_dict(st["scaler"])
+        if st["scaler"] or not self.scaler.is_enabled():  # an fp16 run resumed from fp32 starts a fresh scale
+            self.scaler.load_state_dict(st["scaler"])
         self.step, self.epoch, self.seed = int(st["step"]), int(st["epoch"]), int(st["seed"])
         rng = st["rng"]
         torch.set_rng_state(rng["torch"].cpu())
@@ -279,7 +332,7 @@ class Trainer:
         path: str | Path,
         tokenizer: Any,
         device: str | torch.device | None = None,
-        amp: bool | None = None,
+        precision: str | None = None,
     ) -> Trainer:
         """A trainer rebuilt from a checkpoint's config and state."""
         p = Path(path)
@@ -291,7 +344,7 @@ class Trainer:
             raise TrainError(f"cannot read checkpoint {p}: {exc}") from exc
         if not isinstance(st, dict) or "config" not in st:
             raise TrainError(f"{p} is not a SAHM checkpoint")
-        t = cls(_stored_config(st, p), tokenizer, device=device, amp=amp, seed=int(st["seed"]))
+        t = cls(_stored_config(st, p), tokenizer, device=device, precision=precision, seed=int(st["seed"]))
         t.load(p)
         return t
 
@@ -300,10 +353,11 @@ class Trainer:
     def loader(
         self, dataset: Dataset, batch_size: int, shuffle: bool = True, num_workers: int = 0
     ) -> DataLoader:
-        """A seeded DataLoader (distributed sampler under data parallelism); reshuffles per epoch."""
+        """A seeded DataLoader; reshuffles per epoch. Training batches (``shuffle``) are split over the
+        data-parallel ranks by a distributed sampler; evaluation (no shuffle) sees the whole dataset."""
         gen = torch.Generator().manual_seed(self.seed + self.epoch)
         sampler = None
-        if self.world > 1:
+        if self.world > 1 and shuffle:
             from torch.utils.data.distributed import DistributedSampler
 
             sampler = DistributedSampler(dataset, shuffle=shuffle, seed=self.seed)

@@ -281,7 +281,8 @@ def validate_release(
     seconds = round(time.perf_counter() - started, 1)
     notes = (
         f"SAHM ({config} configuration, {trainer.cfg.image_size}² input) trained for {summary.step} steps "
-        f"(batch {batch}) on the {o.variant} train split ({len(train)} items) on {summary.device}"
+        f"(batch {batch}{f' × {summary.world_size} data-parallel processes' if summary.world_size > 1 else ''}) "
+        f"on the {o.variant} train split ({len(train)} items) on {summary.device} ({summary.precision})"
         f"{', with a twin trained on empty expressions' if blind is not None else ''}, evaluated "
         f"on {o.split} ({len(test)} items) in {seconds} s. Language baseline (paper Table 8): {baseline['verdict']}"
         f"{_ratio_note(baseline)}. "
@@ -297,6 +298,7 @@ def validate_release(
         "language_baseline": baseline,
         "run": {"path": str(run), "config": config, "steps": summary.step, "epochs": summary.epoch,
                 "batch_size": batch, "device": summary.device, "world_size": summary.world_size,
+                "precision": summary.precision,
                 "variant": o.variant, "split": o.split, "train_items": len(train), "test_items": len(test),
                 "seconds": seconds},
     }
