@@ -217,6 +217,28 @@ def _round(v: Any) -> Any:
     return round(v, 4) if isinstance(v, float) else v
 
 
+def _run_folder(release: Path, out: str | os.PathLike[str] | None, fresh: bool) -> Path:
+    """Where the run goes: ``out``, else beside the release; with ``fresh`` a new ``-2``, ``-3``… name."""
+    run = Path(out) if out else default_run_dir(release)
+    if fresh:
+        base, n = run, 1
+        while run.exists():
+            n += 1
+            run = base.with_name(f"{base.name}-{n}")
+    return run
+
+
+def _card_metrics(seven: dict[str, Any], baseline: dict[str, Any]) -> dict[str, Any]:
+    """The flat metrics the card shows: the seven, and IoU with random / null text and without text."""
+    metrics = {k: _round(v) for k, v in flat_metrics(seven).items()}
+    for mode in ("random", "null"):
+        if mode in baseline:
+            metrics[f"iou_mean, {mode} text"] = _round(baseline[mode]["iou_mean"])
+    if "blind" in baseline:
+        metrics["iou_mean, trained without text"] = _round(baseline["blind"]["iou_mean"])
+    return metrics
+
+
 def validate_release(
     release: str | os.PathLike[str],
     out: str | os.PathLike[str] | None = None,
@@ -237,12 +259,7 @@ def validate_release(
     steps = o.steps if o.steps is not None else DEFAULT_STEPS[config]
     if steps < 1:
         raise RunError(f"--steps must be >= 1, got {steps}")
-    run = Path(out) if out else default_run_dir(release)
-    if fresh:
-        base, n = run, 1
-        while run.exists():
-            n += 1
-            run = base.with_name(f"{base.name}-{n}")
+    run = _run_folder(release, out, fresh)
     train_opts = TrainOptions(release=str(release), config=config, variant=o.variant, epochs=10**6,
                               max_steps=steps, batch_size=o.batch_size, seed=o.seed, eval_split=None)
     summary = train_run(run, train_opts, o.runtime, resume=(run / CONFIG_FILE).is_file())
@@ -272,12 +289,7 @@ def validate_release(
     baseline = language_baseline(trainer, test, vocabulary, batch, seed=o.seed, blind=blind,
                                  original=(seven, original_ious))
 
-    metrics = {k: _round(v) for k, v in flat_metrics(seven).items()}
-    for mode in ("random", "null"):
-        if mode in baseline:
-            metrics[f"iou_mean, {mode} text"] = _round(baseline[mode]["iou_mean"])
-    if "blind" in baseline:
-        metrics["iou_mean, trained without text"] = _round(baseline["blind"]["iou_mean"])
+    metrics = _card_metrics(seven, baseline)
     seconds = round(time.perf_counter() - started, 1)
     notes = (
         f"SAHM ({config} configuration, {trainer.cfg.image_size}² input) trained for {summary.step} steps "
