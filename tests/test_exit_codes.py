@@ -15,6 +15,7 @@ import sys
 from pathlib import Path
 
 import pytest
+import torch
 from typer.testing import CliRunner
 
 from comcoco.build import build_inline
@@ -25,6 +26,7 @@ from comcoco.release.builder import ReleaseOptions, build_release
 
 REPO = Path(__file__).resolve().parents[1]
 runner = CliRunner()
+DEAD_URL = "http://127.0.0.1:9"  # the discard port: nothing answers there
 LONG = "x" * 300  # longer than any file system's name limit (255)
 
 
@@ -133,9 +135,9 @@ def test_each_verb_refuses_bad_paths_in_one_line(demo_source_small, built, relea
     long_out = str(tmp_path / LONG)
     ro = str(readonly_dir / "out")
     cases: list[tuple[list[str], str | None]] = [
-        (["demo-source", str(a_file)], "a file stands"),
-        (["demo-source", long_out, "--images", "4"], "File name too long"),
-        (["demo-source", ro, "--images", "4"], "Read-only"),
+        (["demo-source", "-o", str(a_file)], "a file stands"),
+        (["demo-source", "-o", long_out, "--images", "4"], "File name too long"),
+        (["demo-source", "-o", ro, "--images", "4"], "Read-only"),
         (["inspect", missing], "missing"),
         (["inspect", str(a_file)], None),
         (["inspect", src, "--images", str(a_file)], "--images"),
@@ -162,7 +164,13 @@ def test_each_verb_refuses_bad_paths_in_one_line(demo_source_small, built, relea
         (["validate", missing, "--no-write"], "not a comcoco release"),
         (["sahm", "train", missing, "-o", str(tmp_path / "run"), "--steps", "1"], None),
         (["sahm", "eval", missing], None),
+        (["audit", missing], "not a comcoco release"),
+        (["review", "users", "list", "--url", DEAD_URL], "unreachable"),
+        (["review", "users", "add", "a@b.c", "--password", "pw", "--url", DEAD_URL], "unreachable"),
+        (["review", "users", "remove", "a@b.c", "--url", DEAD_URL], "unreachable"),
     ]
+    if torch.cuda.device_count() <= 99:  # the one verb without paths: a device this machine does not have
+        cases.append((["sahm", "preflight", "--device", "cuda:99"], "cuda:99"))
     leaves = verbs()
     walked = set()
     for argv, needle in cases:
@@ -180,7 +188,7 @@ def test_each_verb_refuses_bad_paths_in_one_line(demo_source_small, built, relea
 
 def test_usage_errors_inside_verbs(release, built, tmp_path):
     cases = [
-        (["demo-source", str(tmp_path / "d"), "--images", "2"], "at least 4"),
+        (["demo-source", "-o", str(tmp_path / "d"), "--images", "2"], "at least 4"),
         (["release", str(built), "-o", str(tmp_path / "r"), "--version", "1.0"], "X.Y.Z"),
         (["release", str(built), "-o", str(tmp_path / "r"), "--version", "1.0.0", "--split", "train"], "--split"),
         (["release", str(built), "-o", str(tmp_path / "r"), "--version", "1.0.0", "--split", "dev=1"], "dev"),

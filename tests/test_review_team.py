@@ -120,7 +120,7 @@ def test_team_overlap_every_answer_resolution_and_agreement(workdir, admin, env,
     res = cli(["review", "users", "list"], env)
     assert res.exit_code == 0 and all(e in res.output for e in emails) and "(the token user)" in res.output
     res = cli(["review", "users", "add", emails[0], "--password", PASSWORD], env)
-    assert res.exit_code == 2 and "already has an account" in res.stderr
+    assert res.exit_code == 3 and "already has an account" in res.stderr
 
     rows = status_rows(workdir)
     sids = sorted(rows)
@@ -283,7 +283,7 @@ def test_bad_input_is_named_and_a_later_pull_continues(workdir, admin, env, labe
     # a wrong token: one line, nothing local touched
     before = ledger_path(workdir).read_bytes()
     res = cli(["review", "pull", str(workdir), "--stage", "placement"], {**env, "COMCOCO_LS_TOKEN": "0" * 40})
-    assert res.exit_code == 2 and "refused the API token" in res.stderr and "\n" not in res.stderr.strip()
+    assert res.exit_code == 3 and "refused the API token" in res.stderr and "\n" not in res.stderr.strip()
     assert ledger_path(workdir).read_bytes() == before
 
     # a token that expires halfway through a pull: what was read is kept, and the next pull continues

@@ -444,12 +444,12 @@ def test_loading_freezes_the_source_and_leaves_the_collector_on(tmp_path: Path, 
         before = gc.get_freeze_count()
         with pytest.raises(SourceError, match="malformed JSON"):
             load_source(root)
-        assert gc.isenabled() and gc.get_freeze_count() == before  # a failed load freezes nothing
+        assert gc.isenabled() and gc.get_freeze_count() <= before  # a failed load freezes nothing (frozen objects may die)
         (root / "refcoco+" / "instances.json").unlink()
         write_source(root, [], [], [], [])
         gc.disable()  # a caller that turned the collector off keeps it off, and nothing is frozen
         load_source(root)
-        assert not gc.isenabled() and gc.get_freeze_count() == before
+        assert not gc.isenabled() and gc.get_freeze_count() <= before
     finally:
         gc.enable()
         gc.unfreeze()
@@ -460,7 +460,7 @@ def test_small_sources_are_not_frozen(tmp_path: Path) -> None:
     root = write_source(tmp_path / "src", [], [], [], []).parent
     frozen = gc.get_freeze_count()
     load_source(root)
-    assert gc.isenabled() and gc.get_freeze_count() == frozen
+    assert gc.isenabled() and gc.get_freeze_count() <= frozen
 
 
 # --- inspect's geometry checks in bulk ----------------------------------------------------------------

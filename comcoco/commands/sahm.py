@@ -6,6 +6,7 @@ process per GPU over NCCL, or N CPU processes over gloo; only rank 0 writes. See
 
 from __future__ import annotations
 
+import re
 from pathlib import Path
 
 import typer
@@ -24,10 +25,17 @@ PRECISIONS = ("auto", "fp32", "bf16", "fp16")
 
 
 def precision_option(value: str) -> str | None:
-    """``--precision`` as the Runtime takes it (None for auto); UserError for unknown names."""
+    """``--precision`` as the Runtime takes it (None for auto); an unknown name is a usage error (exit 2)."""
     if value not in PRECISIONS:
-        raise UserError(f"--precision must be one of {', '.join(PRECISIONS)}, got {value!r}")
+        raise UserError(f"--precision must be one of {', '.join(PRECISIONS)}, got {value!r}", EXIT_USAGE)
     return None if value == "auto" else value
+
+
+def device_option(value: str) -> str:
+    """``--device`` of a known form (exit 2 otherwise); whether that device exists is checked later (exit 3)."""
+    if not re.fullmatch(r"auto|cpu|cuda(:\d+)?", value):
+        raise UserError(f"--device must be one of auto, cpu, cuda (or cuda:N), got {value!r}", EXIT_USAGE)
+    return value
 
 
 def _errors():
@@ -91,7 +99,7 @@ def train(
             eval_split=None if eval_split.lower() == "none" else eval_split,
             tokenizer=str(tokenizer) if tokenizer else None,
         )
-        runtime = Runtime(device=device, precision=precision_option(precision), num_workers=workers,
+        runtime = Runtime(device=device_option(device), precision=precision_option(precision), num_workers=workers,
                           progress=progress, cache_mb=cache_mb)
         if nproc > 1:
             check_nproc(nproc, device)
@@ -132,7 +140,7 @@ def evaluate(
         if split not in ("train", "val", "test"):
             raise UserError(f"--split must be train, val or test, got {split!r}", EXIT_USAGE)
         metrics = eval_run(run, split=split, checkpoint=checkpoint, fid_net=fid_net, alexnet=alexnet,
-                           runtime=Runtime(device=device, precision=precision_option(precision), num_workers=workers,
+                           runtime=Runtime(device=device_option(device), precision=precision_option(precision), num_workers=workers,
                                            cache_mb=cache_mb),
                            batch_size=batch_size,
                            release=release)
@@ -157,7 +165,7 @@ def preflight(
     with _errors():
         if config not in ("tiny", "paper"):
             raise UserError(f"--config must be tiny or paper, got {config!r}")
-        report = run_preflight(config, device, batch, precision_option(precision), image_size)
+        report = run_preflight(config, device_option(device), batch, precision_option(precision), image_size)
     for line in format_report(report):
         typer.echo(line)
 

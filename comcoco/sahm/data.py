@@ -122,6 +122,9 @@ def to_working(array: np.ndarray, hw: tuple[int, int]) -> np.ndarray:
 class ReleaseSamples(Dataset):
     """SAHM items from one split of a release: ``image``, ``ground_truth``, ``mask``, ``expression`` and ids.
 
+    ``mask`` is the region to remove: the release's effect mask (the object and its shadow; the object's
+    mask in releases without effects), since a robust composite differs from its ground truth there.
+
     ``train=True`` draws a crop and flip per (seed, epoch, index); call ``set_epoch`` before each epoch's
     DataLoader is created. ``train=False`` only resizes. ``cache_mb`` bounds the memory kept for decoded
     working-resolution samples in this process (0: none); with DataLoader workers each worker keeps its own.
@@ -189,7 +192,7 @@ class ReleaseSamples(Dataset):
             item = self.base[index]
         except (OSError, KeyError, ValueError) as exc:
             raise DataError(f"{self.release}: {self.variant}/{self.split} ref {ref_id}: {exc}") from None
-        image, gt, mask = item["image"], item["ground_truth"], item["mask"]
+        image, gt, mask = item["image"], item["ground_truth"], item.get("effect_mask", item["mask"])
         if image.shape != gt.shape or image.shape[-2:] != mask.shape[-2:]:
             raise DataError(
                 f"{self.release}: sample {sample_id}: image {tuple(image.shape)}, ground truth "
