@@ -119,6 +119,9 @@ def _print_summary(out: Path, summary: dict) -> None:
         by_error.setdefault(err, []).append(f"{int(shard):05d}")
     for err, shards in by_error.items():
         typer.echo(f"shard(s) {', '.join(shards)} did not complete: {err}")
+    for shard, what in (record.get("shards_redone") or {}).items():
+        typer.echo(f"shard {int(shard):05d} was made again: its files differed from the hashes recorded "
+                   f"when it was made ({what})")
     secs = ", ".join(f"{k} {v:.1f}s" for k, v in record["seconds"].items())
     typer.echo(f"seconds: {secs}; {record['samples_per_second']:.1f} samples/s")
     typer.echo(f"status: {os.path.join(out, 'status.parquet')}  manifest: {os.path.join(out, 'manifest.json')}")
