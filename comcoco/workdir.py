@@ -28,9 +28,8 @@ from __future__ import annotations
 import io
 import json
 import threading
-from collections.abc import Iterator
+from collections.abc import Iterable, Iterator, Sequence
 from contextlib import contextmanager
-from collections.abc import Iterable, Sequence
 from dataclasses import dataclass, fields
 from pathlib import Path
 from typing import Any
@@ -339,6 +338,33 @@ class Workdir:
 
     def stale_marker(self) -> Path:
         return self.review_dir / STALE_MARKER
+
+    def check_against_manifest(self, files: Iterable[str], threads: int = 4) -> list[str]:
+        """What differs between ``files`` (relative paths) and the sha256 ``manifest.json`` lists for them:
+        a file missing, unlisted or changed since the build (or review pull) that wrote the manifest."""
+        from concurrent.futures import ThreadPoolExecutor
+
+        path = self.root / MANIFEST_FILE
+        try:
+            listed = json.loads(path.read_text())["files"]
+            if not isinstance(listed, dict):
+                raise TypeError("files is not a mapping")
+        except FileNotFoundError:
+            return [f"{path}: missing (the build did not finish; run `comcoco build` again)"]
+        except (OSError, ValueError, KeyError, TypeError, UnicodeDecodeError) as exc:
+            return [f"{path}: unreadable ({type(exc).__name__}: {exc})"]
+        wanted = sorted(set(files))
+
+        def one(rel: str) -> str | None:
+            p = self.root / rel
+            if rel not in listed:
+                return f"{rel}: not in manifest.json"
+            if not p.is_file():
+                return f"{rel}: missing"
+            return None if sha256_file(p) == listed[rel] else f"{rel}: content differs from manifest.json"
+
+        with ThreadPoolExecutor(max_workers=max(1, threads)) as pool:  # hashing releases the GIL
+            return [p for p in pool.map(one, wanted) if p is not None]
 
     # data files
     def complete_shards(self) -> list[int]:

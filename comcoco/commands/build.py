@@ -18,7 +18,13 @@ from comcoco.commands._common import (
     usage_errors,
     user_errors,
 )
-from comcoco.commands._options import ComposeOptions, compose_options, out_option
+from comcoco.commands._options import (
+    ComposeOptions,
+    check_image_root,
+    compose_options,
+    image_root_option,
+    out_option,
+)
 
 
 @compose_options
@@ -28,6 +34,7 @@ def build(
     dataset: str = typer.Option("refcoco+", help="Dataset folder under SOURCE."),
     split_by: str = typer.Option("unc", help="Split name in refs(<split-by>).p."),
     images: Path | None = typer.Option(None, help="Image folder (default SOURCE/images/mscoco/images/train2014)."),
+    image_root: Path | None = image_root_option(),
     limit: int | None = typer.Option(None, min=1, help="Compose at most N samples (the first refs by id)."),
     seed: int = typer.Option(0, help="Seed for matching ties, placement and everything random."),
     k: int = typer.Option(5, min=1, help="Background candidates per object from scene matching."),
@@ -74,7 +81,7 @@ def build(
         if out.exists() and not out.is_dir():
             raise UserError(f"{out}: a file stands where the work directory belongs")
         spec = SourceSpec(root=str(source.resolve()), dataset=dataset, split_by=split_by,
-                          images=str(images.resolve()) if images else None)
+                          images=str(images.resolve()) if images else None, image_root=check_image_root(image_root))
         check_resume(out, config, spec)  # refuse a mismatched work directory before any work
         out.mkdir(parents=True, exist_ok=True)  # so does an output path that cannot be a folder
         cached_source(spec)  # an unreadable source fails here, in one line, before the flow starts

@@ -8,6 +8,7 @@ from pathlib import Path
 import typer
 
 from comcoco.commands._common import UserError, user_errors
+from comcoco.commands._options import check_image_root, image_root_option
 from comcoco.sources.refer import DEFAULT_DATASET, DEFAULT_SPLIT_BY, SourceError, load_source
 from comcoco.sources.validate import InspectReport, inspect_source
 
@@ -42,6 +43,7 @@ def inspect(
     images: Path | None = typer.Option(
         None, "--images", help="Image directory (default SOURCE/images/mscoco/images/train2014)."
     ),
+    image_root: Path | None = image_root_option(),
     deep: bool = typer.Option(False, "--deep", help="Fully decode every image instead of reading headers."),
     as_json: bool = typer.Option(False, "--json", help="Print one JSON object instead of a table."),
     workers: int | None = typer.Option(None, "--workers", min=1, help="Threads for image checks (default: cores, max 8)."),
@@ -50,7 +52,8 @@ def inspect(
     with user_errors(SourceError):
         if images is not None and not images.is_dir():
             raise UserError(f"{images}: --images is not a directory")
-        src = load_source(source, dataset=dataset, split_by=split_by, images=images)
+        src = load_source(source, dataset=dataset, split_by=split_by, images=images,
+                          image_root=check_image_root(image_root))
         report = inspect_source(src, deep=deep, workers=workers)
     if as_json:
         typer.echo(json.dumps(report.to_dict(), indent=2, ensure_ascii=False))

@@ -49,6 +49,7 @@ from comcoco.sources.parse import (
     is_map,
 )
 from comcoco.sources.parse import ref_records as parse_ref_records
+from comcoco.sources.paths import trusted_image_file
 from comcoco.sources.raw import read_instances, read_refs
 
 # --- id arguments ------------------------------------------------------------------------------
@@ -196,6 +197,7 @@ class ReferSource:
                 self.__dict__[name] = getattr(ix, name)
 
     data = _RawData()
+    IMAGE_ROOT: str | None = None  # set by load_source: where symlinks in the image folder may lead
     _large = False  # set by load_source: whatever it builds later is frozen as the source was
 
     @classmethod
@@ -377,7 +379,9 @@ class ReferSource:
         return _lookup(self._category_by_id, category_id, "category id")
 
     def image_path(self, image_id: int) -> Path:
-        return Path(self.IMAGE_DIR) / self.image(image_id).file_name
+        """The image's file inside ``IMAGE_DIR``; ``UnsafeImagePath`` (an ``ImageReadError``) when its
+        ``file_name`` leads elsewhere (``comcoco.sources.paths``; symlinks may end below ``IMAGE_ROOT``)."""
+        return trusted_image_file(self.IMAGE_DIR, self.image(image_id).file_name, self.IMAGE_ROOT)
 
     def __repr__(self) -> str:
         return (
@@ -403,13 +407,16 @@ def load_source(
     images: str | os.PathLike[str] | None = None,
     *,
     cache_dir: str | os.PathLike[str] | None = None,
+    image_root: str | os.PathLike[str] | None = None,
 ) -> ReferSource:
     """Read ``ROOT/<dataset>/refs(<split_by>).p`` (or ``.json``) and ``ROOT/<dataset>/instances.json``.
 
     Raises :class:`SourceError` (or :class:`UnsafePickleError`) naming the file when the source is
     unusable; non-fatal defects end up in ``source.problems``. A source that loads is remembered in
     the index cache (``cache_dir``; see :mod:`comcoco.sources.index_cache`), and a later load of the
-    same, unchanged files builds the same records and problems from there.
+    same, unchanged files builds the same records and problems from there. ``image_root`` admits
+    images that are symlinks into that folder (a symlink farm); without it every image must resolve
+    inside the image folder.
     """
     root = Path(root)
     if not root.is_dir():
@@ -434,6 +441,7 @@ def load_source(
                 fp = _fingerprint(refs_file, instances_file)[0]
                 source = ReferSource._from_cache(read_cache(directory, fp, refs_file, instances_file), fp, **where)
                 source._large = large
+                source.IMAGE_ROOT = str(image_root) if image_root is not None else None
                 return source
             except CacheMiss:  # read the files once more, and cache what those very bytes give
                 fp, refs_bytes, inst_bytes = _fingerprint(refs_file, instances_file, keep=True)
@@ -442,6 +450,7 @@ def load_source(
         del refs_bytes, inst_bytes
         source = ReferSource(refs, instances, ref_records=prepared, **where)
         source._large = large
+        source.IMAGE_ROOT = str(image_root) if image_root is not None else None
     if fp is not None:
         with paused_gc():
             try:

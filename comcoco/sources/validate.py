@@ -21,7 +21,15 @@ from typing import Any
 import numpy as np
 
 from comcoco.records import Annotation, ImageInfo, Problem
-from comcoco.sources.images import ImageReadError, image_size, is_rle, polygon_area, read_image
+from comcoco.sources.images import (
+    ImageReadError,
+    ImageTooLarge,
+    UnsafeImagePath,
+    image_size,
+    is_rle,
+    polygon_area,
+    read_image,
+)
 from comcoco.sources.refer import KNOWN_SPLITS, ReferSource
 
 # How far (pixels) a bbox may reach past the image border before it counts as outside: COCO boxes
@@ -33,6 +41,8 @@ PROBLEM_KINDS: tuple[str, ...] = (
     "missing_image",
     "missing_image_dir",
     "missing_image_file",
+    "unsafe_image_path",
+    "image_too_large",
     "unreadable_image",
     "image_size_mismatch",
     "empty_polygon",
@@ -306,15 +316,21 @@ def annotation_problems(
 # --- image files -------------------------------------------------------------------------------
 
 
-def _check_image_file(path: Path, image: ImageInfo, deep: bool) -> list[Problem]:
+def _check_image_file(source: ReferSource, image: ImageInfo, deep: bool) -> list[Problem]:
     iid = image.image_id
-    if not path.is_file():
+    try:
+        path = source.image_path(iid)
+    except UnsafeImagePath as exc:
+        return [Problem("unsafe_image_path", str(exc.path), iid, f"image {iid}: {exc.reason}")]
+    if not path.exists():
         return [Problem("missing_image_file", str(path), iid, f"image {iid}: file not found")]
     try:
         if deep:
             h, w = read_image(path).shape[:2]
         else:
             w, h = image_size(path)
+    except ImageTooLarge as exc:
+        return [Problem("image_too_large", str(path), iid, f"image {iid}: {exc.reason}")]
     except ImageReadError as exc:
         return [Problem("unreadable_image", str(path), iid, f"image {iid}: {exc.reason}")]
     if (w, h) != (image.width, image.height):
@@ -330,7 +346,8 @@ def _check_image_file(path: Path, image: ImageInfo, deep: bool) -> list[Problem]
 def image_file_problems(
     source: ReferSource, images: Sequence[ImageInfo], deep: bool = False, workers: int | None = None
 ) -> list[Problem]:
-    """Existence, readability and size of each image file, in the given order.
+    """Where each image file is (inside the image folder), whether it is there, readable, within the
+    size and pixel limits and of its recorded size, in the given order.
 
     Decoding releases the GIL, so a thread pool spreads ``deep`` checks over the cores.
     """
@@ -338,12 +355,11 @@ def image_file_problems(
     if not image_dir.is_dir():
         return [Problem("missing_image_dir", str(image_dir), None, f"image directory {image_dir} does not exist")]
     n_workers = workers if workers is not None else min(8, os.cpu_count() or 1)
-    jobs = [(image_dir / image.file_name, image) for image in images]
-    if n_workers <= 1 or len(jobs) < 2:
-        results = [_check_image_file(p, i, deep) for p, i in jobs]
+    if n_workers <= 1 or len(images) < 2:
+        results = [_check_image_file(source, i, deep) for i in images]
     else:
         with ThreadPoolExecutor(max_workers=n_workers) as pool:
-            results = list(pool.map(lambda job: _check_image_file(job[0], job[1], deep), jobs))
+            results = list(pool.map(lambda image: _check_image_file(source, image, deep), images))
     return [p for found in results for p in found]
 
 
