@@ -33,9 +33,11 @@ from comcoco.plan import (
     BuildConfig,
     SourceSpec,
     check_resume,
+    check_source_unchanged,
     cut_into_shards,
     plan_groups,
     shard_ids,
+    source_fingerprint_of,
     write_plan,
 )
 from comcoco.stages import Executor, Inline, Stage, walk
@@ -102,6 +104,7 @@ def plan_stage(spec: SourceSpec, workdir: Workdir | str | Path, config: BuildCon
     groups = plan_groups(candidates, cached_source(spec)[1], config.compose, config.limit)
     rows = cut_into_shards(groups, config.shard_size)
     shards = shard_ids(rows)
+    fingerprint = source_fingerprint_of(wd.root, cached_source(spec)[0], rows)
     meta = {
         "config": config.to_dict(),
         "profile": config.compose.profile,
@@ -111,16 +114,20 @@ def plan_stage(spec: SourceSpec, workdir: Workdir | str | Path, config: BuildCon
         "targets_per_composite": {str(n): c for n, c in group_sizes([g.members for g in groups]).items()},
         "shards": len(shards),
         "comcoco_version": comcoco.__version__,
+        "source_fingerprint": fingerprint,
     }
     write_plan(wd.root, rows, meta)
     return shards
 
 
 def prepare_workdir(workdir: Workdir | str | Path, config: BuildConfig, spec: SourceSpec) -> None:
-    """Create the work directory, refusing one that was planned with another configuration."""
+    """Create the work directory, refusing one that was planned with another configuration or from a
+    source that changed since."""
     wd = as_workdir(workdir)
     wd.root.mkdir(parents=True, exist_ok=True)
-    check_resume(wd.root, config, spec)
+    meta = check_resume(wd.root, config, spec)
+    if meta is not None:
+        check_source_unchanged(wd.root, meta, spec)
 
 
 def verify_shards(workdir: Workdir | str | Path, shards: Sequence[int], threads: int = 4) -> dict[int, str]:

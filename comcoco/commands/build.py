@@ -59,8 +59,8 @@ def build(
     Exit 0 when every sample is ok or failed with a reason (listed); 4 when a shard did not complete,
     nothing is ok, nothing was planned, or (with --strict) any sample failed; see docs/cli.md.
     """
-    from comcoco.plan import BuildConfig, SourceSpec, check_resume
-    from comcoco.workdir import cached_models, cached_source
+    from comcoco.plan import BuildConfig, SourceSpec, check_resume, check_source_unchanged
+    from comcoco.workdir import Workdir, cached_models, cached_source
     from pipelines.runners import RunnerSpec
 
     with user_errors():
@@ -82,21 +82,24 @@ def build(
             raise UserError(f"{out}: a file stands where the work directory belongs")
         spec = SourceSpec(root=str(source.resolve()), dataset=dataset, split_by=split_by,
                           images=str(images.resolve()) if images else None, image_root=check_image_root(image_root))
-        check_resume(out, config, spec)  # refuse a mismatched work directory before any work
-        out.mkdir(parents=True, exist_ok=True)  # so does an output path that cannot be a folder
-        cached_source(spec)  # an unreadable source fails here, in one line, before the flow starts
-        cached_models(config)  # so does a checkpoint that does not load
-        from pipelines.build import run_build
+        out.mkdir(parents=True, exist_ok=True)  # an output path that cannot be a folder fails here
+        with Workdir(out.resolve()).lock("build"):  # a second build (or a pull) is refused before any work
+            meta = check_resume(out, config, spec)  # so is a mismatched work directory
+            if meta is not None:
+                check_source_unchanged(out, meta, spec)  # and a source that changed since the plan
+            cached_source(spec)  # an unreadable source fails here, in one line, before the flow starts
+            cached_models(config)  # so does a checkpoint that does not load
+            from pipelines.build import run_build
 
-        show = sys.stderr.isatty() if progress is None else progress
-        try:
-            summary = run_build(spec, out, config, runner_spec, retry_failed=retry_failed, progress=show,
-                                strict=strict)
-        except OSError as exc:
-            if is_disk_full(exc):
-                raise PartialResult(f"{describe_os_error(exc)}; what was finished is kept in {out}: free some "
-                                    "space and run the same command again to resume") from None
-            raise
+            show = sys.stderr.isatty() if progress is None else progress
+            try:
+                summary = run_build(spec, out, config, runner_spec, retry_failed=retry_failed, progress=show,
+                                    strict=strict)
+            except OSError as exc:
+                if is_disk_full(exc):
+                    raise PartialResult(f"{describe_os_error(exc)}; what was finished is kept in {out}: free "
+                                        "some space and run the same command again to resume") from None
+                raise
     _print_summary(out, summary)
 
 

@@ -17,7 +17,8 @@ import json
 import logging
 import os
 import shutil
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -331,12 +332,20 @@ def run_release_stages(workdir: str | os.PathLike[str], releases: str | os.PathL
         wd.require_plan()  # fail before creating anything when the work directory is unusable
     except WorkdirError as exc:
         raise ReleaseError(str(exc)) from None
+    releases = Path(releases).resolve()
+    with release_locks(wd.root, releases, version):
+        return _run_release_stages(wd, releases, version, options, executor, validate, progress)
+
+
+@contextmanager
+def release_locks(workdir: str | os.PathLike[str], releases: str | os.PathLike[str], version: str) -> Iterator[None]:
+    """Hold version ``version`` in ``releases`` (one builder) and ``workdir`` shared (no writer meanwhile)."""
     check_version(version)
     releases = Path(releases).resolve()
     lock = releases / f".{release_name(version)}.lock"
     with exclusive(lock, f"release {version}", f"release {version} in {releases}"), \
-            wd.lock(f"release {version}", shared=True):
-        return _run_release_stages(wd, releases, version, options, executor, validate, progress)
+            Workdir(Path(workdir).resolve()).lock(f"release {version}", shared=True):
+        yield
 
 
 def _run_release_stages(wd: Workdir, releases: Path, version: str, options: ReleaseOptions, executor: Executor,
