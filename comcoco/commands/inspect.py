@@ -9,6 +9,7 @@ import typer
 
 from comcoco.commands._common import UserError, user_errors
 from comcoco.commands._options import check_image_root, image_root_option
+from comcoco.sources.format import short
 from comcoco.sources.refer import DEFAULT_DATASET, DEFAULT_SPLIT_BY, SourceError, load_source
 from comcoco.sources.validate import InspectReport, inspect_source
 
@@ -20,7 +21,8 @@ def _print_report(report: InspectReport) -> None:
     typer.echo(f"images   {report.image_dir}")
     typer.echo(f"{'split':<10}{'refs':>10}{'expressions':>14}{'images':>10}")
     for name, counts in report.splits.items():
-        typer.echo(f"{name:<10}{counts.refs:>10}{counts.expressions:>14}{counts.images:>10}")
+        shown = name if name.isprintable() else short(name)  # a split name is data: never a terminal escape
+        typer.echo(f"{shown:<10}{counts.refs:>10}{counts.expressions:>14}{counts.images:>10}")
     typer.echo(f"{'total':<10}{report.refs:>10}{report.expressions:>14}{report.referred_images:>10}")
     typer.echo(f"instances.json: {report.images} images, {report.annotations} annotations")
     check = "every image decoded" if report.deep else "image headers read (--deep decodes every image)"
@@ -56,7 +58,8 @@ def inspect(
                           image_root=check_image_root(image_root))
         report = inspect_source(src, deep=deep, workers=workers)
     if as_json:
-        typer.echo(json.dumps(report.to_dict(), indent=2, ensure_ascii=False))
+        text = json.dumps(report.to_dict(), indent=2, ensure_ascii=False)
+        typer.echo(text.encode("utf-8", "backslashreplace").decode("utf-8"))  # a lone surrogate stays escaped
     else:
         _print_report(report)
 

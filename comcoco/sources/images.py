@@ -238,6 +238,12 @@ def is_rle(segmentation: Any) -> bool:
     return isinstance(segmentation, dict) and "counts" in segmentation and "size" in segmentation
 
 
+def is_rle_like(segmentation: Any) -> bool:
+    """True for a dict that means to be an RLE (it has ``counts``), with or without a usable ``size``:
+    one without is a problem of that annotation (``inspect`` reports it), not of the whole source."""
+    return isinstance(segmentation, dict) and "counts" in segmentation
+
+
 def usable_polygons(segmentation: Sequence[Any]) -> list[list[float]]:
     """Polygons with at least three finite points, as float lists (a trailing odd coordinate is dropped).
 
@@ -258,18 +264,23 @@ def usable_polygons(segmentation: Sequence[Any]) -> list[list[float]]:
 def segmentation_rles(segmentation: Any, height: int, width: int) -> list[dict[str, Any]]:
     """One pycocotools RLE per part of the segmentation (per polygon, or the single RLE)."""
     height, width = int(height), int(width)
-    if is_rle(segmentation):
-        size = [int(v) for v in segmentation["size"]]
+    if is_rle_like(segmentation):
+        size_value = segmentation.get("size")
+        if not isinstance(size_value, list | tuple) or len(size_value) != 2:
+            raise ValueError("RLE without a [height, width] size")
+        size = [int(v) for v in size_value]
         if size != [height, width]:
             raise ValueError(f"RLE size {size} does not match image size [{height}, {width}]")
         counts = segmentation["counts"]
-        if isinstance(counts, list):
+        if isinstance(counts, list) and all(type(c) is int and c >= 0 for c in counts):
             return [mask_utils.frPyObjects({"size": size, "counts": counts}, height, width)]
-        if isinstance(counts, str):
+        if isinstance(counts, str) and counts.isascii():
             counts = counts.encode("ascii")
+        if not isinstance(counts, bytes):
+            raise ValueError("RLE counts are neither a compressed string nor a list of counts")
         return [{"size": size, "counts": counts}]
     if isinstance(segmentation, list | tuple):
-        if segmentation and all(is_rle(part) for part in segmentation):
+        if segmentation and all(is_rle_like(part) for part in segmentation):
             return [rle for part in segmentation for rle in segmentation_rles(part, height, width)]
         polys = usable_polygons(segmentation)
         if not polys:

@@ -11,19 +11,11 @@ The image folder itself may be a symlink; what counts is where it resolves.
 from __future__ import annotations
 
 import os
-import reprlib
 import unicodedata
 from pathlib import Path, PurePosixPath, PureWindowsPath
 
+from comcoco.sources.format import short
 from comcoco.sources.images import UnsafeImagePath
-
-_SHORT = reprlib.Repr()
-_SHORT.maxstring = 80
-
-
-def short(value: object) -> str:
-    """A hostile value quoted for a message: its repr, shortened (control characters stay escaped)."""
-    return _SHORT.repr(value)
 
 
 def name_problem(file_name: object) -> str | None:

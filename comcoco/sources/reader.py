@@ -27,6 +27,7 @@ from comcoco.sources.format import (
     DEFAULT_SPLIT_BY,
     KNOWN_SPLITS,
     SourceError,
+    short,
 )
 from comcoco.sources.images import segmentation_rles
 from comcoco.sources.index import build_index, find_problems
@@ -62,7 +63,7 @@ def _id_list(value: Any) -> list[Any]:
     if isinstance(value, numbers.Integral) and not isinstance(value, bool):
         return [int(value)]
     if isinstance(value, str | bytes):
-        raise TypeError(f"expected an id or a list of ids, got {type(value).__name__} {value!r}")
+        raise TypeError(f"expected an id or a list of ids, got {type(value).__name__} {short(value)}")
     if isinstance(value, np.ndarray):
         return [int(v) for v in value.ravel()]
     if isinstance(value, Iterable):
@@ -73,14 +74,14 @@ def _id_list(value: Any) -> list[Any]:
 def _single_id(value: Any) -> int:
     if isinstance(value, numbers.Integral) and not isinstance(value, bool):
         return int(value)
-    raise TypeError(f"expected one integer id, got {type(value).__name__} {value!r}")
+    raise TypeError(f"expected one integer id, got {type(value).__name__} {short(value)}")
 
 
 def _lookup(table: Mapping[int, Any], key: Any, what: str) -> Any:
     try:
         return table[key]
     except KeyError:
-        raise KeyError(f"unknown {what} {key!r}") from None
+        raise KeyError(f"unknown {what} {short(key)}") from None
     except TypeError:
         raise TypeError(f"{what} must be an integer, got {type(key).__name__}") from None
 
@@ -455,8 +456,9 @@ def load_source(
         with paused_gc():
             try:
                 write_cache(directory, fp, source)
-            except (OSError, NotCacheable):
-                pass  # the cache only saves time; a source that cannot be cached still loads
+            except (OSError, NotCacheable, RecursionError, ValueError, TypeError):
+                pass  # the cache only saves time; a source that cannot be cached (a value nested too deep
+                # for its JSON, say) still loads
     return source
 
 

@@ -21,12 +21,13 @@ from typing import Any
 import numpy as np
 
 from comcoco.records import Annotation, ImageInfo, Problem
+from comcoco.sources.format import sentence_problem, short
 from comcoco.sources.images import (
     ImageReadError,
     ImageTooLarge,
     UnsafeImagePath,
     image_size,
-    is_rle,
+    is_rle_like,
     polygon_area,
     read_image,
 )
@@ -62,6 +63,7 @@ PROBLEM_KINDS: tuple[str, ...] = (
     "annotation_image_mismatch",
     "category_mismatch",
     "sent_ids_mismatch",
+    "unusable_text",
 )
 
 
@@ -245,6 +247,12 @@ def _bulk_polygon_problems(annotations: Sequence[Annotation], file: str) -> list
 
 def _rle_problems(seg: dict[str, Any], ann: Annotation, image: ImageInfo | None, file: str) -> Iterator[Problem]:
     size = seg.get("size")
+    counts = seg.get("counts")
+    if not (isinstance(counts, str) and counts.isascii()) and not (
+            isinstance(counts, list) and all(type(c) is int and c >= 0 for c in counts)):
+        yield Problem("invalid_segmentation", file, ann.ann_id,
+                      f"annotation {ann.ann_id}: RLE counts {short(counts)} are neither a compressed string nor "
+                      "a list of counts")
     if not isinstance(size, list | tuple) or len(size) != 2:
         yield Problem("invalid_segmentation", file, ann.ann_id, f"annotation {ann.ann_id}: RLE without a [height, width] size")
     elif image is not None and [size[0], size[1]] != [image.height, image.width]:
@@ -284,11 +292,11 @@ def annotation_problems(
     out: list[Problem] = []
     seg = ann.segmentation
     aid = ann.ann_id
-    if is_rle(seg):
+    if is_rle_like(seg):
         out.extend(_rle_problems(seg, ann, image, file))
         if referred:
             out.append(Problem("referred_rle", file, aid, f"annotation {aid} is referred but stored as RLE; original REFER getMask needs polygons"))
-    elif isinstance(seg, list | tuple) and seg and all(is_rle(part) for part in seg):
+    elif isinstance(seg, list | tuple) and seg and all(is_rle_like(part) for part in seg):
         for part in seg:
             out.extend(_rle_problems(part, ann, image, file))
     else:
@@ -363,6 +371,23 @@ def image_file_problems(
     return [p for found in results for p in found]
 
 
+def text_problems(refs: Sequence[Any], file: str) -> list[Problem]:
+    """Sentences whose text cannot be shipped (lone surrogates, control characters), by ref id.
+
+    The build reports them (``source-report.json``); review tasks and releases leave those sentences
+    out (``comcoco.sources.format.usable_sentences``), so they are never first met by a release.
+    """
+    out = []
+    for ref in refs:
+        for sent in ref.sentences:
+            why = sentence_problem(sent)
+            if why is not None:
+                out.append(Problem("unusable_text", file, ref.ref_id,
+                                   f"ref {ref.ref_id} sentence {sent.sent_id}: {why}: {short(sent.raw)}; "
+                                   "the sentence is left out of review tasks and releases"))
+    return out
+
+
 def inspect_source(source: ReferSource, deep: bool = False, workers: int | None = None) -> InspectReport:
     """Count refs, expressions, images and annotations per split and list every problem found.
 
@@ -383,6 +408,7 @@ def inspect_source(source: ReferSource, deep: bool = False, workers: int | None 
     for i in suspects.tolist():  # the others have good polygons and a good bbox: nothing to report
         ann = annotations[i]
         problems.extend(annotation_problems(ann, image_by_id.get(ann.image_id), inst, ann.ann_id in referred, polygons[i]))
+    problems.extend(text_problems(refs, str(source.refs_file)))
     problems.extend(image_file_problems(source, images, deep=deep, workers=workers))
 
     return InspectReport(
