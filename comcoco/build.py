@@ -17,6 +17,7 @@ from __future__ import annotations
 import errno
 import json
 import logging
+import os
 import subprocess
 from collections import Counter
 from collections.abc import Sequence
@@ -32,9 +33,11 @@ from comcoco.plan import (
     BuildConfig,
     SourceSpec,
     check_resume,
+    check_source_unchanged,
     cut_into_shards,
     plan_groups,
     shard_ids,
+    source_fingerprint_of,
     write_plan,
 )
 from comcoco.stages import Executor, Inline, Stage, walk
@@ -42,6 +45,7 @@ from comcoco.workdir import (
     BUILD_RECORD,
     CANDIDATES_FILE,
     MANIFEST_FILE,
+    SHARDS_DIR,
     SOURCE_REPORT,
     StatusRow,
     Workdir,
@@ -100,6 +104,7 @@ def plan_stage(spec: SourceSpec, workdir: Workdir | str | Path, config: BuildCon
     groups = plan_groups(candidates, cached_source(spec)[1], config.compose, config.limit)
     rows = cut_into_shards(groups, config.shard_size)
     shards = shard_ids(rows)
+    fingerprint = source_fingerprint_of(wd.root, cached_source(spec)[0], rows)
     meta = {
         "config": config.to_dict(),
         "profile": config.compose.profile,
@@ -109,16 +114,42 @@ def plan_stage(spec: SourceSpec, workdir: Workdir | str | Path, config: BuildCon
         "targets_per_composite": {str(n): c for n, c in group_sizes([g.members for g in groups]).items()},
         "shards": len(shards),
         "comcoco_version": comcoco.__version__,
+        "source_fingerprint": fingerprint,
     }
     write_plan(wd.root, rows, meta)
     return shards
 
 
 def prepare_workdir(workdir: Workdir | str | Path, config: BuildConfig, spec: SourceSpec) -> None:
-    """Create the work directory, refusing one that was planned with another configuration."""
+    """Create the work directory, refusing one that was planned with another configuration or from a
+    source that changed since."""
     wd = as_workdir(workdir)
     wd.root.mkdir(parents=True, exist_ok=True)
-    check_resume(wd.root, config, spec)
+    meta = check_resume(wd.root, config, spec)
+    if meta is not None:
+        check_source_unchanged(wd.root, meta, spec)
+
+
+def verify_shards(workdir: Workdir | str | Path, shards: Sequence[int], threads: int = 4) -> dict[int, str]:
+    """Check every complete shard against the hashes its marker recorded; a shard whose files differ
+    (bit rot, an edit, a lost file) is reported and removed, so it is made again. Returns
+    {shard: what differed}."""
+    from concurrent.futures import ThreadPoolExecutor
+
+    wd = as_workdir(workdir)
+    done = [s for s in shards if wd.is_complete(s)]
+    with ThreadPoolExecutor(max_workers=max(1, threads)) as pool:  # hashing releases the GIL
+        found = dict(zip(done, pool.map(wd.check_shard, done), strict=True))
+    damaged = {}
+    for shard, problems in found.items():
+        if problems:
+            more = f" and {len(problems) - 3} more" if len(problems) > 3 else ""
+            damaged[shard] = "; ".join(problems[:3]) + more
+            log.warning("shard %s: its files differ from what was recorded when it was made (%s); "
+                        "it is made again", shard_name(shard), damaged[shard])
+            final = wd.shard_dir(shard)  # set aside in one step: the shard writer clears it and redoes the shard
+            os.rename(final, final.with_name(f".{final.name}.damaged-{os.getpid()}"))
+    return damaged
 
 
 def pending_shards(workdir: Workdir | str | Path, shards: Sequence[int], retry_failed: bool = False) -> list[int]:
@@ -163,8 +194,11 @@ def write_manifest(workdir: Workdir | str | Path, status_counts: dict[str, Any])
     """``manifest.json``: sha256 of every data file, counts and the configuration."""
     wd = as_workdir(workdir)
     meta = wd.require_plan()
+    files = {rel: sha256_file(wd.root / rel) for rel in wd.data_files() if not rel.startswith(SHARDS_DIR + "/")}
+    for shard in wd.complete_shards():  # as recorded when each shard was made, not whatever is there now
+        files.update(wd.recorded_files(shard))
     manifest = {
-        "files": {rel: sha256_file(wd.root / rel) for rel in wd.data_files()},
+        "files": dict(sorted(files.items())),
         "counts": {"shards": meta["shards"], "composites": meta["composites"], **status_counts},
         "profile": meta["config"]["compose"].get("profile", "paper"),
         "config": meta["config"],
@@ -217,6 +251,7 @@ class BuildRecord:
     threads: int | None = None
     matching: dict[str, Any] = field(default_factory=dict)
     outcome: dict[str, Any] = field(default_factory=dict)
+    shards_redone: dict[str, str] = field(default_factory=dict)  # damaged on disk, made again
 
     def write(self, workdir: Workdir | str | Path) -> None:
         write_text_atomic(as_workdir(workdir).path(BUILD_RECORD), _json(asdict(self)))
@@ -246,6 +281,7 @@ class BuildContext:
     todo: list[int] = field(default_factory=list)
     results: list[dict[str, Any]] = field(default_factory=list)
     errors: dict[int, str] = field(default_factory=dict)
+    damaged: dict[int, str] = field(default_factory=dict)  # complete shards whose files no longer match
     disk_full: bool = False
     counts: dict[str, Any] = field(default_factory=dict)
 
@@ -337,6 +373,7 @@ def _match(ctx: BuildContext, ex: Executor) -> None:
 
 def _plan(ctx: BuildContext, ex: Executor) -> None:
     ctx.shards = ex.call("plan", _plan_step, *ctx.args())
+    ctx.damaged = verify_shards(ctx.workdir, ctx.shards)
     ctx.todo = pending_shards(ctx.workdir, ctx.shards, ctx.retry_failed)
     log.info("compose: %d of %d shard(s) to run", len(ctx.todo), len(ctx.shards))
 
@@ -370,9 +407,16 @@ BUILD_STAGES: tuple[Stage, ...] = (
 def run_build_stages(ctx: BuildContext, executor: Executor) -> dict[str, Any]:
     """Walk ``BUILD_STAGES`` with ``executor``, write ``build.json``; returns the build's summary.
 
-    The summary's ``outcome`` is the verdict (``comcoco.outcome``) that the CLI's exit code and the
-    flow's final state follow.
+    The work directory is held for the whole build (``Workdir.lock``): a second build, a review pull or
+    a release of it is refused while this one runs. The summary's ``outcome`` is the verdict
+    (``comcoco.outcome``) that the CLI's exit code and the flow's final state follow.
     """
+    ctx.workdir.root.mkdir(parents=True, exist_ok=True)
+    with ctx.workdir.lock("build"):
+        return _run_build_stages(ctx, executor)
+
+
+def _run_build_stages(ctx: BuildContext, executor: Executor) -> dict[str, Any]:
     prepare_workdir(ctx.workdir, ctx.config, ctx.spec)
     started = datetime.now(UTC).isoformat(timespec="seconds")
     seconds = walk(BUILD_STAGES, ctx, executor)
@@ -397,6 +441,7 @@ def run_build_stages(ctx: BuildContext, executor: Executor) -> dict[str, Any]:
         threads=ran.get("threads"),
         matching=ctx.matching,
         outcome=outcome.to_dict(),
+        shards_redone={str(k): v for k, v in sorted(ctx.damaged.items())},
     )
     record.write(ctx.workdir)
     (log.info if outcome.verdict == "ok" else log.warning)("build: %s", outcome.line())
@@ -421,5 +466,5 @@ def build_inline(spec: SourceSpec, workdir: Workdir | str | Path, config: BuildC
 __all__ = [
     "BUILD_STAGES", "BuildContext", "BuildRecord", "build_inline", "check_source", "code_version",
     "collect_status", "failure_summary", "match_stage", "outcome_of", "pending_shards", "plan_stage",
-    "prepare_workdir", "refresh_status", "run_build_stages", "shard_verdict", "write_manifest",
+    "prepare_workdir", "refresh_status", "run_build_stages", "shard_verdict", "verify_shards", "write_manifest",
 ]

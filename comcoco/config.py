@@ -119,11 +119,13 @@ class SourceSpec:
     dataset: str = "refcoco+"
     split_by: str = "unc"
     images: str | None = None
+    image_root: str | None = None  # symlinks in the image folder may lead anywhere below it
 
     def load(self) -> Any:
         from comcoco.sources.refer import load_source
 
-        return load_source(self.root, dataset=self.dataset, split_by=self.split_by, images=self.images)
+        return load_source(self.root, dataset=self.dataset, split_by=self.split_by, images=self.images,
+                           image_root=self.image_root)
 
 
 @dataclass(frozen=True)

@@ -393,5 +393,68 @@ def check_resume(workdir: str | Path, config: BuildConfig, source: SourceSpec) -
     return meta
 
 
+# --- the source's fingerprint ---------------------------------------------------------------------
+
+STAMP_CACHE = ".source-stamps.json"  # hashes of the source's files by stat (comcoco.sources.fingerprint)
+
+
+def source_fingerprint_of(workdir: str | Path, source: Any, rows: Sequence[PlanRow]) -> dict[str, Any]:
+    """Size and SHA-256 of the refs file, ``instances.json`` and every image the plan's rows use."""
+    from comcoco.sources.fingerprint import StampCache, source_fingerprint
+    from comcoco.sources.images import ImageReadError
+
+    ids = sorted({int(r.fg_image_id) for r in rows} | {int(r.bg_image_id) for r in rows})
+    names: dict[int, str] = {}
+    for i in ids:
+        try:
+            names[i] = source.image(i).file_name
+        except KeyError:  # an image the plan names but instances.json lacks: its samples fail anyway
+            continue
+
+    def path(i: int) -> Path | None:
+        try:
+            return source.image_path(i)
+        except ImageReadError:  # a refused file name: never read, recorded as refused
+            return None
+
+    cache = StampCache(Path(workdir) / STAMP_CACHE)
+    fp = source_fingerprint(Path(source.refs_file), Path(source.instances_file), Path(source.ROOT_DIR), names,
+                            path, cache)
+    cache.save()
+    return fp
+
+
+def check_source_unchanged(workdir: str | Path, meta: dict[str, Any], spec: SourceSpec) -> None:
+    """Refuse to resume when a source file the plan recorded changed since (naming the files)."""
+    from comcoco.sources.fingerprint import StampCache, changed_files, stamp_files
+    from comcoco.sources.format import DEFAULT_IMAGE_SUBDIR
+    from comcoco.sources.images import ImageReadError
+    from comcoco.sources.paths import short, trusted_image_file
+
+    recorded = meta.get("source_fingerprint")
+    if not isinstance(recorded, dict):
+        return  # planned before plans recorded the source: nothing to compare with
+    root = Path(spec.root)
+    image_dir = Path(spec.images) if spec.images else root / DEFAULT_IMAGE_SUBDIR
+
+    def image(name: str) -> Path | None:
+        try:
+            return trusted_image_file(image_dir, name, spec.image_root)
+        except ImageReadError:
+            return None
+
+    cache = StampCache(Path(workdir) / STAMP_CACHE)
+    current = {"files": stamp_files({n: root / n for n in recorded.get("files") or {}}, cache),
+               "images": stamp_files({n: image(n) for n in recorded.get("images") or {}}, cache)}
+    cache.save()
+    changed = changed_files(recorded, current)
+    if changed:
+        shown = ", ".join(short(n) for n in changed[:10]) + (f" and {len(changed) - 10} more" if len(changed) > 10 else "")
+        raise PlanMismatchError(
+            f"{Path(workdir) / PLAN_META}: the source changed since this work directory was planned "
+            f"({len(changed)} file(s): {shown}); what is built would no longer match it: restore those files, "
+            "or build into a new work directory")
+
+
 def shard_ids(rows: Sequence[PlanRow]) -> list[int]:
     return sorted({r.shard for r in rows})

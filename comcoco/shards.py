@@ -1,15 +1,20 @@
 """The shard writer: the only module that writes into ``WORKDIR/shards/``, and always atomically.
 
-A shard is the unit of work, retry, resume and distribution. Its files appear under
-``WORKDIR/shards/NNNNN/`` only when all of them are complete (the folder is renamed into place), and
-``_SUCCESS`` is written inside it last. A rerun skips marked shards, deletes what interrupted runs
-left behind, and redoes the rest; ``retry_failed`` recomposes only the failed samples of marked shards;
-``rewrite_composite`` replaces one composite's files after a reviewer moved an object.
+A shard is the unit of work, retry, resume and distribution. It is made in a temporary folder; when
+every file is written, ``_SUCCESS`` (the SHA-256 and size of each file) is written beside them and
+the folder is renamed into ``WORKDIR/shards/NNNNN/`` in one step. So a shard folder that exists is
+marked and holds every file its marker lists, whoever looks, whenever; a second writer of the same
+shard (which the work directory's lock already keeps out) finds the folder taken and discards its
+copy. A rerun skips marked shards, deletes what interrupted runs left behind, and redoes the rest;
+``retry_failed`` recomposes only the failed samples of marked shards; ``rewrite_composite`` replaces
+one composite's files after a reviewer moved an object. Both swap the new folder in with one atomic
+exchange where the system has it (Linux ``renameat2``), else with two renames whose gap a rerun heals.
 Only paths and ids come in and go out: every image is read and written here, never by the orchestrator.
 """
 
 from __future__ import annotations
 
+import errno
 import json
 import os
 import shutil
@@ -23,7 +28,7 @@ from typing import Any
 from comcoco.compose.engine import ComposedGroup, compose_group
 from comcoco.compose.samples import SampleRow, write_samples
 from comcoco.compose.writer import BytesLRU, write_group
-from comcoco.io import write_text_atomic
+from comcoco.io import exchange, write_text_atomic
 from comcoco.plan import PLAN_FILE, BuildConfig, PlanMismatchError, PlanRow, groups_from_rows
 from comcoco.sources.images import ImageCache
 from comcoco.workdir import (  # noqa: F401 (MARKER, SAMPLES_FILE, SHARDS_DIR, shard_name: re-exported)
@@ -36,6 +41,7 @@ from comcoco.workdir import (  # noqa: F401 (MARKER, SAMPLES_FILE, SHARDS_DIR, s
     cached_models,
     cached_source,
     shard_name,
+    stamp_folder,
 )
 
 
@@ -96,10 +102,16 @@ def limit_threads() -> None:
 
 
 def _clean_leftovers(wd: Workdir, shard: int) -> None:
-    """Remove the temporary folders of interrupted attempts and an unmarked final folder."""
+    """Remove the temporary folders of interrupted attempts and an unmarked final folder; put back a
+    marked folder a crash left set aside between the two renames of a swap."""
+    final = wd.shard_dir(shard)
+    if not final.exists():
+        for old in sorted(wd.shards_root.glob(f".{shard_name(shard)}.old-*")):
+            if (old / MARKER).is_file():
+                os.rename(old, final)
+                break
     for p in wd.shards_root.glob(f".{shard_name(shard)}.*"):
         shutil.rmtree(p, ignore_errors=True)
-    final = wd.shard_dir(shard)
     if final.exists() and not (final / MARKER).is_file():
         shutil.rmtree(final)
 
@@ -112,9 +124,12 @@ def _tmp_dir(wd: Workdir, shard: int, kind: str) -> Path:
     return tmp
 
 
-def _mark(final: Path, rows: Sequence[SampleRow]) -> None:
+def _mark(folder: Path, rows: Sequence[SampleRow], known: dict[str, dict[str, Any]] | None = None) -> None:
+    """Write the marker into a complete ``folder``: counts and every file's SHA-256 and size."""
     ok = sum(r.ok for r in rows)
-    write_text_atomic(final / MARKER, json.dumps({"samples": len(rows), "ok": ok}, sort_keys=True) + "\n")
+    files = stamp_folder(folder, known)
+    write_text_atomic(folder / MARKER, json.dumps({"samples": len(rows), "ok": ok, "files": files},
+                                                  sort_keys=True) + "\n")
 
 
 def _result(shard: int, rows: Sequence[SampleRow], skipped: bool, t0: float) -> ShardResult:
@@ -164,11 +179,17 @@ def run_shard(workdir: Workdir | str | Path, shard: int, retry_failed: bool = Fa
     try:
         rows = _compose_rows(wd, tmp, plan_rows, config)
         write_samples(tmp / SAMPLES_FILE, rows, config.compose.robust)
-        os.rename(tmp, final)
+        _mark(tmp, rows)
+        try:
+            os.rename(tmp, final)
+        except OSError as exc:
+            if exc.errno not in (errno.ENOTEMPTY, errno.EEXIST) or not (final / MARKER).is_file():
+                raise
+            shutil.rmtree(tmp, ignore_errors=True)  # another writer finished this shard first: keep its
+            return _result(shard, wd.shard_samples(shard), True, t0)
     except BaseException:
         shutil.rmtree(tmp, ignore_errors=True)
         raise
-    _mark(final, rows)
     return _result(shard, rows, False, t0)
 
 
@@ -178,16 +199,27 @@ def _link_files(src: Path, dst: Path, rows: Sequence[SampleRow]) -> None:
         os.link(src / rel, dst / rel)
 
 
-def _swap_in(final: Path, tmp: Path, rows: Sequence[SampleRow], robust: bool) -> None:
-    """Replace the marked ``final`` by the complete ``tmp`` and mark it.
+def _kept_stamps(wd: Workdir, shard: int, rows: Sequence[SampleRow]) -> dict[str, dict[str, Any]]:
+    """The recorded stamps of the files linked over from the old folder (never re-hashed from disk)."""
+    record = wd.shard_record(shard) or {}
+    return {rel: record[rel] for r in rows for rel in r.files if rel in record}
 
-    A crash between the renames leaves no marked folder, so the shard is simply redone.
+
+def _swap_in(final: Path, tmp: Path, rows: Sequence[SampleRow], robust: bool,
+             known: dict[str, dict[str, Any]]) -> None:
+    """Mark the complete ``tmp`` and put it in place of the marked ``final``.
+
+    One atomic exchange where the filesystem has it; otherwise two renames, and a crash between them
+    leaves the old marked folder set aside, which the next run puts back (``_clean_leftovers``).
     """
     write_samples(tmp / SAMPLES_FILE, rows, robust)
+    _mark(tmp, rows, known)
+    if exchange(tmp, final):
+        shutil.rmtree(tmp, ignore_errors=True)  # tmp now holds the old folder
+        return
     old = final.with_name(f".{final.name}.old-{os.getpid()}-{threading.get_ident()}")
     os.rename(final, old)
     os.rename(tmp, final)
-    _mark(final, rows)
     shutil.rmtree(old, ignore_errors=True)
 
 
@@ -203,7 +235,7 @@ def _retry_failed(wd: Workdir, shard: int, rows: list[SampleRow], config: BuildC
     try:
         _link_files(final, tmp, keep)
         new_rows = keep + _compose_rows(wd, tmp, plan_rows, config)
-        _swap_in(final, tmp, new_rows, config.compose.robust)
+        _swap_in(final, tmp, new_rows, config.compose.robust, _kept_stamps(wd, shard, keep))
     except BaseException:
         shutil.rmtree(tmp, ignore_errors=True)
         raise
@@ -235,7 +267,7 @@ def rewrite_composite(workdir: Workdir | str | Path, shard: int, composed: Compo
             shutil.rmtree(tmp, ignore_errors=True)
             return False, [by_id[m.sample_id] for m in members]
         _link_files(final, tmp, keep)
-        _swap_in(final, tmp, keep + written, config.compose.robust)
+        _swap_in(final, tmp, keep + written, config.compose.robust, _kept_stamps(wd, shard, keep))
     except BaseException:
         shutil.rmtree(tmp, ignore_errors=True)
         raise

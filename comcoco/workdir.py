@@ -5,7 +5,7 @@ A work directory holds everything a build made::
     WORKDIR/source-report.json   what `inspect` found (counts, problems)
     WORKDIR/candidates.parquet   matching output
     WORKDIR/plan.parquet, plan.json   the frozen plan and the configuration it was made with
-    WORKDIR/shards/NNNNN/        images/, gt/, masks/, samples.parquet, _SUCCESS (written last)
+    WORKDIR/shards/NNNNN/        images/, gt/, masks/, samples.parquet, _SUCCESS (the files' hashes)
     WORKDIR/status.parquet       every planned sample: status, reason, provenance, file paths
     WORKDIR/manifest.json        sha256 of every data file, counts, configuration
     WORKDIR/build.json           the run record: timings per stage, code version, runner
@@ -15,13 +15,21 @@ A work directory holds everything a build made::
 plan's rows, the status rows (``StatusRow``, typed until written), the review decisions and the
 stale flag an interrupted review pull leaves. Stages, review, release and the CLI ask it instead of
 spelling paths; only ``comcoco.shards`` writes into ``shards/``.
+
+It also owns the work directory's lock (``Workdir.lock``): one writer at a time (a build, a review
+pull or push), refused at once with "in use by pid N since T"; a release reads under a shared lock.
+A shard's marker records the SHA-256 and size of every file the shard holds, written when the shard
+was made: ``check_shard`` compares what is on disk with that record (bit rot, edits, lost files) and
+``recorded_files`` gives the manifest those hashes instead of re-hashing whatever is there now.
 """
 
 from __future__ import annotations
 
 import io
+import json
 import threading
-from collections.abc import Iterable, Sequence
+from collections.abc import Iterable, Iterator, Sequence
+from contextlib import contextmanager
 from dataclasses import dataclass, fields
 from pathlib import Path
 from typing import Any
@@ -40,7 +48,8 @@ from comcoco.compose.samples import (
 )
 from comcoco.decisions import REVIEW_DIR, merge_decisions, read_decisions
 from comcoco.errors import ComcocoError
-from comcoco.io import write_bytes_atomic
+from comcoco.io import file_stamp, sha256_file, write_bytes_atomic
+from comcoco.locks import exclusive
 from comcoco.plan import (
     PLAN_FILE,
     PLAN_META,
@@ -63,6 +72,7 @@ STATUS_FILE = "status.parquet"
 MANIFEST_FILE = "manifest.json"
 BUILD_RECORD = "build.json"
 STALE_MARKER = ".status-stale"  # in review/: status.parquet is older than the shards
+LOCK_FILE = ".comcoco.lock"  # held by the one writer (see comcoco.locks)
 
 
 class WorkdirError(ComcocoError):
@@ -170,6 +180,64 @@ class Workdir:
     def is_complete(self, shard: int) -> bool:
         return (self.shard_dir(shard) / MARKER).is_file()
 
+    @contextmanager
+    def lock(self, operation: str, shared: bool = False) -> Iterator[None]:
+        """Hold the work directory for ``operation`` (exclusive; ``shared`` for readers such as a release)."""
+        with exclusive(self.root / LOCK_FILE, operation, f"work directory {self.root}", shared=shared):
+            yield
+
+    # shard integrity
+    def shard_record(self, shard: int) -> dict[str, dict[str, Any]] | None:
+        """``{relpath: {"sha256", "size"}}`` recorded in a complete shard's marker (paths relative to the
+        shard); None for a marker written before markers recorded hashes."""
+        path = self.shard_dir(shard) / MARKER
+        try:
+            data = json.loads(path.read_text())
+        except (OSError, ValueError, UnicodeDecodeError) as exc:
+            raise WorkdirError(f"{path}: unreadable shard marker ({type(exc).__name__}: {exc})") from None
+        files = data.get("files") if isinstance(data, dict) else None
+        if files is None:
+            return None
+        if not isinstance(files, dict) or not all(
+                isinstance(v, dict) and isinstance(v.get("sha256"), str) and isinstance(v.get("size"), int)
+                for v in files.values()):
+            raise WorkdirError(f"{path}: the shard marker's file list is malformed")
+        return files
+
+    def check_shard(self, shard: int) -> list[str]:
+        """What differs between a complete shard's files and its record: missing, resized, changed."""
+        try:
+            record = self.shard_record(shard)
+        except WorkdirError as exc:
+            return [str(exc)]
+        if record is None:
+            return []  # an older marker: nothing recorded to check against
+        base = self.shard_dir(shard)
+        problems = []
+        for rel in sorted(record):
+            p = base / rel
+            try:
+                st = p.stat()
+            except OSError:
+                problems.append(f"{rel}: missing")
+                continue
+            if st.st_size != record[rel]["size"]:
+                problems.append(f"{rel}: {st.st_size} bytes, {record[rel]['size']} recorded")
+            elif sha256_file(p) != record[rel]["sha256"]:
+                problems.append(f"{rel}: content differs from the recorded sha256")
+        return problems
+
+    def recorded_files(self, shard: int) -> dict[str, str]:
+        """sha256 of a complete shard's files by path relative to the work directory, as recorded when
+        the shard was made (hashed now only for an older marker that recorded none)."""
+        prefix = f"{SHARDS_DIR}/{shard_name(shard)}/"
+        record = self.shard_record(shard)
+        if record is None:
+            base = self.shard_dir(shard)
+            return {prefix + str(p.relative_to(base)): sha256_file(p) for p in sorted(base.rglob("*"))
+                    if p.is_file() and p.name != MARKER and not p.name.startswith(".")}
+        return {prefix + rel: v["sha256"] for rel, v in record.items()}
+
     # plan and configuration
     def plan_meta(self) -> dict[str, Any] | None:
         try:
@@ -271,7 +339,40 @@ class Workdir:
     def stale_marker(self) -> Path:
         return self.review_dir / STALE_MARKER
 
+    def check_against_manifest(self, files: Iterable[str], threads: int = 4) -> list[str]:
+        """What differs between ``files`` (relative paths) and the sha256 ``manifest.json`` lists for them:
+        a file missing, unlisted or changed since the build (or review pull) that wrote the manifest."""
+        from concurrent.futures import ThreadPoolExecutor
+
+        path = self.root / MANIFEST_FILE
+        try:
+            listed = json.loads(path.read_text())["files"]
+            if not isinstance(listed, dict):
+                raise TypeError("files is not a mapping")
+        except FileNotFoundError:
+            return [f"{path}: missing (the build did not finish; run `comcoco build` again)"]
+        except (OSError, ValueError, KeyError, TypeError, UnicodeDecodeError) as exc:
+            return [f"{path}: unreadable ({type(exc).__name__}: {exc})"]
+        wanted = sorted(set(files))
+
+        def one(rel: str) -> str | None:
+            p = self.root / rel
+            if rel not in listed:
+                return f"{rel}: not in manifest.json"
+            if not p.is_file():
+                return f"{rel}: missing"
+            return None if sha256_file(p) == listed[rel] else f"{rel}: content differs from manifest.json"
+
+        with ThreadPoolExecutor(max_workers=max(1, threads)) as pool:  # hashing releases the GIL
+            return [p for p in pool.map(one, wanted) if p is not None]
+
     # data files
+    def complete_shards(self) -> list[int]:
+        if not self.shards_root.is_dir():
+            return []
+        return sorted(int(d.name) for d in self.shards_root.iterdir()
+                      if d.name.isdigit() and (d / MARKER).is_file())
+
     def data_files(self) -> list[str]:
         """Every data output of a build, relative to the work directory (markers and records excluded)."""
         files = [n for n in (SOURCE_REPORT, CANDIDATES_FILE, PLAN_FILE, PLAN_META, STATUS_FILE)
@@ -285,12 +386,24 @@ class Workdir:
         return sorted(files)
 
 
+def stamp_folder(folder: Path, known: dict[str, dict[str, Any]] | None = None) -> dict[str, dict[str, Any]]:
+    """``{relpath: {"sha256", "size"}}`` of every file under ``folder`` (markers and dot-files excluded);
+    ``known`` supplies stamps already recorded for files that were linked in, not written."""
+    known = known or {}
+    out = {}
+    for p in sorted(folder.rglob("*")):
+        if p.is_file() and p.name != MARKER and not p.name.startswith("."):
+            rel = p.relative_to(folder).as_posix()
+            out[rel] = known[rel] if rel in known else file_stamp(p)
+    return out
+
+
 def as_workdir(workdir: Workdir | str | Path) -> Workdir:
     return workdir if isinstance(workdir, Workdir) else Workdir(workdir)
 
 
 __all__ = [
     "BUILD_RECORD", "CANDIDATES_FILE", "MANIFEST_FILE", "MARKER", "REVIEW_DIR", "SAMPLES_FILE", "SHARDS_DIR",
-    "SOURCE_REPORT", "STALE_MARKER", "STATUS_FILE", "STATUS_SCHEMA", "StatusRow", "Workdir", "WorkdirError",
-    "as_workdir", "cached_models", "cached_source", "shard_name",
+    "LOCK_FILE", "SOURCE_REPORT", "STALE_MARKER", "STATUS_FILE", "STATUS_SCHEMA", "StatusRow", "Workdir",
+    "WorkdirError", "as_workdir", "cached_models", "cached_source", "shard_name", "stamp_folder",
 ]

@@ -24,8 +24,8 @@ from comcoco.release.download import (
 
 
 def _make_release(root: Path) -> list[str]:
+    """A small release: a few files and the manifest that lists them (as a real release's does)."""
     files = {
-        "manifest.json": b'{"version": "1.0.0"}\n',
         "images/a.png": bytes(range(256)) * 40,
         "images/b.png": b"b" * 5000,
         "ComCOCO/refs(unc).p": b"\x80\x02]q\x00.",
@@ -34,7 +34,9 @@ def _make_release(root: Path) -> list[str]:
     for rel, data in files.items():
         (root / rel).parent.mkdir(parents=True, exist_ok=True)
         (root / rel).write_bytes(data)
-    return sorted(files)
+    listed = {rel: {"sha256": hashlib.sha256(data).hexdigest(), "size": len(data)} for rel, data in files.items()}
+    (root / "manifest.json").write_text(json.dumps({"version": "1.0.0", "files": listed}))
+    return sorted([*files, "manifest.json"])
 
 
 @pytest.fixture()

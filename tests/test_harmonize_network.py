@@ -228,3 +228,26 @@ def test_network_method_changes_only_the_object(checkpoint):
     assert args != FilterArgs() and all(-1.0 <= v <= 1.0 for v in args.as_tuple())
     np.testing.assert_array_equal(out[mask == 0], comp[mask == 0])
     assert not np.array_equal(out[mask > 0], comp[mask > 0])
+
+
+def test_the_network_sees_alpha_at_least_half_while_blending_keeps_the_soft_alpha(checkpoint):
+    """As Harmonizer's inference: the regressor gets a binary mask (alpha ≥ 0.5); the filters are blended
+    with the soft alpha, so a pixel at alpha 0.3 still changes, by less than one at alpha 1."""
+    path, _ = checkpoint
+    net = load_harmonizer(path)
+    rng = np.random.default_rng(2)
+    comp = rng.integers(0, 256, (60, 80, 3), dtype=np.uint8)
+    soft = np.zeros((60, 80), np.float32)
+    soft[15:45, 20:60] = 1.0
+    soft[15:45, 10:20] = 0.3  # a soft edge the network must not see
+    soft[15:45, 60:70] = 0.5  # exactly 0.5 belongs to the object
+    out, args = harmonize(comp, soft, "network", network=net)
+    assert args == predict_arguments(net, comp, (soft >= 0.5).astype(np.float32))
+    assert args != predict_arguments(net, comp, soft)  # the soft mask would predict other arguments
+    np.testing.assert_array_equal(out[soft == 0], comp[soft == 0])
+    edge = out[15:45, 10:20].astype(int) - comp[15:45, 10:20]
+    core = out[15:45, 25:55].astype(int) - comp[15:45, 25:55]
+    assert np.abs(edge).sum() > 0 and np.abs(edge).mean() < np.abs(core).mean()
+    # the robust profile's network mask is given explicitly: the same arguments
+    _, args2 = harmonize(comp, (soft > 0).astype(np.float32), "network", network=net, network_mask=soft >= 0.5)
+    assert args2 == args

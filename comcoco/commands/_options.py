@@ -21,6 +21,23 @@ from comcoco.harmonize import HARMONIZE_METHODS
 from comcoco.placement import PLACEMENT_METHODS
 
 
+def image_root_option() -> Any:
+    """Where symlinks in the image folder may lead (a symlink farm); without it images stay inside it."""
+    return typer.Option(None, "--image-root", help="Allow images that are symlinks into this folder (a symlink "
+                        "farm); without it every image must resolve inside the image folder.")
+
+
+def check_image_root(image_root: Path | None) -> str | None:
+    """The declared image root as an absolute path (it must be a folder)."""
+    from comcoco.commands._common import UserError
+
+    if image_root is None:
+        return None
+    if not image_root.is_dir():
+        raise UserError(f"{image_root}: --image-root is not a folder")
+    return str(image_root.resolve())
+
+
 def out_option(help: str, required: bool = True) -> Any:
     """The output location of a verb: ``-o/--out`` everywhere."""
     return typer.Option(... if required else None, "-o", "--out", help=help)

@@ -18,7 +18,13 @@ from comcoco.commands._common import (
     usage_errors,
     user_errors,
 )
-from comcoco.commands._options import ComposeOptions, compose_options, out_option
+from comcoco.commands._options import (
+    ComposeOptions,
+    check_image_root,
+    compose_options,
+    image_root_option,
+    out_option,
+)
 
 
 @compose_options
@@ -28,6 +34,7 @@ def build(
     dataset: str = typer.Option("refcoco+", help="Dataset folder under SOURCE."),
     split_by: str = typer.Option("unc", help="Split name in refs(<split-by>).p."),
     images: Path | None = typer.Option(None, help="Image folder (default SOURCE/images/mscoco/images/train2014)."),
+    image_root: Path | None = image_root_option(),
     limit: int | None = typer.Option(None, min=1, help="Compose at most N samples (the first refs by id)."),
     seed: int = typer.Option(0, help="Seed for matching ties, placement and everything random."),
     k: int = typer.Option(5, min=1, help="Background candidates per object from scene matching."),
@@ -52,8 +59,8 @@ def build(
     Exit 0 when every sample is ok or failed with a reason (listed); 4 when a shard did not complete,
     nothing is ok, nothing was planned, or (with --strict) any sample failed; see docs/cli.md.
     """
-    from comcoco.plan import BuildConfig, SourceSpec, check_resume
-    from comcoco.workdir import cached_models, cached_source
+    from comcoco.plan import BuildConfig, SourceSpec, check_resume, check_source_unchanged
+    from comcoco.workdir import Workdir, cached_models, cached_source
     from pipelines.runners import RunnerSpec
 
     with user_errors():
@@ -74,22 +81,25 @@ def build(
         if out.exists() and not out.is_dir():
             raise UserError(f"{out}: a file stands where the work directory belongs")
         spec = SourceSpec(root=str(source.resolve()), dataset=dataset, split_by=split_by,
-                          images=str(images.resolve()) if images else None)
-        check_resume(out, config, spec)  # refuse a mismatched work directory before any work
-        out.mkdir(parents=True, exist_ok=True)  # so does an output path that cannot be a folder
-        cached_source(spec)  # an unreadable source fails here, in one line, before the flow starts
-        cached_models(config)  # so does a checkpoint that does not load
-        from pipelines.build import run_build
+                          images=str(images.resolve()) if images else None, image_root=check_image_root(image_root))
+        out.mkdir(parents=True, exist_ok=True)  # an output path that cannot be a folder fails here
+        with Workdir(out.resolve()).lock("build"):  # a second build (or a pull) is refused before any work
+            meta = check_resume(out, config, spec)  # so is a mismatched work directory
+            if meta is not None:
+                check_source_unchanged(out, meta, spec)  # and a source that changed since the plan
+            cached_source(spec)  # an unreadable source fails here, in one line, before the flow starts
+            cached_models(config)  # so does a checkpoint that does not load
+            from pipelines.build import run_build
 
-        show = sys.stderr.isatty() if progress is None else progress
-        try:
-            summary = run_build(spec, out, config, runner_spec, retry_failed=retry_failed, progress=show,
-                                strict=strict)
-        except OSError as exc:
-            if is_disk_full(exc):
-                raise PartialResult(f"{describe_os_error(exc)}; what was finished is kept in {out}: free some "
-                                    "space and run the same command again to resume") from None
-            raise
+            show = sys.stderr.isatty() if progress is None else progress
+            try:
+                summary = run_build(spec, out, config, runner_spec, retry_failed=retry_failed, progress=show,
+                                    strict=strict)
+            except OSError as exc:
+                if is_disk_full(exc):
+                    raise PartialResult(f"{describe_os_error(exc)}; what was finished is kept in {out}: free "
+                                        "some space and run the same command again to resume") from None
+                raise
     _print_summary(out, summary)
 
 
@@ -119,6 +129,9 @@ def _print_summary(out: Path, summary: dict) -> None:
         by_error.setdefault(err, []).append(f"{int(shard):05d}")
     for err, shards in by_error.items():
         typer.echo(f"shard(s) {', '.join(shards)} did not complete: {err}")
+    for shard, what in (record.get("shards_redone") or {}).items():
+        typer.echo(f"shard {int(shard):05d} was made again: its files differed from the hashes recorded "
+                   f"when it was made ({what})")
     secs = ", ".join(f"{k} {v:.1f}s" for k, v in record["seconds"].items())
     typer.echo(f"seconds: {secs}; {record['samples_per_second']:.1f} samples/s")
     typer.echo(f"status: {os.path.join(out, 'status.parquet')}  manifest: {os.path.join(out, 'manifest.json')}")

@@ -9,7 +9,13 @@ from pathlib import Path
 import typer
 
 from comcoco.commands._common import EXIT_PARTIAL, UserError, fail, usage_errors, user_errors
-from comcoco.commands._options import ComposeOptions, compose_options, out_option
+from comcoco.commands._options import (
+    ComposeOptions,
+    check_image_root,
+    compose_options,
+    image_root_option,
+    out_option,
+)
 
 
 class _Progress:
@@ -43,6 +49,7 @@ def compose(
     dataset: str = typer.Option("refcoco+", "--dataset", help="Dataset folder inside SOURCE."),
     split_by: str = typer.Option("unc", "--split-by", help="Refs file variant: refs(<split-by>).p."),
     images: Path | None = typer.Option(None, "--images", help="Image directory (default SOURCE/images/mscoco/images/train2014)."),
+    image_root: Path | None = image_root_option(),
     strict: bool = typer.Option(False, "--strict", help="Any failed sample makes the verb fail (exit 4)."),
     compose: ComposeOptions = ComposeOptions(),
 ) -> None:
@@ -65,7 +72,8 @@ def compose(
                             else f"{candidates}: --candidates is not a file")
         if images is not None and not images.is_dir():
             raise UserError(f"{images}: --images is not a directory")
-        src = load_source(source, dataset=dataset, split_by=split_by, images=images)
+        src = load_source(source, dataset=dataset, split_by=split_by, images=images,
+                          image_root=check_image_root(image_root))
         with _Progress() as progress:
             rows = run_compose(src, candidates, out, config, limit=limit, progress=progress)
     counts = Counter(r.status for r in rows)

@@ -8,6 +8,8 @@ from pathlib import Path
 import typer
 
 from comcoco.commands._common import UserError, user_errors
+from comcoco.commands._options import check_image_root, image_root_option
+from comcoco.sources.format import short
 from comcoco.sources.refer import DEFAULT_DATASET, DEFAULT_SPLIT_BY, SourceError, load_source
 from comcoco.sources.validate import InspectReport, inspect_source
 
@@ -19,7 +21,8 @@ def _print_report(report: InspectReport) -> None:
     typer.echo(f"images   {report.image_dir}")
     typer.echo(f"{'split':<10}{'refs':>10}{'expressions':>14}{'images':>10}")
     for name, counts in report.splits.items():
-        typer.echo(f"{name:<10}{counts.refs:>10}{counts.expressions:>14}{counts.images:>10}")
+        shown = name if name.isprintable() else short(name)  # a split name is data: never a terminal escape
+        typer.echo(f"{shown:<10}{counts.refs:>10}{counts.expressions:>14}{counts.images:>10}")
     typer.echo(f"{'total':<10}{report.refs:>10}{report.expressions:>14}{report.referred_images:>10}")
     typer.echo(f"instances.json: {report.images} images, {report.annotations} annotations")
     check = "every image decoded" if report.deep else "image headers read (--deep decodes every image)"
@@ -42,6 +45,7 @@ def inspect(
     images: Path | None = typer.Option(
         None, "--images", help="Image directory (default SOURCE/images/mscoco/images/train2014)."
     ),
+    image_root: Path | None = image_root_option(),
     deep: bool = typer.Option(False, "--deep", help="Fully decode every image instead of reading headers."),
     as_json: bool = typer.Option(False, "--json", help="Print one JSON object instead of a table."),
     workers: int | None = typer.Option(None, "--workers", min=1, help="Threads for image checks (default: cores, max 8)."),
@@ -50,10 +54,12 @@ def inspect(
     with user_errors(SourceError):
         if images is not None and not images.is_dir():
             raise UserError(f"{images}: --images is not a directory")
-        src = load_source(source, dataset=dataset, split_by=split_by, images=images)
+        src = load_source(source, dataset=dataset, split_by=split_by, images=images,
+                          image_root=check_image_root(image_root))
         report = inspect_source(src, deep=deep, workers=workers)
     if as_json:
-        typer.echo(json.dumps(report.to_dict(), indent=2, ensure_ascii=False))
+        text = json.dumps(report.to_dict(), indent=2, ensure_ascii=False)
+        typer.echo(text.encode("utf-8", "backslashreplace").decode("utf-8"))  # a lone surrogate stays escaped
     else:
         _print_report(report)
 

@@ -67,7 +67,7 @@ def create(
     progress: bool = typer.Option(True, "--progress/--no-progress", help="Show progress bars."),
 ) -> None:
     """Build OUT/comcoco-X.Y.Z (ComCOCO and ComCOCO+, Parquet, card, manifest, dist) from WORKDIR."""
-    from comcoco.release.builder import ReleaseOptions, check_version
+    from comcoco.release.builder import ReleaseOptions, check_version, release_locks
     from comcoco.release.manifest import split_ordered
     from comcoco.release.splits import normalize_proportions
     from comcoco.sources.refer import SourceError
@@ -94,7 +94,9 @@ def create(
         Workdir(workdir).require_plan()  # a work directory that was never built fails here, before the flow
         from pipelines.release import run_release
 
-        result = run_release(workdir, out, version, options, validate=validation, progress=progress)
+        out.mkdir(parents=True, exist_ok=True)
+        with release_locks(workdir, out, version):  # a second release of this version is refused here
+            result = run_release(workdir, out, version, options, validate=validation, progress=progress)
     path = Path(result["release"])
     manifest = json.loads((path / "manifest.json").read_text())
     typer.echo(f"release  {path}")

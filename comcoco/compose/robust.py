@@ -81,7 +81,9 @@ def harmonized_colours(bg: np.ndarray, cut: Cutout, method: str, network: object
     trial[y:y + h, x:x + w][sel] = cut.rgb[sel]
     full = np.zeros(bg.shape[:2], np.float32)
     full[y:y + h, x:x + w][sel] = 1.0
-    out, args = harmonize(trial, full, method, network)
+    net = np.zeros(bg.shape[:2], bool)  # the network sees alpha ≥ 0.5, as Harmonizer's inference does
+    net[y:y + h, x:x + w] = cut.alpha >= 0.5
+    out, args = harmonize(trial, full, method, network, network_mask=net)
     if out.shape != bg.shape or out.dtype != np.uint8:
         raise ValueError(f"harmonizer returned {out.dtype} {out.shape}, expected uint8 {bg.shape}")
     rgb = cut.rgb.copy()

@@ -86,6 +86,18 @@ class _Alpha:
     crop: np.ndarray  # float32 alpha in [0, 1] over box
 
 
+def _binary(mask: np.ndarray) -> np.ndarray:
+    """The mask as alpha ≥ 0.5 (bool, uint8 0/255 or 0/1, or float 0..1), for the network's input."""
+    m = np.asarray(mask)
+    if m.ndim == 3 and m.shape[2] == 1:
+        m = m[..., 0]
+    if m.dtype == np.bool_:
+        return m
+    if m.dtype == np.uint8 and int(m.max(initial=0)) > 1:
+        return m >= 128
+    return m.astype(np.float32) >= 0.5
+
+
 def _alpha(mask: np.ndarray, shape: tuple[int, int]) -> _Alpha:
     """Object alpha from a bool, uint8 (0/255, or 0/1 when its maximum is 1) or float (0..1) mask."""
     m = np.asarray(mask)
@@ -451,12 +463,15 @@ def harmonize(
     method: str = "fit",
     network: Any = None,
     config: FitConfig | None = None,
+    network_mask: np.ndarray | None = None,
 ) -> tuple[np.ndarray, FilterArgs]:
     """Harmonize the object under ``mask`` in ``composite``; returns the image and the filter arguments.
 
     Only pixels where the mask is non-zero change (alpha-weighted); every other pixel is returned
     bit-exactly. ``reinhard`` and ``none`` report all-zero arguments; ``network`` needs a loaded
-    :class:`comcoco.harmonize.network.HarmonizerNet` in ``network``.
+    :class:`comcoco.harmonize.network.HarmonizerNet` in ``network``. The network sees a binary mask, as
+    Harmonizer's own inference gives it: ``network_mask`` when given, else ``mask`` ≥ 0.5; the filters
+    are still blended with the soft ``mask``.
     """
     if method not in HARMONIZE_METHODS:
         raise ValueError(
@@ -474,7 +489,8 @@ def harmonize(
             raise ValueError("harmonize method 'network' needs a loaded Harmonizer checkpoint (network=...)")
         from comcoco.harmonize.network import predict_arguments
 
-        args = predict_arguments(network, comp, mask)
+        binary = _binary(mask) if network_mask is None else np.asarray(network_mask) > 0
+        args = predict_arguments(network, comp, binary.astype(np.float32))
         return _apply(comp, al, args.as_tuple(), None), args
     args, stats = _fit(comp, al, cfg)
     return _apply(comp, al, args.as_tuple(), stats), args

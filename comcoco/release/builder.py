@@ -17,12 +17,14 @@ import json
 import logging
 import os
 import shutil
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from comcoco.io import write_text_atomic
+from comcoco.io import write_bytes_atomic, write_text_atomic
+from comcoco.locks import exclusive
 from comcoco.release.export import (
     VARIANTS,
     export_files,
@@ -82,7 +84,7 @@ def finish_release(staging: str | os.PathLike[str]) -> Path:
     shutil.rmtree(staging / BUILD_DIR, ignore_errors=True)
     os.rename(staging, final)
     # The releases folder's own changelog is the newest release's (which holds every earlier entry).
-    shutil.copyfile(final / "CHANGELOG.md", final.parent / "CHANGELOG.md")
+    write_bytes_atomic(final.parent / "CHANGELOG.md", (final / "CHANGELOG.md").read_bytes())
     return final
 
 
@@ -94,9 +96,28 @@ def select_stage(workdir: str | os.PathLike[str], staging: str | os.PathLike[str
     entries, report = select_entries(workdir, options)
     if not entries:
         raise ReleaseError(f"{workdir}: no sample qualifies for a release ({report['excluded']})")
+    check_workdir_files(workdir, entries)
     write_entries(staging / ENTRIES_FILE, entries)
     write_text_atomic(staging / SELECTION_FILE, json.dumps(report, indent=2, sort_keys=True) + "\n")
     return report
+
+
+def check_workdir_files(workdir: str | os.PathLike[str], entries: list[Any], shown: int = 5) -> None:
+    """Refuse to release from a work directory whose files differ from its ``manifest.json``: every file
+    the release reads (the tables, and each entry's composite, ground truth and masks) is hashed and
+    compared, so a file damaged or edited after the build is never published."""
+    from comcoco.workdir import PLAN_FILE, PLAN_META, STATUS_FILE
+
+    files = [STATUS_FILE, PLAN_FILE, PLAN_META]
+    for e in entries:
+        files += [f for f in (e.src_composite, e.src_ground_truth, e.src_effect_mask,
+                              e.provenance.get("build_mask")) if f]
+    problems = Workdir(workdir).check_against_manifest(files)
+    if problems:
+        more = f" and {len(problems) - shown} more" if len(problems) > shown else ""
+        raise ReleaseError(f"{workdir}: the work directory does not match its manifest.json: "
+                           + "; ".join(problems[:shown]) + more
+                           + "; run `comcoco build` on it again (it makes damaged shards again), then release")
 
 
 def export_stage(workdir: str | os.PathLike[str], staging: str | os.PathLike[str], options: ReleaseOptions,
@@ -301,13 +322,35 @@ def _publish_step(staging: str) -> str:
 def run_release_stages(workdir: str | os.PathLike[str], releases: str | os.PathLike[str], version: str,
                        options: ReleaseOptions, executor: Executor, validate: Any = None,
                        progress: bool = False) -> dict[str, Any]:
-    """Stage, walk ``RELEASE_STAGES``, publish; returns the release's path, counts and timings."""
+    """Stage, walk ``RELEASE_STAGES``, publish; returns the release's path, counts and timings.
+
+    One builder per version: the version's lock (``RELEASES/.comcoco-X.Y.Z.lock``) is held throughout,
+    and the work directory is read under its shared lock, so no build or review pull changes it meanwhile.
+    """
     wd = Workdir(Path(workdir).resolve())
     try:
         wd.require_plan()  # fail before creating anything when the work directory is unusable
     except WorkdirError as exc:
         raise ReleaseError(str(exc)) from None
-    staging = executor.call("release-start", _start_step, str(Path(releases).resolve()), version)
+    releases = Path(releases).resolve()
+    with release_locks(wd.root, releases, version):
+        return _run_release_stages(wd, releases, version, options, executor, validate, progress)
+
+
+@contextmanager
+def release_locks(workdir: str | os.PathLike[str], releases: str | os.PathLike[str], version: str) -> Iterator[None]:
+    """Hold version ``version`` in ``releases`` (one builder) and ``workdir`` shared (no writer meanwhile)."""
+    check_version(version)
+    releases = Path(releases).resolve()
+    lock = releases / f".{release_name(version)}.lock"
+    with exclusive(lock, f"release {version}", f"release {version} in {releases}"), \
+            Workdir(Path(workdir).resolve()).lock(f"release {version}", shared=True):
+        yield
+
+
+def _run_release_stages(wd: Workdir, releases: Path, version: str, options: ReleaseOptions, executor: Executor,
+                        validate: Any, progress: bool) -> dict[str, Any]:
+    staging = executor.call("release-start", _start_step, str(releases), version)
     ctx = ReleaseContext(str(wd.root), staging, version, options, validate, progress)
     try:
         seconds = walk(RELEASE_STAGES, ctx, executor)

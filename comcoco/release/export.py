@@ -176,15 +176,25 @@ def encode_mask(mask01: np.ndarray) -> bytes:
 # --- files ----------------------------------------------------------------------------------------
 
 
-def _link_or_copy(src: Path, dst: Path) -> None:
-    """Hard-link when on the same filesystem (releases are immutable), else copy."""
+_FICLONE = 0x40049409  # Linux ioctl: share the source's blocks copy-on-write (btrfs, XFS, bcachefs)
+
+
+def copy_file(src: Path, dst: Path) -> None:
+    """A copy that shares no inode with ``src``: a reflink where the filesystem has them (instant, and
+    copy-on-write, so editing either side never changes the other), else a plain copy (``sendfile``).
+    Never a hard link, which would let an edit in the work directory change a published release."""
+    import fcntl
+
     dst.parent.mkdir(parents=True, exist_ok=True)
     if dst.exists():
         dst.unlink()
-    try:
-        os.link(src, dst)
-    except OSError:
-        shutil.copyfile(src, dst)
+    with open(src, "rb") as fin, open(dst, "wb") as fout:
+        try:
+            fcntl.ioctl(fout.fileno(), _FICLONE, fin.fileno())
+            return
+        except OSError:
+            pass  # no reflinks here (ext4, tmpfs, another filesystem): copy the bytes
+    shutil.copyfile(src, dst)
 
 
 def export_files(workdir: str | os.PathLike[str], release: str | os.PathLike[str],
@@ -203,9 +213,9 @@ def export_files(workdir: str | os.PathLike[str], release: str | os.PathLike[str
             if not (workdir / rel).is_file():
                 raise ExportError(f"sample {e.sample_id}: {workdir / rel} is missing")
         if e.image_id not in done_images:
-            _link_or_copy(workdir / e.src_composite, release / IMAGES_DIR / e.image_file_name)
+            copy_file(workdir / e.src_composite, release / IMAGES_DIR / e.image_file_name)
             done_images.add(e.image_id)
-        _link_or_copy(workdir / e.src_ground_truth, release / GT_DIR / e.gt_file_name)
+        copy_file(workdir / e.src_ground_truth, release / GT_DIR / e.gt_file_name)
         _, mask = entry_annotation(e)
         write_bytes_atomic(release / MASKS_DIR / e.mask_file_name, encode_mask(mask))
         write_bytes_atomic(release / EFFECTS_DIR / e.effect_file_name, encode_mask(_effect(workdir, e, mask)))

@@ -11,7 +11,7 @@ from comcoco.release.export import DEFAULT_ROWS_PER_PARQUET
 from comcoco.release.pack import DEFAULT_SHARD_BYTES
 
 UNREVIEWED_CHOICES = ("include", "exclude")
-_VERSION_RE = re.compile(r"^[0-9]+\.[0-9]+\.[0-9]+$")  # ASCII digits only (\d also matches other scripts')
+_VERSION_RE = re.compile(r"[0-9]{1,9}\.[0-9]{1,9}\.[0-9]{1,9}")  # ASCII digits only (\d matches other scripts')
 
 
 class ReleaseError(ComcocoError):
@@ -45,8 +45,8 @@ def release_name(version: str) -> str:
 
 
 def check_version(version: str) -> str:
-    if not _VERSION_RE.match(version):
-        raise ReleaseError(f"version {version!r} is not of the form X.Y.Z")
+    if not isinstance(version, str) or not _VERSION_RE.fullmatch(version):  # fullmatch: no trailing newline
+        raise ReleaseError(f"version {version!r} is not of the form X.Y.Z (ASCII digits)")
     return version
 
 

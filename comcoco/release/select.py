@@ -21,6 +21,7 @@ from comcoco.records import FILTER_NAMES, STATUS_OK, ReviewDecision, release_spl
 from comcoco.release.export import RELEASE_ID_BASE, Expression, ReleaseEntry, clip_polygons
 from comcoco.release.options import ReleaseError, ReleaseOptions
 from comcoco.release.splits import SplitItem, assign_splits
+from comcoco.sources.format import text_problem, usable_sentences
 from comcoco.workdir import STATUS_FILE, StatusRow, Workdir, WorkdirError, as_workdir
 
 
@@ -37,13 +38,13 @@ class _Chosen:
 
 def _expressions(ref: Any, decision: ReviewDecision | None) -> tuple[list[tuple[int, str]], list[str], int]:
     """(kept source sentences as (sent_id, raw), spatial phrases, dropped count) after review."""
-    source = [(s.sent_id, s.raw) for s in ref.sentences]
+    source = [(s.sent_id, s.raw) for s in usable_sentences(ref.sentences)]  # shippable text only
     if decision is None:
         return source, [], 0
     dropped = set(decision.dropped_sent_ids)
     kept = set(decision.kept_sent_ids)
     chosen = [(i, raw) for i, raw in source if i not in dropped and (not kept or i in kept)]
-    phrases = [p.strip() for p in decision.spatial_phrases if p.strip()]
+    phrases = [p.strip() for p in decision.spatial_phrases if p.strip() and text_problem(p) is None]
     return chosen, list(dict.fromkeys(phrases)), len(source) - len(chosen)
 
 

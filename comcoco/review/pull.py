@@ -80,12 +80,17 @@ def recompose_sample(workdir: Workdir | str | Path, sample_id: str, box: Sequenc
     same rows and writes nothing (``changed`` False). ``status.parquet`` is not touched here (see
     ``comcoco.build.refresh_status``).
     """
+    wd = as_workdir(workdir)
+    with wd.lock("review recompose"):
+        return _recompose(wd, sample_id, box)
+
+
+def _recompose(wd: Workdir, sample_id: str, box: Sequence[int]) -> Recomposed:
     from comcoco.compose.engine import compose_group
     from comcoco.plan import PlanMismatchError, groups_from_rows
     from comcoco.shards import rewrite_composite
     from comcoco.sources.images import ImageCache
 
-    wd = as_workdir(workdir)
     try:
         config = wd.config()
         plan = wd.plan_rows()
@@ -238,10 +243,15 @@ def pull(
     """Record the stage's new annotations, resolve and apply them (see the module docstring).
 
     ``after_each`` is called after every annotation recorded and every decision applied (tests use it
-    to interrupt a pull halfway).
+    to interrupt a pull halfway). The work directory is held meanwhile (``Workdir.lock``).
     """
     check_stage(stage)
-    workdir = Path(workdir)
+    with Workdir(workdir).lock("review pull"):
+        return _pull(Path(workdir), stage, server, document_root, after_each)
+
+
+def _pull(workdir: Path, stage: str, server: ReviewServer, document_root: str | Path,
+          after_each: Callable[[str], None] | None) -> PullReport:
     entry = read_projects(workdir).get(stage)
     if entry is None:
         raise ReviewError(f"{workdir}: nothing pushed for stage {stage} yet (run `comcoco review push --stage {stage}` first)")

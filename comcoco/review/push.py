@@ -36,6 +36,7 @@ from comcoco.review.server import ReviewServer
 from comcoco.review.settings import REPO, LabelStudioError
 from comcoco.review.tasks import WorkdirView, build_task, look_text, wanted
 from comcoco.review.team import Team, choose_team, sync_tabs
+from comcoco.workdir import Workdir
 
 LABEL_CONFIGS: dict[str, Path] = {
     "placement": REPO / "annotations" / "placement.xml",
@@ -181,9 +182,17 @@ def push(
 
     ``annotators`` (e-mails, or ``["all"]``), ``overlap`` (share of samples answered twice) and ``seed``
     set the stage's team; None keeps the one recorded by an earlier push (none: tasks open to anyone).
+    The work directory is held meanwhile (``Workdir.lock``): a build or another pull or push is refused.
     """
     check_stage(stage)
-    workdir = Path(workdir)
+    with Workdir(workdir).lock("review push"):
+        return _push(Path(workdir), stage, server, document_root, without_placement_review, only,
+                     recreate_missing, annotators, overlap, seed)
+
+
+def _push(workdir: Path, stage: str, server: ReviewServer, document_root: str | Path,
+          without_placement_review: bool, only: Collection[str] | None, recreate_missing: bool,
+          annotators: Sequence[str] | None, overlap: float | None, seed: int | None) -> PushReport:
     local = read_tasks(workdir)
     view = WorkdirView.load(workdir, local)
     messages: list[str] = []

@@ -28,6 +28,7 @@ from comcoco.review.bookkeeping import ReviewError, TaskRecord
 from comcoco.review.resolve import CONFLICT, Outcome, resolve_stage
 from comcoco.review.settings import local_files_url
 from comcoco.review.team import Team
+from comcoco.sources.format import usable_sentences
 from comcoco.workdir import StatusRow, Workdir, WorkdirError
 
 MODEL_VERSION = "comcoco"
@@ -71,8 +72,8 @@ class WorkdirView:
         return sorted(rows, key=lambda r: (plausibility(r), r.sample_id))
 
     def sentences(self, row: StatusRow) -> tuple[Any, ...]:
-        try:
-            return self.source.ref(int(row.fg_ref_id)).sentences
+        try:  # only text that can be shipped (comcoco.sources.format.usable_sentences)
+            return usable_sentences(self.source.ref(int(row.fg_ref_id)).sentences)
         except KeyError:
             raise ReviewError(f"sample {row.sample_id}: ref {row.fg_ref_id} is not in the source") from None
 

@@ -6,6 +6,8 @@ Shared by the reader, the writer and the demo generator, so each spells the form
 
 from __future__ import annotations
 
+import re
+import reprlib
 import string
 import unicodedata
 from pathlib import Path
@@ -43,6 +45,54 @@ ANNOTATION_KEY_ORDER: tuple[str, ...] = ("segmentation", "area", "iscrowd", "ima
 
 # Split names REFER's getRefIds understands; anything else raises ValueError instead of sys.exit().
 KNOWN_SPLITS: tuple[str, ...] = ("train", "val", "test", "testA", "testB", "testC", "testAB", "testBC", "testAC")
+
+
+_SHORT = reprlib.Repr()
+_SHORT.maxstring = 80
+_SHORT.maxother = 80
+_SHORT.maxlevel = 3
+
+
+def short(value: object) -> str:
+    """A source's value quoted in a message: its repr, shortened and bounded in depth (``reprlib``), so a
+    hostile value (a megabyte string, a list nested thousands deep) cannot flood or crash the message;
+    control characters and lone surrogates stay escaped."""
+    return _SHORT.repr(value)
+
+
+# Characters no expression may carry into a release: control characters (C0, DEL, C1), which a
+# terminal, a CSV or an annotation tool may act on, and lone surrogates, which UTF-8 cannot encode
+# (Parquet, orjson and Label Studio's database refuse them).
+_UNUSABLE = re.compile("[\x00-\x1f\x7f-\x9f\ud800-\udfff]")
+
+
+def text_problem(text: str) -> str | None:
+    """Why ``text`` cannot be shipped as an expression (a lone surrogate, a control character), or None."""
+    m = _UNUSABLE.search(text)
+    if m is None:
+        return None
+    c = m.group()
+    what = "a lone surrogate" if "\ud800" <= c <= "\udfff" else "a control character"
+    return f"{what} (U+{ord(c):04X}) at position {m.start()}"
+
+
+def sentence_problem(sentence: object) -> str | None:
+    """Why a sentence (its ``raw``, ``sent`` or a token) cannot be shipped, or None."""
+    for field in ("raw", "sent"):
+        value = getattr(sentence, field, "")
+        found = text_problem(value) if isinstance(value, str) else None
+        if found:
+            return f"its {field} has {found}"
+    for token in getattr(sentence, "tokens", ()):
+        found = text_problem(token) if isinstance(token, str) else None
+        if found:
+            return f"a token has {found}"
+    return None
+
+
+def usable_sentences(sentences: tuple) -> tuple:
+    """The sentences whose text can be shipped (``sentence_problem`` is None), in order."""
+    return tuple(s for s in sentences if sentence_problem(s) is None)
 
 
 class SourceError(ComcocoError):

@@ -2,16 +2,26 @@
 
 ``decode_image`` is the only way comcoco turns an image file into pixels: ``inspect --deep`` checks
 files with it and the build composes from it, so a file that passes inspection decodes the same way
-in the build. It decodes with OpenCV (libjpeg-turbo, fast) and refuses what OpenCV would silently
-paint grey: a JPEG without its end-of-image marker, or bytes OpenCV cannot read. EXIF orientation is
+in the build. Before any pixel is decoded it is bounded: the path must be a regular file (a FIFO,
+device or folder is refused without blocking), at most ``MAX_IMAGE_BYTES`` long, and its header's
+size must match the record and stay within ``MAX_IMAGE_PIXELS`` (so a small file that claims a huge
+canvas, a decompression bomb, is refused before it takes memory). It decodes with OpenCV
+(libjpeg-turbo, fast) and refuses what OpenCV would silently paint grey: a JPEG without its
+end-of-image marker, a JPEG whose scan data stops early (with or without an end marker appended; see
+``_scan_is_complete``), or bytes OpenCV cannot read. Every decoder failure is an ``ImageReadError``
+naming the file, which the build turns into that sample's failure row. EXIF orientation is
 deliberately ignored, since COCO polygons are drawn on the stored pixel grid. Masks go through
 pycocotools so polygons rasterise exactly as COCO and REFER rasterise them.
 """
 
 from __future__ import annotations
 
+import io
 import math
 import os
+import stat
+import struct
+import warnings
 from collections import OrderedDict
 from collections.abc import Callable, Sequence
 from pathlib import Path
@@ -25,6 +35,14 @@ from pycocotools import mask as mask_utils
 from comcoco.errors import ComcocoError
 from comcoco.records import ImageInfo
 
+MAX_IMAGE_BYTES = 64 << 20  # a COCO image is about 160 kB; the largest plausible photo a few tens of MB
+MAX_IMAGE_PIXELS = 40_000_000  # about 7,700 x 5,200; COCO's largest is 640 x 640 (0.4 megapixels)
+CACHE_BYTES = 256 << 20  # decoded images an ImageCache keeps at most (besides its count limit)
+
+# Pillow only reads headers here (and decodes JPEGs for the scan check); the pixel limit above is
+# stricter than Pillow's own, so its warning about large images would only repeat it.
+warnings.filterwarnings("ignore", category=Image.DecompressionBombWarning)
+
 
 class ImageReadError(ComcocoError):
     """An image file that is missing, not an image, truncated, or not the size its record says."""
@@ -35,55 +53,156 @@ class ImageReadError(ComcocoError):
         super().__init__(f"{self.path}: {reason}")
 
 
+class UnsafeImagePath(ImageReadError):
+    """A record's ``file_name`` that points outside the image folder (absolute, ``..``, a symlink out)."""
+
+
+class ImageTooLarge(ImageReadError):
+    """A file above the byte limit, or a header above the pixel limit (a decompression bomb)."""
+
+
 ImageLoadError = ImageReadError  # the name the compose stage has always caught
 
-_HEADER_ERRORS = (OSError, UnidentifiedImageError, ValueError, SyntaxError, Image.DecompressionBombError)
+_HEADER_ERRORS = (OSError, UnidentifiedImageError, ValueError, SyntaxError, EOFError, TypeError, IndexError,
+                  KeyError, struct.error)
+_KINDS = ((stat.S_ISDIR, "a folder"), (stat.S_ISFIFO, "a FIFO"), (stat.S_ISCHR, "a character device"),
+          (stat.S_ISBLK, "a block device"), (stat.S_ISSOCK, "a socket"))
 
 
-def decode_image(path: str | os.PathLike[str]) -> np.ndarray:
-    """Decode a file to an RGB ``uint8`` array of shape H×W×3 (grey and RGBA become RGB)."""
+def read_image_bytes(path: str | os.PathLike[str], max_bytes: int = MAX_IMAGE_BYTES) -> bytes:
+    """The bytes of a regular file of at most ``max_bytes``; anything else is refused without blocking."""
     path = Path(path)
     try:
-        data = path.read_bytes()
+        fd = os.open(path, os.O_RDONLY | os.O_NONBLOCK | os.O_CLOEXEC)  # a FIFO must not block the open
     except FileNotFoundError:
         raise ImageReadError(path, "missing file") from None
     except OSError as exc:
         raise ImageReadError(path, f"unreadable ({exc.strerror or exc})") from None
-    if data[:2] == b"\xff\xd8" and b"\xff\xd9" not in data[-1024:]:
+    try:
+        st = os.fstat(fd)
+        if not stat.S_ISREG(st.st_mode):
+            kind = next((name for test, name in _KINDS if test(st.st_mode)), "not a regular file")
+            raise ImageReadError(path, f"{kind}, not an image file; refused")
+        if st.st_size > max_bytes:
+            raise ImageTooLarge(path, f"{st.st_size} bytes, more than the {max_bytes} an image may have; refused")
+        with os.fdopen(os.dup(fd), "rb") as fh:
+            data = fh.read(max_bytes + 1)
+    except OSError as exc:
+        raise ImageReadError(path, f"unreadable ({exc.strerror or exc})") from None
+    finally:
+        os.close(fd)
+    if len(data) > max_bytes:
+        raise ImageTooLarge(path, f"more than the {max_bytes} bytes an image may have (it grew while read); refused")
+    return data
+
+
+def header_size(data: bytes, path: str | os.PathLike[str], max_pixels: int = MAX_IMAGE_PIXELS) -> tuple[int, int]:
+    """``(width, height)`` from an image's header alone, refused above ``max_pixels``."""
+    try:
+        with Image.open(io.BytesIO(data)) as im:
+            w, h = int(im.size[0]), int(im.size[1])
+    except Image.DecompressionBombError:
+        raise ImageTooLarge(path, f"its header claims more than {max_pixels} pixels (a decompression bomb?); "
+                                  "refused before decoding") from None
+    except _HEADER_ERRORS as exc:
+        raise ImageReadError(path, f"not a readable image ({type(exc).__name__}: {_short(exc)})") from None
+    if w < 1 or h < 1:
+        raise ImageReadError(path, f"its header says {w}x{h}")
+    if w * h > max_pixels:
+        raise ImageTooLarge(path, f"its header says {w}x{h} = {w * h} pixels, more than the {max_pixels} "
+                                  "allowed (a decompression bomb?); refused before decoding")
+    return w, h
+
+
+def _short(exc: BaseException, limit: int = 200) -> str:
+    text = " ".join(str(exc).split())
+    return text if len(text) <= limit else text[: limit - 1] + "…"
+
+
+# Bytes put before a JPEG's last end marker by the scan check: a complete scan ignores them (they
+# stand between its last block and the marker), a scan cut short decodes them as blocks.
+_FILLER = bytes(range(1, 255, 3)) * 4
+
+
+def _pil_rgb(data: bytes) -> np.ndarray | None:
+    try:
+        with Image.open(io.BytesIO(data)) as im:
+            return np.asarray(im.convert("RGB"))
+    except Exception:  # noqa: BLE001 (any failure of this second decoder only means "cannot tell")
+        return None
+
+
+def _scan_is_complete(data: bytes, decoded: np.ndarray) -> bool:
+    """Whether a JPEG's entropy-coded data reaches its end marker.
+
+    A JPEG cut short and given an end marker decodes without error, the missing blocks painted flat
+    (grey, or the last colour). Decoding it again with filler bytes before the end marker tells them
+    apart: a complete scan never reads the filler, so the picture is the same; a short one reads it as
+    blocks, so it changes. The second decode is Pillow's, which reports nothing on stderr; it is
+    compared with OpenCV's picture, and only where the two decoders differ with Pillow's own.
+    """
+    pos = data.rfind(b"\xff\xd9")
+    filled = _pil_rgb(data[:pos] + _FILLER + data[pos:])
+    if filled is not None and filled.shape == decoded.shape and np.array_equal(filled, decoded):
+        return True
+    plain = _pil_rgb(data)
+    if plain is None:
+        return True  # Pillow cannot read this JPEG at all: OpenCV's decode stands
+    return filled is not None and np.array_equal(plain, filled)
+
+
+def decode_image(path: str | os.PathLike[str], expected: tuple[int, int] | None = None,
+                 max_bytes: int = MAX_IMAGE_BYTES, max_pixels: int = MAX_IMAGE_PIXELS) -> np.ndarray:
+    """Decode a file to an RGB ``uint8`` array of shape H×W×3 (grey and RGBA become RGB).
+
+    ``expected`` is the record's ``(width, height)``: a header that says otherwise is refused before
+    decoding. Raises ``ImageReadError`` (or its kinds ``ImageTooLarge``) for every failure.
+    """
+    path = Path(path)
+    data = read_image_bytes(path, max_bytes)
+    jpeg = data[:2] == b"\xff\xd8"
+    if jpeg and b"\xff\xd9" not in data[-1024:]:
         raise ImageReadError(path, "truncated JPEG (no end-of-image marker)")
+    w, h = header_size(data, path, max_pixels)
+    if expected is not None and (w, h) != tuple(expected):
+        raise ImageReadError(path, f"decoded size {w}x{h} differs from the recorded {expected[0]}x{expected[1]}")
     try:
         img = cv2.imdecode(np.frombuffer(data, np.uint8), cv2.IMREAD_COLOR | cv2.IMREAD_IGNORE_ORIENTATION)
-    except cv2.error as exc:
-        raise ImageReadError(path, f"undecodable image ({len(data)} bytes): {str(exc).strip()[:200]}") from None
+        if img is not None:
+            img = cv2.cvtColor(img, cv2.COLOR_BGR2RGB, dst=img)
+    except Exception as exc:  # noqa: BLE001 (cv2.error and anything else a decoder raises on hostile bytes)
+        raise ImageReadError(path, f"undecodable image ({len(data)} bytes): {type(exc).__name__}: {_short(exc)}") from None
     if img is None:
         raise ImageReadError(path, f"undecodable image ({len(data)} bytes)")
-    return cv2.cvtColor(img, cv2.COLOR_BGR2RGB, dst=img)
+    if img.shape[:2] != (h, w):
+        raise ImageReadError(path, f"decoded as {img.shape[1]}x{img.shape[0]} but its header says {w}x{h}")
+    if jpeg and not _scan_is_complete(data, img):
+        raise ImageReadError(path, "truncated JPEG (its scan data stops before the end marker)")
+    return img
 
 
 read_image = decode_image  # the name inspection used
 
 
-def image_size(path: str | os.PathLike[str]) -> tuple[int, int]:
-    """``(width, height)`` from the file header only (cheap: no pixel decoding)."""
+def image_size(path: str | os.PathLike[str], max_bytes: int = MAX_IMAGE_BYTES,
+               max_pixels: int = MAX_IMAGE_PIXELS) -> tuple[int, int]:
+    """``(width, height)`` from the file header only (cheap: no pixel decoding), within the same bounds."""
     path = Path(path)
-    if not path.is_file():
-        raise ImageReadError(path, "no such file")
-    try:
-        with Image.open(path) as im:
-            return int(im.size[0]), int(im.size[1])
-    except _HEADER_ERRORS as exc:
-        raise ImageReadError(path, f"not a readable image ({type(exc).__name__}: {exc})") from None
+    return header_size(read_image_bytes(path, max_bytes), path, max_pixels)
 
 
 class ImageCache:
     """A small LRU of decoded images by image id (backgrounds are reused); failures are cached too.
 
-    Cached arrays are read-only so no stage can alter a shared background by accident.
+    At most ``maxsize`` images and ``max_bytes`` of pixels are kept, whatever their size. Cached arrays
+    are read-only so no stage can alter a shared background by accident.
     """
 
-    def __init__(self, resolve: Callable[[int], Path], maxsize: int = 16):
+    def __init__(self, resolve: Callable[[int], Path], maxsize: int = 16, max_bytes: int = CACHE_BYTES):
         self._resolve = resolve
         self._maxsize = maxsize
+        self._max_bytes = max_bytes
+        self._bytes = 0
         self._items: OrderedDict[int, np.ndarray | ImageReadError] = OrderedDict()
 
     def path(self, image_id: int) -> Path:
@@ -94,20 +213,16 @@ class ImageCache:
         hit = self._items.get(info.image_id)
         if hit is None:
             try:
-                img = decode_image(self.path(info.image_id))
-                if img.shape[:2] != (info.height, info.width):
-                    raise ImageReadError(
-                        self.path(info.image_id),
-                        f"decoded size {img.shape[1]}x{img.shape[0]} differs from the recorded "
-                        f"{info.width}x{info.height}",
-                    )
+                img = decode_image(self.path(info.image_id), expected=(info.width, info.height))
                 img.flags.writeable = False
                 hit = img
             except ImageReadError as exc:
                 hit = exc
             self._items[info.image_id] = hit
-            if len(self._items) > self._maxsize:
-                self._items.popitem(last=False)
+            self._bytes += hit.nbytes if isinstance(hit, np.ndarray) else 0
+            while len(self._items) > 1 and (len(self._items) > self._maxsize or self._bytes > self._max_bytes):
+                _, old = self._items.popitem(last=False)
+                self._bytes -= old.nbytes if isinstance(old, np.ndarray) else 0
         else:
             self._items.move_to_end(info.image_id)
         if isinstance(hit, ImageReadError):
@@ -121,6 +236,12 @@ class ImageCache:
 def is_rle(segmentation: Any) -> bool:
     """True for a COCO RLE dict (compressed string or uncompressed list of counts)."""
     return isinstance(segmentation, dict) and "counts" in segmentation and "size" in segmentation
+
+
+def is_rle_like(segmentation: Any) -> bool:
+    """True for a dict that means to be an RLE (it has ``counts``), with or without a usable ``size``:
+    one without is a problem of that annotation (``inspect`` reports it), not of the whole source."""
+    return isinstance(segmentation, dict) and "counts" in segmentation
 
 
 def usable_polygons(segmentation: Sequence[Any]) -> list[list[float]]:
@@ -143,18 +264,23 @@ def usable_polygons(segmentation: Sequence[Any]) -> list[list[float]]:
 def segmentation_rles(segmentation: Any, height: int, width: int) -> list[dict[str, Any]]:
     """One pycocotools RLE per part of the segmentation (per polygon, or the single RLE)."""
     height, width = int(height), int(width)
-    if is_rle(segmentation):
-        size = [int(v) for v in segmentation["size"]]
+    if is_rle_like(segmentation):
+        size_value = segmentation.get("size")
+        if not isinstance(size_value, list | tuple) or len(size_value) != 2:
+            raise ValueError("RLE without a [height, width] size")
+        size = [int(v) for v in size_value]
         if size != [height, width]:
             raise ValueError(f"RLE size {size} does not match image size [{height}, {width}]")
         counts = segmentation["counts"]
-        if isinstance(counts, list):
+        if isinstance(counts, list) and all(type(c) is int and c >= 0 for c in counts):
             return [mask_utils.frPyObjects({"size": size, "counts": counts}, height, width)]
-        if isinstance(counts, str):
+        if isinstance(counts, str) and counts.isascii():
             counts = counts.encode("ascii")
+        if not isinstance(counts, bytes):
+            raise ValueError("RLE counts are neither a compressed string nor a list of counts")
         return [{"size": size, "counts": counts}]
     if isinstance(segmentation, list | tuple):
-        if segmentation and all(is_rle(part) for part in segmentation):
+        if segmentation and all(is_rle_like(part) for part in segmentation):
             return [rle for part in segmentation for rle in segmentation_rles(part, height, width)]
         polys = usable_polygons(segmentation)
         if not polys:

@@ -18,8 +18,8 @@ import numpy as np
 import orjson
 
 from comcoco.records import Annotation, Category, ImageInfo, Ref, Sentence
-from comcoco.sources.format import SourceError, normalize_sentence
-from comcoco.sources.images import is_rle
+from comcoco.sources.format import SourceError, normalize_sentence, short
+from comcoco.sources.images import is_rle_like
 
 # orjson returns a float for an integer literal beyond 64 bits, where the standard library keeps
 # the exact int. Such a literal has at least 19 digits, so a file holding a run of 19 or more
@@ -93,13 +93,22 @@ def load_json(path: Path, data: bytes | None = None) -> Any:
         raise SourceError(f"{path}: not UTF-8 text ({exc.reason} at byte {exc.start})") from None
     except OSError as exc:
         raise SourceError(f"{path}: cannot read ({exc.strerror or exc})") from None
+    except RecursionError:
+        raise SourceError(f"{path}: refused: values nested too deeply to read") from None
+    except ValueError as exc:  # e.g. an integer literal of thousands of digits
+        raise SourceError(f"{path}: not readable JSON ({short(str(exc))})") from None
 
 
 # --- parsing raw dicts into records ------------------------------------------------------------
 
 
+_ID_BITS = 256  # ids are database keys; one of thousands of digits can only be hostile
+
+
 def as_int(value: Any) -> int:
     if type(value) is int:  # the common case, without the slower ABC checks below
+        if value.bit_length() > _ID_BITS:
+            raise TypeError(f"an integer of {value.bit_length()} bits")
         return value
     if isinstance(value, bool):
         raise TypeError("a boolean is not an id")
@@ -107,7 +116,7 @@ def as_int(value: Any) -> int:
         return int(value)
     if isinstance(value, float) and value.is_integer():
         return int(value)
-    raise TypeError(f"expected an integer, got {type(value).__name__} {value!r}")
+    raise TypeError(f"expected an integer, got {type(value).__name__} {short(value)}")
 
 
 def as_float(value: Any) -> float:
@@ -115,7 +124,7 @@ def as_float(value: Any) -> float:
     if kind is float or kind is int:
         return float(value)
     if isinstance(value, bool) or not isinstance(value, numbers.Real):
-        raise TypeError(f"expected a number, got {type(value).__name__} {value!r}")
+        raise TypeError(f"expected a number, got {type(value).__name__} {short(value)}")
     return float(value)
 
 
@@ -125,11 +134,11 @@ def is_map(value: Any) -> bool:
 
 def _field(raw: Mapping[str, Any], key: str, conv: Any, where: str) -> Any:
     if key not in raw:
-        raise SourceError(f"{where}: missing key {key!r}")
+        raise SourceError(f"{where}: missing key {short(key)}")
     try:
         return conv(raw[key])
     except (TypeError, ValueError) as exc:
-        raise SourceError(f"{where}: bad {key!r}: {exc}") from None
+        raise SourceError(f"{where}: bad {short(key)}: {exc}") from None
 
 
 def _as_str(value: Any) -> str:
@@ -188,7 +197,7 @@ def _bbox(value: Any) -> tuple[float, float, float, float]:
 
 
 def _segmentation(value: Any) -> Any:
-    if isinstance(value, list | tuple) or is_rle(value):
+    if isinstance(value, list | tuple) or is_rle_like(value):
         return value
     raise TypeError(f"expected polygons or an RLE dict, got {type(value).__name__}")
 
@@ -312,13 +321,39 @@ def category_records(raws: list[Any], file: Path) -> list[Category]:
     return [category_record(raw, index, file) for index, raw in enumerate(raws)]
 
 
-def _fast_sentence(raw: Any, loose: list[Any]) -> Sentence | None:
+class SharedValues(Exception):
+    """Raised by the fast path when a container is reached twice (the caller then bounds the tree)."""
+
+
+class _Seen(set):
+    pass
+
+
+class _Anything(_Seen):
+    """Admits every container again (once the tree was found within bounds)."""
+
+    def __contains__(self, item: object) -> bool:
+        return False
+
+    def add(self, item: object) -> None:
+        pass
+
+
+def _once(seen: set[int], container: object) -> None:
+    if id(container) in seen:
+        raise SharedValues("a container is referenced more than once")
+    seen.add(id(container))
+
+
+def _fast_sentence(raw: Any, loose: list[Any], seen: _Seen) -> Sentence | None:
     """The sentence of a usual-shape entry, else None; values outside its known keys go to ``loose``."""
     if type(raw) is not dict:
         return None
     sent_id, sent, text, tokens = raw.get("sent_id"), raw.get("sent"), raw.get("raw"), raw.get("tokens")
     if type(sent_id) is not int or type(sent) is not str or type(text) is not str or type(tokens) is not list:
         return None
+    _once(seen, raw)
+    _once(seen, tokens)
     try:
         "".join(tokens)  # raises TypeError unless every token is a string
     except TypeError:
@@ -334,7 +369,7 @@ def _fast_sentence(raw: Any, loose: list[Any]) -> Sentence | None:
     return rec
 
 
-def prepare_ref_records(raws: list[Any]) -> tuple[list[Ref | None], list[Any]]:
+def prepare_ref_records(raws: list[Any], allow_shared: bool = False) -> tuple[list[Ref | None], list[Any]]:
     """Records of the refs of the usual shape (None for the others) and the values the fast path
     did not look at (extra keys and their values, ``sent_ids`` that differ from the sentences).
 
@@ -345,10 +380,15 @@ def prepare_ref_records(raws: list[Any]) -> tuple[list[Ref | None], list[Any]]:
     out: list[Ref | None] = []
     append = out.append
     loose: list[Any] = []
+    # Containers already met: a pickle may reference one from many places, and a few kB could then make
+    # this loop run for hours. The first shared one stops it (SharedValues); the caller bounds the whole
+    # tree (comcoco.sources.safe_pickle.check_tree) and calls again with ``allow_shared``.
+    seen: _Seen = _Seen() if not allow_shared else _Anything()
     for raw in raws:
         if type(raw) is not dict:
             append(None)
             continue
+        _once(seen, raw)
         get = raw.get
         ref_id, ann_id, image_id, category_id = get("ref_id"), get("ann_id"), get("image_id"), get("category_id")
         split, sentences, file_name = get("split"), get("sentences"), get("file_name", "")
@@ -359,7 +399,8 @@ def prepare_ref_records(raws: list[Any]) -> tuple[list[Ref | None], list[Any]]:
             append(None)
             continue
         mark = len(loose)
-        sents = [_fast_sentence(s, loose) for s in sentences]
+        _once(seen, sentences)
+        sents = [_fast_sentence(s, loose, seen) for s in sentences]
         if None in sents:
             del loose[mark:]
             append(None)

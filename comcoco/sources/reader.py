@@ -27,6 +27,7 @@ from comcoco.sources.format import (
     DEFAULT_SPLIT_BY,
     KNOWN_SPLITS,
     SourceError,
+    short,
 )
 from comcoco.sources.images import segmentation_rles
 from comcoco.sources.index import build_index, find_problems
@@ -49,6 +50,7 @@ from comcoco.sources.parse import (
     is_map,
 )
 from comcoco.sources.parse import ref_records as parse_ref_records
+from comcoco.sources.paths import trusted_image_file
 from comcoco.sources.raw import read_instances, read_refs
 
 # --- id arguments ------------------------------------------------------------------------------
@@ -61,7 +63,7 @@ def _id_list(value: Any) -> list[Any]:
     if isinstance(value, numbers.Integral) and not isinstance(value, bool):
         return [int(value)]
     if isinstance(value, str | bytes):
-        raise TypeError(f"expected an id or a list of ids, got {type(value).__name__} {value!r}")
+        raise TypeError(f"expected an id or a list of ids, got {type(value).__name__} {short(value)}")
     if isinstance(value, np.ndarray):
         return [int(v) for v in value.ravel()]
     if isinstance(value, Iterable):
@@ -72,14 +74,14 @@ def _id_list(value: Any) -> list[Any]:
 def _single_id(value: Any) -> int:
     if isinstance(value, numbers.Integral) and not isinstance(value, bool):
         return int(value)
-    raise TypeError(f"expected one integer id, got {type(value).__name__} {value!r}")
+    raise TypeError(f"expected one integer id, got {type(value).__name__} {short(value)}")
 
 
 def _lookup(table: Mapping[int, Any], key: Any, what: str) -> Any:
     try:
         return table[key]
     except KeyError:
-        raise KeyError(f"unknown {what} {key!r}") from None
+        raise KeyError(f"unknown {what} {short(key)}") from None
     except TypeError:
         raise TypeError(f"{what} must be an integer, got {type(key).__name__}") from None
 
@@ -196,6 +198,7 @@ class ReferSource:
                 self.__dict__[name] = getattr(ix, name)
 
     data = _RawData()
+    IMAGE_ROOT: str | None = None  # set by load_source: where symlinks in the image folder may lead
     _large = False  # set by load_source: whatever it builds later is frozen as the source was
 
     @classmethod
@@ -377,7 +380,9 @@ class ReferSource:
         return _lookup(self._category_by_id, category_id, "category id")
 
     def image_path(self, image_id: int) -> Path:
-        return Path(self.IMAGE_DIR) / self.image(image_id).file_name
+        """The image's file inside ``IMAGE_DIR``; ``UnsafeImagePath`` (an ``ImageReadError``) when its
+        ``file_name`` leads elsewhere (``comcoco.sources.paths``; symlinks may end below ``IMAGE_ROOT``)."""
+        return trusted_image_file(self.IMAGE_DIR, self.image(image_id).file_name, self.IMAGE_ROOT)
 
     def __repr__(self) -> str:
         return (
@@ -403,13 +408,16 @@ def load_source(
     images: str | os.PathLike[str] | None = None,
     *,
     cache_dir: str | os.PathLike[str] | None = None,
+    image_root: str | os.PathLike[str] | None = None,
 ) -> ReferSource:
     """Read ``ROOT/<dataset>/refs(<split_by>).p`` (or ``.json``) and ``ROOT/<dataset>/instances.json``.
 
     Raises :class:`SourceError` (or :class:`UnsafePickleError`) naming the file when the source is
     unusable; non-fatal defects end up in ``source.problems``. A source that loads is remembered in
     the index cache (``cache_dir``; see :mod:`comcoco.sources.index_cache`), and a later load of the
-    same, unchanged files builds the same records and problems from there.
+    same, unchanged files builds the same records and problems from there. ``image_root`` admits
+    images that are symlinks into that folder (a symlink farm); without it every image must resolve
+    inside the image folder.
     """
     root = Path(root)
     if not root.is_dir():
@@ -434,6 +442,7 @@ def load_source(
                 fp = _fingerprint(refs_file, instances_file)[0]
                 source = ReferSource._from_cache(read_cache(directory, fp, refs_file, instances_file), fp, **where)
                 source._large = large
+                source.IMAGE_ROOT = str(image_root) if image_root is not None else None
                 return source
             except CacheMiss:  # read the files once more, and cache what those very bytes give
                 fp, refs_bytes, inst_bytes = _fingerprint(refs_file, instances_file, keep=True)
@@ -442,12 +451,14 @@ def load_source(
         del refs_bytes, inst_bytes
         source = ReferSource(refs, instances, ref_records=prepared, **where)
         source._large = large
+        source.IMAGE_ROOT = str(image_root) if image_root is not None else None
     if fp is not None:
         with paused_gc():
             try:
                 write_cache(directory, fp, source)
-            except (OSError, NotCacheable):
-                pass  # the cache only saves time; a source that cannot be cached still loads
+            except (OSError, NotCacheable, RecursionError, ValueError, TypeError):
+                pass  # the cache only saves time; a source that cannot be cached (a value nested too deep
+                # for its JSON, say) still loads
     return source
 
 

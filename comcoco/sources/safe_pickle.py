@@ -61,6 +61,82 @@ def all_plain(root: Any) -> bool:
     return True
 
 
+MAX_DEPTH = 32  # REFER refs nest 5 deep (list, ref, sentences, sentence, tokens); COCO instances 5
+MAX_ELEMENTS = 200_000_000  # values reachable from the root, counting shared ones as often as reached
+
+
+class TreeTooLarge(SourceError):
+    """A value nested deeper, or reaching more values (through shared references), than any source has."""
+
+
+def _containers(level: list[Any]) -> list[Any]:
+    return list(compress(level, map(_CONTAINERS.__contains__, map(type, level))))
+
+
+def _children(containers: Any) -> list[Any]:
+    dicts = [c for c in containers if type(c) is dict]
+    seqs = [c for c in containers if type(c) is not dict]
+    return list(chain(chain.from_iterable(dicts), chain.from_iterable(d.values() for d in dicts),
+                      chain.from_iterable(seqs)))
+
+
+def check_tree(root: Any, path: Path, max_depth: int = MAX_DEPTH, max_elements: int = MAX_ELEMENTS) -> None:
+    """Refuse a tree nested deeper than ``max_depth`` or reaching more than ``max_elements`` values.
+
+    A pickle can reference one container from many places (its memo), so a file of a few kB can
+    reach billions of values: every later walk over it would take that long. The walk goes a level at
+    a time over distinct containers (as ``all_plain``); only when a container is reached twice are the
+    values counted with their multiplicities, which a plain source never needs.
+    """
+    seen: set[int] = set()
+    level, depth, total, shared = [root], 0, 1, False
+    while level:
+        containers = _containers(level)
+        fresh = {id(c): c for c in containers}
+        shared |= len(fresh) < len(containers) or not seen.isdisjoint(fresh)
+        for key in seen.intersection(fresh):
+            del fresh[key]
+        if not fresh:
+            break
+        depth += 1
+        if depth > max_depth:
+            raise TreeTooLarge(f"{path}: refused: values nested more than {max_depth} deep")
+        seen.update(fresh)
+        level = _children(fresh.values())
+        total += len(level)
+        if total > max_elements:
+            raise TreeTooLarge(f"{path}: refused: more than {max_elements} values")
+    if shared:
+        _count_with_sharing(root, path, max_elements)
+
+
+def _count_with_sharing(root: Any, path: Path, max_elements: int) -> None:
+    """Count every value as often as it is reached (a container's count is computed once, children
+    first); a container that holds itself is refused (every walk over it would never end)."""
+    size: dict[int, int] = {}
+    open_: set[int] = set()
+    stack: list[tuple[Any, bool]] = [(root, False)]
+    while stack:
+        obj, done = stack.pop()
+        key = id(obj)
+        if key in size:
+            continue
+        kids = list(obj.keys()) + list(obj.values()) if type(obj) is dict else list(obj)
+        if not done:
+            if key in open_:
+                raise TreeTooLarge(f"{path}: refused: a value contains itself; nothing from it was used")
+            open_.add(key)
+            stack.append((obj, True))
+            stack.extend((k, False) for k in kids if type(k) in _CONTAINERS and id(k) not in size)
+            continue
+        open_.discard(key)
+        n = sum(size.get(id(k), 0) + 1 for k in kids)
+        if n > max_elements:
+            raise TreeTooLarge(f"{path}: refused: shared references reach more than {max_elements} values "
+                               "(a pickle that fans out); nothing from it was used")
+        size[key] = n
+
+
 def _first_not_plain(obj: Any, path: Path) -> None:
     """Raise for the first non-plain object in depth-first order (the error names its type)."""
     stack = [obj]

@@ -21,7 +21,16 @@ from typing import Any
 import numpy as np
 
 from comcoco.records import Annotation, ImageInfo, Problem
-from comcoco.sources.images import ImageReadError, image_size, is_rle, polygon_area, read_image
+from comcoco.sources.format import sentence_problem, short
+from comcoco.sources.images import (
+    ImageReadError,
+    ImageTooLarge,
+    UnsafeImagePath,
+    image_size,
+    is_rle_like,
+    polygon_area,
+    read_image,
+)
 from comcoco.sources.refer import KNOWN_SPLITS, ReferSource
 
 # How far (pixels) a bbox may reach past the image border before it counts as outside: COCO boxes
@@ -33,6 +42,8 @@ PROBLEM_KINDS: tuple[str, ...] = (
     "missing_image",
     "missing_image_dir",
     "missing_image_file",
+    "unsafe_image_path",
+    "image_too_large",
     "unreadable_image",
     "image_size_mismatch",
     "empty_polygon",
@@ -52,6 +63,7 @@ PROBLEM_KINDS: tuple[str, ...] = (
     "annotation_image_mismatch",
     "category_mismatch",
     "sent_ids_mismatch",
+    "unusable_text",
 )
 
 
@@ -235,6 +247,12 @@ def _bulk_polygon_problems(annotations: Sequence[Annotation], file: str) -> list
 
 def _rle_problems(seg: dict[str, Any], ann: Annotation, image: ImageInfo | None, file: str) -> Iterator[Problem]:
     size = seg.get("size")
+    counts = seg.get("counts")
+    if not (isinstance(counts, str) and counts.isascii()) and not (
+            isinstance(counts, list) and all(type(c) is int and c >= 0 for c in counts)):
+        yield Problem("invalid_segmentation", file, ann.ann_id,
+                      f"annotation {ann.ann_id}: RLE counts {short(counts)} are neither a compressed string nor "
+                      "a list of counts")
     if not isinstance(size, list | tuple) or len(size) != 2:
         yield Problem("invalid_segmentation", file, ann.ann_id, f"annotation {ann.ann_id}: RLE without a [height, width] size")
     elif image is not None and [size[0], size[1]] != [image.height, image.width]:
@@ -274,11 +292,11 @@ def annotation_problems(
     out: list[Problem] = []
     seg = ann.segmentation
     aid = ann.ann_id
-    if is_rle(seg):
+    if is_rle_like(seg):
         out.extend(_rle_problems(seg, ann, image, file))
         if referred:
             out.append(Problem("referred_rle", file, aid, f"annotation {aid} is referred but stored as RLE; original REFER getMask needs polygons"))
-    elif isinstance(seg, list | tuple) and seg and all(is_rle(part) for part in seg):
+    elif isinstance(seg, list | tuple) and seg and all(is_rle_like(part) for part in seg):
         for part in seg:
             out.extend(_rle_problems(part, ann, image, file))
     else:
@@ -306,15 +324,21 @@ def annotation_problems(
 # --- image files -------------------------------------------------------------------------------
 
 
-def _check_image_file(path: Path, image: ImageInfo, deep: bool) -> list[Problem]:
+def _check_image_file(source: ReferSource, image: ImageInfo, deep: bool) -> list[Problem]:
     iid = image.image_id
-    if not path.is_file():
+    try:
+        path = source.image_path(iid)
+    except UnsafeImagePath as exc:
+        return [Problem("unsafe_image_path", str(exc.path), iid, f"image {iid}: {exc.reason}")]
+    if not path.exists():
         return [Problem("missing_image_file", str(path), iid, f"image {iid}: file not found")]
     try:
         if deep:
             h, w = read_image(path).shape[:2]
         else:
             w, h = image_size(path)
+    except ImageTooLarge as exc:
+        return [Problem("image_too_large", str(path), iid, f"image {iid}: {exc.reason}")]
     except ImageReadError as exc:
         return [Problem("unreadable_image", str(path), iid, f"image {iid}: {exc.reason}")]
     if (w, h) != (image.width, image.height):
@@ -330,7 +354,8 @@ def _check_image_file(path: Path, image: ImageInfo, deep: bool) -> list[Problem]
 def image_file_problems(
     source: ReferSource, images: Sequence[ImageInfo], deep: bool = False, workers: int | None = None
 ) -> list[Problem]:
-    """Existence, readability and size of each image file, in the given order.
+    """Where each image file is (inside the image folder), whether it is there, readable, within the
+    size and pixel limits and of its recorded size, in the given order.
 
     Decoding releases the GIL, so a thread pool spreads ``deep`` checks over the cores.
     """
@@ -338,13 +363,29 @@ def image_file_problems(
     if not image_dir.is_dir():
         return [Problem("missing_image_dir", str(image_dir), None, f"image directory {image_dir} does not exist")]
     n_workers = workers if workers is not None else min(8, os.cpu_count() or 1)
-    jobs = [(image_dir / image.file_name, image) for image in images]
-    if n_workers <= 1 or len(jobs) < 2:
-        results = [_check_image_file(p, i, deep) for p, i in jobs]
+    if n_workers <= 1 or len(images) < 2:
+        results = [_check_image_file(source, i, deep) for i in images]
     else:
         with ThreadPoolExecutor(max_workers=n_workers) as pool:
-            results = list(pool.map(lambda job: _check_image_file(job[0], job[1], deep), jobs))
+            results = list(pool.map(lambda image: _check_image_file(source, image, deep), images))
     return [p for found in results for p in found]
+
+
+def text_problems(refs: Sequence[Any], file: str) -> list[Problem]:
+    """Sentences whose text cannot be shipped (lone surrogates, control characters), by ref id.
+
+    The build reports them (``source-report.json``); review tasks and releases leave those sentences
+    out (``comcoco.sources.format.usable_sentences``), so they are never first met by a release.
+    """
+    out = []
+    for ref in refs:
+        for sent in ref.sentences:
+            why = sentence_problem(sent)
+            if why is not None:
+                out.append(Problem("unusable_text", file, ref.ref_id,
+                                   f"ref {ref.ref_id} sentence {sent.sent_id}: {why}: {short(sent.raw)}; "
+                                   "the sentence is left out of review tasks and releases"))
+    return out
 
 
 def inspect_source(source: ReferSource, deep: bool = False, workers: int | None = None) -> InspectReport:
@@ -367,6 +408,7 @@ def inspect_source(source: ReferSource, deep: bool = False, workers: int | None 
     for i in suspects.tolist():  # the others have good polygons and a good bbox: nothing to report
         ann = annotations[i]
         problems.extend(annotation_problems(ann, image_by_id.get(ann.image_id), inst, ann.ann_id in referred, polygons[i]))
+    problems.extend(text_problems(refs, str(source.refs_file)))
     problems.extend(image_file_problems(source, images, deep=deep, workers=workers))
 
     return InspectReport(
