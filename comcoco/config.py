@@ -20,6 +20,11 @@ from comcoco.placement import PLACEMENT_METHODS
 
 DEFAULT_SHARD_SIZE = 256
 IMAGE_FORMATS: tuple[str, ...] = ("png", "jpeg")
+# The lossless writer (docs/compose.md, "Encoders"): fpng writes a standard PNG about ten times faster than
+# zlib at level 1, files about a quarter larger; opencv is libpng through OpenCV at --png-level, the writer
+# of every build before encoders could be chosen (so its fingerprint leaves the encoder out).
+ENCODERS: tuple[str, ...] = ("fpng", "opencv")
+LEGACY_ENCODER = "opencv"
 # paper: the ComCOCO paper's recipe — one object per composite, pasted as cut (no shadow, no rim
 # refinement, no camera matching). robust: several distinguishable targets per composite, each with its
 # shadow, a refined matte and the scene's noise, blur and JPEG grid, so the pasted object does not give
@@ -48,6 +53,7 @@ class ComposeConfig:
     graconet_ckpt: str | None = None
     harmonizer_ckpt: str | None = None
     profile: str = "robust"
+    encoder: str = "fpng"
 
     def __post_init__(self) -> None:
         if self.objects_per_image is None:
@@ -61,11 +67,14 @@ class ComposeConfig:
         """Stable id of all fields: same config → same id on every machine.
 
         The paper profile's id leaves ``profile`` out, so it names its samples exactly as comcoco did
-        before profiles existed (its output is byte-identical to that recipe's).
+        before profiles existed (its output is byte-identical to that recipe's); the opencv encoder's id
+        leaves ``encoder`` out for the same reason (it writes the bytes every build wrote before).
         """
         fields_ = asdict(self)
         if self.profile == "paper":
             fields_.pop("profile")
+        if self.encoder == LEGACY_ENCODER:
+            fields_.pop("encoder")
         return stable_id("compose-config", fields_)
 
     @property
@@ -80,6 +89,8 @@ class ComposeConfig:
             raise ComposeConfigError(f"unknown placement {self.placement!r} (choose {'|'.join(PLACEMENT_METHODS)})")
         if self.harmonize not in HARMONIZE_METHODS:
             raise ComposeConfigError(f"unknown harmonize method {self.harmonize!r} (choose {'|'.join(HARMONIZE_METHODS)})")
+        if self.encoder not in ENCODERS:
+            raise ComposeConfigError(f"unknown encoder {self.encoder!r} (choose {'|'.join(ENCODERS)})")
         if self.image_format not in IMAGE_FORMATS:
             raise ComposeConfigError(f"unknown image format {self.image_format!r} (choose png|jpeg)")
         if self.objects_per_image < 1:
@@ -158,8 +169,8 @@ class BuildConfig:
         compose_fields = data.pop("compose", None)
         if compose_fields is None:
             compose = None
-        else:  # a plan made before profiles existed followed the paper recipe
-            compose = ComposeConfig(**{"profile": "paper", **compose_fields})
+        else:  # a plan made before profiles (encoders) existed followed the paper recipe (wrote with opencv)
+            compose = ComposeConfig(**{"profile": "paper", "encoder": LEGACY_ENCODER, **compose_fields})
         known = {f.name for f in fields(cls)}
         return cls(compose=compose, **{k: v for k, v in data.items() if k in known})
 

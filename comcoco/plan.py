@@ -383,7 +383,12 @@ def check_resume(workdir: str | Path, config: BuildConfig, source: SourceSpec) -
     meta = read_plan_meta(workdir)
     if meta is None:
         return None
-    diffs = config_differences(meta["config"], config.to_dict())
+    saved = meta["config"]
+    try:  # a plan from before a field existed reads as that field's old value (BuildConfig.from_dict)
+        saved = BuildConfig.from_dict(saved).to_dict()
+    except (TypeError, ValueError):
+        pass  # an unreadable configuration is compared as written, so every difference is listed
+    diffs = config_differences(saved, config.to_dict())
     diffs += config_differences({"source": meta["source"]}, {"source": asdict(source)})
     if diffs:
         raise PlanMismatchError(

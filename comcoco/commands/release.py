@@ -108,6 +108,11 @@ def create(
                f"left out: {sel['excluded'] or 'none'}; unreviewed: {sel['review']['unreviewed']} "
                f"({sel['unreviewed_policy']}d)")
     typer.echo(f"files    {len(manifest['files'])} in manifest.json; dist/index.json for download")
+    audit = result.get("audit")
+    if audit:
+        typer.echo(f"audit    {audit['verdict']} ({audit['targets_audited']} of {audit['targets_in_release']} "
+                   f"targets; audit.json)")
+    typer.echo("seconds  " + ", ".join(f"{k} {v:.1f}" for k, v in result["seconds"].items()))
     compared = result["manifest"].get("compared")
     if compared is not None:
         typer.echo(f"compared with {compared['previous']}: {compared['summary']}")

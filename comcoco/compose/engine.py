@@ -12,6 +12,7 @@ import math
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field, replace
 
+import cv2
 import numpy as np
 
 from comcoco.compose.cutout import (
@@ -221,8 +222,9 @@ def _ground_truths(done: list[tuple[ComposedSample, Cutout]], canvas: np.ndarray
                 x, y, w, h = cut.box
                 touched = cut.alpha > 0
                 gt[y : y + h, x : x + w][touched] = bg[y : y + h, x : x + w][touched]
-            else:
-                gt[cs.touched] = bg[cs.touched]
+            else:  # within the touched set's bounding box: the same bytes, a fraction of the work
+                x, y, w, h = cv2.boundingRect(cs.touched.view(np.uint8))
+                np.copyto(gt[y : y + h, x : x + w], bg[y : y + h, x : x + w], where=cs.touched[y : y + h, x : x + w, None])
             cs.ground_truth = gt
 
 
