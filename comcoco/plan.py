@@ -433,7 +433,7 @@ def check_source_unchanged(workdir: str | Path, meta: dict[str, Any], spec: Sour
     """Refuse to resume when a source file the plan recorded changed since (naming the files)."""
     from comcoco.sources.fingerprint import StampCache, changed_files, stamp_files
     from comcoco.sources.format import DEFAULT_IMAGE_SUBDIR
-    from comcoco.sources.images import ImageReadError
+    from comcoco.sources.images import MAX_IMAGE_BYTES, ImageReadError
     from comcoco.sources.paths import short, trusted_image_file
 
     recorded = meta.get("source_fingerprint")
@@ -450,7 +450,8 @@ def check_source_unchanged(workdir: str | Path, meta: dict[str, Any], spec: Sour
 
     cache = StampCache(Path(workdir) / STAMP_CACHE)
     current = {"files": stamp_files({n: root / n for n in recorded.get("files") or {}}, cache),
-               "images": stamp_files({n: image(n) for n in recorded.get("images") or {}}, cache)}
+               "images": stamp_files({n: image(n) for n in recorded.get("images") or {}}, cache,
+                                     max_bytes=MAX_IMAGE_BYTES)}
     cache.save()
     changed = changed_files(recorded, current)
     if changed:

@@ -247,7 +247,7 @@ def test_inspect_and_build_survive_a_source_of_hostile_images(demo_source_copy, 
     outside = tmp_path / "outside"
     outside.mkdir()
     (outside / "stolen.jpg").write_bytes(noisy_jpeg())
-    spec, config = SourceSpec(root=str(demo_source_copy)), BuildConfig(limit=8, shard_size=4, seed=0)
+    spec, config = SourceSpec(root=str(demo_source_copy)), BuildConfig(limit=24, shard_size=8, seed=0)
     scout = Workdir(tmp_path / "scout")
     prepare_workdir(scout, config, spec)
     match_stage(spec, scout, config)

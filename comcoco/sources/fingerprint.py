@@ -12,12 +12,14 @@ from __future__ import annotations
 
 import json
 import os
+import stat
 from collections.abc import Callable, Mapping
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 from typing import Any
 
 from comcoco.io import file_stamp, write_text_atomic
+from comcoco.sources.images import MAX_IMAGE_BYTES
 
 Stamp = dict[str, Any]  # {"size": int, "sha256": str}, or {"missing": reason}
 
@@ -40,11 +42,17 @@ class StampCache:
             except (OSError, ValueError, UnicodeDecodeError):
                 self.entries = {}  # a damaged cache only costs hashing again
 
-    def stamp(self, path: Path) -> Stamp:
+    def stamp(self, path: Path, max_bytes: int | None = None) -> Stamp:
+        """The file's stamp; a FIFO, device or folder (which would block or never end) and a file over
+        ``max_bytes`` are recorded as refused, never read."""
         try:
             st = os.stat(path)
         except OSError as exc:
             return {"missing": exc.strerror or str(exc)}
+        if not stat.S_ISREG(st.st_mode):
+            return {"missing": "not a regular file"}
+        if max_bytes is not None and st.st_size > max_bytes:
+            return {"missing": f"larger than {max_bytes} bytes"}
         key = str(path)
         hit = self.entries.get(key)
         if hit is not None and hit[:5] == _key(st):
@@ -63,13 +71,14 @@ class StampCache:
             write_text_atomic(self.path, json.dumps(self.entries, sort_keys=True) + "\n")
 
 
-def stamp_files(paths: Mapping[str, Path | None], cache: StampCache, threads: int = 4) -> dict[str, Stamp]:
+def stamp_files(paths: Mapping[str, Path | None], cache: StampCache, threads: int = 4,
+                max_bytes: int | None = None) -> dict[str, Stamp]:
     """Stamps of ``{name: path}`` (a None path is a file that may not be read: recorded as refused)."""
     names = sorted(paths)
 
     def one(name: str) -> Stamp:
         p = paths[name]
-        return {"missing": "refused"} if p is None else cache.stamp(p)
+        return {"missing": "refused"} if p is None else cache.stamp(p, max_bytes)
 
     with ThreadPoolExecutor(max_workers=max(1, threads)) as pool:  # hashing releases the GIL
         return dict(zip(names, pool.map(one, names), strict=True))
@@ -83,7 +92,8 @@ def source_fingerprint(refs_file: Path, instances_file: Path, root: Path, image_
     """
     files = stamp_files({refs_file.relative_to(root).as_posix(): refs_file,
                          instances_file.relative_to(root).as_posix(): instances_file}, cache)
-    images = stamp_files({image_names[i]: image_file(i) for i in sorted(image_names)}, cache)
+    images = stamp_files({image_names[i]: image_file(i) for i in sorted(image_names)}, cache,
+                         max_bytes=MAX_IMAGE_BYTES)
     return {"files": files, "images": images}
 
 
