@@ -95,7 +95,7 @@ card-screenshot: chromium
 REVIEW_DEMO ?= runs/review-demo
 review-screenshot: setup label-studio chromium
 	@$(PY) -c "import playwright" 2>/dev/null || $(PY) -m pip install -q --disable-pip-version-check "playwright==1.65.2"
-	test -d $(REVIEW_DEMO)/source || $(COMCOCO) demo-source $(REVIEW_DEMO)/source --images 40 --seed $(SEED)
+	test -d $(REVIEW_DEMO)/source || $(COMCOCO) demo-source -o $(REVIEW_DEMO)/source --images 40 --seed $(SEED)
 	test -f $(REVIEW_DEMO)/work/status.parquet || PREFECT_HOME=$${PREFECT_HOME:-$(CURDIR)/.prefect} $(COMCOCO) build $(REVIEW_DEMO)/source -o $(REVIEW_DEMO)/work --seed $(SEED) --limit 12 --workers $(WORKERS)
 	$(PY) scripts/review_screenshot.py --workdir $(REVIEW_DEMO)/work --out-dir runs
 
