@@ -25,6 +25,12 @@ IMAGE_FORMATS: tuple[str, ...] = ("png", "jpeg")
 # of every build before encoders could be chosen (so its fingerprint leaves the encoder out).
 ENCODERS: tuple[str, ...] = ("fpng", "opencv")
 LEGACY_ENCODER = "opencv"
+
+
+def default_encoder(profile: str) -> str:
+    """fpng, except for the paper profile, whose promise is the bytes comcoco wrote before (opencv)."""
+    return LEGACY_ENCODER if profile == "paper" else "fpng"
+
 # paper: the ComCOCO paper's recipe — one object per composite, pasted as cut (no shadow, no rim
 # refinement, no camera matching). robust: several distinguishable targets per composite, each with its
 # shadow, a refined matte and the scene's noise, blur and JPEG grid, so the pasted object does not give
@@ -53,11 +59,13 @@ class ComposeConfig:
     graconet_ckpt: str | None = None
     harmonizer_ckpt: str | None = None
     profile: str = "robust"
-    encoder: str = "fpng"
+    encoder: str | None = None  # None: the profile's (robust fpng; paper opencv, the bytes of earlier builds)
 
     def __post_init__(self) -> None:
         if self.objects_per_image is None:
             object.__setattr__(self, "objects_per_image", TARGETS_PER_COMPOSITE.get(self.profile, 1))
+        if self.encoder is None:
+            object.__setattr__(self, "encoder", default_encoder(self.profile))
 
     @property
     def robust(self) -> bool:

@@ -429,8 +429,17 @@ def source_fingerprint_of(workdir: str | Path, source: Any, rows: Sequence[PlanR
     return fp
 
 
-def check_source_unchanged(workdir: str | Path, meta: dict[str, Any], spec: SourceSpec) -> None:
-    """Refuse to resume when a source file the plan recorded changed since (naming the files)."""
+def check_source_unchanged(workdir: str | Path, meta: dict[str, Any], spec: SourceSpec,
+                           made_from: Callable[[], set[str]] | None = None) -> list[str]:
+    """Refuse to resume when a source file the plan recorded changed since (naming the files).
+
+    ``made_from()``: the images that samples already made (and kept by this run) were made from (asked
+    only when an image changed). An image
+    outside it may change — the documented repair of a failed sample is to fix its image and run again
+    with ``--retry-failed`` —, and its new stamp is recorded in plan.json; the refs file,
+    ``instances.json`` and every image in ``made_from`` may not. None protects every recorded file.
+    Returns the images whose change was accepted.
+    """
     from comcoco.sources.fingerprint import StampCache, changed_files, stamp_files
     from comcoco.sources.format import DEFAULT_IMAGE_SUBDIR
     from comcoco.sources.images import MAX_IMAGE_BYTES, ImageReadError
@@ -438,7 +447,7 @@ def check_source_unchanged(workdir: str | Path, meta: dict[str, Any], spec: Sour
 
     recorded = meta.get("source_fingerprint")
     if not isinstance(recorded, dict):
-        return  # planned before plans recorded the source: nothing to compare with
+        return []  # planned before plans recorded the source: nothing to compare with
     root = Path(spec.root)
     image_dir = Path(spec.images) if spec.images else root / DEFAULT_IMAGE_SUBDIR
 
@@ -454,12 +463,21 @@ def check_source_unchanged(workdir: str | Path, meta: dict[str, Any], spec: Sour
                                      max_bytes=MAX_IMAGE_BYTES)}
     cache.save()
     changed = changed_files(recorded, current)
+    images = [n for n in changed if n in current["images"]]
+    kept = made_from() if made_from is not None and images else set()
+    free = [] if made_from is None else [n for n in images if n not in kept]
+    changed = [n for n in changed if n not in set(free)]
+    if free and not changed:  # repaired (or newly broken) images of samples not made yet: read as they are now
+        meta = {**meta, "source_fingerprint": {**recorded, "images": {**recorded["images"],
+                                                                      **{n: current["images"][n] for n in free}}}}
+        write_text_atomic(Path(workdir) / PLAN_META, json.dumps(meta, indent=2, sort_keys=True) + "\n")
     if changed:
         shown = ", ".join(short(n) for n in changed[:10]) + (f" and {len(changed) - 10} more" if len(changed) > 10 else "")
         raise PlanMismatchError(
             f"{Path(workdir) / PLAN_META}: the source changed since this work directory was planned "
             f"({len(changed)} file(s): {shown}); what is built would no longer match it: restore those files, "
             "or build into a new work directory")
+    return free
 
 
 def shard_ids(rows: Sequence[PlanRow]) -> list[int]:

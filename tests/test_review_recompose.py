@@ -43,27 +43,34 @@ def _group(wd: Path, sample_id: str):
     meta = json.loads((wd / "plan.json").read_text())
     config = BuildConfig.from_dict(meta["config"])
     index = source_index(SourceSpec(**meta["source"]))
-    plan = [r for r in read_plan(wd) if r.sample_id == sample_id]
-    (group,) = plan_groups([r.candidate() for r in plan], index, config.compose)
+    plan = read_plan(wd)
+    composite = next(r.composite_id for r in plan if r.sample_id == sample_id)
+    members = [r for r in plan if r.composite_id == composite]  # the whole composite, as the build made it
+    (group,) = plan_groups([r.candidate() for r in members], index, config.compose)
     return group, index, config
+
+
+def _row_of(result, sample_id: str):
+    return next(s.row for s in result.samples if s.row.sample_id == sample_id)
 
 
 def test_boxes_hook_places_at_the_given_box_and_harmonizes(wd):
     row = read_status(wd)[0]
-    group, index, config = _group(wd, row["sample_id"])
+    sid = row["sample_id"]
+    group, index, config = _group(wd, sid)
     cache = ImageCache(index.image_path)
     plain = compose_group(group, cache, config.compose)
-    assert plain.samples[0].row.box == (row["box_x"], row["box_y"], row["box_w"], row["box_h"])
-    x, y, w, h = plain.samples[0].row.box
+    assert _row_of(plain, sid).box == (row["box_x"], row["box_y"], row["box_w"], row["box_h"])
+    x, y, w, h = _row_of(plain, sid).box
     target = (x + 10 if x < 100 else x - 10, y, w, h)
-    moved = compose_group(group, cache, config.compose, boxes={row["sample_id"]: target})
-    r = moved.samples[0].row
+    moved = compose_group(group, cache, config.compose, boxes={sid: target})
+    r = _row_of(moved, sid)
     assert r.ok and r.box == target and r.sample_id == row["sample_id"]
     assert r.plausibility is not None and 0 <= r.plausibility <= 1
     assert r.temperature is not None  # harmonized again
     assert not (moved.composite == plain.composite).all()
     # a box of another aspect ratio keeps the object's aspect: scale from the limiting side
-    wide = compose_group(group, cache, config.compose, boxes={row["sample_id"]: (x, y, w * 2, h)}).samples[0].row
+    wide = _row_of(compose_group(group, cache, config.compose, boxes={sid: (x, y, w * 2, h)}), sid)
     assert abs(wide.box_w / wide.box_h - w / h) < 0.1
 
 

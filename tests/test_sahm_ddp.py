@@ -274,7 +274,7 @@ def test_nproc_is_refused_where_it_cannot_run(monkeypatch, tmp_path, release):
     assert res.exit_code == 2 and res.output.count("error:") == 1 and "cuda:LOCAL_RANK" in res.output
     res = CliRunner().invoke(app, ["sahm", "train", str(tmp_path / "nowhere"), "--out", str(tmp_path / "r"),
                                    "--nproc", "2", "--device", "cpu", "--no-progress"])
-    assert res.exit_code == 2 and res.output.strip().startswith("error: rank 0: release not found"), res.output
+    assert res.exit_code == 3 and res.output.strip().startswith("error: rank 0: release not found"), res.output
     monkeypatch.setenv("WORLD_SIZE", "2")
     with pytest.raises(RunError, match="already running under torchrun"):
         check_nproc(2, "cpu")

@@ -16,7 +16,7 @@ from typing import Any
 
 import typer
 
-from comcoco.config import ENCODERS, IMAGE_FORMATS, ComposeConfig, ComposeConfigError
+from comcoco.config import ENCODERS, IMAGE_FORMATS, ComposeConfig, ComposeConfigError, default_encoder
 from comcoco.harmonize import HARMONIZE_METHODS
 from comcoco.placement import PLACEMENT_METHODS
 
@@ -56,7 +56,7 @@ class ComposeOptions:
     candidates_per_ref: int = 1
     image_format: str = "png"
     jpeg_quality: int = 95
-    encoder: str = "fpng"
+    encoder: str | None = None  # None: the profile's (robust fpng, paper opencv)
     png_level: int | None = None  # None: 1 (--encoder opencv only)
 
     def check_paths(self) -> None:
@@ -69,8 +69,9 @@ class ComposeOptions:
 
     def config(self, seed: int) -> ComposeConfig:
         """The compose configuration; checkpoint paths are made absolute so any worker can open them."""
-        if self.png_level is not None and self.encoder != "opencv":
-            raise ComposeConfigError(f"--png-level sets the zlib level of --encoder opencv; --encoder {self.encoder} "
+        encoder = self.encoder or default_encoder(self.profile)
+        if self.png_level is not None and encoder != "opencv":
+            raise ComposeConfigError(f"--png-level sets the zlib level of --encoder opencv; --encoder {encoder} "
                                      "has no level (leave --png-level out, or add --encoder opencv)")
         return ComposeConfig(
             seed=seed, profile=self.profile, placement=self.placement, harmonize=self.harmonize,
@@ -94,9 +95,10 @@ _COMPOSE_PARAMS: dict[str, tuple[Any, Any]] = {
     "candidates_per_ref": (int, typer.Option(1, "--candidates-per-ref", min=1, help="Backgrounds used per object (best ranks first).")),
     "image_format": (str, typer.Option("png", "--image-format", help=f"{'|'.join(IMAGE_FORMATS)}: png keeps pairs lossless; jpeg is smaller and reports the outside-mask error.")),
     "jpeg_quality": (int, typer.Option(95, "--jpeg-quality", min=1, max=100, help="JPEG quality for --image-format jpeg.")),
-    "encoder": (str, typer.Option("fpng", "--encoder", help=f"Lossless PNG writer: {'|'.join(ENCODERS)}. fpng (default) is "
-                                  "about 10x faster, files about a quarter larger; opencv is libpng at --png-level "
-                                  "(smaller files; the writer of earlier builds). See docs/compose.md.")),
+    "encoder": (str | None, typer.Option(None, "--encoder", help=f"Lossless PNG writer: {'|'.join(ENCODERS)} (default: fpng "
+                                         "for --profile robust, opencv for --profile paper, which so writes the bytes of "
+                                         "earlier builds). fpng is about 20x faster, files about a quarter larger; opencv "
+                                         "is libpng at --png-level (smaller files). See docs/compose.md.")),
     "png_level": (int | None, typer.Option(None, "--png-level", min=0, max=9, help="PNG zlib level for --encoder opencv "
                                            "(default 1: fast; 0: no compression, 2x size; 9: smallest, slowest).")),
 }

@@ -102,6 +102,9 @@ def train(
         runtime = Runtime(device=device_option(device), precision=precision_option(precision), num_workers=workers,
                           progress=progress, cache_mb=cache_mb)
         if nproc > 1:
+            if device.startswith("cuda:"):  # a command line that cannot mean anything: usage, not refusal
+                raise UserError(f"--nproc {nproc} with --device {device}: each process takes cuda:LOCAL_RANK; "
+                                "use --device cuda", EXIT_USAGE)
             check_nproc(nproc, device)
             summary = launch(train_run, (out, options, runtime, resume), nproc, expected=_error_types())
         else:

@@ -426,7 +426,7 @@ def prepare_ref_records(raws: list[Any], allow_shared: bool = False) -> tuple[li
 
 def ref_records(raws: list[Any], file: Path, prepared: list[Ref | None] | None = None) -> list[Ref]:
     """Every ref, in file order: the prepared records, and :func:`ref_record` for the rest."""
-    if prepared is None:
-        prepared, _ = prepare_ref_records(raws)
+    if prepared is None:  # values built in Python: sharing is theirs to bound (read_refs bounds a file's)
+        prepared, _ = prepare_ref_records(raws, allow_shared=True)
     return [rec if rec is not None else ref_record(raw, index, file)
             for index, (raw, rec) in enumerate(zip(raws, prepared, strict=True))]
