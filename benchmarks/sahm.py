@@ -4,8 +4,10 @@
 
 1. Parameters and generator-forward FLOPs beside the paper's numbers (torch's FlopCounterMode: 2 FLOPs
    per multiply-accumulate for matmul and conv; grid_sample and elementwise ops are not counted).
-2. The bound: a large fp32 ``torch.matmul`` (2048³) on this machine, in this run, in FLOP/s.
-3. For tiny 64² (batch 4) and paper 224² and 480² (batch 1): data loading per step — reading a batch of
+2. The bound: a large fp32 ``torch.matmul`` (2048³) on this machine, in this run, in FLOP/s, measured again
+   at each row's thread count.
+3. For tiny 64² (batch 4; with the one thread a run uses, and with every core) and paper 224² and 480²
+   (batch 1): data loading per step — reading a batch of
    real release items (decode, downscale, crop, flip, resize) uncached and cached, and the collate
    (tokenizing) — then the model step (G forward and backward, D step, both AdamW updates) on that
    batch: time, counted FLOPs, achieved FLOP/s as a share of the matmul bound, operations dispatched
@@ -34,8 +36,10 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 from comcoco.sahm import build_discriminator, build_generator, get_config  # noqa: E402
 from comcoco.sahm.data import ReleaseSamples, make_collate  # noqa: E402
+from comcoco.sahm.distributed import cpu_threads  # noqa: E402
 from comcoco.sahm.model import count_parameters, parameter_breakdown  # noqa: E402
 from comcoco.sahm.preflight import LiveTensorBytes, _state_tensors  # noqa: E402
+from comcoco.sahm.runfiles import Runtime  # noqa: E402
 from comcoco.sahm.text import train_tokenizer  # noqa: E402
 from comcoco.sahm.train import Trainer  # noqa: E402
 
@@ -132,30 +136,38 @@ def model_step(trainer: Trainer, batch: dict, timed: int, peak: bool) -> dict[st
     return out
 
 
-def step_table(release: Path, bound: float, quick: bool) -> list[str]:
-    rows = [("tiny", 64, 4, 5)] + ([] if quick else [("paper", 224, 1, 2), ("paper", 480, 1, 0)])
-    lines = [f"  {'config':<12} {'batch':>5} {'load uncached':>14} {'cached':>8} {'collate':>8} {'model step':>11} "
-             f"{'GFLOPs':>8} {'GFLOP/s':>8} {'of matmul':>9} {'ops':>7} {'outside ops':>11}"]
+def step_table(release: Path, quick: bool) -> list[str]:
+    """One row per configuration, run with the threads a training run would use (``cpu_threads``); the
+    tiny model once more with every core, for the ratio. Each row's bound is the matmul rate at its threads."""
+    cores = torch.get_num_threads()
+    rows = [("tiny", 64, 4, 5, None), ("tiny", 64, 4, 3, cores)]
+    rows += [] if quick else [("paper", 224, 1, 2, None), ("paper", 480, 1, 0, None)]
+    lines = [f"  {'config':<12} {'threads':>7} {'batch':>5} {'load uncached':>14} {'cached':>8} {'collate':>8} "
+             f"{'model step':>11} {'GFLOPs':>8} {'GFLOP/s':>8} {'matmul':>7} {'share':>6} {'ops':>7} {'outside ops':>11}"]
     with tempfile.TemporaryDirectory() as tmp:
         probe = ReleaseSamples(release, "train", 64, False)
         tok = train_tokenizer(probe.expressions(), Path(tmp) / "tok", vocab_size=400)
-        for name, size, batch, timed in rows:
+        for name, size, batch, timed, threads in rows:
             window = {224: 7, 480: 8}.get(size)
             cfg = get_config(name, image_size=size, **({"swin_window": window} if window else {}))
             collate = make_collate(tok, cfg.max_text_len, probe.category_names())
-            load = loading(release, size, batch, collate, n=4 if size < 256 else 2)
-            tr = Trainer(cfg, tok, device="cpu", seed=0)
-            m = model_step(tr, load["batch"], timed, peak=size == 480)
+            with cpu_threads(Runtime(threads=threads), "cpu", size) as n_threads:
+                bound = matmul_bound()
+                load = loading(release, size, batch, collate, n=4 if size < 256 else 2)
+                tr = Trainer(cfg, tok, device="cpu", seed=0)
+                m = model_step(tr, load["batch"], timed, peak=size == 480)
             rate = m["flops"] / m["seconds"]
             lines.append(
-                f"  {f'{name} {size}²':<12} {batch:>5} {load['uncached']:>12.3f} s {load['cached']:>6.3f} s "
-                f"{load['collate']:>6.3f} s {m['seconds']:>9.3f} s {m['flops'] / 1e9:>8.1f} {rate / 1e9:>8.1f} "
-                f"{rate / bound:>9.3f} {int(m['ops']):>7} {m['outside_share']:>10.0%}")
+                f"  {f'{name} {size}²':<12} {n_threads:>7} {batch:>5} {load['uncached']:>12.3f} s "
+                f"{load['cached']:>6.3f} s {load['collate']:>6.3f} s {m['seconds']:>9.3f} s {m['flops'] / 1e9:>8.1f} "
+                f"{rate / 1e9:>8.1f} {bound / 1e9:>7.1f} {rate / bound:>6.3f} {int(m['ops']):>7} "
+                f"{m['outside_share']:>10.0%}")
             if size == 480:
                 lines.append(f"  {'':<12} paper 480² batch 1: peak of live tensor memory {m['peak'] / GIB:.2f} GiB "
                              f"(weights, gradients, AdamW moments, batch and the step's tensors)")
-            if name == "tiny":
-                lines += precision_lines(cfg, tok, load["batch"], m["seconds"])
+            if name == "tiny" and threads is None:
+                with cpu_threads(Runtime(), "cpu", size):
+                    lines += precision_lines(cfg, tok, load["batch"], m["seconds"])
             del tr
     return lines
 
@@ -218,12 +230,13 @@ def main() -> None:
         else:
             release = args.release
         print("== CPU train step: data loading per batch, then the model step (fp32) ==")
-        for line in step_table(release, bound, args.quick):
+        for line in step_table(release, args.quick):
             print(line)
     print("  load: reading the batch's items (uncached: decode PNGs; cached: crop, flip, resize); collate:"
           " tokenizing and stacking. model step: G fwd+bwd, D step, AdamW; GFLOP/s counted FLOPs per second,"
           " 'of matmul' its share of the bound above; 'outside ops' the share of a step not inside any"
-          " operator (Python, module calls, autograd bookkeeping; profiled step)")
+          " operator (Python, module calls, autograd bookkeeping; profiled step); matmul: the bound at the"
+          " row's threads, share: GFLOP/s / matmul")
     print(f"  matmul bound re-measured at the end: {matmul_bound() / 1e9:.1f} GFLOP/s "
           f"(load average {os.getloadavg()[0]:.1f})")
 
