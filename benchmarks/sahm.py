@@ -130,7 +130,7 @@ def model_step(trainer: Trainer, batch: dict, timed: int, peak: bool) -> dict[st
         trainer.train_step(batch)
         wall = time.perf_counter() - t
     # top-level events only: an operator's own dispatches are inside its time
-    inside = sum(e.cpu_time_range.elapsed_us() for e in prof.events() if e.cpu_parent is None)
+    inside = sum(e.time_range.elapsed_us() for e in prof.events() if e.cpu_parent is None)
     out["outside_share"] = max(0.0, 1 - inside / 1e6 / wall)
     out["seconds"] = statistics.median(times + [wall])
     return out
