@@ -136,14 +136,14 @@ def model_step(trainer: Trainer, batch: dict, timed: int, peak: bool) -> dict[st
     return out
 
 
-def step_table(release: Path, quick: bool) -> list[str]:
+def step_table(release: Path, quick: bool) -> None:
     """One row per configuration, run with the threads a training run would use (``cpu_threads``); the
     tiny model once more with every core, for the ratio. Each row's bound is the matmul rate at its threads."""
     cores = torch.get_num_threads()
     rows = [("tiny", 64, 4, 5, None), ("tiny", 64, 4, 3, cores)]
     rows += [] if quick else [("paper", 224, 1, 2, None), ("paper", 480, 1, 0, None)]
-    lines = [f"  {'config':<12} {'threads':>7} {'batch':>5} {'load uncached':>14} {'cached':>8} {'collate':>8} "
-             f"{'model step':>11} {'GFLOPs':>8} {'GFLOP/s':>8} {'matmul':>7} {'share':>6} {'ops':>7} {'outside ops':>11}"]
+    emit(f"  {'config':<12} {'threads':>7} {'batch':>5} {'load uncached':>14} {'cached':>8} {'collate':>8} "
+             f"{'model step':>11} {'GFLOPs':>8} {'GFLOP/s':>8} {'matmul':>7} {'share':>6} {'ops':>7} {'outside ops':>11}")
     with tempfile.TemporaryDirectory() as tmp:
         probe = ReleaseSamples(release, "train", 64, False)
         tok = train_tokenizer(probe.expressions(), Path(tmp) / "tok", vocab_size=400)
@@ -157,19 +157,23 @@ def step_table(release: Path, quick: bool) -> list[str]:
                 tr = Trainer(cfg, tok, device="cpu", seed=0)
                 m = model_step(tr, load["batch"], timed, peak=size == 480)
             rate = m["flops"] / m["seconds"]
-            lines.append(
+            emit(
                 f"  {f'{name} {size}²':<12} {n_threads:>7} {batch:>5} {load['uncached']:>12.3f} s "
                 f"{load['cached']:>6.3f} s {load['collate']:>6.3f} s {m['seconds']:>9.3f} s {m['flops'] / 1e9:>8.1f} "
                 f"{rate / 1e9:>8.1f} {bound / 1e9:>7.1f} {rate / bound:>6.3f} {int(m['ops']):>7} "
                 f"{m['outside_share']:>10.0%}")
             if size == 480:
-                lines.append(f"  {'':<12} paper 480² batch 1: peak of live tensor memory {m['peak'] / GIB:.2f} GiB "
+                emit(f"  {'':<12} paper 480² batch 1: peak of live tensor memory {m['peak'] / GIB:.2f} GiB "
                              f"(weights, gradients, AdamW moments, batch and the step's tensors)")
             if name == "tiny" and threads is None:
                 with cpu_threads(Runtime(), "cpu", size):
-                    lines += precision_lines(cfg, tok, load["batch"], m["seconds"])
+                    for line in precision_lines(cfg, tok, load["batch"], m["seconds"]):
+                        emit(line)
             del tr
-    return lines
+
+
+def emit(line: str) -> None:
+    print(line, flush=True)
 
 
 def precision_lines(cfg, tok, batch: dict, fp32_seconds: float) -> list[str]:
@@ -230,8 +234,7 @@ def main() -> None:
         else:
             release = args.release
         print("== CPU train step: data loading per batch, then the model step (fp32) ==")
-        for line in step_table(release, args.quick):
-            print(line)
+        step_table(release, args.quick)
     print("  load: reading the batch's items (uncached: decode PNGs; cached: crop, flip, resize); collate:"
           " tokenizing and stacking. model step: G fwd+bwd, D step, AdamW; GFLOP/s counted FLOPs per second,"
           " 'of matmul' its share of the bound above; 'outside ops' the share of a step not inside any"
