@@ -302,7 +302,7 @@ def test_progress_is_a_line_per_tenth_off_a_terminal():
     import io
 
     out = io.StringIO()
-    with Progress("push placement", 24000, stream=out, tty=False) as p:
+    with Progress("push placement", 24000, unit="task", stream=out, tty=False) as p:
         for _ in range(240):
             p.advance(100)
     lines = out.getvalue().splitlines()

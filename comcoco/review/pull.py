@@ -168,7 +168,7 @@ def _read(server: ReviewServer, workdir: Path, stage: str, pid: int, view: Workd
     report.read = len(changed)
     newest = max([utc(t.get("updated_at") or "") for t in changed] + ([watermark] if watermark else []), default=None)
     recorded: set[int] = set()
-    with Progress(f"pull {stage}", len(changed)) as bar:
+    with Progress(f"pull {stage}", len(changed), unit="task") as bar:
         for page in server.export(pid, [t["id"] for t in changed], progress=bar.advance):
             fresh: list[AnnotationRecord] = []
             for task in page:

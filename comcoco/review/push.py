@@ -246,7 +246,7 @@ def _import(server: ReviewServer, view: WorkdirView, stage: str, pid: int, team:
     """Build and import ``todo`` a page at a time, recording each page's tasks in ``tasks.json``."""
     workdir = view.workdir.root
     records = list(local)
-    with Progress(f"push {stage}", len(todo)) as bar:
+    with Progress(f"push {stage}", len(todo), unit="task") as bar:
         for i in range(0, len(todo), PAGE):
             page = todo[i : i + PAGE]
             tasks, who = [], {}
