@@ -14,6 +14,8 @@ from collections.abc import Callable, Iterable, Sequence
 from dataclasses import dataclass
 from typing import Any, Protocol
 
+from comcoco.progress import progress_bar
+
 
 class Executor(Protocol):
     """How the steps of a stage run."""
@@ -59,14 +61,6 @@ class Inline:
 
     def describe(self) -> dict[str, Any]:
         return {"runner": "inline", "workers": 1, "scheduler": None, "worker_addresses": [], "dashboard": None}
-
-
-def progress_bar(total: int, desc: str, enabled: bool, initial: int = 0) -> Any:
-    if not enabled:
-        return None
-    from tqdm import tqdm
-
-    return tqdm(total=total, initial=initial, desc=desc, unit="item", leave=False)
 
 
 @dataclass(frozen=True)

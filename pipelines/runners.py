@@ -146,7 +146,7 @@ class PrefectExecutor:
         from prefect.cache_policies import NO_CACHE
         from prefect.futures import as_completed
 
-        from comcoco.stages import progress_bar
+        from comcoco.progress import progress_bar
 
         step = task(_as_task_body(fn, verdict), name=name, cache_policy=NO_CACHE)
         futures = {step.with_options(task_run_name=label(item)).submit(item, *args): item for item in items}

@@ -10,10 +10,10 @@ import pytest
 from label_studio_sdk.core.api_error import ApiError
 
 from comcoco.decisions import AnnotationRecord, agreement, box_iou, cohen_kappa
+from comcoco.progress import Progress
 from comcoco.records import Sentence
 from comcoco.review.answers import read_annotation, submitted
 from comcoco.review.bookkeeping import project_title, task_key
-from comcoco.review.progress import Progress
 from comcoco.review.resolve import CONFLICT, DECIDED, PENDING, resolve_sample
 from comcoco.review.server import NotFound, RetryPolicy, ReviewServer, ServerUnavailable, is_transient
 from comcoco.review.settings import LabelStudioError
@@ -302,7 +302,7 @@ def test_progress_is_a_line_per_tenth_off_a_terminal():
     import io
 
     out = io.StringIO()
-    with Progress("push placement", 24000, stream=out, tty=False) as p:
+    with Progress("push placement", 24000, unit="task", stream=out, tty=False) as p:
         for _ in range(240):
             p.advance(100)
     lines = out.getvalue().splitlines()

@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import sys
 from collections import Counter
 from pathlib import Path
 
@@ -16,13 +15,14 @@ from comcoco.commands._options import (
     image_root_option,
     out_option,
 )
+from comcoco.progress import Progress
 
 
 class _Progress:
-    """A stderr progress bar over composites, created once the total is known."""
+    """Progress over composites on stderr (a bar, or a line per 10 % in a log), created once the total is known."""
 
     def __init__(self) -> None:
-        self._bar = None
+        self._bar: Progress | None = None
 
     def __enter__(self) -> _Progress:
         return self
@@ -33,10 +33,8 @@ class _Progress:
 
     def __call__(self, done: int, total: int) -> None:
         if self._bar is None:
-            from tqdm import tqdm
-
-            self._bar = tqdm(total=total, unit="composite", desc="compose", file=sys.stderr, leave=False)
-        self._bar.update(done - self._bar.n)
+            self._bar = Progress("compose", total, unit="composite")
+        self._bar.advance(done - self._bar.done)
 
 
 @compose_options

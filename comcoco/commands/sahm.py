@@ -19,6 +19,8 @@ sahm_app = typer.Typer(help="Train the SAHM validation model on a release, and e
 _DEVICE_HELP = "auto (CUDA when present, else CPU), cpu, cuda or cuda:N."
 CACHE_HELP = ("MiB of decoded samples (at the model's working size) kept in memory per split and process; "
               "0 turns the cache off.")
+THREADS_HELP = ("Torch CPU threads (default: 1 for inputs up to 128², where more threads only add "
+                "synchronisation; otherwise one per core).")
 PRECISION_HELP = ("auto (bf16 on CUDA that supports it, fp16 on older GPUs, fp32 on CPU), fp32, bf16 or fp16 "
                   "(autocast; fp16 with a gradient scaler). bf16 and fp16 also run on the CPU.")
 PRECISIONS = ("auto", "fp32", "bf16", "fp16")
@@ -78,6 +80,7 @@ def train(
     variant: str = typer.Option("ComCOCO", "--variant", help="ComCOCO or ComCOCO+."),
     workers: int | None = typer.Option(None, "--workers", min=0, help="DataLoader workers (default: 4 on CUDA, 0 on CPU)."),
     cache_mb: float = typer.Option(1024, "--cache-mb", min=0, help=CACHE_HELP),
+    threads: int | None = typer.Option(None, "--threads", min=1, help=THREADS_HELP),
     checkpoint_every: int = typer.Option(0, "--checkpoint-every", min=0,
                                          help="Also write checkpoints/last.pt every N steps (0: epoch ends only)."),
     eval_split: str = typer.Option("val", "--eval-split", help="Split evaluated after each epoch for best.pt; 'none' to skip."),
@@ -100,7 +103,7 @@ def train(
             tokenizer=str(tokenizer) if tokenizer else None,
         )
         runtime = Runtime(device=device_option(device), precision=precision_option(precision), num_workers=workers,
-                          progress=progress, cache_mb=cache_mb)
+                          progress=progress, cache_mb=cache_mb, threads=threads)
         if nproc > 1:
             if device.startswith("cuda:"):  # a command line that cannot mean anything: usage, not refusal
                 raise UserError(f"--nproc {nproc} with --device {device}: each process takes cuda:LOCAL_RANK; "
@@ -134,6 +137,7 @@ def evaluate(
     batch_size: int | None = typer.Option(None, "--batch-size", min=1, help="Evaluation batch size."),
     workers: int | None = typer.Option(None, "--workers", min=0, help="DataLoader workers."),
     cache_mb: float = typer.Option(1024, "--cache-mb", min=0, help=CACHE_HELP),
+    threads: int | None = typer.Option(None, "--threads", min=1, help=THREADS_HELP),
     release: Path | None = typer.Option(None, "--release", help="Evaluate on this release instead of the run's."),
 ) -> None:
     """Evaluate a run; writes RUN/metrics.json (psnr, ssim, iou_mean, iou_overall, pr@0.7, fid, lpips)."""
@@ -144,7 +148,7 @@ def evaluate(
             raise UserError(f"--split must be train, val or test, got {split!r}", EXIT_USAGE)
         metrics = eval_run(run, split=split, checkpoint=checkpoint, fid_net=fid_net, alexnet=alexnet,
                            runtime=Runtime(device=device_option(device), precision=precision_option(precision), num_workers=workers,
-                                           cache_mb=cache_mb),
+                                           cache_mb=cache_mb, threads=threads),
                            batch_size=batch_size,
                            release=release)
     typer.echo(f"{split} metrics -> {run / metrics_file(split)}")

@@ -13,7 +13,7 @@ from pathlib import Path
 import typer
 
 from comcoco.commands._common import EXIT_USAGE, UserError
-from comcoco.commands.sahm import CACHE_HELP, PRECISION_HELP, precision_option
+from comcoco.commands.sahm import CACHE_HELP, PRECISION_HELP, THREADS_HELP, precision_option
 
 
 def validate(
@@ -27,6 +27,7 @@ def validate(
     precision: str = typer.Option("auto", "--precision", help=PRECISION_HELP),
     workers: int | None = typer.Option(None, "--workers", min=0, help="DataLoader workers."),
     cache_mb: float = typer.Option(1024, "--cache-mb", min=0, help=CACHE_HELP),
+    threads: int | None = typer.Option(None, "--threads", min=1, help=THREADS_HELP),
     seed: int = typer.Option(0, "--seed", help="Seed for training and the random-text baseline."),
     variant: str = typer.Option("ComCOCO", "--variant", help="ComCOCO or ComCOCO+."),
     fid_net: Path | None = typer.Option(None, "--fid-net", help="TorchScript Inception feature network "
@@ -53,7 +54,7 @@ def validate(
             config=config, steps=steps, batch_size=batch_size, variant=variant, seed=seed,
             fid_net=str(fid_net) if fid_net else None, alexnet=str(alexnet) if alexnet else None, blind=blind,
             runtime=Runtime(device=device, precision=precision_option(precision), num_workers=workers,
-                            progress=progress, cache_mb=cache_mb),
+                            progress=progress, cache_mb=cache_mb, threads=threads),
         )
         result = validate_release(release, out, options)
         if not result:  # a non-zero rank under torchrun

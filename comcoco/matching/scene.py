@@ -28,9 +28,7 @@ similarities from sparse integer products (sentence × sentence), max-reduced pe
 
 from __future__ import annotations
 
-import sys
 from collections.abc import Collection, Sequence
-from typing import Any
 
 import numpy as np
 
@@ -59,14 +57,13 @@ from comcoco.matching.rules import (  # noqa: F401 (re-exported)
     unique_ref_ids,
     usage_order,
 )
+from comcoco.progress import Progress
 from comcoco.records import Annotation, Candidate, Ref
 from comcoco.text.jaccard import normalize_stop_words
 
 
-def _progress(total: int, enabled: bool, desc: str = "matching") -> Any:
-    from tqdm import tqdm
-
-    return tqdm(total=total, unit="ref", desc=desc, disable=not enabled, file=sys.stderr, leave=False)
+def _progress(total: int, enabled: bool, desc: str = "matching") -> Progress:
+    return Progress(desc, total, unit="ref", enabled=enabled)
 
 
 def match_backgrounds(

@@ -25,15 +25,14 @@ import unicodedata
 import urllib.error
 import urllib.parse
 import urllib.request
-from collections.abc import Callable, Iterable
+from collections.abc import Callable
 from pathlib import Path, PurePosixPath
 from typing import Any
-
-from tqdm import tqdm
 
 from comcoco.errors import ComcocoError
 from comcoco.io import sha256_file, write_text_atomic
 from comcoco.locks import exclusive
+from comcoco.progress import Progress, track
 from comcoco.release.pack import DEFAULT_SHARD_BYTES, INDEX_NAME, ShardInfo, pack_release  # noqa: F401 (re-exported)
 
 _CHUNK = 1 << 20
@@ -127,7 +126,7 @@ def _short(value: object, limit: int = 120) -> str:
     return r.repr(value) if not isinstance(value, BaseException) else r.repr(str(value))[1:-1]
 
 
-def _copy_at_most(read: Callable[[int], bytes], out: Any, remaining: int, bar: tqdm | None) -> int:
+def _copy_at_most(read: Callable[[int], bytes], out: Any, remaining: int, bar: Progress | None) -> int:
     """Copy from ``read`` until ``remaining`` bytes are written or the source ends; returns what is left."""
     while remaining > 0:
         block = read(min(_CHUNK, remaining))
@@ -140,7 +139,7 @@ def _copy_at_most(read: Callable[[int], bytes], out: Any, remaining: int, bar: t
     return remaining
 
 
-def _fetch_to(src: str, dest: Path, expected_size: int, bar: tqdm | None) -> None:
+def _fetch_to(src: str, dest: Path, expected_size: int, bar: Progress | None) -> None:
     """Copy or download ``src`` to ``dest`` (never more than ``expected_size`` bytes), resuming from a
     partial ``dest``; a source that ends early leaves the partial file for the next run to resume."""
     have = dest.stat().st_size if dest.exists() else 0
@@ -254,7 +253,7 @@ def _download(location: str, out: Path, progress: bool) -> Path:
     cache = out.with_name(out.name + ".download")
     cache.mkdir(parents=True, exist_ok=True)
     total = sum(s["size"] for s in index["shards"])
-    bar = tqdm(total=total, desc="downloading", unit="B", unit_scale=True, disable=not progress, leave=False)
+    bar = Progress("downloading", total, unit="B", scale=True) if progress else None
     try:
         for s in index["shards"]:
             dest = cache / s["name"]
@@ -267,7 +266,8 @@ def _download(location: str, out: Path, progress: bool) -> Path:
                     "the shard was deleted, run the download again"
                 )
     finally:
-        bar.close()
+        if bar is not None:
+            bar.close()
     staging = Path(tempfile.mkdtemp(prefix=f".{out.name}.", suffix=".incomplete", dir=out.parent))
     try:
         seen: set[str] = set()
@@ -308,8 +308,8 @@ def verify_files(root: str | os.PathLike[str], files: dict[str, dict],
     """Check each ``{relpath: {sha256, size}}`` entry under ``root``; returns the problems found."""
     root = Path(root)
     problems: list[str] = []
-    items: Iterable = sorted(files.items())
-    for rel, meta in tqdm(items, desc="verifying", unit="file", disable=not progress, leave=False):
+    items = sorted(files.items())
+    for rel, meta in track(items, "verifying", progress, unit="file"):
         p = root / rel
         if not p.is_file():
             problem = f"{rel}: missing"

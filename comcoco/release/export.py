@@ -39,6 +39,7 @@ import pyarrow.parquet as pq
 
 from comcoco.errors import ComcocoError
 from comcoco.io import write_bytes_atomic, write_text_atomic
+from comcoco.progress import track
 from comcoco.records import Annotation, ImageInfo, Ref, Sentence
 from comcoco.sources.images import annotation_mask, usable_polygons
 from comcoco.sources.refer import COCO_CATEGORIES, normalize_sentence, write_source
@@ -203,12 +204,10 @@ def export_files(workdir: str | os.PathLike[str], release: str | os.PathLike[str
 
     The agreement is the IoU between the build's mask and the released (polygon) mask per sample.
     """
-    from tqdm import tqdm
-
     workdir, release = Path(workdir), Path(release)
     ious: list[float] = []
     done_images: set[int] = set()
-    for e in tqdm(entries, desc="exporting files", unit="sample", disable=not progress, leave=False):
+    for e in track(entries, "exporting files", progress, unit="sample"):
         for rel in (e.src_composite, e.src_ground_truth):
             if not (workdir / rel).is_file():
                 raise ExportError(f"sample {e.sample_id}: {workdir / rel} is missing")

@@ -15,10 +15,9 @@ from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
 
-from tqdm import tqdm
-
 from comcoco.errors import ComcocoError
 from comcoco.io import sha256_file, write_text_atomic
+from comcoco.progress import track
 from comcoco.release.download import verify_files
 from comcoco.release.options import version_key
 
@@ -48,7 +47,7 @@ def release_files(root: str | os.PathLike[str]) -> list[str]:
 def hash_files(root: str | os.PathLike[str], files: list[str], progress: bool = False) -> dict[str, dict[str, Any]]:
     root = Path(root)
     return {rel: {"sha256": sha256_file(root / rel), "size": (root / rel).stat().st_size}
-            for rel in tqdm(files, desc="hashing", unit="file", disable=not progress, leave=False)}
+            for rel in track(files, "hashing", progress, unit="file")}
 
 
 def release_source(workdir: Path, plan: dict[str, Any]) -> dict[str, Any]:

@@ -14,9 +14,8 @@ from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
 
-from tqdm import tqdm
-
 from comcoco.io import sha256_file, write_text_atomic
+from comcoco.progress import Progress
 
 INDEX_NAME = "index.json"
 DEFAULT_SHARD_BYTES = 512 * 1024 * 1024
@@ -70,7 +69,7 @@ def pack_release(
     if batches == [[]]:
         batches = []
     shards: list[ShardInfo] = []
-    bar = tqdm(total=len(ordered), desc="packing", unit="file", disable=not progress, leave=False)
+    bar = Progress("packing", len(ordered), unit="file") if progress else None
     for i, batch in enumerate(batches):
         name = f"{prefix}-{version}-{i:05d}.tar"
         tmp = dist / f".{name}.tmp"
@@ -79,10 +78,12 @@ def pack_release(
                 p = root / rel
                 with open(p, "rb") as fh:
                     tar.addfile(_normalized_info(p, rel), fh)
-                bar.update(1)
+                if bar is not None:
+                    bar.advance()
         os.replace(tmp, dist / name)
         shards.append(ShardInfo(name, (dist / name).stat().st_size, sha256_file(dist / name), len(batch)))
-    bar.close()
+    if bar is not None:
+        bar.close()
     index = {
         "version": version,
         "shards": [{"name": s.name, "size": s.size, "sha256": s.sha256, "files": s.files} for s in shards],

@@ -37,6 +37,7 @@ from typing import Any
 
 from comcoco.decisions import AnnotationRecord, read_ledger, write_ledger
 from comcoco.errors import ComcocoError
+from comcoco.progress import Progress
 from comcoco.records import Placement, ReviewDecision
 from comcoco.review.answers import read_annotation, submitted, utc, where
 from comcoco.review.bookkeeping import (
@@ -47,7 +48,6 @@ from comcoco.review.bookkeeping import (
     read_tasks,
     write_pull_state,
 )
-from comcoco.review.progress import Progress
 from comcoco.review.push import missing_line, push, sync_tasks
 from comcoco.review.resolve import CONFLICT, PENDING, Outcome
 from comcoco.review.server import ReviewServer
@@ -168,7 +168,7 @@ def _read(server: ReviewServer, workdir: Path, stage: str, pid: int, view: Workd
     report.read = len(changed)
     newest = max([utc(t.get("updated_at") or "") for t in changed] + ([watermark] if watermark else []), default=None)
     recorded: set[int] = set()
-    with Progress(f"pull {stage}", len(changed)) as bar:
+    with Progress(f"pull {stage}", len(changed), unit="task") as bar:
         for page in server.export(pid, [t["id"] for t in changed], progress=bar.advance):
             fresh: list[AnnotationRecord] = []
             for task in page:

@@ -19,6 +19,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+from comcoco.progress import Progress
 from comcoco.review.bookkeeping import (
     ReviewError,
     TaskRecord,
@@ -31,7 +32,6 @@ from comcoco.review.bookkeeping import (
     write_tasks,
 )
 from comcoco.review.guidelines import instruction_html
-from comcoco.review.progress import Progress
 from comcoco.review.server import ReviewServer
 from comcoco.review.settings import REPO, LabelStudioError
 from comcoco.review.tasks import WorkdirView, build_task, look_text, wanted
@@ -246,7 +246,7 @@ def _import(server: ReviewServer, view: WorkdirView, stage: str, pid: int, team:
     """Build and import ``todo`` a page at a time, recording each page's tasks in ``tasks.json``."""
     workdir = view.workdir.root
     records = list(local)
-    with Progress(f"push {stage}", len(todo)) as bar:
+    with Progress(f"push {stage}", len(todo), unit="task") as bar:
         for i in range(0, len(todo), PAGE):
             page = todo[i : i + PAGE]
             tasks, who = [], {}

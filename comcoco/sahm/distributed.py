@@ -15,7 +15,8 @@ import tempfile
 import threading
 import traceback
 import uuid
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
 from pathlib import Path
 from typing import Any
 
@@ -48,6 +49,34 @@ def resolve_device(name: str) -> torch.device:
             raise RunError(f"--device {name}: this machine has {count} CUDA device(s), cuda:0 to cuda:{count - 1}")
         return dev
     raise RunError(f"--device must be one of {', '.join(DEVICES)} (or cuda:N), got {name!r}")
+
+
+SMALL_INPUT = 128  # inputs up to this side run on one CPU thread (see ``set_cpu_threads``)
+
+
+@contextmanager
+def cpu_threads(runtime: Runtime, device: torch.device | str, image_size: int) -> Iterator[int]:
+    """Torch's CPU threads while a run trains or evaluates (restored after): ``runtime.threads``, else one
+    thread for inputs up to ``SMALL_INPUT``² and the process's setting otherwise (``OMP_NUM_THREADS``
+    when set, else one per core).
+
+    The tiny model's operators are small (64² at batch 4: tens of thousands of elements each, about 15,000
+    per step), so splitting each over threads costs more in synchronisation than it gains: on two shared
+    cores a tiny step took 9.0 s with two threads against 0.68 s with one (benchmarks/sahm.py prints the
+    ratio). Two threads pay off at 480², where each convolution is large.
+    """
+    before = torch.get_num_threads()
+    if runtime.threads is not None:
+        if runtime.threads < 1:
+            raise RunError(f"--threads must be >= 1, got {runtime.threads}")
+        torch.set_num_threads(runtime.threads)
+    elif torch.device(device).type == "cpu" and image_size <= SMALL_INPUT and "OMP_NUM_THREADS" not in os.environ:
+        torch.set_num_threads(1)
+    try:
+        yield torch.get_num_threads()
+    finally:
+        if torch.get_num_threads() != before:
+            torch.set_num_threads(before)
 
 
 def resolve_workers(runtime: Runtime, device: torch.device) -> int:

@@ -89,6 +89,7 @@ class Runtime:
     num_workers: int | None = None  # None: 4 on CUDA, 0 on CPU
     progress: bool = False
     cache_mb: float = 1024  # decoded working-size samples kept in memory per dataset and process (0: none)
+    threads: int | None = None  # torch CPU threads; None: 1 for inputs up to 128², else torch's default
 
 
 def write_json(path: Path, data: Any) -> None:

@@ -26,9 +26,10 @@ from typing import Any
 import torch
 from torch.utils.data import DataLoader, Dataset
 
+from comcoco.progress import Progress
 from comcoco.sahm.config import SAHMConfig
 from comcoco.sahm.data import DataError, ReleaseSamples, TextSubstitute, make_collate
-from comcoco.sahm.distributed import barrier, resolve_device, resolve_workers
+from comcoco.sahm.distributed import barrier, cpu_threads, resolve_device, resolve_workers
 from comcoco.sahm.metrics import (
     ALEXNET_FILE,
     FID_ENV,
@@ -249,14 +250,22 @@ def train_run(
     """Train SAHM on ``options.release`` into ``run`` (or continue it with ``resume``).
 
     ``on_step(record, trainer)`` is called after every step on every rank; the record is the step's log line
-    plus ``rank`` and ``items`` (the dataset indices of that rank's batch).
+    plus ``rank`` and ``items`` (the dataset indices of that rank's batch). Torch's CPU threads are set for
+    the run's input size while it trains (``distributed.cpu_threads``).
     """
     runtime = runtime or Runtime()
-    started = time.perf_counter()
     run = Path(run)
     options = _run_options(run, options, resume)
-    cfg, batch = options.sahm_config(), options.resolved_batch()
     device = resolve_device(runtime.device)
+    with cpu_threads(runtime, device, options.sahm_config().image_size):
+        return _train(run, options, runtime, resume, on_step, device)
+
+
+def _train(run: Path, options: TrainOptions, runtime: Runtime, resume: bool,
+           on_step: Callable[[dict[str, Any], Trainer], None] | None, device: torch.device) -> TrainSummary:
+    """``train_run`` once its options, device and threads are settled."""
+    started = time.perf_counter()
+    cfg, batch = options.sahm_config(), options.resolved_batch()
     rank, world = setup_distributed(device)
     train, val = _datasets(options, cfg, runtime)
     items = train if options.text == "original" else TextSubstitute(train, "null")
@@ -287,9 +296,7 @@ def train_run(
         limit = min(limit, options.max_steps)
     bar = None
     if runtime.progress and rank == 0:
-        from tqdm import tqdm
-
-        bar = tqdm(total=limit, initial=min(trainer.step, limit), desc="sahm train", unit="step")
+        bar = Progress(f"sahm train {run.name}", limit, unit="step", initial=min(trainer.step, limit))
     try:
         while trainer.step < limit:
             epoch = trainer.epoch
@@ -330,7 +337,7 @@ def _train_batches(trainer: Trainer, loader: DataLoader, run: Path, checkpoint_e
         if on_step is not None:
             on_step({**rec, "rank": trainer.rank, "items": list(indices)}, trainer)
         if bar is not None:
-            bar.update(1)
+            bar.advance()
             bar.set_postfix(total=f"{rec['total']:.3f}", seg=f"{rec['seg']:.3f}")
         if checkpoint_every and trainer.step % checkpoint_every == 0:
             trainer.save(run / LAST_CKPT)
@@ -421,7 +428,8 @@ def evaluate_split(
         raise RunError(str(exc)) from None
     trainer.collate = make_collate(trainer.tokenizer, trainer.cfg.max_text_len, ds.category_names())
     bs = batch_size or options.resolved_batch()
-    result, ious = evaluate_dataset(trainer, ds, bs, metrics, resolve_workers(runtime, trainer.device))
+    with cpu_threads(runtime, trainer.device, trainer.cfg.image_size):
+        result, ious = evaluate_dataset(trainer, ds, bs, metrics, resolve_workers(runtime, trainer.device))
     seven = {k: result[k] for k in METRIC_KEYS}
     if len(ds) == 0:
         seven = {k: not_computed(f"the {options.variant} {split} split of {rel} is empty") for k in METRIC_KEYS}

@@ -29,6 +29,7 @@ import torch
 from comcoco.ids import rng_for
 from comcoco.io import write_text_atomic
 from comcoco.sahm.data import TEXT_MODES, DataError, ReleaseSamples, TextSubstitute, make_collate
+from comcoco.sahm.distributed import cpu_threads
 from comcoco.sahm.metrics import METRIC_KEYS, not_computed
 from comcoco.sahm.runs import (
     CONFIG_FILE,
@@ -286,8 +287,9 @@ def validate_release(
     blind = load_run(blind_run, "last", runtime)[0] if o.blind else None
     if blind is not None:
         blind.collate = make_collate(blind.tokenizer, blind.cfg.max_text_len, test.category_names())
-    baseline = language_baseline(trainer, test, vocabulary, batch, seed=o.seed, blind=blind,
-                                 original=(seven, original_ious))
+    with cpu_threads(runtime, trainer.device, trainer.cfg.image_size):
+        baseline = language_baseline(trainer, test, vocabulary, batch, seed=o.seed, blind=blind,
+                                     original=(seven, original_ious))
 
     metrics = _card_metrics(seven, baseline)
     seconds = round(time.perf_counter() - started, 1)
