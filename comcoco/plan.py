@@ -37,6 +37,7 @@ from comcoco.records import (
     Candidate,
     ImageInfo,
     Ref,
+    release_split_or_none,
 )
 
 PLAN_FILE = "plan.parquet"
@@ -86,7 +87,8 @@ class SourceIndex:
     @classmethod
     def from_source(cls, source: Any) -> SourceIndex:
         """Index a ReferSource (comcoco.sources.refer) once per run."""
-        refs = {r.ref_id: r for r in source.refs()}
+        # a ref whose split maps to no release split is left out (inspect reports it: unknown_split)
+        refs = {r.ref_id: r for r in source.refs() if release_split_or_none(r.split) is not None}
         anns = {a.ann_id: a for a in source.annotations()}
         by_image: dict[int, list[Annotation]] = {}
         for a in sorted(anns.values(), key=lambda a: a.ann_id):
