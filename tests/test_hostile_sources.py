@@ -244,3 +244,24 @@ def test_unusable_text_is_reported_built_and_left_out_of_the_release(demo_source
         if p.is_file() and p.suffix in (".p", ".json", ".jsonl", ".parquet", ".md"):
             data = p.read_bytes()
             assert b"\x1b[31m" not in data and b"\xed\xa0\x80" not in data and b"\\ud800" not in data, p
+
+
+def test_a_ref_with_an_unknown_split_is_reported_and_left_out(demo_source_small, demo_refs, clean_plan, tmp_path):
+    """A split that maps to no release split (here a megabyte of it) used to crash matching with a
+    traceback quoting the whole value; it is one ref's problem, shown shortened, and the build goes on."""
+    _, status = clean_plan
+    ref_id = int(status[0]["fg_ref_id"])
+    refs = [dict(r, split="x" * 1_000_000) if r["ref_id"] == ref_id else dict(r, split="dev") if i == 1 else r
+            for i, r in enumerate(demo_refs)]
+    other = refs[1]["ref_id"]
+    src = hostile_source(demo_source_small, tmp_path / "src", refs_bytes=pickle.dumps(refs, protocol=2))
+    problems = [p for p in inspect_source(load_source(src)).problems if p.kind == "unknown_split"]
+    assert sorted(p.id for p in problems) == sorted({ref_id, other}) and all(len(p.message) < 300 for p in problems)
+    proc = subprocess.run([sys.executable, "-m", "comcoco", "inspect", str(src)], capture_output=True, text=True,
+                          timeout=120)
+    assert proc.returncode == 0, proc.stderr[-2000:]
+    assert max(len(line) for line in (proc.stdout + proc.stderr).splitlines()) < 400, "a value was printed whole"
+    counts = build_inline(SourceSpec(root=str(src)), tmp_path / "wd", BuildConfig(limit=6, shard_size=6, seed=0))
+    assert counts["by_status"].get("ok", 0) >= 3, counts
+    rows = pq.read_table(tmp_path / "wd" / "status.parquet").to_pylist()
+    assert not [r for r in rows if int(r["fg_ref_id"]) in (ref_id, other)], "a ref of an unknown split was built"
