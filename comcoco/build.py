@@ -120,14 +120,15 @@ def plan_stage(spec: SourceSpec, workdir: Workdir | str | Path, config: BuildCon
     return shards
 
 
-def prepare_workdir(workdir: Workdir | str | Path, config: BuildConfig, spec: SourceSpec) -> None:
+def prepare_workdir(workdir: Workdir | str | Path, config: BuildConfig, spec: SourceSpec,
+                    retry_failed: bool = False) -> None:
     """Create the work directory, refusing one that was planned with another configuration or from a
     source that changed since."""
     wd = as_workdir(workdir)
     wd.root.mkdir(parents=True, exist_ok=True)
     meta = check_resume(wd.root, config, spec)
     if meta is not None:
-        check_source_unchanged(wd.root, meta, spec)
+        check_source_unchanged(wd.root, meta, spec, retry_failed)
 
 
 def verify_shards(workdir: Workdir | str | Path, shards: Sequence[int], threads: int = 4) -> dict[int, str]:
@@ -417,7 +418,7 @@ def run_build_stages(ctx: BuildContext, executor: Executor) -> dict[str, Any]:
 
 
 def _run_build_stages(ctx: BuildContext, executor: Executor) -> dict[str, Any]:
-    prepare_workdir(ctx.workdir, ctx.config, ctx.spec)
+    prepare_workdir(ctx.workdir, ctx.config, ctx.spec, ctx.retry_failed)
     started = datetime.now(UTC).isoformat(timespec="seconds")
     seconds = walk(BUILD_STAGES, ctx, executor)
     made = sum(r["samples"] for r in ctx.results if not r["skipped"])

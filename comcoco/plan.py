@@ -431,8 +431,14 @@ def source_fingerprint_of(workdir: str | Path, source: Any, rows: Sequence[PlanR
     return fp
 
 
-def check_source_unchanged(workdir: str | Path, meta: dict[str, Any], spec: SourceSpec) -> None:
-    """Refuse to resume when a source file the plan recorded changed since (naming the files)."""
+def check_source_unchanged(workdir: str | Path, meta: dict[str, Any], spec: SourceSpec,
+                           retry_failed: bool = False) -> None:
+    """Refuse to resume when a source file the plan recorded changed since (naming the files).
+
+    With ``retry_failed``, an image whose every composite holds a failed sample (a missing or broken
+    image, repaired so the retry can use it) is no refusal: those composites are made again whole, and
+    the image's new stamp is recorded in ``plan.json``.
+    """
     from comcoco.sources.fingerprint import StampCache, changed_files, stamp_files
     from comcoco.sources.format import DEFAULT_IMAGE_SUBDIR
     from comcoco.sources.images import MAX_IMAGE_BYTES, ImageReadError
@@ -456,12 +462,33 @@ def check_source_unchanged(workdir: str | Path, meta: dict[str, Any], spec: Sour
                                      max_bytes=MAX_IMAGE_BYTES)}
     cache.save()
     changed = changed_files(recorded, current)
+    repaired = _repaired_images(workdir, spec, changed, current) if retry_failed and changed else []
+    changed = [n for n in changed if n not in repaired]
+    if repaired and not changed:
+        images = {**recorded["images"], **{n: current["images"][n] for n in repaired}}
+        meta = {**meta, "source_fingerprint": {**recorded, "images": images}}
+        write_text_atomic(Path(workdir) / PLAN_META, json.dumps(meta, indent=2, sort_keys=True) + "\n")
     if changed:
         shown = ", ".join(short(n) for n in changed[:10]) + (f" and {len(changed) - 10} more" if len(changed) > 10 else "")
         raise PlanMismatchError(
             f"{Path(workdir) / PLAN_META}: the source changed since this work directory was planned "
             f"({len(changed)} file(s): {shown}); what is built would no longer match it: restore those files, "
             "or build into a new work directory")
+
+
+def _repaired_images(workdir: str | Path, spec: SourceSpec, changed: Sequence[str], current: dict[str, Any]) -> list[str]:
+    """The changed images a retry may use: each composite that uses one holds a failed sample."""
+    from comcoco.workdir import STATUS_FILE, cached_source
+
+    names = set(changed) & set(current["images"])
+    if not names or not (Path(workdir) / STATUS_FILE).is_file():
+        return []
+    rows = pq.read_table(Path(workdir) / STATUS_FILE, columns=["composite_id", "status"]).to_pylist()
+    failed = {r["composite_id"] for r in rows if r["status"] != "ok"}
+    images = {i.image_id: i.file_name for i in cached_source(spec)[0].images()}
+    unsafe = {images.get(int(i)) for r in read_plan(workdir) if r.composite_id not in failed
+              for i in (r.fg_image_id, r.bg_image_id)}
+    return sorted(names - unsafe)
 
 
 def shard_ids(rows: Sequence[PlanRow]) -> list[int]:

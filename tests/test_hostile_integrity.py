@@ -148,6 +148,8 @@ def test_a_source_changed_after_planning_refuses_the_resume_naming_the_file(buil
         assert proc.returncode == EXIT_REFUSED, proc.stderr[-3000:]
         errors = [line for line in proc.stderr.splitlines() if line.startswith("error:")]
         assert len(errors) == 1 and image_name in errors[0] and "Traceback" not in proc.stderr, proc.stderr
+        with pytest.raises(PlanMismatchError, match=image_name):  # its composites are ok: a retry would not
+            build_inline(spec, wd, CONFIG, retry_failed=True)     # redo them, so a retry is refused too
     finally:
         image.write_bytes(original)
     instances = source / "refcoco+" / "instances.json"

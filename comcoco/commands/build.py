@@ -86,7 +86,7 @@ def build(
         with Workdir(out.resolve()).lock("build"):  # a second build (or a pull) is refused before any work
             meta = check_resume(out, config, spec)  # so is a mismatched work directory
             if meta is not None:
-                check_source_unchanged(out, meta, spec)  # and a source that changed since the plan
+                check_source_unchanged(out, meta, spec, retry_failed)  # and a source that changed since
             cached_source(spec)  # an unreadable source fails here, in one line, before the flow starts
             cached_models(config)  # so does a checkpoint that does not load
             from pipelines.build import run_build
