@@ -42,6 +42,7 @@ from comcoco.records import (
 
 PLAN_FILE = "plan.parquet"
 PLAN_META = "plan.json"
+STATUS_FILE = "status.parquet"  # the work directory's status table (comcoco.workdir)
 CANDIDATES_FILE = "candidates.parquet"
 
 
@@ -478,14 +479,12 @@ def check_source_unchanged(workdir: str | Path, meta: dict[str, Any], spec: Sour
 
 def _repaired_images(workdir: str | Path, spec: SourceSpec, changed: Sequence[str], current: dict[str, Any]) -> list[str]:
     """The changed images a retry may use: each composite that uses one holds a failed sample."""
-    from comcoco.workdir import STATUS_FILE, cached_source
-
     names = set(changed) & set(current["images"])
     if not names or not (Path(workdir) / STATUS_FILE).is_file():
         return []
     rows = pq.read_table(Path(workdir) / STATUS_FILE, columns=["composite_id", "status"]).to_pylist()
     failed = {r["composite_id"] for r in rows if r["status"] != "ok"}
-    images = {i.image_id: i.file_name for i in cached_source(spec)[0].images()}
+    images = {i.image_id: i.file_name for i in spec.load().images()}
     unsafe = {images.get(int(i)) for r in read_plan(workdir) if r.composite_id not in failed
               for i in (r.fg_image_id, r.bg_image_id)}
     return sorted(names - unsafe)
