@@ -247,6 +247,16 @@ def test_corrupt_samples_and_status_inside_the_flows(demo_source_small, built, p
     wd = _copy(built, tmp_path / "wd")
     samples = wd / "shards" / "00001" / "samples.parquet"
     samples.write_bytes(b"PAR1 not really")
+    # the marker made to agree (as a hand-edited shard would): otherwise the build finds the file damaged
+    # and makes the shard again (tests/test_hostile_integrity.py); here reading it inside the flow must fail
+    import hashlib
+    import json
+
+    marker = wd / "shards" / "00001" / "_SUCCESS"
+    record = json.loads(marker.read_text())
+    record["files"]["samples.parquet"] = {"sha256": hashlib.sha256(samples.read_bytes()).hexdigest(),
+                                          "size": samples.stat().st_size}
+    marker.write_text(json.dumps(record))
     proc = comcoco(["build", str(demo_source_small), "-o", str(wd), "--limit", "6", "--shard-size", "3", "--seed", "0",
                     "--no-progress"], prefect_api)
     one_error_line(proc, EXIT_REFUSED, str(samples))
