@@ -46,7 +46,12 @@ DRIVER = textwrap.dedent('''
             os.close(r)
             signal.alarm(120)  # a runaway case dies here instead of running on
             resource.setrlimit(resource.RLIMIT_AS, (4 << 30, 4 << 30))
-            before = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
+            def mb(key):  # this process's own memory (ru_maxrss would include the forking parent's peak)
+                with open("/proc/self/status") as fh:
+                    return next(int(line.split()[1]) for line in fh if line.startswith(key + ":")) / 1024
+            with open("/proc/self/clear_refs", "w") as fh:
+                fh.write("5")  # the peak (VmHWM) starts again from what is resident now
+            before = mb("VmRSS")
             t0 = time.perf_counter()
             try:
                 load_source(root, cache_dir=root + ".cache")
@@ -56,7 +61,7 @@ DRIVER = textwrap.dedent('''
             except BaseException as exc:  # noqa: BLE001 - what escaped is the finding
                 outcome, message = "escaped " + type(exc).__name__, str(exc)[:2000]
             seconds = time.perf_counter() - t0
-            rss = (resource.getrusage(resource.RUSAGE_SELF).ru_maxrss - before) / 1024
+            rss = mb("VmHWM") - before
             os.write(w, json.dumps({"outcome": outcome, "message": message[:5000], "length": len(message),
                                     "seconds": seconds, "rss_mb": rss}).encode())
             os._exit(0)
