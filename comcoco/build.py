@@ -123,35 +123,12 @@ def plan_stage(spec: SourceSpec, workdir: Workdir | str | Path, config: BuildCon
 def prepare_workdir(workdir: Workdir | str | Path, config: BuildConfig, spec: SourceSpec,
                     retry_failed: bool = False) -> None:
     """Create the work directory, refusing one that was planned with another configuration or from a
-    source that changed since (images of samples not made yet, or about to be made again, may change)."""
+    source that changed since."""
     wd = as_workdir(workdir)
     wd.root.mkdir(parents=True, exist_ok=True)
     meta = check_resume(wd.root, config, spec)
     if meta is not None:
-        accepted = check_source_unchanged(wd.root, meta, spec, made_from=lambda: images_kept(wd, retry_failed))
-        if accepted:
-            log.info("source: %d image(s) changed since planning, none used by a sample already made; "
-                     "read as they are now: %s", len(accepted), ", ".join(accepted[:5]))
-
-
-def images_kept(wd: Workdir, retry_failed: bool) -> set[str]:
-    """File names of the images that the samples this run keeps were made from: every ok sample of a
-    finished shard, except (``retry_failed``) those in a composite that holds a failure, which is
-    composed again whole."""
-    kept: set[int] = set()
-    for shard in wd.complete_shards():
-        rows = wd.shard_samples(shard)
-        redo = {r.composite_id for r in rows if not r.ok} if retry_failed else set()
-        for r in rows:
-            if r.ok and r.composite_id not in redo:
-                kept.update((int(r.fg_image_id), int(r.bg_image_id)))
-    names = set()
-    for image_id in kept:
-        try:
-            names.add(wd.source().image(image_id).file_name)
-        except KeyError:
-            continue
-    return names
+        check_source_unchanged(wd.root, meta, spec, retry_failed)
 
 
 def verify_shards(workdir: Workdir | str | Path, shards: Sequence[int], threads: int = 4) -> dict[int, str]:

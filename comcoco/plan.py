@@ -37,10 +37,12 @@ from comcoco.records import (
     Candidate,
     ImageInfo,
     Ref,
+    release_split_or_none,
 )
 
 PLAN_FILE = "plan.parquet"
 PLAN_META = "plan.json"
+STATUS_FILE = "status.parquet"  # the work directory's status table (comcoco.workdir)
 CANDIDATES_FILE = "candidates.parquet"
 
 
@@ -86,7 +88,8 @@ class SourceIndex:
     @classmethod
     def from_source(cls, source: Any) -> SourceIndex:
         """Index a ReferSource (comcoco.sources.refer) once per run."""
-        refs = {r.ref_id: r for r in source.refs()}
+        # a ref whose split maps to no release split is left out (inspect reports it: unknown_split)
+        refs = {r.ref_id: r for r in source.refs() if release_split_or_none(r.split) is not None}
         anns = {a.ann_id: a for a in source.annotations()}
         by_image: dict[int, list[Annotation]] = {}
         for a in sorted(anns.values(), key=lambda a: a.ann_id):
@@ -430,15 +433,12 @@ def source_fingerprint_of(workdir: str | Path, source: Any, rows: Sequence[PlanR
 
 
 def check_source_unchanged(workdir: str | Path, meta: dict[str, Any], spec: SourceSpec,
-                           made_from: Callable[[], set[str]] | None = None) -> list[str]:
+                           retry_failed: bool = False) -> None:
     """Refuse to resume when a source file the plan recorded changed since (naming the files).
 
-    ``made_from()``: the images that samples already made (and kept by this run) were made from (asked
-    only when an image changed). An image
-    outside it may change — the documented repair of a failed sample is to fix its image and run again
-    with ``--retry-failed`` —, and its new stamp is recorded in plan.json; the refs file,
-    ``instances.json`` and every image in ``made_from`` may not. None protects every recorded file.
-    Returns the images whose change was accepted.
+    With ``retry_failed``, an image whose every composite holds a failed sample (a missing or broken
+    image, repaired so the retry can use it) is no refusal: those composites are made again whole, and
+    the image's new stamp is recorded in ``plan.json``.
     """
     from comcoco.sources.fingerprint import StampCache, changed_files, stamp_files
     from comcoco.sources.format import DEFAULT_IMAGE_SUBDIR
@@ -447,7 +447,7 @@ def check_source_unchanged(workdir: str | Path, meta: dict[str, Any], spec: Sour
 
     recorded = meta.get("source_fingerprint")
     if not isinstance(recorded, dict):
-        return []  # planned before plans recorded the source: nothing to compare with
+        return  # planned before plans recorded the source: nothing to compare with
     root = Path(spec.root)
     image_dir = Path(spec.images) if spec.images else root / DEFAULT_IMAGE_SUBDIR
 
@@ -463,13 +463,11 @@ def check_source_unchanged(workdir: str | Path, meta: dict[str, Any], spec: Sour
                                      max_bytes=MAX_IMAGE_BYTES)}
     cache.save()
     changed = changed_files(recorded, current)
-    images = [n for n in changed if n in current["images"]]
-    kept = made_from() if made_from is not None and images else set()
-    free = [] if made_from is None else [n for n in images if n not in kept]
-    changed = [n for n in changed if n not in set(free)]
-    if free and not changed:  # repaired (or newly broken) images of samples not made yet: read as they are now
-        meta = {**meta, "source_fingerprint": {**recorded, "images": {**recorded["images"],
-                                                                      **{n: current["images"][n] for n in free}}}}
+    repaired = _repaired_images(workdir, spec, changed, current) if retry_failed and changed else []
+    changed = [n for n in changed if n not in repaired]
+    if repaired and not changed:
+        images = {**recorded["images"], **{n: current["images"][n] for n in repaired}}
+        meta = {**meta, "source_fingerprint": {**recorded, "images": images}}
         write_text_atomic(Path(workdir) / PLAN_META, json.dumps(meta, indent=2, sort_keys=True) + "\n")
     if changed:
         shown = ", ".join(short(n) for n in changed[:10]) + (f" and {len(changed) - 10} more" if len(changed) > 10 else "")
@@ -477,7 +475,19 @@ def check_source_unchanged(workdir: str | Path, meta: dict[str, Any], spec: Sour
             f"{Path(workdir) / PLAN_META}: the source changed since this work directory was planned "
             f"({len(changed)} file(s): {shown}); what is built would no longer match it: restore those files, "
             "or build into a new work directory")
-    return free
+
+
+def _repaired_images(workdir: str | Path, spec: SourceSpec, changed: Sequence[str], current: dict[str, Any]) -> list[str]:
+    """The changed images a retry may use: each composite that uses one holds a failed sample."""
+    names = set(changed) & set(current["images"])
+    if not names or not (Path(workdir) / STATUS_FILE).is_file():
+        return []
+    rows = pq.read_table(Path(workdir) / STATUS_FILE, columns=["composite_id", "status"]).to_pylist()
+    failed = {r["composite_id"] for r in rows if r["status"] != "ok"}
+    images = {i.image_id: i.file_name for i in spec.load().images()}
+    unsafe = {images.get(int(i)) for r in read_plan(workdir) if r.composite_id not in failed
+              for i in (r.fg_image_id, r.bg_image_id)}
+    return sorted(names - unsafe)
 
 
 def shard_ids(rows: Sequence[PlanRow]) -> list[int]:

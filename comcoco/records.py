@@ -89,14 +89,24 @@ class Problem:
 SPLITS: tuple[str, ...] = ("train", "val", "test")
 
 
-def release_split_of(source_split: str) -> str:
-    """The release split a RefCOCO+ split maps to (train, val; testA, testB and test → test)."""
+def release_split_or_none(source_split: object) -> str | None:
+    """The release split a RefCOCO+ split maps to (train, val; testA, testB and test → test), or None."""
+    if not isinstance(source_split, str):
+        return None
     s = source_split.strip()
     if s.startswith("test"):
         return "test"
-    if s in ("train", "val"):
-        return s
-    raise ValueError(f"unknown source split {source_split!r}")
+    return s if s in ("train", "val") else None
+
+
+def release_split_of(source_split: str) -> str:
+    """As ``release_split_or_none``, for splits already known to map (an index holds only those)."""
+    split = release_split_or_none(source_split)
+    if split is None:
+        import reprlib
+
+        raise ValueError(f"unknown source split {reprlib.repr(source_split)}")
+    return split
 
 
 # --- matching ----------------------------------------------------------------------------------

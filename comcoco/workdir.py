@@ -53,6 +53,7 @@ from comcoco.locks import exclusive
 from comcoco.plan import (
     PLAN_FILE,
     PLAN_META,
+    STATUS_FILE,
     BuildConfig,
     PlanFileError,
     PlanRow,
@@ -68,7 +69,6 @@ CANDIDATES_FILE = "candidates.parquet"
 SHARDS_DIR = "shards"
 MARKER = "_SUCCESS"
 SAMPLES_FILE = "samples.parquet"
-STATUS_FILE = "status.parquet"
 MANIFEST_FILE = "manifest.json"
 BUILD_RECORD = "build.json"
 STALE_MARKER = ".status-stale"  # in review/: status.parquet is older than the shards

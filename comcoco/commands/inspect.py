@@ -21,7 +21,8 @@ def _print_report(report: InspectReport) -> None:
     typer.echo(f"images   {report.image_dir}")
     typer.echo(f"{'split':<10}{'refs':>10}{'expressions':>14}{'images':>10}")
     for name, counts in report.splits.items():
-        shown = name if name.isprintable() else short(name)  # a split name is data: never a terminal escape
+        # a split name is data: never a terminal escape, never a line without end
+        shown = name if name.isprintable() and len(name) <= 40 else short(name)
         typer.echo(f"{shown:<10}{counts.refs:>10}{counts.expressions:>14}{counts.images:>10}")
     typer.echo(f"{'total':<10}{report.refs:>10}{report.expressions:>14}{report.referred_images:>10}")
     typer.echo(f"instances.json: {report.images} images, {report.annotations} annotations")

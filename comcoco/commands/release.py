@@ -92,10 +92,10 @@ def create(
         if out.exists() and not out.is_dir():
             raise UserError(f"{out}: a file stands where the releases folder belongs")
         Workdir(workdir).require_plan()  # a work directory that was never built fails here, before the flow
-        from pipelines.release import run_release
-
         out.mkdir(parents=True, exist_ok=True)
-        with release_locks(workdir, out, version):  # a second release of this version is refused here
+        with release_locks(workdir, out, version):  # a second release of this version (or one of a work
+            from pipelines.release import run_release  # directory being built) is refused here, at once
+
             result = run_release(workdir, out, version, options, validate=validation, progress=progress)
     path = Path(result["release"])
     manifest = json.loads((path / "manifest.json").read_text())

@@ -63,6 +63,15 @@ def _check(workdir: Path, stage: str | None = None) -> None:
                         else f"{workdir}: not a folder (a work directory made by `comcoco build`)")
 
 
+def _refuse_if_busy(workdir: Path, operation: str) -> None:
+    """Refuse at once, before the flow and its server start, when a build (or another pull or push) holds
+    the work directory; the flow's task then holds the lock for the whole operation."""
+    from comcoco.workdir import Workdir
+
+    with Workdir(workdir.resolve()).lock(operation):
+        pass
+
+
 def push_cmd(
     workdir: Path = WorkdirArg,
     stage: str = StageOpt,
@@ -86,6 +95,7 @@ def push_cmd(
     with user_errors(*_ERRORS):
         _check(workdir, stage)
         _connect(url, token, document_root)  # unusable settings fail here, in one line
+        _refuse_if_busy(workdir, "review push")
         from pipelines.review import review_push
 
         rep = PushReport(**review_push(str(workdir.resolve()), stage, url, _root(document_root),
@@ -115,6 +125,7 @@ def pull_cmd(
     with user_errors(*_ERRORS):
         _check(workdir, stage)
         _connect(url, token, document_root)
+        _refuse_if_busy(workdir, "review pull")
         from pipelines.review import review_pull
 
         rep = PullReport(**review_pull(str(workdir.resolve()), stage, url, _root(document_root)))

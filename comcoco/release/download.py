@@ -192,7 +192,8 @@ def _check_member(member: tarfile.TarInfo, shard: str, seen: set[str]) -> PurePo
 
 
 def _open_plain_tar(tar_path: Path) -> tarfile.TarFile:
-    head = tar_path.read_bytes()[:8] if tar_path.stat().st_size < 8 else open(tar_path, "rb").read(8)
+    with open(tar_path, "rb") as fh:
+        head = fh.read(8)
     for magic, kind in _COMPRESSED.items():
         if head.startswith(magic):
             raise ReleaseIntegrityError(f"{tar_path.name}: a {kind}-compressed shard; only plain tar is accepted")

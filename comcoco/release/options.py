@@ -9,6 +9,7 @@ from typing import Any
 from comcoco.errors import ComcocoError
 from comcoco.release.export import DEFAULT_ROWS_PER_PARQUET
 from comcoco.release.pack import DEFAULT_SHARD_BYTES
+from comcoco.sources.format import short
 
 UNREVIEWED_CHOICES = ("include", "exclude")
 _VERSION_RE = re.compile(r"[0-9]{1,9}\.[0-9]{1,9}\.[0-9]{1,9}")  # ASCII digits only (\d matches other scripts')
@@ -46,7 +47,7 @@ def release_name(version: str) -> str:
 
 def check_version(version: str) -> str:
     if not isinstance(version, str) or not _VERSION_RE.fullmatch(version):  # fullmatch: no trailing newline
-        raise ReleaseError(f"version {version!r} is not of the form X.Y.Z (ASCII digits)")
+        raise ReleaseError(f"version {short(version)} is not of the form X.Y.Z (ASCII digits)")
     return version
 
 

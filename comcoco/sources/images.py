@@ -19,6 +19,7 @@ from __future__ import annotations
 import io
 import math
 import os
+import re
 import stat
 import struct
 import warnings
@@ -117,7 +118,9 @@ def header_size(data: bytes, path: str | os.PathLike[str], max_pixels: int = MAX
 
 
 def _short(exc: BaseException, limit: int = 200) -> str:
-    text = " ".join(str(exc).split())
+    """A decoder's message, on one line, bounded, and without object addresses (Pillow names its
+    ``<_io.BytesIO object at 0x…>``), so a report says the same bytes for the same file every time."""
+    text = re.sub(r" at 0x[0-9a-fA-F]+>", ">", " ".join(str(exc).split()))
     return text if len(text) <= limit else text[: limit - 1] + "…"
 
 

@@ -20,7 +20,7 @@ from typing import Any
 
 import numpy as np
 
-from comcoco.records import Annotation, ImageInfo, Problem
+from comcoco.records import Annotation, ImageInfo, Problem, release_split_or_none
 from comcoco.sources.format import sentence_problem, short
 from comcoco.sources.images import (
     ImageReadError,
@@ -64,6 +64,7 @@ PROBLEM_KINDS: tuple[str, ...] = (
     "category_mismatch",
     "sent_ids_mismatch",
     "unusable_text",
+    "unknown_split",
 )
 
 
@@ -388,6 +389,14 @@ def text_problems(refs: Sequence[Any], file: str) -> list[Problem]:
     return out
 
 
+def split_problems(refs: Sequence[Any], file: str) -> list[Problem]:
+    """Refs whose split maps to no release split (train, val, test*): the build leaves them out."""
+    return [Problem("unknown_split", file, ref.ref_id,
+                    f"ref {ref.ref_id}: split {short(ref.split)} is none of train, val, test*; the ref is left "
+                    "out of matching, the build and releases")
+            for ref in refs if release_split_or_none(ref.split) is None]
+
+
 def inspect_source(source: ReferSource, deep: bool = False, workers: int | None = None) -> InspectReport:
     """Count refs, expressions, images and annotations per split and list every problem found.
 
@@ -408,6 +417,7 @@ def inspect_source(source: ReferSource, deep: bool = False, workers: int | None 
     for i in suspects.tolist():  # the others have good polygons and a good bbox: nothing to report
         ann = annotations[i]
         problems.extend(annotation_problems(ann, image_by_id.get(ann.image_id), inst, ann.ann_id in referred, polygons[i]))
+    problems.extend(split_problems(refs, str(source.refs_file)))
     problems.extend(text_problems(refs, str(source.refs_file)))
     problems.extend(image_file_problems(source, images, deep=deep, workers=workers))
 
