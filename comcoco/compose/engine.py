@@ -325,7 +325,7 @@ class _Robust:
         grown, box = keep_out(p.touched)
         self.forbidden |= grown
         avoid.append(box)
-        new_row = replace(_placed_row(row, p.cut, pl, p.mask, p.args),
+        new_row = replace(_placed_row(row, replace(p.cut, box=p.box), pl, p.mask, p.args),
                           effect_area=int(np.count_nonzero(p.effect)), **p.info)  # type: ignore[arg-type]
         return ComposedSample(row=new_row, mask=p.mask, effect_mask=p.effect, touched=p.touched), p.cut
 
