@@ -366,6 +366,33 @@ def _blur_edge(rgb: np.ndarray, alpha: np.ndarray, sigma: float) -> tuple[np.nda
     return new, out
 
 
+def _after_regrid(rgb: np.ndarray, inner: np.ndarray, jpeg: JpegEstimate, guess: NoiseLevel,
+                  target: NoiseLevel) -> NoiseLevel | None:
+    """The noise to add so that the object, after the regrid's round trip, has the scene's noise.
+
+    ``jpeg_noise_gain`` is measured on white noise over flat grey; on an object the round trip keeps
+    a share that depends on its colours and texture (chroma subsampling, quantisation), and it also
+    changes the object's own noise. Both are measured here on the object itself: one round trip as
+    it is, one with the ``guess`` added (a fixed-seed field), so the gain is this object's; the noise
+    to add is then √(target² − own²)/gain per channel. None when the object is too small to measure.
+    """
+    q, ss = int(jpeg.quality), int(jpeg.subsampling)  # type: ignore[arg-type]
+    own = _measure(_roundtrip(rgb, q, ss), inner)[1]
+    probe = np.asarray([max(1.0, guess.y), max(1.0, guess.cr), max(1.0, guess.cb)], np.float32)
+    field = np.random.default_rng(0).standard_normal(rgb.shape, dtype=np.float32) * probe @ _MIX.T
+    noisy = np.clip(np.rint(rgb.astype(np.float32) + field), 0, 255).astype(np.uint8)
+    after = _measure(_roundtrip(noisy, q, ss), inner)[1]
+    if own is None or after is None:
+        return None
+    out = []
+    for t, o, a, pr in zip((target.y, target.cr, target.cb), (own.y, own.cr, own.cb), (after.y, after.cr, after.cb),
+                           probe, strict=True):
+        g = float(np.clip(math.sqrt(max(a * a - o * o, 0.0)) / float(pr), 0.05, 1.0))
+        d = math.sqrt(max(0.0, t * t - o * o)) / g
+        out.append(d if d >= _NOISE_MIN else 0.0)
+    return NoiseLevel(*out)
+
+
 @lru_cache(maxsize=64)
 def jpeg_noise_gain(quality: int, subsampling: int = 2) -> tuple[float, float, float]:
     """How much of white YCrCb noise survives a JPEG round trip at ``quality`` (measured, per channel).
@@ -429,7 +456,7 @@ def match_camera(object_rgb: np.ndarray, alpha: np.ndarray, background: np.ndarr
         edge = _silhouette_gap(rgb, alpha, background, box, scene, b_bg)
         if edge >= _EDGE_MIN:
             new_alpha, rgb = _blur_edge(rgb, alpha, max(edge, applied))
-        gain = (1.0, 1.0, 1.0) if jpeg is None or jpeg.quality is None else jpeg_noise_gain(jpeg.quality, jpeg.subsampling)
+    gain = (1.0, 1.0, 1.0) if jpeg is None or jpeg.quality is None else jpeg_noise_gain(jpeg.quality, jpeg.subsampling)
     added = NoiseLevel(0.0, 0.0, 0.0)
     if p.noise and (n_obj is None or n_bg is None):
         reasons.append("noise: region too small to measure")
@@ -447,6 +474,8 @@ def match_camera(object_rgb: np.ndarray, alpha: np.ndarray, background: np.ndarr
             return d if d >= _NOISE_MIN else 0.0
 
         added = NoiseLevel(gap(n_bg.y, n_obj.y, gain[0]), gap(n_bg.cr, n_obj.cr, gain[1]), gap(n_bg.cb, n_obj.cb, gain[2]))
+        if jpeg is not None and jpeg.quality is not None:
+            added = _after_regrid(rgb, inner, jpeg, added, n_bg) or added
         if added.y or added.cr or added.cb:
             shown = new_alpha > 0  # pixels never shown need no noise
             n = rng.standard_normal((int(np.count_nonzero(shown)), 3), dtype=np.float32)

@@ -81,9 +81,12 @@ class Pasted:
     box: tuple[int, int, int, int]  # the placed box (the cut's own box is grown by ``EDGE_PAD``)
 
 
-def harmonized_colours(bg: np.ndarray, cut: Cutout, method: str, network: object) -> tuple[np.ndarray, FilterArgs]:
-    """The object's colours harmonized against the background alone (see the module docstring)."""
+def harmonized_colours(bg: np.ndarray, cut: Cutout, method: str, network: object,
+                       source: np.ndarray | None = None) -> tuple[np.ndarray, FilterArgs]:
+    """The object's colours harmonized against the background alone (see the module docstring); with
+    ``fit`` and its ``source`` photo, by the two photos' statistics (``comcoco.harmonize.scenes``)."""
     from comcoco.harmonize.fit import harmonize
+    from comcoco.harmonize.scenes import harmonize_between
 
     if method == "none":
         return cut.rgb, FilterArgs()
@@ -95,7 +98,10 @@ def harmonized_colours(bg: np.ndarray, cut: Cutout, method: str, network: object
     full[y:y + h, x:x + w][sel] = 1.0
     net = np.zeros(bg.shape[:2], bool)  # the network sees alpha ≥ 0.5, as Harmonizer's inference does
     net[y:y + h, x:x + w] = cut.alpha >= 0.5
-    out, args = harmonize(trial, full, method, network, network_mask=net)
+    if method == "fit" and source is not None:
+        out, args = harmonize_between(source, trial, full)
+    else:
+        out, args = harmonize(trial, full, method, network, network_mask=net)
     if out.shape != bg.shape or out.dtype != np.uint8:
         raise ValueError(f"harmonizer returned {out.dtype} {out.shape}, expected uint8 {bg.shape}")
     rgb = cut.rgb.copy()
@@ -111,17 +117,18 @@ def _full(local: np.ndarray, box: tuple[int, int, int, int], shape: tuple[int, i
 
 
 def paste_target(canvas: np.ndarray, bg: np.ndarray, cut: Cutout, scene: Scene, forbidden: np.ndarray,
-                 method: str, network: object, seed: int, key: str) -> Pasted:
+                 method: str, network: object, seed: int, key: str, source: np.ndarray | None = None) -> Pasted:
     """Steps 1–5 of the module docstring for one target, on ``canvas`` in place.
 
     ``forbidden`` (H×W bool) is every other target's footprint grown by the margin; the shadow is kept
-    off it. Raises on a harmonizer failure before the canvas is touched.
+    off it. ``source`` is the photo the object was cut from (harmonization compares the two photos).
+    Raises on a harmonizer failure before the canvas is touched.
     """
     H, W = canvas.shape[:2]
     placed_box = cut.box
     cut, matte = refine_cutout(cut)
     cut = _padded(cut, (W, H), EDGE_PAD)
-    rgb, args = harmonized_colours(bg, cut, method, network)
+    rgb, args = harmonized_colours(bg, cut, method, network, source)
     cam = match_camera(rgb, cut.alpha, bg, cut.box, rng_for(seed, "camera", key), scene=scene.camera,
                        jpeg=scene.jpeg if scene.jpeg.quality is not None else None)
     final_mask = cam.alpha >= MASK_THRESHOLD
