@@ -60,6 +60,7 @@ _SIGMA0 = 1.0  # re-blur of the sharpness estimate
 _BLUR_MIN = 0.35  # do not blur the object for a smaller σ difference
 _BLUR_MAX = 3.0
 _EDGE_MIN = 0.2
+_REGRID_STEPS = 3  # trial round trips that set the noise level under the regrid
 _OUTLINE_BAND = 2  # px each side of an outline read by ``outline_blur``  # do not blur the silhouette for a smaller σ
 _NOISE_MIN = 0.5  # do not add noise below this std (0–255)
 _CHROMA_EXCESS = 1.25  # smooth the object's chroma when its chroma noise exceeds the scene's by this
@@ -371,26 +372,32 @@ def _after_regrid(rgb: np.ndarray, inner: np.ndarray, jpeg: JpegEstimate, guess:
     """The noise to add so that the object, after the regrid's round trip, has the scene's noise.
 
     ``jpeg_noise_gain`` is measured on white noise over flat grey; on an object the round trip keeps
-    a share that depends on its colours and texture (chroma subsampling, quantisation), and it also
-    changes the object's own noise. Both are measured here on the object itself: one round trip as
-    it is, one with the ``guess`` added (a fixed-seed field), so the gain is this object's; the noise
-    to add is then √(target² − own²)/gain per channel. None when the object is too small to measure.
+    a share that depends on its colours and texture and on the noise's own level (quantisation
+    zeroes small coefficients: weak noise dies, strong noise passes), and it changes the object's
+    own noise too. So it is measured here on the object itself: one round trip as it is, then up to
+    ``_REGRID_STEPS`` trials with a fixed-seed noise field, each rescaling the level by the ratio of
+    the noise wanted after the trip (√(target² − own²)) to the noise that survived it. None when the
+    object is too small to measure.
     """
     q, ss = int(jpeg.quality), int(jpeg.subsampling)  # type: ignore[arg-type]
     own = _measure(_roundtrip(rgb, q, ss), inner)[1]
-    probe = np.asarray([max(1.0, guess.y), max(1.0, guess.cr), max(1.0, guess.cb)], np.float32)
-    field = np.random.default_rng(0).standard_normal(rgb.shape, dtype=np.float32) * probe @ _MIX.T
-    noisy = np.clip(np.rint(rgb.astype(np.float32) + field), 0, 255).astype(np.uint8)
-    after = _measure(_roundtrip(noisy, q, ss), inner)[1]
-    if own is None or after is None:
+    if own is None:
         return None
-    out = []
-    for t, o, a, pr in zip((target.y, target.cr, target.cb), (own.y, own.cr, own.cb), (after.y, after.cr, after.cb),
-                           probe, strict=True):
-        g = float(np.clip(math.sqrt(max(a * a - o * o, 0.0)) / float(pr), 0.05, 1.0))
-        d = math.sqrt(max(0.0, t * t - o * o)) / g
-        out.append(d if d >= _NOISE_MIN else 0.0)
-    return NoiseLevel(*out)
+    own_v = np.asarray([own.y, own.cr, own.cb], np.float64)
+    want = np.sqrt(np.maximum(np.asarray([target.y, target.cr, target.cb], np.float64) ** 2 - own_v ** 2, 0.0))
+    level = np.asarray([guess.y, guess.cr, guess.cb], np.float64)
+    level = np.where(want > 0, np.maximum(level, 0.5), 0.0)
+    unit = np.random.default_rng(0).standard_normal(rgb.shape, dtype=np.float32)
+    for _ in range(_REGRID_STEPS):
+        if not level.any():
+            break
+        noisy = np.clip(np.rint(rgb.astype(np.float32) + unit * level.astype(np.float32) @ _MIX.T), 0, 255)
+        after = _measure(_roundtrip(noisy.astype(np.uint8), q, ss), inner)[1]
+        if after is None:
+            return None
+        kept = np.sqrt(np.maximum(np.asarray([after.y, after.cr, after.cb]) ** 2 - own_v ** 2, 1e-6))
+        level = np.clip(level * want / kept, 0.0, 4.0 * np.maximum(want, 1.0))
+    return NoiseLevel(*(float(v) if v >= _NOISE_MIN else 0.0 for v in level))
 
 
 @lru_cache(maxsize=64)
