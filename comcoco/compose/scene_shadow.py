@@ -24,7 +24,6 @@ Numpy/OpenCV only, deterministic, never raises on data.
 from __future__ import annotations
 
 import math
-import warnings
 from collections.abc import Sequence
 from dataclasses import dataclass
 
@@ -171,9 +170,11 @@ def learn_template(background: np.ndarray, objects: Sequence[NativeObject],
     maps = [m for m in (_object_darkening(lum, occupied, o) for o in objects) if m is not None]
     if len(maps) < MIN_OBJECTS:
         return None
-    with warnings.catch_warnings():  # a cell no object could measure is all-NaN
-        warnings.simplefilter("ignore", RuntimeWarning)
-        med = np.nanmedian(np.stack(maps), axis=0).astype(np.float32)
+    stack = np.stack(maps)
+    known = np.isfinite(stack).any(axis=0)  # a cell no object could measure stays NaN (no warning:
+    med = np.full(stack.shape[1:], np.nan, np.float32)  # catch_warnings is not thread-safe)
+    if known.any():
+        med[known] = np.nanmedian(stack[:, known], axis=0)
     t = _attached(np.clip(_fill(med), 0.0, MAX_STRENGTH).astype(np.float32))
     if float(t.max()) < MIN_DARKENING:
         return None
