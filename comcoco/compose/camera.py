@@ -59,6 +59,9 @@ _TRIM_MEAN = 0.51489  # mean of |x| over its lower 75 % for x ~ N(0, 1): 2(φ(0)
 _SIGMA0 = 1.0  # re-blur of the sharpness estimate
 _BLUR_MIN = 0.35  # do not blur the object for a smaller σ difference
 _BLUR_MAX = 3.0
+_EDGE_MIN = 0.2
+_REGRID_STEPS = 3  # trial round trips that set the noise level under the regrid
+_OUTLINE_BAND = 2  # px each side of an outline read by ``outline_blur``  # do not blur the silhouette for a smaller σ
 _NOISE_MIN = 0.5  # do not add noise below this std (0–255)
 _CHROMA_EXCESS = 1.25  # smooth the object's chroma when its chroma noise exceeds the scene's by this
 _CHROMA_MIN = 0.2  # ... and is at least this (0–255): pixel-level chroma a 4:2:0 scene lacks
@@ -88,7 +91,8 @@ class CameraMatch:
 
     blur_object: float | None  # equivalent σ (px) of the object's edges, before matching
     blur_background: float | None
-    blur_applied: float  # σ of the Gaussian applied to the object's colours and alpha (0: none)
+    blur_applied: float  # σ of the Gaussian applied to the object's colours (0: none)
+    blur_edge: float  # σ of the Gaussian applied to its alpha, the silhouette (0: none)
     chroma_smoothing: float  # σ of the chroma-only low-pass (0: none)
     noise_object: NoiseLevel | None  # after any blur
     noise_background: NoiseLevel | None
@@ -229,12 +233,67 @@ class SceneCamera:
 
     blur: float | None
     noise: NoiseLevel | None
+    outline: float | None = None  # blur of its annotated objects' outlines (``outline_blur``)
 
 
-def scene_camera(background: np.ndarray, max_px: int = 65536) -> SceneCamera:
-    """Blur and noise of a whole background from tiles spread over it (per-background, cacheable)."""
+def scene_camera(background: np.ndarray, max_px: int = 65536, outlines: np.ndarray | None = None) -> SceneCamera:
+    """Blur and noise of a whole background from tiles spread over it (per-background, cacheable);
+    with ``outlines`` (H×W bool, ``outline_band`` of its annotated objects) also their outlines' blur."""
     b, n = _measure(background, None, max_px)
-    return SceneCamera(b, n)
+    return SceneCamera(b, n, None if outlines is None else outline_blur(background, outlines))
+
+
+def outline_band(mask: np.ndarray, radius: int = _OUTLINE_BAND) -> np.ndarray:
+    """Pixels within ``radius`` px of a binary mask's outline (either side), bool."""
+    m8 = np.asarray(mask, np.uint8)
+    k = np.ones((2 * radius + 1, 2 * radius + 1), np.uint8)
+    return (cv2.dilate(m8, k) > 0) & ~(cv2.erode(m8, k, borderType=cv2.BORDER_REPLICATE) > 0)
+
+
+def outline_blur(rgb: np.ndarray, band: np.ndarray) -> float | None:
+    """Equivalent blur σ of the object outlines in ``band``: the re-blur ratio at the band's strongest
+    gradients (its top 30 %: the outline itself, not the textures beside it). Only differences of
+    squares of two such readings mean anything (the operator's width is in both); None when the
+    band holds too few edge pixels."""
+    band = np.asarray(band, bool)
+    if np.count_nonzero(band) < _MIN_PIXELS:
+        return None
+    ys, xs = np.nonzero(band)
+    y0, y1 = max(0, int(ys.min()) - 4), min(band.shape[0], int(ys.max()) + 5)
+    x0, x1 = max(0, int(xs.min()) - 4), min(band.shape[1], int(xs.max()) + 5)
+    lum = _ycrcb(rgb[y0:y1, x0:x1])[..., 0]
+    b = band[y0:y1, x0:x1]
+
+    def grad(img: np.ndarray) -> np.ndarray:
+        return cv2.magnitude(cv2.Sobel(img, cv2.CV_32F, 1, 0, ksize=3),
+                             cv2.Sobel(img, cv2.CV_32F, 0, 1, ksize=3)) * np.float32(1 / 8)
+
+    g1 = grad(lum)
+    strong = b & (g1 >= max(_q(g1[b], 0.7), 2.0))
+    if np.count_nonzero(strong) < 16:
+        return None
+    g2 = grad(cv2.GaussianBlur(lum, (0, 0), _SIGMA0))
+    return _blur_from(g2[strong] / g1[strong])
+
+
+def _silhouette_gap(rgb: np.ndarray, alpha: np.ndarray, background: np.ndarray, box: tuple[int, int, int, int],
+                    scene: SceneCamera | None, b_bg: float | None) -> float:
+    """σ of the blur the pasted silhouette still lacks: the scene's own outlines' blur against the
+    pasted outline's (both read by ``outline_blur``, so the operator's width cancels); without
+    annotated outlines, the scene's edge blur against a perfectly sharp cut (``cut_edge_sigma``)."""
+    target = scene.outline if scene is not None else None
+    if target is not None:
+        x, y, w, h = (int(v) for v in box)
+        region = background[y:y + h, x:x + w].astype(np.float32)
+        if region.shape[:2] == alpha.shape:
+            trial = np.rint(region + alpha[..., None] * (rgb.astype(np.float32) - region)).astype(np.uint8)
+            own = outline_blur(trial, outline_band(alpha >= MASK_THRESHOLD))
+            if own is not None:
+                return min(_BLUR_MAX, math.sqrt(max(0.0, target * target - own * own)))
+    if b_bg is None:
+        return 0.0
+    # the silhouette is a new edge: it has none of the object's own blur, only the raster's
+    return min(_BLUR_MAX, math.sqrt(max(0.0, b_bg * b_bg - cut_edge_sigma() ** 2)))
 
 
 # --- matching ------------------------------------------------------------------------------------
@@ -265,6 +324,80 @@ def _chroma_smooth(rgb: np.ndarray, alpha: np.ndarray, sigma: float) -> np.ndarr
         ycc[..., c] = np.where(den > 1e-3, num / np.maximum(den, 1e-3), ycc[..., c])
     out = np.clip(np.rint(ycc), 0, 255).astype(np.uint8)
     return cv2.cvtColor(out, cv2.COLOR_YCrCb2RGB)
+
+
+@lru_cache(maxsize=1)
+def cut_edge_sigma() -> float:
+    """What ``blur_sigma`` reads on a perfectly sharp cut edge (the rasteriser's coverage alpha).
+
+    The estimator's own operator width inflates every reading; a scene's edge blur *beyond a cut* is
+    √(σ_scene² − σ_cut²). Measured once on a fixed pattern of anti-aliased discs (no noise).
+    """
+    from comcoco.compose.cutout import rasterize_alpha
+
+    rng = np.random.default_rng(20240613)
+    acc = np.zeros((256, 256), np.float32)
+    t = np.linspace(0.0, 2.0 * np.pi, 80, endpoint=False)
+    for _ in range(60):
+        cx, cy, r, v = rng.uniform(0, 256), rng.uniform(0, 256), rng.uniform(5, 25), rng.uniform(0, 1)
+        a = rasterize_alpha([np.column_stack([cx + r * np.cos(t), cy + r * np.sin(t)])], 256, 256)
+        acc = acc * (1.0 - a) + a * np.float32(v)
+    grey = np.clip(np.rint(40.0 + 160.0 * acc), 0, 255).astype(np.uint8)
+    sigma = blur_sigma(np.repeat(grey[..., None], 3, axis=2))
+    return float(sigma) if sigma is not None else 0.0
+
+
+def _blur_edge(rgb: np.ndarray, alpha: np.ndarray, sigma: float) -> tuple[np.ndarray, np.ndarray]:
+    """The silhouette seen through the scene's lens: alpha blurred by ``sigma`` (its tail below 1/255
+    dropped), and the object's colours carried out to the pixels the blurred alpha newly reaches (the
+    normalised blur of the object's own colours, so no source background shows there)."""
+    a = np.clip(alpha, 0.0, 1.0).astype(np.float32)
+    new = cv2.GaussianBlur(a, (0, 0), sigma, borderType=cv2.BORDER_REPLICATE)
+    new[new < 1.0 / 255.0] = 0.0
+    grown = (new > 0) & (a <= 0)
+    if not grown.any():
+        return new, rgb
+    s = max(1.0, sigma)
+    num = cv2.GaussianBlur(rgb.astype(np.float32) * a[..., None], (0, 0), s, borderType=cv2.BORDER_REPLICATE)
+    den = cv2.GaussianBlur(a, (0, 0), s, borderType=cv2.BORDER_REPLICATE)
+    ok = grown & (den > 1e-4)
+    out = rgb.copy()
+    out[ok] = np.clip(np.rint(num[ok] / den[ok][:, None]), 0, 255).astype(np.uint8)
+    new[grown & ~ok] = 0.0  # nothing of the object is near: not shown
+    return new, out
+
+
+def _after_regrid(rgb: np.ndarray, inner: np.ndarray, jpeg: JpegEstimate, guess: NoiseLevel,
+                  target: NoiseLevel) -> NoiseLevel | None:
+    """The noise to add so that the object, after the regrid's round trip, has the scene's noise.
+
+    ``jpeg_noise_gain`` is measured on white noise over flat grey; on an object the round trip keeps
+    a share that depends on its colours and texture and on the noise's own level (quantisation
+    zeroes small coefficients: weak noise dies, strong noise passes), and it changes the object's
+    own noise too. So it is measured here on the object itself: one round trip as it is, then up to
+    ``_REGRID_STEPS`` trials with a fixed-seed noise field, each rescaling the level by the ratio of
+    the noise wanted after the trip (√(target² − own²)) to the noise that survived it. None when the
+    object is too small to measure.
+    """
+    q, ss = int(jpeg.quality), int(jpeg.subsampling)  # type: ignore[arg-type]
+    own = _measure(_roundtrip(rgb, q, ss), inner)[1]
+    if own is None:
+        return None
+    own_v = np.asarray([own.y, own.cr, own.cb], np.float64)
+    want = np.sqrt(np.maximum(np.asarray([target.y, target.cr, target.cb], np.float64) ** 2 - own_v ** 2, 0.0))
+    level = np.asarray([guess.y, guess.cr, guess.cb], np.float64)
+    level = np.where(want > 0, np.maximum(level, 0.5), 0.0)
+    unit = np.random.default_rng(0).standard_normal(rgb.shape, dtype=np.float32)
+    for _ in range(_REGRID_STEPS):
+        if not level.any():
+            break
+        noisy = np.clip(np.rint(rgb.astype(np.float32) + unit * level.astype(np.float32) @ _MIX.T), 0, 255)
+        after = _measure(_roundtrip(noisy.astype(np.uint8), q, ss), inner)[1]
+        if after is None:
+            return None
+        kept = np.sqrt(np.maximum(np.asarray([after.y, after.cr, after.cb]) ** 2 - own_v ** 2, 1e-6))
+        level = np.clip(level * want / kept, 0.0, 4.0 * np.maximum(want, 1.0))
+    return NoiseLevel(*(float(v) if v >= _NOISE_MIN else 0.0 for v in level))
 
 
 @lru_cache(maxsize=64)
@@ -317,19 +450,19 @@ def match_camera(object_rgb: np.ndarray, alpha: np.ndarray, background: np.ndarr
     else:
         b_bg, n_bg = scene.blur, scene.noise
     rgb, new_alpha = object_rgb, alpha
-    applied, chroma = 0.0, 0.0
+    applied, chroma, edge = 0.0, 0.0, 0.0
     if p.blur:
         if b_obj is None or b_bg is None:
             reasons.append("blur: too few edges to measure")
         elif b_bg * b_bg - b_obj * b_obj > _BLUR_MIN * _BLUR_MIN:
             applied = min(_BLUR_MAX, math.sqrt(b_bg * b_bg - b_obj * b_obj))
             rgb = _premult_blur(rgb, alpha, applied)
-            # the cut edge gets the same blur; the tail below 1/255 is dropped (alpha stays 0 far out)
-            new_alpha = cv2.GaussianBlur(alpha, (0, 0), applied, borderType=cv2.BORDER_CONSTANT)
-            new_alpha[new_alpha < 1.0 / 255.0] = 0.0
             n_obj = _measure(rgb, inner)[1]  # the blur lowered the object's noise
         elif b_obj > b_bg + _BLUR_MIN:
             reasons.append("blur: object blurrier than the scene (not sharpened)")
+        edge = _silhouette_gap(rgb, alpha, background, box, scene, b_bg)
+        if edge >= _EDGE_MIN:
+            new_alpha, rgb = _blur_edge(rgb, alpha, max(edge, applied))
     gain = (1.0, 1.0, 1.0) if jpeg is None or jpeg.quality is None else jpeg_noise_gain(jpeg.quality, jpeg.subsampling)
     added = NoiseLevel(0.0, 0.0, 0.0)
     if p.noise and (n_obj is None or n_bg is None):
@@ -348,6 +481,8 @@ def match_camera(object_rgb: np.ndarray, alpha: np.ndarray, background: np.ndarr
             return d if d >= _NOISE_MIN else 0.0
 
         added = NoiseLevel(gap(n_bg.y, n_obj.y, gain[0]), gap(n_bg.cr, n_obj.cr, gain[1]), gap(n_bg.cb, n_obj.cb, gain[2]))
+        if jpeg is not None and jpeg.quality is not None:
+            added = _after_regrid(rgb, inner, jpeg, added, n_bg) or added
         if added.y or added.cr or added.cb:
             shown = new_alpha > 0  # pixels never shown need no noise
             n = rng.standard_normal((int(np.count_nonzero(shown)), 3), dtype=np.float32)
@@ -357,6 +492,7 @@ def match_camera(object_rgb: np.ndarray, alpha: np.ndarray, background: np.ndarr
     if rgb is object_rgb:
         rgb = object_rgb.copy()
     info = CameraMatch(blur_object=b_obj, blur_background=b_bg, blur_applied=round(applied, 4),
+                       blur_edge=round(edge, 4),
                        chroma_smoothing=round(chroma, 4), noise_object=n_obj, noise_background=n_bg,
                        noise_added=added, reason="; ".join(reasons))
     return CameraResult(rgb=rgb, alpha=new_alpha if new_alpha is not alpha else alpha.copy(), info=info)

@@ -288,7 +288,7 @@ def compose_group(
             if kept is not None:
                 avoid.append(kept.box)
         else:
-            cs, kept = robust.paste(m, row, canvas, cut, pl, config, models, avoid)
+            cs, kept = robust.paste(m, row, canvas, cut, pl, config, models, avoid, images.get(m.fg_image))
         out.samples.append(cs)
         if kept is not None:
             done.append((cs, kept))
@@ -311,13 +311,14 @@ class _Robust:
 
     def paste(self, m: ObjectPlan, row: SampleRow, canvas: np.ndarray, cut: Cutout, pl: Placement,
               config: ComposeConfig, models: ComposeModels,
-              avoid: list[tuple[int, int, int, int]]) -> tuple[ComposedSample, Cutout | None]:
+              avoid: list[tuple[int, int, int, int]], source: np.ndarray | None = None,
+              ) -> tuple[ComposedSample, Cutout | None]:
         from comcoco.compose.robust import keep_out, paste_target
 
         before = canvas.copy()
         try:
             p = paste_target(canvas, self.bg, cut, self.scene, self.forbidden, config.harmonize, models.harmonizer,
-                             config.seed, m.sample_id)
+                             config.seed, m.sample_id, source)
         except Exception as exc:  # a harmonizer failure is this sample's failure, not the run's
             canvas[...] = before
             ids = f"ref {m.candidate.ref_id}, ann {m.annotation.ann_id}"  # type: ignore[union-attr]
@@ -325,7 +326,7 @@ class _Robust:
         grown, box = keep_out(p.touched)
         self.forbidden |= grown
         avoid.append(box)
-        new_row = replace(_placed_row(row, p.cut, pl, p.mask, p.args),
+        new_row = replace(_placed_row(row, replace(p.cut, box=p.box), pl, p.mask, p.args),
                           effect_area=int(np.count_nonzero(p.effect)), **p.info)  # type: ignore[arg-type]
         return ComposedSample(row=new_row, mask=p.mask, effect_mask=p.effect, touched=p.touched), p.cut
 

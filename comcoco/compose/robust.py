@@ -26,10 +26,11 @@ from pathlib import Path
 import cv2
 import numpy as np
 
-from comcoco.compose.camera import match_camera, scene_camera
+from comcoco.compose.camera import match_camera, outline_band, scene_camera
 from comcoco.compose.cutout import MASK_THRESHOLD, Cutout
 from comcoco.compose.jpeg import JpegEstimate, estimate_jpeg_quality, jpeg_regrid
 from comcoco.compose.matte import mask_polygons, refine_cutout
+from comcoco.compose.scene_shadow import ShadowTemplate, learn_template, template_shadow
 from comcoco.compose.shadow import Light, NativeObject, apply_shadow, cast_shadow, estimate_light
 from comcoco.ids import rng_for
 from comcoco.records import Annotation, FilterArgs
@@ -38,6 +39,8 @@ FOOTPRINT_MARGIN = 18  # px between targets' footprints: a 16-px JPEG block and 
 # The re-encoding is taken back on the object only: a chroma ring around it (the module's ``bleed``)
 # measured as *more* chroma bleed than the scenes' own edges carry (the object already brings its own).
 JPEG_BLEED = 0
+# The camera step blurs the silhouette by up to 3 px σ; its visible tail (≥ 1/255) ends within 8 px.
+EDGE_PAD = 8
 
 
 @dataclass(frozen=True)
@@ -47,14 +50,22 @@ class Scene:
     light: Light
     jpeg: JpegEstimate
     camera: object  # comcoco.compose.camera.SceneCamera
+    template: ShadowTemplate | None = None  # the scene's own shadow, when its objects show one
 
 
 def measure_scene(background: np.ndarray, path: Path | None, annotations: tuple[Annotation, ...]) -> Scene:
     """Light, JPEG quality and camera of a background (from its file's tables when it is a JPEG)."""
-    natives = [NativeObject.from_annotation(a.bbox, a.segmentation) for a in annotations]
-    return Scene(light=estimate_light(background, [n for n in natives if n is not None]),
+    natives = [n for n in (NativeObject.from_annotation(a.bbox, a.segmentation) for a in annotations) if n is not None]
+    outlines = None
+    if natives:
+        filled = np.zeros(background.shape[:2], np.uint8)
+        for n in natives:
+            cv2.fillPoly(filled, [np.rint(q).astype(np.int32).reshape(-1, 1, 2) for q in n.polygons], 1)
+        outlines = outline_band(filled > 0)
+    return Scene(light=estimate_light(background, natives),
                  jpeg=estimate_jpeg_quality(path, background),
-                 camera=scene_camera(background))
+                 camera=scene_camera(background, outlines=outlines),
+                 template=learn_template(background, natives))
 
 
 @dataclass
@@ -67,11 +78,15 @@ class Pasted:
     mask: np.ndarray  # H×W uint8 0/255: alpha ≥ 0.5
     effect: np.ndarray  # H×W uint8 0/255: mask ∪ touched
     info: dict[str, object]
+    box: tuple[int, int, int, int]  # the placed box (the cut's own box is grown by ``EDGE_PAD``)
 
 
-def harmonized_colours(bg: np.ndarray, cut: Cutout, method: str, network: object) -> tuple[np.ndarray, FilterArgs]:
-    """The object's colours harmonized against the background alone (see the module docstring)."""
+def harmonized_colours(bg: np.ndarray, cut: Cutout, method: str, network: object,
+                       source: np.ndarray | None = None) -> tuple[np.ndarray, FilterArgs]:
+    """The object's colours harmonized against the background alone (see the module docstring); with
+    ``fit`` and its ``source`` photo, by the two photos' statistics (``comcoco.harmonize.scenes``)."""
     from comcoco.harmonize.fit import harmonize
+    from comcoco.harmonize.scenes import harmonize_between
 
     if method == "none":
         return cut.rgb, FilterArgs()
@@ -83,7 +98,10 @@ def harmonized_colours(bg: np.ndarray, cut: Cutout, method: str, network: object
     full[y:y + h, x:x + w][sel] = 1.0
     net = np.zeros(bg.shape[:2], bool)  # the network sees alpha ≥ 0.5, as Harmonizer's inference does
     net[y:y + h, x:x + w] = cut.alpha >= 0.5
-    out, args = harmonize(trial, full, method, network, network_mask=net)
+    if method == "fit" and source is not None:
+        out, args = harmonize_between(source, trial, full)
+    else:
+        out, args = harmonize(trial, full, method, network, network_mask=net)
     if out.shape != bg.shape or out.dtype != np.uint8:
         raise ValueError(f"harmonizer returned {out.dtype} {out.shape}, expected uint8 {bg.shape}")
     rgb = cut.rgb.copy()
@@ -99,15 +117,18 @@ def _full(local: np.ndarray, box: tuple[int, int, int, int], shape: tuple[int, i
 
 
 def paste_target(canvas: np.ndarray, bg: np.ndarray, cut: Cutout, scene: Scene, forbidden: np.ndarray,
-                 method: str, network: object, seed: int, key: str) -> Pasted:
+                 method: str, network: object, seed: int, key: str, source: np.ndarray | None = None) -> Pasted:
     """Steps 1–5 of the module docstring for one target, on ``canvas`` in place.
 
     ``forbidden`` (H×W bool) is every other target's footprint grown by the margin; the shadow is kept
-    off it. Raises on a harmonizer failure before the canvas is touched.
+    off it. ``source`` is the photo the object was cut from (harmonization compares the two photos).
+    Raises on a harmonizer failure before the canvas is touched.
     """
     H, W = canvas.shape[:2]
+    placed_box = cut.box
     cut, matte = refine_cutout(cut)
-    rgb, args = harmonized_colours(bg, cut, method, network)
+    cut = _padded(cut, (W, H), EDGE_PAD)
+    rgb, args = harmonized_colours(bg, cut, method, network, source)
     cam = match_camera(rgb, cut.alpha, bg, cut.box, rng_for(seed, "camera", key), scene=scene.camera,
                        jpeg=scene.jpeg if scene.jpeg.quality is not None else None)
     final_mask = cam.alpha >= MASK_THRESHOLD
@@ -117,7 +138,10 @@ def paste_target(canvas: np.ndarray, bg: np.ndarray, cut: Cutout, scene: Scene, 
     polys = cut.polygons if np.array_equal(final_mask, cut.mask) else \
         (mask_polygons(final_mask, (cut.box[0], cut.box[1])) or cut.polygons)
     cut = Cutout(rgb=cam.rgb, alpha=cam.alpha, box=cut.box, polygons=polys)
-    shadow = cast_shadow(cut.alpha, cut.box, (W, H), scene.light, background=canvas)
+    if scene.template is not None:
+        shadow = template_shadow(cut.alpha, cut.box, (W, H), scene.template, background=canvas)
+    else:
+        shadow = cast_shadow(cut.alpha, cut.box, (W, H), scene.light, background=canvas)
     if shadow.region[2] and shadow.region[3]:
         sx, sy, sw, sh = shadow.region
         shadow.map[forbidden[sy:sy + sh, sx:sx + sw]] = 0.0
@@ -134,13 +158,29 @@ def paste_target(canvas: np.ndarray, bg: np.ndarray, cut: Cutout, scene: Scene, 
     info = {
         "light": scene.light.source,
         "shadow_kind": shadow.kind + (f": {shadow.reason}" if shadow.reason else ""),
-        "shadow_strength": round(float(scene.light.strength), 4) if shadow.kind != "none" else 0.0,
+        "shadow_strength": 0.0 if shadow.kind == "none" else round(float(
+            shadow.map.max() if shadow.kind == "scene" else scene.light.strength), 4),
         "blur": round(float(cam.info.blur_applied), 4),
         "noise": round(float(max(cam.info.noise_added.y, 0.0)), 4),
         "jpeg_quality": regrid.quality,
         "matte": "refined" if matte.refined else f"kept: {matte.fallback}",
     }
-    return Pasted(cut, args, touched, mask.astype(np.uint8) * 255, (mask | touched).astype(np.uint8) * 255, info)
+    return Pasted(cut, args, touched, mask.astype(np.uint8) * 255, (mask | touched).astype(np.uint8) * 255, info,
+                  placed_box)
+
+
+def _padded(cut: Cutout, frame: tuple[int, int], pad: int) -> Cutout:
+    """The cutout in a box grown by ``pad`` px (clipped to the frame), alpha 0 and edge colours there:
+    room for the camera step's blurred silhouette, which reaches past the polygon's box."""
+    x, y, w, h = cut.box
+    x0, y0 = max(0, x - pad), max(0, y - pad)
+    x1, y1 = min(frame[0], x + w + pad), min(frame[1], y + h + pad)
+    borders = (y - y0, y1 - y - h, x - x0, x1 - x - w)
+    if not any(borders):
+        return cut
+    rgb = cv2.copyMakeBorder(cut.rgb, *borders, cv2.BORDER_REPLICATE)
+    alpha = cv2.copyMakeBorder(cut.alpha, *borders, cv2.BORDER_CONSTANT, value=0.0)
+    return Cutout(rgb=rgb, alpha=alpha, box=(x0, y0, x1 - x0, y1 - y0), polygons=cut.polygons)
 
 
 def _blend(canvas: np.ndarray, cut: Cutout) -> None:
