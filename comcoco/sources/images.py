@@ -105,8 +105,6 @@ def header_size(data: bytes, path: str | os.PathLike[str], max_pixels: int = MAX
     except Image.DecompressionBombError:
         raise ImageTooLarge(path, f"its header claims more than {max_pixels} pixels (a decompression bomb?); "
                                   "refused before decoding") from None
-    except Image.UnidentifiedImageError:  # its message names a memory address: the same file, other words
-        raise ImageReadError(path, "not a readable image (no image format recognised)") from None
     except _HEADER_ERRORS as exc:
         raise ImageReadError(path, f"not a readable image ({type(exc).__name__}: {_short(exc)})") from None
     if w < 1 or h < 1:
