@@ -6,7 +6,6 @@ process per GPU over NCCL, or N CPU processes over gloo; only rank 0 writes. See
 
 from __future__ import annotations
 
-import re
 from pathlib import Path
 
 import typer
@@ -35,9 +34,13 @@ def precision_option(value: str) -> str | None:
 
 def device_option(value: str) -> str:
     """``--device`` of a known form (exit 2 otherwise); whether that device exists is checked later (exit 3)."""
-    if not re.fullmatch(r"auto|cpu|cuda(:\d+)?", value):
-        raise UserError(f"--device must be one of auto, cpu, cuda (or cuda:N), got {value!r}", EXIT_USAGE)
-    return value
+    from comcoco.sahm.distributed import check_device_form
+    from comcoco.sahm.runs import RunError
+
+    try:
+        return check_device_form(value)
+    except RunError as exc:
+        raise UserError(str(exc), EXIT_USAGE) from None
 
 
 def _errors():

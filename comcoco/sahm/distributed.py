@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import logging
 import os
+import re
 import signal
 import tempfile
 import threading
@@ -25,6 +26,15 @@ import torch
 from comcoco.sahm.runfiles import RunError, Runtime
 
 DEVICES = ("auto", "cpu", "cuda")
+_DEVICE_FORM = re.compile(r"auto|cpu|cuda(:\d+)?")
+
+
+def check_device_form(name: str) -> str:
+    """``name`` if it is of a form ``--device`` takes (auto, cpu, cuda, cuda:N), else RunError; whether
+    that device exists here is :func:`resolve_device`'s question."""
+    if not _DEVICE_FORM.fullmatch(name):
+        raise RunError(f"--device must be one of {', '.join(DEVICES)} (or cuda:N), got {name!r}")
+    return name
 
 
 def resolve_device(name: str) -> torch.device:
@@ -32,23 +42,20 @@ def resolve_device(name: str) -> torch.device:
 
     A CUDA device that does not exist (no GPU, or an index beyond the count) is refused in one line.
     """
+    check_device_form(name)
     local = int(os.environ.get("LOCAL_RANK", "0"))
     if name == "auto":
         return torch.device("cuda", local) if torch.cuda.is_available() else torch.device("cpu")
     if name == "cpu":
         return torch.device("cpu")
-    if name == "cuda" or name.startswith("cuda:"):
-        count = torch.cuda.device_count() if torch.cuda.is_available() else 0
-        if count == 0:
-            raise RunError(f"--device {name}: no CUDA device is available on this machine (use --device cpu or auto)")
-        try:
-            dev = torch.device(name) if ":" in name else torch.device("cuda", local)
-        except RuntimeError:
-            raise RunError(f"--device {name}: not a device name (cuda or cuda:N)") from None
-        if dev.index is not None and dev.index >= count:
-            raise RunError(f"--device {name}: this machine has {count} CUDA device(s), cuda:0 to cuda:{count - 1}")
-        return dev
-    raise RunError(f"--device must be one of {', '.join(DEVICES)} (or cuda:N), got {name!r}")
+    # cuda or cuda:N (the form was checked)
+    count = torch.cuda.device_count() if torch.cuda.is_available() else 0
+    if count == 0:
+        raise RunError(f"--device {name}: no CUDA device is available on this machine (use --device cpu or auto)")
+    dev = torch.device(name) if ":" in name else torch.device("cuda", local)
+    if dev.index is not None and dev.index >= count:
+        raise RunError(f"--device {name}: this machine has {count} CUDA device(s), cuda:0 to cuda:{count - 1}")
+    return dev
 
 
 SMALL_INPUT = 128  # inputs up to this side run on one CPU thread (see ``set_cpu_threads``)
