@@ -7,7 +7,7 @@ that is not lossless, or writes a file one of them cannot read, is reported as f
 rounds alternate the writers and the best round of each counts, so the ratios hold on a busy machine.
 
 Writers: ``opencv`` (libpng through OpenCV at zlib level 1, comcoco's writer before encoders could be
-chosen, and at level 0), ``fpng`` (the default), and — when the optional ``imagecodecs`` package is
+chosen, and at level 0), ``fpng`` (the robust profile's default), and — when the optional ``imagecodecs`` package is
 installed — its libpng (``png``), libspng (``spng``) and zlib-ng based writers at level 1. comcoco does
 not depend on imagecodecs; install it (``pip install imagecodecs``) to see those rows.
 
@@ -33,27 +33,18 @@ FIXTURES = REPO.parent / "shared" / "fixtures" / "coco_real"
 Encoder = Callable[[np.ndarray], bytes]
 
 
-def _opencv(level: int) -> Encoder:
-    def enc(img: np.ndarray) -> bytes:
-        data = img if img.ndim == 2 else cv2.cvtColor(img, cv2.COLOR_RGB2BGR)
-        ok, buf = cv2.imencode(".png", data, [cv2.IMWRITE_PNG_COMPRESSION, level])
-        assert ok
-        return buf.tobytes()
-    return enc
-
-
-def _comcoco(encoder: str) -> Encoder:
+def _comcoco(encoder: str, level: int = 1) -> Encoder:
     """comcoco's own writer with the given encoder (masks included: fpng writes colour only)."""
     sys.path.insert(0, str(REPO))
     from comcoco.compose.writer import encode_image
     from comcoco.config import ComposeConfig
 
-    config = ComposeConfig(encoder=encoder, png_compression=1)
+    config = ComposeConfig(encoder=encoder, png_compression=level)
     return lambda img: encode_image(img, config)
 
 
 def writers() -> dict[str, Encoder]:
-    out: dict[str, Encoder] = {"opencv level 1 (before)": _comcoco("opencv"), "opencv level 0": _opencv(0),
+    out: dict[str, Encoder] = {"opencv level 1 (before)": _comcoco("opencv"), "opencv level 0": _comcoco("opencv", 0),
                                "fpng (default)": _comcoco("fpng")}
     try:
         import imagecodecs as ic
