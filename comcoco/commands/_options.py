@@ -16,7 +16,7 @@ from typing import Any
 
 import typer
 
-from comcoco.config import ENCODERS, IMAGE_FORMATS, ComposeConfig, ComposeConfigError, default_encoder
+from comcoco.config import ENCODERS, IMAGE_FORMATS, ComposeConfig, ComposeConfigError
 from comcoco.harmonize import HARMONIZE_METHODS
 from comcoco.placement import PLACEMENT_METHODS
 
@@ -69,11 +69,7 @@ class ComposeOptions:
 
     def config(self, seed: int) -> ComposeConfig:
         """The compose configuration; checkpoint paths are made absolute so any worker can open them."""
-        encoder = self.encoder or default_encoder(self.profile)
-        if self.png_level is not None and encoder != "opencv":
-            raise ComposeConfigError(f"--png-level sets the zlib level of --encoder opencv; --encoder {encoder} "
-                                     "has no level (leave --png-level out, or add --encoder opencv)")
-        return ComposeConfig(
+        config = ComposeConfig(
             seed=seed, profile=self.profile, placement=self.placement, harmonize=self.harmonize,
             objects_per_image=self.objects_per_image, candidates_per_ref=self.candidates_per_ref,
             image_format=self.image_format, jpeg_quality=self.jpeg_quality, encoder=self.encoder,
@@ -81,7 +77,10 @@ class ComposeOptions:
             graconet_ckpt=str(self.graconet_ckpt.resolve()) if self.graconet_ckpt else None,
             harmonizer_ckpt=str(self.harmonizer_ckpt.resolve()) if self.harmonizer_ckpt else None,
         )
-
+        if self.png_level is not None and config.encoder != "opencv":  # the profile's encoder, when not named
+            raise ComposeConfigError(f"--png-level sets the zlib level of --encoder opencv; --encoder "
+                                     f"{config.encoder} has no level (leave --png-level out, or add --encoder opencv)")
+        return config
 
 _COMPOSE_PARAMS: dict[str, tuple[Any, Any]] = {
     "profile": (str, typer.Option("robust", "--profile", help="robust (default): several distinguishable targets "
