@@ -59,7 +59,8 @@ def build(
     Exit 0 when every sample is ok or failed with a reason (listed); 4 when a shard did not complete,
     nothing is ok, nothing was planned, or (with --strict) any sample failed; see docs/cli.md.
     """
-    from comcoco.plan import BuildConfig, SourceSpec, check_resume, check_source_unchanged
+    from comcoco.build import prepare_workdir
+    from comcoco.plan import BuildConfig, SourceSpec
     from comcoco.workdir import Workdir, cached_models, cached_source
     from pipelines.runners import RunnerSpec
 
@@ -84,9 +85,8 @@ def build(
                           images=str(images.resolve()) if images else None, image_root=check_image_root(image_root))
         out.mkdir(parents=True, exist_ok=True)  # an output path that cannot be a folder fails here
         with Workdir(out.resolve()).lock("build"):  # a second build (or a pull) is refused before any work
-            meta = check_resume(out, config, spec)  # so is a mismatched work directory
-            if meta is not None:
-                check_source_unchanged(out, meta, spec, retry_failed)  # and a source that changed since
+            # so are a mismatched work directory and a source that changed since the plan
+            prepare_workdir(out, config, spec, retry_failed)
             cached_source(spec)  # an unreadable source fails here, in one line, before the flow starts
             cached_models(config)  # so does a checkpoint that does not load
             from pipelines.build import run_build
