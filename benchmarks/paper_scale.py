@@ -1,9 +1,10 @@
 """The paper's size end to end: a RefCOCO+-size demo source → build → release → verify → load.
 
-Generates (or reuses) a demo source of 19,992 images (about 47,500 objects, RefCOCO+'s size), then
-runs what a maintainer runs, each verb as its own process tree, and prints per stage: wall time,
-CPU time (the whole process tree), samples/s, peak RSS of the whole process tree (sampled every
-0.2 s, summed over its processes) and the disk the stage added:
+Generates (``comcoco demo-source --workers W``, its time printed) or reuses a demo source of 19,992
+images (about 47,500 objects, RefCOCO+'s size), then runs what a maintainer runs, each verb as its
+own process tree, and prints per stage: wall time, CPU time (the whole process tree), samples/s,
+peak RSS of the whole process tree (sampled every 0.2 s, summed over its processes) and the disk
+the stage added:
 
     comcoco build SOURCE -o WORK --workers 2 --limit 24000    (the paper's ~24,000 pairs)
     comcoco release WORK -o RELEASES --version 1.0.0           (export, audit, card, manifest, dist)
@@ -143,18 +144,26 @@ def run_stage(name: str, cmd: list[str], disk_roots: list[Path], samples: int | 
     return StageResult(name, wall, cpu, mon.peak, disk_used(*disk_roots) - before, samples, out)
 
 
-def ensure_source(root: Path, images: int, seed: int, env: dict) -> tuple[Path, float | None]:
-    """The demo source under ROOT/source, generated once (its time is reported, outside the clock)."""
+def ensure_source(root: Path, images: int, seed: int, workers: int, env: dict) -> tuple[Path, float | None]:
+    """The demo source under ROOT/source, generated once by ``workers`` processes (its time is
+    reported, outside the clock). A source is reused only when its marker, written last, records the
+    same size and seed; a run that did not finish leaves no marker."""
     src = root / "source"
     meta = src / "demo-source.json"
     if meta.is_file():
         info = json.loads(meta.read_text())
         if info.get("images") == images and info.get("seed") == seed:
+            print(f"demo source {src}: reused ({images} images, seed {seed})", flush=True)
             return src, None
+    cmd = [sys.executable, "-m", "comcoco", "demo-source", "-o", str(src), "--images", str(images),
+           "--seed", str(seed), "--workers", str(workers), "--progress"]
+    print(f"[{time.strftime('%H:%M:%S')}] demo source: {' '.join(cmd)}", flush=True)
     t0 = time.perf_counter()
-    subprocess.run([sys.executable, "-m", "comcoco", "demo-source", "-o", str(src), "--images", str(images),
-                    "--seed", str(seed)], check=True, env=env, cwd=REPO)
-    return src, time.perf_counter() - t0
+    subprocess.run(cmd, check=True, env=env, cwd=REPO)
+    seconds = time.perf_counter() - t0
+    print(f"demo source: {images} images in {seconds / 60:.1f} min with {workers} workers "
+          f"({1000 * seconds / images:.0f} ms per image)", flush=True)
+    return src, seconds
 
 
 def release_seconds(output: str) -> dict[str, float]:
@@ -248,7 +257,7 @@ def main() -> int:
     ap.add_argument("--samples", type=int, default=24000, help="build --limit (the paper: about 24,000 pairs)")
     ap.add_argument("--small", type=int, default=None, help="samples of the linearity run (default: a tenth)")
     ap.add_argument("--no-small", action="store_true", help="skip the linearity run")
-    ap.add_argument("--workers", type=int, default=2)
+    ap.add_argument("--workers", type=int, default=2, help="processes of demo-source and of build")
     ap.add_argument("--runner", default="local")
     ap.add_argument("--keep", action="store_true", help="keep the work directories and releases")
     args = ap.parse_args()
@@ -256,7 +265,7 @@ def main() -> int:
     root.mkdir(parents=True, exist_ok=True)
     env = dict(os.environ, PYTHONPATH=str(REPO) + os.pathsep + os.environ.get("PYTHONPATH", ""),
                PREFECT_HOME=os.environ.get("PREFECT_HOME", str(root / ".prefect")))
-    src, gen_seconds = ensure_source(root, args.images, 0, env)
+    src, gen_seconds = ensure_source(root, args.images, 0, args.workers, env)
     counts = json.loads((src / "refcoco+" / "instances.json").read_text())
     n_images, n_anns = len(counts["images"]), len(counts["annotations"])
     load_avg = os.getloadavg()
@@ -271,7 +280,7 @@ def main() -> int:
     load_after = os.getloadavg()
 
     lines = [f"paper scale: demo source {n_images} images, {n_anns} annotations"
-             + (f" (generated in {gen_seconds / 60:.1f} min)" if gen_seconds else " (reused)")
+             + (f" (generated in {gen_seconds / 60:.1f} min, --workers {args.workers})" if gen_seconds else " (reused)")
              + f"; build --limit {args.samples} --workers {args.workers} --runner {args.runner}; "
              f"{os.cpu_count()} cores; load average {load_avg[0]:.1f} before, {load_after[0]:.1f} after", ""]
     lines += table(full)
@@ -290,7 +299,7 @@ def main() -> int:
     (root / "paper-scale.md").write_text(text + "\n")
     (root / "paper-scale.json").write_text(json.dumps(
         {"small": [_row(r) for r in small], "full": [_row(r) for r in full], "whole_seconds": whole,
-         "load_average": [load_avg, load_after]}, indent=2) + "\n")
+         "load_average": [load_avg, load_after], "source_seconds": gen_seconds}, indent=2) + "\n")
     if not args.keep:
         for part in ("work", "releases"):
             shutil.rmtree(root / f"full-{part}", ignore_errors=True)

@@ -15,6 +15,7 @@ from typer.testing import CliRunner
 from comcoco.cli import app
 from comcoco.matching.clusters import cluster_of
 from comcoco.sources import demo
+from comcoco.sources.format import SourceError
 from comcoco.sources.images import read_image
 from comcoco.sources.refer import COCO_CATEGORIES, load_source, normalize_sentence
 from comcoco.sources.validate import inspect_source
@@ -199,3 +200,55 @@ def test_cli_writes_rewrites_and_refuses(tmp_path):
     result = runner.invoke(app, ["demo-source", "-o", str(foreign), "--images", "4"])
     assert result.exit_code == 3 and "not written by demo-source" in result.output
     assert (foreign / "refcoco+" / "refs(unc).p").read_bytes() == b"not ours"
+
+
+def test_any_number_of_workers_same_bytes(tmp_path, capsys):
+    serial = demo.generate_demo_source(tmp_path / "one", n_images=12, seed=5, workers=1)
+    report = demo.generate_demo(tmp_path / "two", n_images=12, seed=5, workers=2, progress=True)
+    ds, dp = _digest(serial), _digest(report.root)
+    assert len(ds) == 12 + 3 and ds == dp  # images, refs(unc).p, instances.json, demo-source.json
+    assert report.images == 12 and report.refs == len(load_source(report.root).refs())
+    assert "workers" not in (report.root / demo.MARKER).read_text()
+    assert not (report.root / demo.PARTIAL_MARKER).exists()
+    lines = capsys.readouterr().err.splitlines()
+    assert lines[-1] == "demo images: 12/12 images (100 %)" and len(lines) >= 2  # advanced chunk by chunk
+
+
+def test_chunks_cover_every_image_once_in_order():
+    jobs = [demo.ImageJob(i, "street", "train") for i in range(1000)]
+    for workers in (1, 2, 8):
+        chunks = demo.drawing.chunk_jobs(jobs, workers)
+        assert [j for c in chunks for j in c] == jobs
+        assert max(len(c) for c in chunks) <= demo.drawing.MAX_CHUNK
+        assert len(chunks) >= 4 * workers
+
+
+@pytest.mark.parametrize("workers", [1, 2])
+def test_a_failing_image_is_named(tmp_path, workers):
+    categories = {c.name: c.id for c in COCO_CATEGORIES if c.name != "person"}
+    jobs = [demo.ImageJob(i, "people" if i == 5 else "street", "train") for i in range(8)]
+    with pytest.raises(demo.DemoImageError, match=r"demo image 5 \(COCO_train2014_000000000006\.jpg\): "
+                                                  r"KeyError: 'person'") as caught:
+        demo.draw_images(tmp_path, 0, categories, jobs, workers=workers)
+    assert caught.value.index == 5
+    assert not (tmp_path / demo.demo_file_name(6)).exists()
+
+
+def test_a_run_that_fails_leaves_no_complete_source(tmp_path):
+    out = tmp_path / "src"
+    demo.generate_demo(out, n_images=8, seed=0)
+    image_dir = out / demo.IMAGE_SUBDIR
+    blocker = image_dir / demo.demo_file_name(6)
+    blocker.unlink()
+    blocker.mkdir()  # image 5 of the next run cannot be written
+    result = CliRunner().invoke(app, ["demo-source", "-o", str(out), "--images", "8", "--seed", "1",
+                                      "--workers", "2"])
+    assert result.exit_code == 3 and demo.demo_file_name(6) in result.output, result.output
+    assert not (out / demo.MARKER).exists() and (out / demo.PARTIAL_MARKER).is_file()
+    assert not (out / "refcoco+" / "refs(unc).p").exists() and not (out / "refcoco+" / "instances.json").exists()
+    with pytest.raises(SourceError, match=r"refs\(unc\)\.p"):
+        load_source(out)
+    # The partial marker keeps the folder ours: once the obstacle is gone, a rerun completes it.
+    blocker.rmdir()
+    demo.generate_demo(out, n_images=8, seed=1, workers=2)
+    assert _digest(out) == _digest(demo.generate_demo_source(tmp_path / "fresh", n_images=8, seed=1))

@@ -22,6 +22,7 @@ The work is split by role:
 * ``objects.py``      layout, outlines in pixels, painting,
 * ``expressions.py``  appearance-only expressions,
 * ``scene.py``        one image, drawn and described,
+* ``drawing.py``      every image drawn and written, in this process or by a process pool,
 * ``generator.py``    the whole source written to disk.
 """
 
@@ -50,6 +51,13 @@ from comcoco.sources.demo.catalogue import (
     CategoryStyle,
     Theme,
 )
+from comcoco.sources.demo.drawing import (
+    DemoImageError,
+    DrawnImage,
+    ImageJob,
+    default_workers,
+    draw_images,
+)
 from comcoco.sources.demo.expressions import (
     SPATIAL_WORDS,
     normalize_expression,
@@ -59,6 +67,7 @@ from comcoco.sources.demo.generator import (
     IMAGE_SUBDIR,
     MARKER,
     MIN_IMAGES,
+    PARTIAL_MARKER,
     SPLIT_BY,
     DemoReport,
     DemoSourceError,
@@ -75,6 +84,7 @@ from comcoco.sources.demo.scene import (
     JPEG_QUALITY,
     DemoImage,
     DemoObject,
+    demo_file_name,
     encode_jpeg,
     render_demo_image,
 )
@@ -149,9 +159,11 @@ __all__ = [
     "CategoryStyle",
     "DATASET",
     "DemoImage",
+    "DemoImageError",
     "DemoObject",
     "DemoReport",
     "DemoSourceError",
+    "DrawnImage",
     "FABRIC",
     "GARMENTS",
     "GIRAFFE",
@@ -159,6 +171,7 @@ __all__ = [
     "HYDRANT",
     "IMAGE_SIZES",
     "IMAGE_SUBDIR",
+    "ImageJob",
     "JPEG_QUALITY",
     "KNIFE",
     "LAPTOP",
@@ -166,6 +179,7 @@ __all__ = [
     "LUMPY",
     "MARKER",
     "MIN_IMAGES",
+    "PARTIAL_MARKER",
     "PATTERNS",
     "PERSON",
     "PERSON_THEME",
@@ -200,6 +214,9 @@ __all__ = [
     "VIVID",
     "WINE_GLASS",
     "bundled_texture",
+    "default_workers",
+    "demo_file_name",
+    "draw_images",
     "encode_jpeg",
     "generate_demo",
     "generate_demo_source",

@@ -225,11 +225,15 @@ def render_demo_image(index: int, theme_name: str, split: str, seed: int,
     pixels = _scene_lighting(rng, img, light, rng_for(seed, "demo-camera", index))
     objects = _describe(rng, ann_records, float(w * h))
 
-    file_name = f"COCO_train2014_{image_id:012d}.jpg"
-    info = ImageInfo(image_id=image_id, file_name=file_name, width=w, height=h,
+    info = ImageInfo(image_id=image_id, file_name=demo_file_name(image_id), width=w, height=h,
                      extra={"license": 1, "coco_url": "", "date_captured": "2014-01-01 00:00:00",
                             "flickr_url": "", "demo_theme": theme.name, "demo_ground_y": horizon})
     return DemoImage(info=info, theme=theme.name, split=split, objects=tuple(objects), pixels=pixels)
+
+
+def demo_file_name(image_id: int) -> str:
+    """The COCO train2014 file name of a demo image."""
+    return f"COCO_train2014_{image_id:012d}.jpg"
 
 
 def encode_jpeg(rgb: np.ndarray, quality: int = JPEG_QUALITY) -> bytes:
