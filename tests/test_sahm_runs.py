@@ -267,6 +267,25 @@ def validated(release, tmp_path_factory) -> tuple[dict, Path]:
     return validate_release(release, out, ValidationOptions(config="auto", steps=2, batch_size=4)), out
 
 
+def test_blind_twin_side_by_side_gives_the_bytes_of_a_run_alone(validated, release, tmp_path):
+    """On two free cores the blind twin trains in its own process while the full model trains; its
+    weights are those of the same training run alone."""
+    from comcoco.sahm.runs import TrainOptions, train_run
+    from comcoco.sahm.validate import _twins_side_by_side
+
+    _, out = validated
+    opts = TrainOptions(**json.loads((out / "blind" / "config.json").read_text())["options"])
+    if not _twins_side_by_side(ValidationOptions().runtime, opts):
+        pytest.skip("fewer than two free cores: the twins train one after the other")
+    train_run(tmp_path / "alone", opts)
+    side = torch.load(out / "blind" / "checkpoints" / "last.pt", map_location="cpu", weights_only=False)["generator"]
+    alone = torch.load(tmp_path / "alone" / "checkpoints" / "last.pt", map_location="cpu", weights_only=False)["generator"]
+    assert side.keys() == alone.keys()
+    assert all(torch.equal(side[k], alone[k]) for k in side)
+    full = torch.load(out / "checkpoints" / "last.pt", map_location="cpu", weights_only=False)["generator"]
+    assert not all(torch.equal(side[k], full[k]) for k in side)  # the twin is not the full model
+
+
 def test_validate_reports_metrics_and_language_baseline(validated, release):
     result, out = validated
     assert {"title", "metrics", "notes", "language_baseline", "sahm", "run"} <= set(result)

@@ -23,15 +23,16 @@ from comcoco.compose.shadow import NativeObject, apply_shadow
 from comcoco.harmonize.scenes import fit_between, harmonize_between
 
 
-def _ground_with_shadows(strength: float, seed: int = 0):
-    """Textured ground, four box objects, each with a flat elliptic shadow at its base."""
+def _ground_with_shadows(strength: float, seed: int = 0, shifts: tuple[int, ...] = (0, 0, 0, 0)):
+    """Textured ground, four box objects, each with a flat elliptic shadow at its base (moved sideways
+    by ``shifts`` px)."""
     rng = np.random.default_rng(seed)
     h, w = 240, 400
     img = np.full((h, w, 3), 170.0, np.float32) + rng.normal(0, 3, (h, w, 3))
     dark = np.zeros((h, w), np.float32)
     boxes = [(40, 60, 30, 60), (140, 90, 30, 65), (250, 70, 30, 70), (330, 120, 30, 75)]
-    for x, y, ow, oh in boxes:
-        cv2.ellipse(dark, (x + ow // 2, y + oh), (int(0.6 * ow), 6), 0, 0, 360, 1.0, -1)
+    for (x, y, ow, oh), dx in zip(boxes, shifts, strict=True):
+        cv2.ellipse(dark, (x + ow // 2 + dx, y + oh), (int(0.6 * ow), 6), 0, 0, 360, 1.0, -1)
     img *= (1 - strength * cv2.GaussianBlur(dark, (0, 0), 1.5))[..., None]
     natives = []
     for x, y, ow, oh in boxes:
@@ -60,6 +61,14 @@ def test_template_learns_the_scenes_shadow_and_draws_it_under_a_new_object():
     base = box[1] + box[3]
     assert abs(np.median(ys) - base) <= 6 and abs(np.median(xs) - (box[0] + 12)) <= 3
     assert xs.max() - xs.min() < 2.2 * box[2]  # its width follows the natives' (1.2 object widths)
+
+
+def test_template_keeps_the_core_darkness_of_shadows_that_do_not_line_up():
+    aligned = learn_template(*_ground_with_shadows(0.4))
+    shifted = learn_template(*_ground_with_shadows(0.4, shifts=(-14, 14, -14, 14)))
+    assert aligned is not None and shifted is not None
+    # each shifted shadow is as dark as an aligned one; their median, cell for cell, would not be
+    assert float(shifted.darkening.max()) >= 0.85 * float(aligned.darkening.max())
 
 
 def test_no_template_without_shadows_or_objects():

@@ -178,7 +178,23 @@ def learn_template(background: np.ndarray, objects: Sequence[NativeObject],
     t = _attached(np.clip(_fill(med), 0.0, MAX_STRENGTH).astype(np.float32))
     if float(t.max()) < MIN_DARKENING:
         return None
-    return ShadowTemplate(darkening=t, n_objects=len(maps))
+    # A median of shadows that do not line up cell for cell is weaker in its core than any of them:
+    # the core is set back to the objects' median core darkness.
+    cores = [c for c in (_core(m) for m in maps) if c is not None]
+    core = _core(t)
+    if cores and core is not None and core > 0:
+        t = np.clip(t * np.float32(np.clip(float(np.median(cores)) / core, 0.5, 2.0)), 0.0, MAX_STRENGTH)
+    return ShadowTemplate(darkening=t.astype(np.float32), n_objects=len(maps))
+
+
+def _core(t: np.ndarray) -> float | None:
+    """Darkest cell at the foot (|u| ≤ 0.6, 0 ≤ v ≤ 0.3): how dark a shadow's core is."""
+    u = np.linspace(U_RANGE[0], U_RANGE[1], NU + 1)
+    v = np.linspace(V_RANGE[0], V_RANGE[1], NV + 1)
+    uc, vc = 0.5 * (u[:-1] + u[1:]), 0.5 * (v[:-1] + v[1:])
+    sel = t[(vc[:, None] >= 0.0) & (vc[:, None] <= 0.3) & (np.abs(uc)[None, :] <= 0.6)]
+    sel = sel[np.isfinite(sel)]
+    return float(sel.max()) if sel.size else None
 
 
 def template_shadow(alpha: np.ndarray, box: Sequence[int], frame_size: tuple[int, int], template: ShadowTemplate,

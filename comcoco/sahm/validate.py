@@ -16,6 +16,7 @@ result (``validation/validation.json`` and the card's section); an existing rele
 from __future__ import annotations
 
 import json
+import multiprocessing
 import os
 import time
 from collections.abc import Sequence
@@ -29,13 +30,14 @@ import torch
 from comcoco.ids import rng_for
 from comcoco.io import write_text_atomic
 from comcoco.sahm.data import TEXT_MODES, DataError, ReleaseSamples, TextSubstitute, make_collate
-from comcoco.sahm.distributed import cpu_threads
+from comcoco.sahm.distributed import SMALL_INPUT, cpu_threads, resolve_device
 from comcoco.sahm.metrics import METRIC_KEYS, not_computed
 from comcoco.sahm.runs import (
     CONFIG_FILE,
     RunError,
     Runtime,
     TrainOptions,
+    TrainSummary,
     evaluate_dataset,
     evaluate_split,
     flat_metrics,
@@ -240,6 +242,52 @@ def _card_metrics(seven: dict[str, Any], baseline: dict[str, Any]) -> dict[str, 
     return metrics
 
 
+def _twins_side_by_side(runtime: Runtime, options: TrainOptions) -> bool:
+    """Whether the blind twin may train in a second process while the full model trains: on the CPU,
+    outside torchrun, one torch thread per model (``cpu_threads``) and at least two cores free."""
+    device = resolve_device(runtime.device)
+    omp = os.environ.get("OMP_NUM_THREADS")
+    small = options.sahm_config().image_size <= SMALL_INPUT
+    one_thread = runtime.threads == 1 or (runtime.threads is None and (omp == "1" or (omp is None and small)))
+    return (device.type == "cpu" and "WORLD_SIZE" not in os.environ and one_thread
+            and len(os.sched_getaffinity(0)) >= 2)
+
+
+def _train_blind(run: Path, options: TrainOptions, runtime: Runtime) -> None:
+    train_run(run, options, runtime, resume=(run / CONFIG_FILE).is_file())
+
+
+def _train_twins(run: Path, blind_run: Path | None, options: TrainOptions, runtime: Runtime) -> TrainSummary:
+    """The full model, and its blind twin (empty expressions) when ``blind_run`` is given.
+
+    The twins share nothing but their inputs, so on a CPU with two free cores the twin trains in a second
+    process at the same time (each model on one thread): the same bytes as one after the other
+    (tests/test_sahm_runs.py), in half the wall time.
+    """
+    resume = (run / CONFIG_FILE).is_file()
+    if blind_run is None:
+        return train_run(run, options, runtime, resume=resume)
+    blind_opts = replace(options, text="null")
+    if not _twins_side_by_side(runtime, options):
+        summary = train_run(run, options, runtime, resume=resume)
+        _train_blind(blind_run, blind_opts, runtime)
+        return summary
+    proc = multiprocessing.get_context("spawn").Process(target=_train_blind, args=(blind_run, blind_opts, runtime),
+                                                         name="sahm-blind-twin")
+    proc.start()
+    try:
+        summary = train_run(run, options, runtime, resume=resume)
+    except BaseException:
+        proc.terminate()
+        proc.join()
+        raise
+    proc.join()
+    if proc.exitcode != 0:
+        raise RunError(f"{blind_run}: the blind twin's training failed (exit code {proc.exitcode}; its error is "
+                       "printed above); the same command continues both runs")
+    return summary
+
+
 def validate_release(
     release: str | os.PathLike[str],
     out: str | os.PathLike[str] | None = None,
@@ -263,11 +311,8 @@ def validate_release(
     run = _run_folder(release, out, fresh)
     train_opts = TrainOptions(release=str(release), config=config, variant=o.variant, epochs=10**6,
                               max_steps=steps, batch_size=o.batch_size, seed=o.seed, eval_split=None)
-    summary = train_run(run, train_opts, o.runtime, resume=(run / CONFIG_FILE).is_file())
     blind_run = run / BLIND_DIR
-    if o.blind:
-        train_run(blind_run, replace(train_opts, text="null"), o.runtime,
-                  resume=(blind_run / CONFIG_FILE).is_file())
+    summary = _train_twins(run, blind_run if o.blind else None, train_opts, o.runtime)
     if summary.rank != 0:  # under torchrun rank 0 evaluates alone
         return {}
     runtime = replace(o.runtime, progress=False)
