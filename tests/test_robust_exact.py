@@ -53,3 +53,17 @@ def test_cell_means_equal_the_per_cell_means(foot):
     assert np.isfinite(direct).any()
     assert np.array_equal(fast, direct, equal_nan=True)
     assert fast.tobytes() == direct.tobytes()
+
+
+@pytest.mark.parametrize("size", [(90, 70), (300, 220)])  # one region; tiled
+def test_noise_only_measure_equals_the_full_measure(size):
+    from comcoco.compose.camera import _measure
+
+    rng = np.random.default_rng(3)
+    h, w = size
+    yy, xx = np.mgrid[0:h, 0:w]
+    rgb = np.clip(80 + 60 * np.sin(xx / 9.0)[..., None] + rng.normal(0, 4, (h, w, 3)), 0, 255).astype(np.uint8)
+    mask = ((yy - h / 2) ** 2 / (0.4 * h) ** 2 + (xx - w / 2) ** 2 / (0.45 * w) ** 2) < 1
+    blur, noise = _measure(rgb, mask)
+    assert blur is not None and noise is not None
+    assert _measure(rgb, mask, blur=False) == (None, noise)

@@ -188,11 +188,12 @@ def _tiles(h: int, w: int, max_px: int) -> list[tuple[int, int, int, int]]:
             for x in range((w % step) // 2, w - _TILE + 1, step)]
 
 
-def _measure(rgb: np.ndarray, mask: np.ndarray | None, max_px: int = 16384) -> tuple[float | None, NoiseLevel | None]:
+def _measure(rgb: np.ndarray, mask: np.ndarray | None, max_px: int = 16384,
+             blur: bool = True) -> tuple[float | None, NoiseLevel | None]:
     """(blur σ, noise) of a region, pooled over tiles so a large region costs no more than max_px.
 
     Noise first: its level sets the gradient floor of the blur estimate, so a noisy, soft region is
-    not read as sharp.
+    not read as sharp. ``blur=False``: the noise only (blur None), for callers that need no more.
     """
     if rgb.shape[0] < 7 or rgb.shape[1] < 7:
         return None, None
@@ -205,6 +206,8 @@ def _measure(rgb: np.ndarray, mask: np.ndarray | None, max_px: int = 16384) -> t
     if not planes:
         return None, None
     noise = _noise_from(np.concatenate([_noise_samples(ycc, m) for ycc, m in planes]))
+    if not blur:
+        return None, noise
     floor = max(2.0, 2.5 * noise.y) if noise is not None else 2.0
     blur = _blur_from(np.concatenate([_blur_samples(ycc[..., 0], m, floor=floor) for ycc, m in planes]))
     return blur, noise
@@ -380,7 +383,7 @@ def _after_regrid(rgb: np.ndarray, inner: np.ndarray, jpeg: JpegEstimate, guess:
     object is too small to measure.
     """
     q, ss = int(jpeg.quality), int(jpeg.subsampling)  # type: ignore[arg-type]
-    own = _measure(_roundtrip(rgb, q, ss), inner)[1]
+    own = _measure(_roundtrip(rgb, q, ss), inner, blur=False)[1]
     if own is None:
         return None
     own_v = np.asarray([own.y, own.cr, own.cb], np.float64)
@@ -392,7 +395,7 @@ def _after_regrid(rgb: np.ndarray, inner: np.ndarray, jpeg: JpegEstimate, guess:
         if not level.any():
             break
         noisy = np.clip(np.rint(rgb.astype(np.float32) + unit * level.astype(np.float32) @ _MIX.T), 0, 255)
-        after = _measure(_roundtrip(noisy.astype(np.uint8), q, ss), inner)[1]
+        after = _measure(_roundtrip(noisy.astype(np.uint8), q, ss), inner, blur=False)[1]
         if after is None:
             return None
         kept = np.sqrt(np.maximum(np.asarray([after.y, after.cr, after.cb]) ** 2 - own_v ** 2, 1e-6))
@@ -457,7 +460,7 @@ def match_camera(object_rgb: np.ndarray, alpha: np.ndarray, background: np.ndarr
         elif b_bg * b_bg - b_obj * b_obj > _BLUR_MIN * _BLUR_MIN:
             applied = min(_BLUR_MAX, math.sqrt(b_bg * b_bg - b_obj * b_obj))
             rgb = _premult_blur(rgb, alpha, applied)
-            n_obj = _measure(rgb, inner)[1]  # the blur lowered the object's noise
+            n_obj = _measure(rgb, inner, blur=False)[1]  # the blur lowered the object's noise
         elif b_obj > b_bg + _BLUR_MIN:
             reasons.append("blur: object blurrier than the scene (not sharpened)")
         edge = _silhouette_gap(rgb, alpha, background, box, scene, b_bg)
@@ -474,7 +477,7 @@ def match_camera(object_rgb: np.ndarray, alpha: np.ndarray, background: np.ndarr
             # the object's chroma is noisier than the scene's: smooth it
             chroma = float(np.clip(1.0 / (2.0 * math.sqrt(math.pi) * ratio), 0.5, 2.0))
             rgb = _chroma_smooth(rgb, alpha, chroma)
-            n_obj = _measure(rgb, inner)[1] or n_obj
+            n_obj = _measure(rgb, inner, blur=False)[1] or n_obj
 
         def gap(b: float, o: float, g: float) -> float:
             d = math.sqrt(max(0.0, (b / g) ** 2 - o * o))
