@@ -12,8 +12,9 @@ The old writer is ``--encoder opencv`` (libpng at zlib level 1, what every build
 could be chosen), the new one the default (``fpng``); each full path is printed against both bounds,
 and the default full path against the opencv full path on the same samples (goal: 2.5x).
 
-"no cache" disables the decoded-image LRU and the shared ground-truth encode (apples to apples with
-the bound); "run cache" is what ``run_compose`` does (backgrounds reused across samples).
+"no cache" disables the decoded-image LRU, the shared ground-truth encode and the robust profile's
+per-background scene cache (apples to apples with the bound); "run cache" is what ``run_compose`` and
+the shards do (backgrounds reused across samples).
 
     python benchmarks/compose.py [--quick] [--images 48] [--composites 40] [--rounds 3] [--profile robust|paper]
 """
@@ -45,6 +46,7 @@ from comcoco.compose import (  # noqa: E402
     plan_groups,
     write_group,
 )
+from comcoco.compose.robust import SceneCache  # noqa: E402
 from comcoco.compose.writer import BytesLRU as _BytesLRU  # noqa: E402
 
 GOAL = 2.5  # the default full path against the old writer's, samples/s/core
@@ -73,9 +75,10 @@ def full_path(groups, index: SourceIndex, config: ComposeConfig, out: Path, cach
     cache = ImageCache(index.image_path, maxsize=16 if cached else 0)
     encoded = _BytesLRU() if cached else None
     models = ComposeModels()
+    scenes = SceneCache() if cached else None
     rows = []
     for g in groups:
-        rows += write_group(out, compose_group(g, cache, config, models), config, encoded)
+        rows += write_group(out, compose_group(g, cache, config, models, scenes=scenes), config, encoded)
     return rows
 
 

@@ -67,3 +67,32 @@ def test_noise_only_measure_equals_the_full_measure(size):
     blur, noise = _measure(rgb, mask)
     assert blur is not None and noise is not None
     assert _measure(rgb, mask, blur=False) == (None, noise)
+
+
+def test_scene_cache_composes_the_same_bytes_and_measures_each_background_once(demo_source_small, monkeypatch):
+    from comcoco.compose import ComposeConfig, ImageCache, SourceIndex, compose_group, plan_groups, robust
+    from comcoco.matching.scene import match_backgrounds
+    from comcoco.sources.refer import load_source
+
+    src = load_source(demo_source_small)
+    index = SourceIndex.from_source(src)
+    config = ComposeConfig(seed=1)
+    groups = plan_groups(match_backgrounds(src.refs(), src.annotations(), k=5, seed=0), index, config)
+    backgrounds = {g.bg_image_id for g in groups if g.bg_image is not None}
+    assert len(backgrounds) < len(groups)  # some composites share a background
+    measured: list[int] = []
+    plain = robust.measure_scene
+    monkeypatch.setattr(robust, "measure_scene", lambda bg, *a: measured.append(id(bg)) or plain(bg, *a))
+    images, scenes = ImageCache(index.image_path), robust.SceneCache()
+    for g in groups:
+        a = compose_group(g, images, config)
+        b = compose_group(g, images, config, scenes=scenes)
+        assert [s.row for s in a.samples] == [s.row for s in b.samples]
+        assert (a.composite is None) == (b.composite is None)
+        if a.composite is not None:
+            assert a.composite.tobytes() == b.composite.tobytes()
+        for x, y in zip(a.samples, b.samples, strict=True):
+            for name in ("ground_truth", "mask", "effect_mask"):
+                u, v = getattr(x, name), getattr(y, name)
+                assert (u is None and v is None) or u.tobytes() == v.tobytes()
+    assert len(measured) == len(groups) + len(backgrounds)  # every composite without the cache, once each with

@@ -20,6 +20,7 @@ Targets keep ``FOOTPRINT_MARGIN`` px between their footprints, so no 16-px JPEG 
 
 from __future__ import annotations
 
+from collections import OrderedDict
 from dataclasses import dataclass, replace
 from pathlib import Path
 
@@ -66,6 +67,29 @@ def measure_scene(background: np.ndarray, path: Path | None, annotations: tuple[
                  jpeg=estimate_jpeg_quality(path, background),
                  camera=scene_camera(background, outlines=outlines),
                  template=learn_template(background, natives))
+
+
+class SceneCache:
+    """Scenes already measured, by background image id and annotation ids: several composites share a
+    background, and measuring it is most of what the robust recipe spends per composite. Within one
+    run (or shard) an image id names the same pixels, file and annotations; an LRU of ``maxsize``
+    scenes (a few KiB each). Not shared between threads."""
+
+    def __init__(self, maxsize: int = 512):
+        self._maxsize = maxsize
+        self._items: OrderedDict[tuple[int, tuple[int, ...]], Scene] = OrderedDict()
+
+    def get(self, image_id: int, background: np.ndarray, path: Path | None,
+            annotations: tuple[Annotation, ...]) -> Scene:
+        key = (int(image_id), tuple(int(a.ann_id) for a in annotations))
+        scene = self._items.get(key)
+        if scene is None:
+            scene = self._items[key] = measure_scene(background, path, annotations)
+            if len(self._items) > self._maxsize:
+                self._items.popitem(last=False)
+        else:
+            self._items.move_to_end(key)
+        return scene
 
 
 @dataclass
