@@ -96,3 +96,32 @@ def test_scene_cache_composes_the_same_bytes_and_measures_each_background_once(d
                 u, v = getattr(x, name), getattr(y, name)
                 assert (u is None and v is None) or u.tobytes() == v.tobytes()
     assert len(measured) == len(groups) + len(backgrounds)  # every composite without the cache, once each with
+
+
+@pytest.mark.parametrize("box", [(130, 95, 61, 47), (0, 0, 40, 33), (579, 401, 61, 79), (3, 200, 1, 1), (250, 7, 9, 200)])
+def test_object_harmonization_equals_the_full_composites(box):
+    """``harmonize_object_between`` on the box gives exactly the pixels ``harmonize_between`` gives the
+    object in the full composite (and the frame sizes put the thumbnail grid across the box's edges)."""
+    from comcoco.harmonize.scenes import harmonize_between, harmonize_object_between
+
+    rng = np.random.default_rng(box[0] + box[1])
+    H, W = 480, 640
+    yy, xx = np.mgrid[0:H, 0:W]
+    bg = np.clip(np.stack([60 + 0.2 * xx, 90 + 0.15 * yy, 140 - 0.1 * xx], -1) + rng.normal(0, 6, (H, W, 3)),
+                 0, 255).astype(np.uint8)
+    source = np.clip(rng.normal((150, 110, 70), 35, (300, 420, 3)), 0, 255).astype(np.uint8)
+    x, y, w, h = box
+    obj = rng.integers(0, 256, (h, w, 3), dtype=np.uint8)
+    oy, ox = np.mgrid[0:h, 0:w]
+    sel = ((oy - h / 2) ** 2 / max(h / 2, 1) ** 2 + (ox - w / 2) ** 2 / max(w / 2, 1) ** 2) <= 1.0
+    trial = bg.copy()
+    trial[y:y + h, x:x + w][sel] = obj[sel]
+    full = np.zeros((H, W), np.float32)
+    full[y:y + h, x:x + w][sel] = 1.0
+    ref, ref_args = harmonize_between(source, trial, full)
+    out, args = harmonize_object_between(source, bg, obj, sel, box)
+    assert args == ref_args and any(args.as_tuple())
+    expected = obj.copy()
+    expected[sel] = ref[y:y + h, x:x + w][sel]
+    assert out.tobytes() == expected.tobytes()
+    assert not np.array_equal(out[sel], obj[sel])  # the filters did change the object

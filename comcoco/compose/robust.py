@@ -110,22 +110,21 @@ def harmonized_colours(bg: np.ndarray, cut: Cutout, method: str, network: object
     """The object's colours harmonized against the background alone (see the module docstring); with
     ``fit`` and its ``source`` photo, by the two photos' statistics (``comcoco.harmonize.scenes``)."""
     from comcoco.harmonize.fit import harmonize
-    from comcoco.harmonize.scenes import harmonize_between
+    from comcoco.harmonize.scenes import harmonize_object_between
 
     if method == "none":
         return cut.rgb, FilterArgs()
     x, y, w, h = cut.box
     sel = cut.alpha > 0
+    if method == "fit" and source is not None:  # harmonize_between's bytes, on the object's box only
+        return harmonize_object_between(source, bg, cut.rgb, sel, cut.box)
     trial = bg.copy()
     trial[y:y + h, x:x + w][sel] = cut.rgb[sel]
     full = np.zeros(bg.shape[:2], np.float32)
     full[y:y + h, x:x + w][sel] = 1.0
     net = np.zeros(bg.shape[:2], bool)  # the network sees alpha ≥ 0.5, as Harmonizer's inference does
     net[y:y + h, x:x + w] = cut.alpha >= 0.5
-    if method == "fit" and source is not None:
-        out, args = harmonize_between(source, trial, full)
-    else:
-        out, args = harmonize(trial, full, method, network, network_mask=net)
+    out, args = harmonize(trial, full, method, network, network_mask=net)
     if out.shape != bg.shape or out.dtype != np.uint8:
         raise ValueError(f"harmonizer returned {out.dtype} {out.shape}, expected uint8 {bg.shape}")
     rgb = cut.rgb.copy()
