@@ -125,3 +125,15 @@ def test_object_harmonization_equals_the_full_composites(box):
     expected[sel] = ref[y:y + h, x:x + w][sel]
     assert out.tobytes() == expected.tobytes()
     assert not np.array_equal(out[sel], obj[sel])  # the filters did change the object
+
+
+@pytest.mark.parametrize("shape", [(1, 1), (2, 5), (3, 3), (7, 7), (13, 90), (64, 64)])
+def test_valid_region_without_a_mask_is_the_eroded_region(shape):
+    import cv2
+
+    from comcoco.compose.camera import _valid
+
+    for border in (1, 3):
+        k = np.ones((2 * border + 1, 2 * border + 1), np.uint8)
+        eroded = cv2.erode(np.ones(shape, np.uint8), k, borderType=cv2.BORDER_CONSTANT, borderValue=0) > 0
+        assert np.array_equal(_valid(None, shape + (3,), border), eroded)

@@ -120,7 +120,11 @@ def _q(a: np.ndarray, q: float) -> float:
 
 
 def _valid(mask: np.ndarray | None, shape: tuple[int, ...], border: int) -> np.ndarray:
-    m = np.ones(shape[:2], bool) if mask is None else np.asarray(mask, bool)
+    if mask is None:  # the erosion of the whole region: all but its ``border``-px frame
+        m = np.zeros(shape[:2], bool)
+        m[border:shape[0] - border, border:shape[1] - border] = True
+        return m
+    m = np.asarray(mask, bool)
     m = cv2.erode(m.astype(np.uint8), np.ones((2 * border + 1, 2 * border + 1), np.uint8),
                   borderType=cv2.BORDER_CONSTANT, borderValue=0) > 0
     return m
@@ -261,9 +265,9 @@ def outline_blur(rgb: np.ndarray, band: np.ndarray) -> float | None:
     band = np.asarray(band, bool)
     if np.count_nonzero(band) < _MIN_PIXELS:
         return None
-    ys, xs = np.nonzero(band)
-    y0, y1 = max(0, int(ys.min()) - 4), min(band.shape[0], int(ys.max()) + 5)
-    x0, x1 = max(0, int(xs.min()) - 4), min(band.shape[1], int(xs.max()) + 5)
+    bx, by, bw, bh = cv2.boundingRect(np.ascontiguousarray(band).view(np.uint8))
+    y0, y1 = max(0, by - 4), min(band.shape[0], by + bh + 4)
+    x0, x1 = max(0, bx - 4), min(band.shape[1], bx + bw + 4)
     lum = _ycrcb(rgb[y0:y1, x0:x1])[..., 0]
     b = band[y0:y1, x0:x1]
 
