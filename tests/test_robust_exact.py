@@ -137,3 +137,22 @@ def test_valid_region_without_a_mask_is_the_eroded_region(shape):
         k = np.ones((2 * border + 1, 2 * border + 1), np.uint8)
         eroded = cv2.erode(np.ones(shape, np.uint8), k, borderType=cv2.BORDER_CONSTANT, borderValue=0) > 0
         assert np.array_equal(_valid(None, shape + (3,), border), eroded)
+
+
+def test_keep_out_equals_the_full_frame_dilation():
+    import cv2
+
+    from comcoco.compose.robust import FOOTPRINT_MARGIN, keep_out
+
+    rng = np.random.default_rng(5)
+    k = cv2.getStructuringElement(cv2.MORPH_RECT, (2 * FOOTPRINT_MARGIN + 1, 2 * FOOTPRINT_MARGIN + 1))
+    for x, y, w, h in [(200, 150, 80, 60), (0, 0, 30, 20), (610, 450, 30, 30), (5, 300, 630, 10), (320, 240, 1, 1)]:
+        touched = np.zeros((480, 640), bool)
+        touched[y:y + h, x:x + w] = rng.random((h, w)) < 0.7
+        touched[y, x] = touched[y + h - 1, x + w - 1] = True
+        full = cv2.dilate(touched.astype(np.uint8), k) > 0
+        grown, box = keep_out(touched)
+        assert np.array_equal(grown, full)
+        assert box == cv2.boundingRect(full.view(np.uint8))
+    grown, box = keep_out(np.zeros((480, 640), bool))
+    assert not grown.any() and box == (0, 0, 0, 0)

@@ -188,8 +188,8 @@ def paste_target(canvas: np.ndarray, bg: np.ndarray, cut: Cutout, scene: Scene, 
         "jpeg_quality": regrid.quality,
         "matte": "refined" if matte.refined else f"kept: {matte.fallback}",
     }
-    return Pasted(cut, args, touched, mask.astype(np.uint8) * 255, (mask | touched).astype(np.uint8) * 255, info,
-                  placed_box)
+    return Pasted(cut, args, touched, mask.view(np.uint8) * np.uint8(255), (mask | touched).view(np.uint8) * np.uint8(255),
+                  info, placed_box)
 
 
 def _padded(cut: Cutout, frame: tuple[int, int], pad: int) -> Cutout:
@@ -219,7 +219,15 @@ def _blend(canvas: np.ndarray, cut: Cutout) -> None:
 def keep_out(touched: np.ndarray) -> tuple[np.ndarray, tuple[int, int, int, int]]:
     """A target's footprint grown by ``FOOTPRINT_MARGIN``: the pixels no other target may touch, and its
     bounding box (for placement, which must keep other objects out of it)."""
-    k = cv2.getStructuringElement(cv2.MORPH_RECT, (2 * FOOTPRINT_MARGIN + 1, 2 * FOOTPRINT_MARGIN + 1))
-    grown = cv2.dilate(touched.astype(np.uint8), k) > 0
-    x, y, w, h = cv2.boundingRect(grown.view(np.uint8))
-    return grown, (x, y, w, h)
+    m = FOOTPRINT_MARGIN
+    grown = np.zeros(touched.shape, dtype=bool)
+    x, y, w, h = cv2.boundingRect(np.ascontiguousarray(touched).view(np.uint8))
+    if not (w and h):
+        return grown, (0, 0, 0, 0)
+    # nothing farther than the margin from the footprint's box can change: dilate that window only
+    x0, y0 = max(0, x - m), max(0, y - m)
+    x1, y1 = min(touched.shape[1], x + w + m), min(touched.shape[0], y + h + m)
+    k = cv2.getStructuringElement(cv2.MORPH_RECT, (2 * m + 1, 2 * m + 1))
+    grown[y0:y1, x0:x1] = cv2.dilate(np.ascontiguousarray(touched[y0:y1, x0:x1]).view(np.uint8), k) > 0
+    x, y, w, h = cv2.boundingRect(grown[y0:y1, x0:x1].view(np.uint8))
+    return grown, (x + x0, y + y0, w, h)
