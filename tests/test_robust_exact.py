@@ -156,3 +156,41 @@ def test_keep_out_equals_the_full_frame_dilation():
         assert box == cv2.boundingRect(full.view(np.uint8))
     grown, box = keep_out(np.zeros((480, 640), bool))
     assert not grown.any() and box == (0, 0, 0, 0)
+
+
+def _zeroed_where_unchanged(m: np.ndarray, region: np.ndarray) -> np.ndarray:
+    """The shadow rule on the whole region: zero wherever shading leaves the pixel's bytes as they are."""
+    from comcoco.compose.shadow import shade
+
+    out = m.copy()
+    out[np.all(shade(region, m) == region, axis=-1)] = 0.0
+    return out
+
+
+def test_shadow_maps_tested_where_they_darken_equal_the_whole_region_test():
+    from comcoco.compose.scene_shadow import ShadowTemplate, template_shadow
+    from comcoco.compose.shadow import Light, cast_shadow
+
+    rng = np.random.default_rng(11)
+    H, W = 240, 400
+    bg = np.clip(rng.normal(150, 40, (H, W, 3)), 0, 255).astype(np.uint8)
+    bg[:, :40] = 0  # black ground: no shading changes it
+    alpha = np.zeros((70, 30), np.float32)
+    alpha[5:, 4:26] = 1.0
+    alpha[5:, 3] = alpha[5:, 26] = 0.4
+    darkening = np.zeros((24, 30), np.float32)
+    darkening[6:14, 8:22] = np.linspace(0.02, 0.5, 14, dtype=np.float32)
+    light, template = Light((0.8, 0.6), 0.45, "objects", 1.0, 3, 0.8), ShadowTemplate(darkening, 3)
+    for box in [(150, 100, 30, 70), (20, 120, 30, 70), (360, 150, 30, 70)]:
+        for scene in (True, False):
+            draw = (lambda b, box=box: template_shadow(alpha, box, (W, H), template, background=b)) if scene else \
+                (lambda b, box=box: cast_shadow(alpha, box, (W, H), light, background=b))
+            loose, tight = draw(None), draw(bg)
+            assert loose.kind != "none"
+            x, y, w, h = loose.region
+            expected = _zeroed_where_unchanged(loose.map, bg[y:y + h, x:x + w])
+            if not expected.any():
+                assert tight.kind == "none"
+                continue
+            assert tight.region == loose.region and tight.map.tobytes() == expected.tobytes()
+            assert (expected != loose.map).any()  # the test did drop pixels

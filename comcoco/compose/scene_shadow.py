@@ -233,9 +233,11 @@ def template_shadow(alpha: np.ndarray, box: Sequence[int], frame_size: tuple[int
     m = np.clip(m, 0.0, MAX_STRENGTH).astype(np.float32)
     m[m < np.float32(0.5 / 255.0)] = 0.0
     reason = "clipped at the frame border" if (xs[0] < 0 or xs[-1] > fw or ys[-1] > fh) else ""
-    if background is not None:
-        region = background[y0:y1, x0:x1]
-        m[np.all(shade(region, m) == region, axis=-1)] = 0.0
+    if background is not None:  # tested where m > 0 only: elsewhere shading is the identity
+        iy, ix = np.nonzero(m)
+        px = background[y0:y1, x0:x1][iy, ix][:, None]
+        same = np.all(shade(px, m[iy, ix][:, None]) == px, axis=-1)[:, 0]
+        m[iy[same], ix[same]] = 0.0
     if not m.any():
         return Shadow(empty, (bx, by, 0, 0), "none", "shadow too faint to change a pixel")
     return Shadow(m, (x0, y0, x1 - x0, y1 - y0), "scene", reason)

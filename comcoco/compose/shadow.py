@@ -393,10 +393,11 @@ def cast_shadow(alpha: np.ndarray, box: Sequence[int], frame_size: tuple[int, in
     clipped = (bx - reach_x < 0 or bx + bw + reach_x > fw or by + yb_local + reach_dn > fh)
     if clipped and not reason:
         reason = "clipped at the frame border"
-    if background is not None:
-        region = background[y0:y1, x0:x1]
-        out = shade(region, m)
-        m[np.all(out == region, axis=-1)] = 0.0
+    if background is not None:  # tested where m > 0 only: elsewhere shading is the identity
+        iy, ix = np.nonzero(m)
+        px = background[y0:y1, x0:x1][iy, ix][:, None]
+        same = np.all(shade(px, m[iy, ix][:, None]) == px, axis=-1)[:, 0]
+        m[iy[same], ix[same]] = 0.0
     kind = "cast" if cast else "contact"
     if not m.any():
         return Shadow(empty.map, empty.region, "none", reason or "shadow too faint to change a pixel")
