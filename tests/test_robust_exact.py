@@ -194,3 +194,13 @@ def test_shadow_maps_tested_where_they_darken_equal_the_whole_region_test():
                 continue
             assert tight.region == loose.region and tight.map.tobytes() == expected.tobytes()
             assert (expected != loose.map).any()  # the test did drop pixels
+
+
+def test_unit_noise_is_the_fixed_seed_draw_of_that_shape():
+    from comcoco.compose.camera import _unit_noise
+
+    for shape in [(40, 30, 3), (300, 200, 3), (7, 5, 3), (300, 201, 3), (1, 1, 3)]:
+        direct = np.random.default_rng(0).standard_normal(shape, dtype=np.float32)
+        kept = _unit_noise(shape)
+        assert kept.shape == shape and kept.tobytes() == direct.tobytes()
+        assert not kept.flags.writeable

@@ -374,6 +374,20 @@ def _blur_edge(rgb: np.ndarray, alpha: np.ndarray, sigma: float) -> tuple[np.nda
     return new, out
 
 
+_UNIT = [np.zeros(0, np.float32)]  # the longest fixed-seed unit noise drawn so far
+
+
+def _unit_noise(shape: tuple[int, ...]) -> np.ndarray:
+    """``np.random.default_rng(0).standard_normal(shape, dtype=np.float32)``, read-only, cut from a kept
+    draw: the generator fills its output in order, so a shorter draw is a prefix of a longer one."""
+    n = math.prod(shape)
+    if _UNIT[0].size < n:
+        buf = np.random.default_rng(0).standard_normal(max(n, 2 * _UNIT[0].size), dtype=np.float32)
+        buf.flags.writeable = False
+        _UNIT[0] = buf
+    return _UNIT[0][:n].reshape(shape)
+
+
 def _after_regrid(rgb: np.ndarray, inner: np.ndarray, jpeg: JpegEstimate, guess: NoiseLevel,
                   target: NoiseLevel) -> NoiseLevel | None:
     """The noise to add so that the object, after the regrid's round trip, has the scene's noise.
@@ -394,7 +408,7 @@ def _after_regrid(rgb: np.ndarray, inner: np.ndarray, jpeg: JpegEstimate, guess:
     want = np.sqrt(np.maximum(np.asarray([target.y, target.cr, target.cb], np.float64) ** 2 - own_v ** 2, 0.0))
     level = np.asarray([guess.y, guess.cr, guess.cb], np.float64)
     level = np.where(want > 0, np.maximum(level, 0.5), 0.0)
-    unit = np.random.default_rng(0).standard_normal(rgb.shape, dtype=np.float32)
+    unit = _unit_noise(rgb.shape)
     for _ in range(_REGRID_STEPS):
         if not level.any():
             break
