@@ -57,7 +57,7 @@ class Scene:
 def measure_scene(background: np.ndarray, path: Path | None, annotations: tuple[Annotation, ...]) -> Scene:
     """Light, JPEG quality and camera of a background (from its file's tables when it is a JPEG)."""
     natives = [n for n in (NativeObject.from_annotation(a.bbox, a.segmentation) for a in annotations) if n is not None]
-    outlines = None
+    outlines = filled = None
     if natives:
         filled = np.zeros(background.shape[:2], np.uint8)
         for n in natives:
@@ -66,7 +66,7 @@ def measure_scene(background: np.ndarray, path: Path | None, annotations: tuple[
     return Scene(light=estimate_light(background, natives),
                  jpeg=estimate_jpeg_quality(path, background),
                  camera=scene_camera(background, outlines=outlines),
-                 template=learn_template(background, natives))
+                 template=learn_template(background, natives, occupied=filled))  # the same fill: reused
 
 
 class SceneCache:
