@@ -196,11 +196,12 @@ def test_shadow_maps_tested_where_they_darken_equal_the_whole_region_test():
             assert (expected != loose.map).any()  # the test did drop pixels
 
 
-def test_unit_noise_is_the_fixed_seed_draw_of_that_shape():
-    from comcoco.compose.camera import _unit_noise
+def test_fixed_normal_is_the_fixed_seed_draw_of_that_shape():
+    from comcoco.ids import fixed_normal
 
-    for shape in [(40, 30, 3), (300, 200, 3), (7, 5, 3), (300, 201, 3), (1, 1, 3)]:
-        direct = np.random.default_rng(0).standard_normal(shape, dtype=np.float32)
-        kept = _unit_noise(shape)
-        assert kept.shape == shape and kept.tobytes() == direct.tobytes()
-        assert not kept.flags.writeable
+    for seed in (0, 5):
+        for shape in [(40, 30, 3), (300, 200, 3), (7, 5, 3), (300, 201, 3), (1, 1, 3), (9,)]:
+            direct = np.random.default_rng(seed).standard_normal(shape, dtype=np.float32)
+            kept = fixed_normal(shape, seed)
+            assert kept.shape == shape and kept.tobytes() == direct.tobytes()
+            assert not kept.flags.writeable

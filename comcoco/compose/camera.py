@@ -50,6 +50,7 @@ from comcoco.compose.jpeg import (  # noqa: F401  (re-exported: the camera step'
     jpeg_regrid,
     quality_from_table,
 )
+from comcoco.ids import fixed_normal
 
 _IMMERKAER = np.array([[1, -2, 1], [-2, 4, -2], [1, -2, 1]], np.float32)
 _MIN_PIXELS = 64  # a region needs this many usable pixels for an estimate
@@ -124,10 +125,8 @@ def _valid(mask: np.ndarray | None, shape: tuple[int, ...], border: int) -> np.n
         m = np.zeros(shape[:2], bool)
         m[border:shape[0] - border, border:shape[1] - border] = True
         return m
-    m = np.asarray(mask, bool)
-    m = cv2.erode(m.astype(np.uint8), np.ones((2 * border + 1, 2 * border + 1), np.uint8),
-                  borderType=cv2.BORDER_CONSTANT, borderValue=0) > 0
-    return m
+    return cv2.erode(np.asarray(mask, bool).astype(np.uint8), np.ones((2 * border + 1, 2 * border + 1), np.uint8),
+                     borderType=cv2.BORDER_CONSTANT, borderValue=0) > 0
 
 
 def _noise_samples(ycc: np.ndarray, mask: np.ndarray | None) -> np.ndarray:
@@ -192,8 +191,7 @@ def _tiles(h: int, w: int, max_px: int) -> list[tuple[int, int, int, int]]:
             for x in range((w % step) // 2, w - _TILE + 1, step)]
 
 
-def _measure(rgb: np.ndarray, mask: np.ndarray | None, max_px: int = 16384,
-             blur: bool = True) -> tuple[float | None, NoiseLevel | None]:
+def _measure(rgb: np.ndarray, mask: np.ndarray | None, max_px: int = 16384, blur: bool = True) -> tuple[float | None, NoiseLevel | None]:
     """(blur σ, noise) of a region, pooled over tiles so a large region costs no more than max_px.
 
     Noise first: its level sets the gradient floor of the blur estimate, so a noisy, soft region is
@@ -210,11 +208,9 @@ def _measure(rgb: np.ndarray, mask: np.ndarray | None, max_px: int = 16384,
     if not planes:
         return None, None
     noise = _noise_from(np.concatenate([_noise_samples(ycc, m) for ycc, m in planes]))
-    if not blur:
-        return None, noise
     floor = max(2.0, 2.5 * noise.y) if noise is not None else 2.0
-    blur = _blur_from(np.concatenate([_blur_samples(ycc[..., 0], m, floor=floor) for ycc, m in planes]))
-    return blur, noise
+    sigma = _blur_from(np.concatenate([_blur_samples(ycc[..., 0], m, floor=floor) for ycc, m in planes])) if blur else None
+    return sigma, noise
 
 
 def noise_level(rgb: np.ndarray, mask: np.ndarray | None = None) -> NoiseLevel | None:
@@ -266,8 +262,7 @@ def outline_blur(rgb: np.ndarray, band: np.ndarray) -> float | None:
     if np.count_nonzero(band) < _MIN_PIXELS:
         return None
     bx, by, bw, bh = cv2.boundingRect(np.ascontiguousarray(band).view(np.uint8))
-    y0, y1 = max(0, by - 4), min(band.shape[0], by + bh + 4)
-    x0, x1 = max(0, bx - 4), min(band.shape[1], bx + bw + 4)
+    x0, y0, x1, y1 = max(0, bx - 4), max(0, by - 4), min(band.shape[1], bx + bw + 4), min(band.shape[0], by + bh + 4)
     lum = _ycrcb(rgb[y0:y1, x0:x1])[..., 0]
     b = band[y0:y1, x0:x1]
 
@@ -374,20 +369,6 @@ def _blur_edge(rgb: np.ndarray, alpha: np.ndarray, sigma: float) -> tuple[np.nda
     return new, out
 
 
-_UNIT = [np.zeros(0, np.float32)]  # the longest fixed-seed unit noise drawn so far
-
-
-def _unit_noise(shape: tuple[int, ...]) -> np.ndarray:
-    """``np.random.default_rng(0).standard_normal(shape, dtype=np.float32)``, read-only, cut from a kept
-    draw: the generator fills its output in order, so a shorter draw is a prefix of a longer one."""
-    n = math.prod(shape)
-    if _UNIT[0].size < n:
-        buf = np.random.default_rng(0).standard_normal(max(n, 2 * _UNIT[0].size), dtype=np.float32)
-        buf.flags.writeable = False
-        _UNIT[0] = buf
-    return _UNIT[0][:n].reshape(shape)
-
-
 def _after_regrid(rgb: np.ndarray, inner: np.ndarray, jpeg: JpegEstimate, guess: NoiseLevel,
                   target: NoiseLevel) -> NoiseLevel | None:
     """The noise to add so that the object, after the regrid's round trip, has the scene's noise.
@@ -408,7 +389,7 @@ def _after_regrid(rgb: np.ndarray, inner: np.ndarray, jpeg: JpegEstimate, guess:
     want = np.sqrt(np.maximum(np.asarray([target.y, target.cr, target.cb], np.float64) ** 2 - own_v ** 2, 0.0))
     level = np.asarray([guess.y, guess.cr, guess.cb], np.float64)
     level = np.where(want > 0, np.maximum(level, 0.5), 0.0)
-    unit = _unit_noise(rgb.shape)
+    unit = fixed_normal(rgb.shape)  # default_rng(0).standard_normal(rgb.shape, dtype=np.float32)
     for _ in range(_REGRID_STEPS):
         if not level.any():
             break
