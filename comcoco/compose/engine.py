@@ -312,8 +312,10 @@ class _Robust:
         from comcoco.compose.robust import measure_scene
 
         self.bg = bg
-        self.scene = measure_scene(bg, path, group.bg_annotations) if scenes is None else \
-            scenes.get(group.bg_image_id, bg, path, group.bg_annotations)  # type: ignore[arg-type]
+        if scenes is None:
+            self.scene = measure_scene(bg, path, group.bg_annotations)  # type: ignore[arg-type]
+        else:
+            self.scene = scenes.get(group.bg_image_id, bg, path, group.bg_annotations)  # type: ignore[arg-type]
         self.forbidden = np.zeros(bg.shape[:2], dtype=bool)
 
     def paste(self, m: ObjectPlan, row: SampleRow, canvas: np.ndarray, cut: Cutout, pl: Placement,
