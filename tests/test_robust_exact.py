@@ -205,3 +205,35 @@ def test_fixed_normal_is_the_fixed_seed_draw_of_that_shape():
             kept = fixed_normal(shape, seed)
             assert kept.shape == shape and kept.tobytes() == direct.tobytes()
             assert not kept.flags.writeable
+
+
+def test_light_from_objects_needs_no_warning_filter_and_gives_the_same_light():
+    """The probe grid's median skips all-NaN probes itself (a warning filter is not thread-safe) and
+    the light is what nanmedian over every probe gives."""
+    import warnings
+
+    from comcoco.compose import shadow
+
+    rng = np.random.default_rng(2)
+    H, W = 240, 400
+    bg = np.clip(rng.normal(160, 8, (H, W, 3)), 0, 255).astype(np.uint8)
+    natives = []
+    for x, y in [(40, 60), (150, 80), (260, 70), (330, 150)]:
+        bg[y + 58:y + 66, x - 6:x + 36] = (bg[y + 58:y + 66, x - 6:x + 36] * 0.6).astype(np.uint8)
+        bg[y:y + 60, x:x + 30] = (40, 90, 160)
+        natives.append(shadow.NativeObject.from_annotation((x, y, 30, 60), [[x, y, x + 30, y, x + 30, y + 60, x, y + 60]]))
+    natives.append(shadow.NativeObject.from_annotation((5, 170, 30, 60), [[5, 170, 35, 170, 35, 230, 5, 230]]))
+    occupied = shadow._objects_mask(natives, H, W)
+    grid = np.stack([p[0] for p in (shadow._probe_profile(bg, occupied, o) for o in natives) if p is not None])
+    assert np.isnan(grid).all(axis=0).any() and not np.isnan(grid).all()  # some probes no object placed
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")  # any warning fails the test
+        light = shadow.estimate_light(bg, natives)
+    assert light.source == "objects"
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", RuntimeWarning)
+        reference = np.nanmedian(grid, axis=0)
+    known = ~np.isnan(grid).all(axis=0)
+    agg = np.full(grid.shape[1:], np.nan)
+    agg[known] = np.nanmedian(grid[:, known], axis=0)
+    assert agg.tobytes() == reference.tobytes()

@@ -36,7 +36,6 @@ fading with z, blurred, clipped to the frame. The map is region-local (never ful
 from __future__ import annotations
 
 import math
-import warnings
 from collections.abc import Iterable, Sequence
 from dataclasses import dataclass
 from typing import Any
@@ -234,9 +233,11 @@ def _from_objects(bg: np.ndarray, objects: Sequence[NativeObject]) -> Light | No
         return None
     grid = np.stack([p[0] for p in probes])  # objects × directions × distances
     aspect = float(np.median([p[1] for p in probes]))
-    with warnings.catch_warnings():  # a probe no object could place is an all-NaN column
-        warnings.simplefilter("ignore", RuntimeWarning)
-        agg_grid = np.nanmedian(grid, axis=0)
+    # a probe no object could place is an all-NaN column: it stays NaN, without nanmedian's warning
+    # (catch_warnings is not thread-safe: with threaded shards the warning leaked to stderr)
+    known = ~np.isnan(grid).all(axis=0)
+    agg_grid = np.full(grid.shape[1:], np.nan)
+    agg_grid[known] = np.nanmedian(grid[:, known], axis=0)
     agg = agg_grid[:, _DIR_AT]
     valid = ~np.isnan(agg)
     if np.count_nonzero(valid) < 3:
