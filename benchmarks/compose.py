@@ -12,8 +12,11 @@ The old writer is ``--encoder opencv`` (libpng at zlib level 1, what every build
 could be chosen), the new one the default (``fpng``); each full path is printed against both bounds,
 and the default full path against the opencv full path on the same samples (goal: 2.5x).
 
-"no cache" disables the decoded-image LRU and the shared ground-truth encode (apples to apples with
-the bound); "run cache" is what ``run_compose`` does (backgrounds reused across samples).
+"no cache" disables the decoded-image LRU, the shared ground-truth encode and the robust profile's
+per-background scene cache (apples to apples with the bound); "run cache" is what ``run_compose`` and
+the shards do (backgrounds reused across samples). For the robust profile a last line gives the CPU ms per
+sample of each robust step (scene measurement, matte, harmonize, camera, shadow, JPEG regrid) and of the
+rest of the path, from extra no-cache passes over the same samples with those steps timed.
 
     python benchmarks/compose.py [--quick] [--images 48] [--composites 40] [--rounds 3] [--profile robust|paper]
 """
@@ -45,6 +48,7 @@ from comcoco.compose import (  # noqa: E402
     plan_groups,
     write_group,
 )
+from comcoco.compose.robust import SceneCache  # noqa: E402
 from comcoco.compose.writer import BytesLRU as _BytesLRU  # noqa: E402
 
 GOAL = 2.5  # the default full path against the old writer's, samples/s/core
@@ -73,10 +77,58 @@ def full_path(groups, index: SourceIndex, config: ComposeConfig, out: Path, cach
     cache = ImageCache(index.image_path, maxsize=16 if cached else 0)
     encoded = _BytesLRU() if cached else None
     models = ComposeModels()
+    scenes = SceneCache() if cached else None
     rows = []
     for g in groups:
-        rows += write_group(out, compose_group(g, cache, config, models), config, encoded)
+        rows += write_group(out, compose_group(g, cache, config, models, scenes=scenes), config, encoded)
     return rows
+
+
+# the robust profile's per-target steps, by the names ``comcoco.compose.robust`` calls them through
+ROBUST_STEPS = {"scene (per composite)": ("measure_scene",), "matte": ("refine_cutout",),
+                "harmonize": ("harmonized_colours",), "camera": ("match_camera",),
+                "shadow": ("template_shadow", "cast_shadow", "apply_shadow"), "jpeg regrid": ("jpeg_regrid",)}
+
+
+def robust_steps(groups, index: SourceIndex, config: ComposeConfig, out: Path, rounds: int) -> tuple[float, dict]:
+    """CPU seconds of the full path (no cache) and of each robust step in it, from the fastest of ``rounds``
+    passes: each step's functions are wrapped with a CPU timer for these passes only."""
+    from comcoco.compose import robust
+
+    spent: dict[str, float] = {}
+
+    def timed(label: str, fn):
+        def run(*a, **k):
+            c0 = time.process_time()
+            try:
+                return fn(*a, **k)
+            finally:
+                spent[label] = spent.get(label, 0.0) + time.process_time() - c0
+        return run
+
+    originals = {name: getattr(robust, name) for names in ROBUST_STEPS.values() for name in names}
+    best: tuple[float, dict] = (float("inf"), {})
+    try:
+        for label, names in ROBUST_STEPS.items():
+            for name in names:
+                setattr(robust, name, timed(label, originals[name]))
+        for _ in range(rounds):
+            spent.clear()
+            cpu, _ = _timed(lambda: full_path(groups, index, config, out, cached=False))
+            shutil.rmtree(out, ignore_errors=True)
+            if cpu < best[0]:
+                best = (cpu, dict(spent))
+    finally:
+        for name, fn in originals.items():
+            setattr(robust, name, fn)
+    return best
+
+
+def _print_steps(total: float, steps: dict, n: int) -> None:
+    parts = "  ".join(f"{k} {1000 * steps.get(k, 0.0) / n:.1f}" for k in ROBUST_STEPS)
+    rest = total - sum(steps.values())
+    print(f"robust steps, ms cpu per sample (no cache, fpng): {parts}  | rest of the path {1000 * rest / n:.1f}"
+          f"  | total {1000 * total / n:.1f}")
 
 
 def _best(best: dict, key, cpu: float, wall: float) -> None:
@@ -159,6 +211,8 @@ def main() -> int:
                 gain = rates["fpng"] / rates["opencv"]
                 flag = f"  (goal >= {GOAL:.1f}x: {'met' if gain >= GOAL else 'NOT met'})" if method == "fit" and not cached else ""
                 print(f"  default full path / opencv full path: {gain:.2f}x{flag}")
+        if base.robust:
+            _print_steps(*robust_steps(groups, index, replace(base, encoder="fpng"), tmp / "steps", args.rounds), n)
         return 0
     finally:
         shutil.rmtree(tmp, ignore_errors=True)

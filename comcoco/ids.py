@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import hashlib
 import json
+import math
 from typing import Any
 
 import numpy as np
@@ -47,3 +48,20 @@ def seeded_keys(seed: int, salt: int | str, ids: np.ndarray) -> np.ndarray:
 def rng_for(seed: int, *parts: Any) -> np.random.Generator:
     """A numpy Generator seeded from ``seed`` and the identity of the thing it randomises."""
     return np.random.default_rng([int(seed) & 0xFFFFFFFF, stable_hash64(*parts) & 0xFFFFFFFF])
+
+
+_NORMAL: dict[int, np.ndarray] = {}  # per seed, the longest draw made so far
+
+
+def fixed_normal(shape: tuple[int, ...], seed: int = 0) -> np.ndarray:
+    """``np.random.default_rng(seed).standard_normal(shape, dtype=np.float32)``, read-only, cut from a
+    kept draw: the generator fills its output in order, so every shorter draw is a prefix of a longer one
+    and a fixed-seed noise field costs its drawing once per process, not once per use."""
+    n = math.prod(shape)
+    kept = _NORMAL.get(seed)
+    if kept is None or kept.size < n:
+        kept = np.random.default_rng(seed).standard_normal(max(n, 2 * (0 if kept is None else kept.size)),
+                                                          dtype=np.float32)
+        kept.flags.writeable = False
+        _NORMAL[seed] = kept
+    return kept[:n].reshape(shape)

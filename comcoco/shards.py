@@ -26,6 +26,7 @@ from pathlib import Path
 from typing import Any
 
 from comcoco.compose.engine import ComposedGroup, compose_group
+from comcoco.compose.robust import SceneCache
 from comcoco.compose.samples import SampleRow, write_samples
 from comcoco.compose.writer import BytesLRU, write_group
 from comcoco.io import exchange, write_text_atomic
@@ -150,9 +151,11 @@ def _compose_rows(wd: Workdir, tmp: Path, plan_rows: Sequence[PlanRow], config: 
     cache = ImageCache(index.image_path)
     encoded = BytesLRU()
     models = cached_models(config)
+    scenes = SceneCache()
     rows: list[SampleRow] = []
     for g in groups:
-        rows.extend(write_group(tmp, compose_group(g, cache, config.compose, models), config.compose, encoded))
+        rows.extend(write_group(tmp, compose_group(g, cache, config.compose, models, scenes=scenes), config.compose,
+                                encoded))
     return rows
 
 

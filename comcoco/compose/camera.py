@@ -50,6 +50,7 @@ from comcoco.compose.jpeg import (  # noqa: F401  (re-exported: the camera step'
     jpeg_regrid,
     quality_from_table,
 )
+from comcoco.ids import fixed_normal
 
 _IMMERKAER = np.array([[1, -2, 1], [-2, 4, -2], [1, -2, 1]], np.float32)
 _MIN_PIXELS = 64  # a region needs this many usable pixels for an estimate
@@ -120,10 +121,12 @@ def _q(a: np.ndarray, q: float) -> float:
 
 
 def _valid(mask: np.ndarray | None, shape: tuple[int, ...], border: int) -> np.ndarray:
-    m = np.ones(shape[:2], bool) if mask is None else np.asarray(mask, bool)
-    m = cv2.erode(m.astype(np.uint8), np.ones((2 * border + 1, 2 * border + 1), np.uint8),
-                  borderType=cv2.BORDER_CONSTANT, borderValue=0) > 0
-    return m
+    if mask is None:  # the erosion of the whole region: all but its ``border``-px frame
+        m = np.zeros(shape[:2], bool)
+        m[border:shape[0] - border, border:shape[1] - border] = True
+        return m
+    return cv2.erode(np.asarray(mask, bool).astype(np.uint8), np.ones((2 * border + 1, 2 * border + 1), np.uint8),
+                     borderType=cv2.BORDER_CONSTANT, borderValue=0) > 0
 
 
 def _noise_samples(ycc: np.ndarray, mask: np.ndarray | None) -> np.ndarray:
@@ -188,11 +191,11 @@ def _tiles(h: int, w: int, max_px: int) -> list[tuple[int, int, int, int]]:
             for x in range((w % step) // 2, w - _TILE + 1, step)]
 
 
-def _measure(rgb: np.ndarray, mask: np.ndarray | None, max_px: int = 16384) -> tuple[float | None, NoiseLevel | None]:
+def _measure(rgb: np.ndarray, mask: np.ndarray | None, max_px: int = 16384, blur: bool = True) -> tuple[float | None, NoiseLevel | None]:
     """(blur σ, noise) of a region, pooled over tiles so a large region costs no more than max_px.
 
     Noise first: its level sets the gradient floor of the blur estimate, so a noisy, soft region is
-    not read as sharp.
+    not read as sharp. ``blur=False``: the noise only (blur None), for callers that need no more.
     """
     if rgb.shape[0] < 7 or rgb.shape[1] < 7:
         return None, None
@@ -206,8 +209,8 @@ def _measure(rgb: np.ndarray, mask: np.ndarray | None, max_px: int = 16384) -> t
         return None, None
     noise = _noise_from(np.concatenate([_noise_samples(ycc, m) for ycc, m in planes]))
     floor = max(2.0, 2.5 * noise.y) if noise is not None else 2.0
-    blur = _blur_from(np.concatenate([_blur_samples(ycc[..., 0], m, floor=floor) for ycc, m in planes]))
-    return blur, noise
+    sigma = _blur_from(np.concatenate([_blur_samples(ycc[..., 0], m, floor=floor) for ycc, m in planes])) if blur else None
+    return sigma, noise
 
 
 def noise_level(rgb: np.ndarray, mask: np.ndarray | None = None) -> NoiseLevel | None:
@@ -258,9 +261,8 @@ def outline_blur(rgb: np.ndarray, band: np.ndarray) -> float | None:
     band = np.asarray(band, bool)
     if np.count_nonzero(band) < _MIN_PIXELS:
         return None
-    ys, xs = np.nonzero(band)
-    y0, y1 = max(0, int(ys.min()) - 4), min(band.shape[0], int(ys.max()) + 5)
-    x0, x1 = max(0, int(xs.min()) - 4), min(band.shape[1], int(xs.max()) + 5)
+    bx, by, bw, bh = cv2.boundingRect(np.ascontiguousarray(band).view(np.uint8))
+    x0, y0, x1, y1 = max(0, bx - 4), max(0, by - 4), min(band.shape[1], bx + bw + 4), min(band.shape[0], by + bh + 4)
     lum = _ycrcb(rgb[y0:y1, x0:x1])[..., 0]
     b = band[y0:y1, x0:x1]
 
@@ -380,19 +382,19 @@ def _after_regrid(rgb: np.ndarray, inner: np.ndarray, jpeg: JpegEstimate, guess:
     object is too small to measure.
     """
     q, ss = int(jpeg.quality), int(jpeg.subsampling)  # type: ignore[arg-type]
-    own = _measure(_roundtrip(rgb, q, ss), inner)[1]
+    own = _measure(_roundtrip(rgb, q, ss), inner, blur=False)[1]
     if own is None:
         return None
     own_v = np.asarray([own.y, own.cr, own.cb], np.float64)
     want = np.sqrt(np.maximum(np.asarray([target.y, target.cr, target.cb], np.float64) ** 2 - own_v ** 2, 0.0))
     level = np.asarray([guess.y, guess.cr, guess.cb], np.float64)
     level = np.where(want > 0, np.maximum(level, 0.5), 0.0)
-    unit = np.random.default_rng(0).standard_normal(rgb.shape, dtype=np.float32)
+    unit = fixed_normal(rgb.shape)  # default_rng(0).standard_normal(rgb.shape, dtype=np.float32)
     for _ in range(_REGRID_STEPS):
         if not level.any():
             break
         noisy = np.clip(np.rint(rgb.astype(np.float32) + unit * level.astype(np.float32) @ _MIX.T), 0, 255)
-        after = _measure(_roundtrip(noisy.astype(np.uint8), q, ss), inner)[1]
+        after = _measure(_roundtrip(noisy.astype(np.uint8), q, ss), inner, blur=False)[1]
         if after is None:
             return None
         kept = np.sqrt(np.maximum(np.asarray([after.y, after.cr, after.cb]) ** 2 - own_v ** 2, 1e-6))
@@ -457,7 +459,7 @@ def match_camera(object_rgb: np.ndarray, alpha: np.ndarray, background: np.ndarr
         elif b_bg * b_bg - b_obj * b_obj > _BLUR_MIN * _BLUR_MIN:
             applied = min(_BLUR_MAX, math.sqrt(b_bg * b_bg - b_obj * b_obj))
             rgb = _premult_blur(rgb, alpha, applied)
-            n_obj = _measure(rgb, inner)[1]  # the blur lowered the object's noise
+            n_obj = _measure(rgb, inner, blur=False)[1]  # the blur lowered the object's noise
         elif b_obj > b_bg + _BLUR_MIN:
             reasons.append("blur: object blurrier than the scene (not sharpened)")
         edge = _silhouette_gap(rgb, alpha, background, box, scene, b_bg)
@@ -474,7 +476,7 @@ def match_camera(object_rgb: np.ndarray, alpha: np.ndarray, background: np.ndarr
             # the object's chroma is noisier than the scene's: smooth it
             chroma = float(np.clip(1.0 / (2.0 * math.sqrt(math.pi) * ratio), 0.5, 2.0))
             rgb = _chroma_smooth(rgb, alpha, chroma)
-            n_obj = _measure(rgb, inner)[1] or n_obj
+            n_obj = _measure(rgb, inner, blur=False)[1] or n_obj
 
         def gap(b: float, o: float, g: float) -> float:
             d = math.sqrt(max(0.0, (b / g) ** 2 - o * o))

@@ -11,6 +11,7 @@ from __future__ import annotations
 import math
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field, replace
+from typing import TYPE_CHECKING
 
 import cv2
 import numpy as np
@@ -41,6 +42,9 @@ from comcoco.records import (
     Placement,
 )
 from comcoco.sources.images import ImageCache, ImageLoadError
+
+if TYPE_CHECKING:
+    from comcoco.compose.robust import SceneCache
 
 
 @dataclass
@@ -244,6 +248,7 @@ def compose_group(
     config: ComposeConfig,
     models: ComposeModels | None = None,
     boxes: Mapping[str, Sequence[float] | Placement] | None = None,
+    scenes: SceneCache | None = None,
 ) -> ComposedGroup:
     """Compose one background with its objects. Bad data yields failure rows, never an exception.
 
@@ -256,6 +261,7 @@ def compose_group(
     ``boxes`` (sample id → x, y, w, h in background pixels, or a ``Placement`` kept exactly) skips
     placement sampling for those members: review uses it to recompose a sample from a corrected box
     (``comcoco.placement.place.given_placement``) while the composite's other objects keep theirs.
+    ``scenes`` (robust profile) keeps each background's measured scene for the next composite on it.
     """
     models = models or ComposeModels()
     fp = config.fingerprint()
@@ -269,7 +275,7 @@ def compose_group(
             return out
         bg = loaded
     canvas = bg.copy() if bg is not None else None
-    robust = _Robust(bg, images.path(group.bg_image_id), group) if config.robust and bg is not None else None
+    robust = _Robust(bg, images.path(group.bg_image_id), group, scenes) if config.robust and bg is not None else None
     done: list[tuple[ComposedSample, Cutout]] = []
     avoid: list[tuple[int, int, int, int]] = []
     for m, row in zip(group.members, rows, strict=True):
@@ -302,11 +308,14 @@ def compose_group(
 class _Robust:
     """The robust profile's state over one composite: the scene measured once, the targets' footprints."""
 
-    def __init__(self, bg: np.ndarray, path: object, group: GroupPlan):
+    def __init__(self, bg: np.ndarray, path: object, group: GroupPlan, scenes: SceneCache | None = None):
         from comcoco.compose.robust import measure_scene
 
         self.bg = bg
-        self.scene = measure_scene(bg, path, group.bg_annotations)  # type: ignore[arg-type]
+        if scenes is None:
+            self.scene = measure_scene(bg, path, group.bg_annotations)  # type: ignore[arg-type]
+        else:
+            self.scene = scenes.get(group.bg_image_id, bg, path, group.bg_annotations)  # type: ignore[arg-type]
         self.forbidden = np.zeros(bg.shape[:2], dtype=bool)
 
     def paste(self, m: ObjectPlan, row: SampleRow, canvas: np.ndarray, cut: Cutout, pl: Placement,

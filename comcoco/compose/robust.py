@@ -20,6 +20,7 @@ Targets keep ``FOOTPRINT_MARGIN`` px between their footprints, so no 16-px JPEG 
 
 from __future__ import annotations
 
+from collections import OrderedDict
 from dataclasses import dataclass, replace
 from pathlib import Path
 
@@ -56,7 +57,7 @@ class Scene:
 def measure_scene(background: np.ndarray, path: Path | None, annotations: tuple[Annotation, ...]) -> Scene:
     """Light, JPEG quality and camera of a background (from its file's tables when it is a JPEG)."""
     natives = [n for n in (NativeObject.from_annotation(a.bbox, a.segmentation) for a in annotations) if n is not None]
-    outlines = None
+    outlines = filled = None
     if natives:
         filled = np.zeros(background.shape[:2], np.uint8)
         for n in natives:
@@ -65,7 +66,30 @@ def measure_scene(background: np.ndarray, path: Path | None, annotations: tuple[
     return Scene(light=estimate_light(background, natives),
                  jpeg=estimate_jpeg_quality(path, background),
                  camera=scene_camera(background, outlines=outlines),
-                 template=learn_template(background, natives))
+                 template=learn_template(background, natives, occupied=filled))  # the same fill: reused
+
+
+class SceneCache:
+    """Scenes already measured, by background image id and annotation ids: several composites share a
+    background, and measuring it is most of what the robust recipe spends per composite. Within one
+    run (or shard) an image id names the same pixels, file and annotations; an LRU of ``maxsize``
+    scenes (a few KiB each). Not shared between threads."""
+
+    def __init__(self, maxsize: int = 512):
+        self._maxsize = maxsize
+        self._items: OrderedDict[tuple[int, tuple[int, ...]], Scene] = OrderedDict()
+
+    def get(self, image_id: int, background: np.ndarray, path: Path | None,
+            annotations: tuple[Annotation, ...]) -> Scene:
+        key = (int(image_id), tuple(int(a.ann_id) for a in annotations))
+        scene = self._items.get(key)
+        if scene is None:
+            scene = self._items[key] = measure_scene(background, path, annotations)
+            if len(self._items) > self._maxsize:
+                self._items.popitem(last=False)
+        else:
+            self._items.move_to_end(key)
+        return scene
 
 
 @dataclass
@@ -86,22 +110,21 @@ def harmonized_colours(bg: np.ndarray, cut: Cutout, method: str, network: object
     """The object's colours harmonized against the background alone (see the module docstring); with
     ``fit`` and its ``source`` photo, by the two photos' statistics (``comcoco.harmonize.scenes``)."""
     from comcoco.harmonize.fit import harmonize
-    from comcoco.harmonize.scenes import harmonize_between
+    from comcoco.harmonize.scenes import harmonize_object_between
 
     if method == "none":
         return cut.rgb, FilterArgs()
     x, y, w, h = cut.box
     sel = cut.alpha > 0
+    if method == "fit" and source is not None:  # harmonize_between's bytes, on the object's box only
+        return harmonize_object_between(source, bg, cut.rgb, sel, cut.box)
     trial = bg.copy()
     trial[y:y + h, x:x + w][sel] = cut.rgb[sel]
     full = np.zeros(bg.shape[:2], np.float32)
     full[y:y + h, x:x + w][sel] = 1.0
     net = np.zeros(bg.shape[:2], bool)  # the network sees alpha ≥ 0.5, as Harmonizer's inference does
     net[y:y + h, x:x + w] = cut.alpha >= 0.5
-    if method == "fit" and source is not None:
-        out, args = harmonize_between(source, trial, full)
-    else:
-        out, args = harmonize(trial, full, method, network, network_mask=net)
+    out, args = harmonize(trial, full, method, network, network_mask=net)
     if out.shape != bg.shape or out.dtype != np.uint8:
         raise ValueError(f"harmonizer returned {out.dtype} {out.shape}, expected uint8 {bg.shape}")
     rgb = cut.rgb.copy()
@@ -165,8 +188,8 @@ def paste_target(canvas: np.ndarray, bg: np.ndarray, cut: Cutout, scene: Scene, 
         "jpeg_quality": regrid.quality,
         "matte": "refined" if matte.refined else f"kept: {matte.fallback}",
     }
-    return Pasted(cut, args, touched, mask.astype(np.uint8) * 255, (mask | touched).astype(np.uint8) * 255, info,
-                  placed_box)
+    return Pasted(cut, args, touched, mask.view(np.uint8) * np.uint8(255), (mask | touched).view(np.uint8) * np.uint8(255),
+                  info, placed_box)
 
 
 def _padded(cut: Cutout, frame: tuple[int, int], pad: int) -> Cutout:
@@ -196,7 +219,15 @@ def _blend(canvas: np.ndarray, cut: Cutout) -> None:
 def keep_out(touched: np.ndarray) -> tuple[np.ndarray, tuple[int, int, int, int]]:
     """A target's footprint grown by ``FOOTPRINT_MARGIN``: the pixels no other target may touch, and its
     bounding box (for placement, which must keep other objects out of it)."""
-    k = cv2.getStructuringElement(cv2.MORPH_RECT, (2 * FOOTPRINT_MARGIN + 1, 2 * FOOTPRINT_MARGIN + 1))
-    grown = cv2.dilate(touched.astype(np.uint8), k) > 0
-    x, y, w, h = cv2.boundingRect(grown.view(np.uint8))
-    return grown, (x, y, w, h)
+    m = FOOTPRINT_MARGIN
+    grown = np.zeros(touched.shape, dtype=bool)
+    x, y, w, h = cv2.boundingRect(np.ascontiguousarray(touched).view(np.uint8))
+    if not (w and h):
+        return grown, (0, 0, 0, 0)
+    # nothing farther than the margin from the footprint's box can change: dilate that window only
+    x0, y0 = max(0, x - m), max(0, y - m)
+    x1, y1 = min(touched.shape[1], x + w + m), min(touched.shape[0], y + h + m)
+    k = cv2.getStructuringElement(cv2.MORPH_RECT, (2 * m + 1, 2 * m + 1))
+    grown[y0:y1, x0:x1] = cv2.dilate(np.ascontiguousarray(touched[y0:y1, x0:x1]).view(np.uint8), k) > 0
+    x, y, w, h = cv2.boundingRect(grown[y0:y1, x0:x1].view(np.uint8))
+    return grown, (x + x0, y + y0, w, h)

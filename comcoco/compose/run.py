@@ -16,6 +16,7 @@ from typing import Any
 
 from comcoco.compose.engine import compose_group
 from comcoco.compose.models import ComposeModels, load_models
+from comcoco.compose.robust import SceneCache
 from comcoco.compose.samples import SampleRow, write_samples
 from comcoco.compose.writer import BytesLRU, write_group
 from comcoco.config import ComposeConfig
@@ -51,9 +52,10 @@ def run_compose(
     out_dir.mkdir(parents=True, exist_ok=True)
     cache = ImageCache(index.image_path)
     encoded = BytesLRU()
+    scenes = SceneCache()
     rows: list[SampleRow] = []
     for i, g in enumerate(groups):
-        rows.extend(write_group(out_dir, compose_group(g, cache, config, models), config, encoded))
+        rows.extend(write_group(out_dir, compose_group(g, cache, config, models, scenes=scenes), config, encoded))
         if progress is not None:
             progress(i + 1, len(groups))
     os.sync()  # one flush for every image written above, before the table that lists them

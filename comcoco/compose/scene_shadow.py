@@ -76,6 +76,49 @@ def _cell_grid(xc: float, yb: float, ow: float, oh: float) -> tuple[np.ndarray, 
     return xs, ys
 
 
+def _spans(edges: np.ndarray, size: int) -> tuple[np.ndarray, np.ndarray]:
+    """Pixel spans [start, stop) of the cells between rounded ``edges``: at least one pixel each, clipped
+    to [0, size) (a cell can then be empty)."""
+    r = [round(float(v)) for v in edges]
+    return (np.array([max(0, a) for a in r[:-1]], np.intp),
+            np.array([min(size, max(b, a + 1)) for a, b in zip(r[:-1], r[1:], strict=True)], np.intp))
+
+
+def _cell_means(lum: np.ndarray, occupied: np.ndarray, xs: np.ndarray, ys: np.ndarray) -> np.ndarray:
+    """Mean luma of each cell's free ground (NaN where less than ``_MIN_FREE`` of it is free).
+
+    All cells' pixels are gathered at once, each cell's in row-major order; a cell's mean is numpy's
+    own float32 sum of its free pixels over their count, i.e. bit for bit ``pixels.mean()`` of the
+    cell's slice (a loop over the 720 cells cost ~8 ms per object). Cells with the same count are
+    summed together as the rows of one matrix (a row's sum is the same pairwise sum).
+    """
+    H, W = lum.shape
+    r0, r1 = _spans(ys, H)
+    c0, c1 = _spans(xs, W)
+    h, w = np.maximum(r1 - r0, 0), np.maximum(c1 - c0, 0)
+    ci, cj = np.nonzero((h[:, None] > 0) & (w[None, :] > 0))
+    hh, ww = h[ci], w[cj]
+    run_cell = np.repeat(np.arange(ci.size), hh)  # one run per (cell, row): ww pixels of that row
+    run_row = r0[ci][run_cell] + np.arange(run_cell.size) - np.repeat(np.cumsum(hh) - hh, hh)
+    run_len = ww[run_cell]
+    first = run_row * W + c0[cj][run_cell] - (np.cumsum(run_len) - run_len)
+    flat = np.repeat(first, run_len) + np.arange(int(run_len.sum()), dtype=np.intp)
+    free = occupied.reshape(-1)[flat] == 0
+    vals = lum.reshape(-1)[flat][free]
+    size = hh * ww
+    seen = np.concatenate([[0], np.cumsum(free)])
+    cells_end = np.cumsum(size)
+    n_free = seen[cells_end] - seen[cells_end - size]
+    ends = np.cumsum(n_free)
+    out = np.full((NV, NU), np.nan, np.float32)
+    keep = np.nonzero(n_free >= np.maximum(1.0, _MIN_FREE * size))[0]
+    for n in np.unique(n_free[keep]):  # cells of one count are summed as the rows of one matrix
+        ks = keep[n_free[keep] == n]
+        sums = np.add.reduce(vals[(ends[ks] - n)[:, None] + np.arange(n)], axis=1)
+        out[ci[ks], cj[ks]] = sums / np.intp(n)  # float32 sum / count in float64, as ndarray.mean does
+    return out
+
+
 def _object_darkening(lum: np.ndarray, occupied: np.ndarray, o: NativeObject) -> np.ndarray | None:
     """One object's darkening per cell (NaN where unknown), against the free ground beside it."""
     H, W = lum.shape
@@ -94,22 +137,7 @@ def _object_darkening(lum: np.ndarray, occupied: np.ndarray, o: NativeObject) ->
     xc, yb, ow, oh = ft[0] + x0, ft[1] + y0, ft[2], ft[3]
     if yb >= H - 2 or ow * oh > 0.5 * H * W:
         return None  # base outside the frame, or the object is the scene
-    xs, ys = _cell_grid(xc, yb, ow, oh)
-    out = np.full((NV, NU), np.nan, np.float32)
-    ref_vals = []
-    for i in range(NV):
-        r0, r1 = max(0, int(round(ys[i]))), min(H, max(int(round(ys[i + 1])), int(round(ys[i])) + 1))
-        if r1 <= r0:
-            continue
-        band_l, band_f = lum[r0:r1], occupied[r0:r1] == 0
-        for j in range(NU):
-            c0, c1 = max(0, int(round(xs[j]))), min(W, max(int(round(xs[j + 1])), int(round(xs[j])) + 1))
-            if c1 <= c0:
-                continue
-            free = band_f[:, c0:c1]
-            if np.count_nonzero(free) < max(1.0, _MIN_FREE * free.size):
-                continue
-            out[i, j] = float(band_l[:, c0:c1][free].mean())
+    out = _cell_means(lum, occupied, *_cell_grid(xc, yb, ow, oh))
     u = 0.5 * (np.linspace(U_RANGE[0], U_RANGE[1], NU + 1)[:-1] + np.linspace(U_RANGE[0], U_RANGE[1], NU + 1)[1:])
     v = 0.5 * (np.linspace(V_RANGE[0], V_RANGE[1], NV + 1)[:-1] + np.linspace(V_RANGE[0], V_RANGE[1], NV + 1)[1:])
     ring = (np.abs(u)[None, :] >= _REF_U) & (v[:, None] >= 0.0)
@@ -221,9 +249,11 @@ def template_shadow(alpha: np.ndarray, box: Sequence[int], frame_size: tuple[int
     m = np.clip(m, 0.0, MAX_STRENGTH).astype(np.float32)
     m[m < np.float32(0.5 / 255.0)] = 0.0
     reason = "clipped at the frame border" if (xs[0] < 0 or xs[-1] > fw or ys[-1] > fh) else ""
-    if background is not None:
-        region = background[y0:y1, x0:x1]
-        m[np.all(shade(region, m) == region, axis=-1)] = 0.0
+    if background is not None:  # tested where m > 0 only: elsewhere shading is the identity
+        iy, ix = np.nonzero(m)
+        px = background[y0:y1, x0:x1][iy, ix][:, None]
+        same = np.all(shade(px, m[iy, ix][:, None]) == px, axis=-1)[:, 0]
+        m[iy[same], ix[same]] = 0.0
     if not m.any():
         return Shadow(empty, (bx, by, 0, 0), "none", "shadow too faint to change a pixel")
     return Shadow(m, (x0, y0, x1 - x0, y1 - y0), "scene", reason)

@@ -36,7 +36,6 @@ fading with z, blurred, clipped to the frame. The map is region-local (never ful
 from __future__ import annotations
 
 import math
-import warnings
 from collections.abc import Iterable, Sequence
 from dataclasses import dataclass
 from typing import Any
@@ -234,9 +233,11 @@ def _from_objects(bg: np.ndarray, objects: Sequence[NativeObject]) -> Light | No
         return None
     grid = np.stack([p[0] for p in probes])  # objects × directions × distances
     aspect = float(np.median([p[1] for p in probes]))
-    with warnings.catch_warnings():  # a probe no object could place is an all-NaN column
-        warnings.simplefilter("ignore", RuntimeWarning)
-        agg_grid = np.nanmedian(grid, axis=0)
+    # a probe no object could place is an all-NaN column: it stays NaN, without nanmedian's warning
+    # (catch_warnings is not thread-safe: with threaded shards the warning leaked to stderr)
+    known = ~np.isnan(grid).all(axis=0)
+    agg_grid = np.full(grid.shape[1:], np.nan)
+    agg_grid[known] = np.nanmedian(grid[:, known], axis=0)
     agg = agg_grid[:, _DIR_AT]
     valid = ~np.isnan(agg)
     if np.count_nonzero(valid) < 3:
@@ -393,10 +394,11 @@ def cast_shadow(alpha: np.ndarray, box: Sequence[int], frame_size: tuple[int, in
     clipped = (bx - reach_x < 0 or bx + bw + reach_x > fw or by + yb_local + reach_dn > fh)
     if clipped and not reason:
         reason = "clipped at the frame border"
-    if background is not None:
-        region = background[y0:y1, x0:x1]
-        out = shade(region, m)
-        m[np.all(out == region, axis=-1)] = 0.0
+    if background is not None:  # tested where m > 0 only: elsewhere shading is the identity
+        iy, ix = np.nonzero(m)
+        px = background[y0:y1, x0:x1][iy, ix][:, None]
+        same = np.all(shade(px, m[iy, ix][:, None]) == px, axis=-1)[:, 0]
+        m[iy[same], ix[same]] = 0.0
     kind = "cast" if cast else "contact"
     if not m.any():
         return Shadow(empty.map, empty.region, "none", reason or "shadow too faint to change a pixel")

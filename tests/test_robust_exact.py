@@ -1,0 +1,239 @@
+"""The robust profile's fast paths give exactly what their direct definitions give, bit for bit.
+
+Each speed-up of the robust compose path (windowed, gathered or cached forms of a computation) is
+checked here against the plain form it replaces, on data that exercises its edge cases: the build's
+output must not change by a single byte when the path gets faster.
+"""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+
+from comcoco.compose import scene_shadow
+from comcoco.compose.scene_shadow import NU, NV, _cell_grid, _cell_means
+
+
+def _cell_means_direct(lum: np.ndarray, occupied: np.ndarray, xs: np.ndarray, ys: np.ndarray) -> np.ndarray:
+    """The template cells' free-ground means, one cell at a time (the definition)."""
+    H, W = lum.shape
+    out = np.full((NV, NU), np.nan, np.float32)
+    for i in range(NV):
+        r0, r1 = max(0, int(round(ys[i]))), min(H, max(int(round(ys[i + 1])), int(round(ys[i])) + 1))
+        if r1 <= r0:
+            continue
+        band_l, band_f = lum[r0:r1], occupied[r0:r1] == 0
+        for j in range(NU):
+            c0, c1 = max(0, int(round(xs[j]))), min(W, max(int(round(xs[j + 1])), int(round(xs[j])) + 1))
+            if c1 <= c0:
+                continue
+            free = band_f[:, c0:c1]
+            if np.count_nonzero(free) < max(1.0, scene_shadow._MIN_FREE * free.size):
+                continue
+            out[i, j] = float(band_l[:, c0:c1][free].mean())
+    return out
+
+
+@pytest.mark.parametrize("foot", [
+    (200.5, 150.0, 60.0, 90.0),  # inside the frame
+    (20.0, 230.0, 50.0, 100.0),  # clipped left and below
+    (390.0, 60.0, 140.0, 40.0),  # clipped right, wide
+    (100.0, 100.0, 9.0, 11.0),  # a small object: cells under a pixel overlap
+    (150.0, 120.0, 3.0, 4.0),  # tinier still
+])
+def test_cell_means_equal_the_per_cell_means(foot):
+    rng = np.random.default_rng(7)
+    h, w = 240, 400
+    rgb = rng.integers(0, 256, (h, w, 3), dtype=np.uint8)
+    lum = scene_shadow._luma(rgb)
+    occupied = (rng.random((h, w)) < 0.3).astype(np.uint8)  # a third of the ground is taken
+    occupied[80:160, 150:260] = 1  # and a block of it entirely
+    xs, ys = _cell_grid(*foot)
+    fast, direct = _cell_means(lum, occupied, xs, ys), _cell_means_direct(lum, occupied, xs, ys)
+    assert np.isfinite(direct).any()
+    assert np.array_equal(fast, direct, equal_nan=True)
+    assert fast.tobytes() == direct.tobytes()
+
+
+@pytest.mark.parametrize("size", [(90, 70), (300, 220)])  # one region; tiled
+def test_noise_only_measure_equals_the_full_measure(size):
+    from comcoco.compose.camera import _measure
+
+    rng = np.random.default_rng(3)
+    h, w = size
+    yy, xx = np.mgrid[0:h, 0:w]
+    rgb = np.clip(80 + 60 * np.sin(xx / 9.0)[..., None] + rng.normal(0, 4, (h, w, 3)), 0, 255).astype(np.uint8)
+    mask = ((yy - h / 2) ** 2 / (0.4 * h) ** 2 + (xx - w / 2) ** 2 / (0.45 * w) ** 2) < 1
+    blur, noise = _measure(rgb, mask)
+    assert blur is not None and noise is not None
+    assert _measure(rgb, mask, blur=False) == (None, noise)
+
+
+def test_scene_cache_composes_the_same_bytes_and_measures_each_background_once(demo_source_small, monkeypatch):
+    from comcoco.compose import ComposeConfig, ImageCache, SourceIndex, compose_group, plan_groups, robust
+    from comcoco.matching.scene import match_backgrounds
+    from comcoco.sources.refer import load_source
+
+    src = load_source(demo_source_small)
+    index = SourceIndex.from_source(src)
+    config = ComposeConfig(seed=1)
+    groups = plan_groups(match_backgrounds(src.refs(), src.annotations(), k=5, seed=0), index, config)
+    backgrounds = {g.bg_image_id for g in groups if g.bg_image is not None}
+    assert len(backgrounds) < len(groups)  # some composites share a background
+    measured: list[int] = []
+    plain = robust.measure_scene
+    monkeypatch.setattr(robust, "measure_scene", lambda bg, *a: measured.append(id(bg)) or plain(bg, *a))
+    images, scenes = ImageCache(index.image_path), robust.SceneCache()
+    for g in groups:
+        a = compose_group(g, images, config)
+        b = compose_group(g, images, config, scenes=scenes)
+        assert [s.row for s in a.samples] == [s.row for s in b.samples]
+        assert (a.composite is None) == (b.composite is None)
+        if a.composite is not None:
+            assert a.composite.tobytes() == b.composite.tobytes()
+        for x, y in zip(a.samples, b.samples, strict=True):
+            for name in ("ground_truth", "mask", "effect_mask"):
+                u, v = getattr(x, name), getattr(y, name)
+                assert (u is None and v is None) or u.tobytes() == v.tobytes()
+    assert len(measured) == len(groups) + len(backgrounds)  # every composite without the cache, once each with
+
+
+@pytest.mark.parametrize("box", [(130, 95, 61, 47), (0, 0, 40, 33), (579, 401, 61, 79), (3, 200, 1, 1), (250, 7, 9, 200)])
+def test_object_harmonization_equals_the_full_composites(box):
+    """``harmonize_object_between`` on the box gives exactly the pixels ``harmonize_between`` gives the
+    object in the full composite (and the frame sizes put the thumbnail grid across the box's edges)."""
+    from comcoco.harmonize.scenes import harmonize_between, harmonize_object_between
+
+    rng = np.random.default_rng(box[0] + box[1])
+    H, W = 480, 640
+    yy, xx = np.mgrid[0:H, 0:W]
+    bg = np.clip(np.stack([60 + 0.2 * xx, 90 + 0.15 * yy, 140 - 0.1 * xx], -1) + rng.normal(0, 6, (H, W, 3)),
+                 0, 255).astype(np.uint8)
+    source = np.clip(rng.normal((150, 110, 70), 35, (300, 420, 3)), 0, 255).astype(np.uint8)
+    x, y, w, h = box
+    obj = rng.integers(0, 256, (h, w, 3), dtype=np.uint8)
+    oy, ox = np.mgrid[0:h, 0:w]
+    sel = ((oy - h / 2) ** 2 / max(h / 2, 1) ** 2 + (ox - w / 2) ** 2 / max(w / 2, 1) ** 2) <= 1.0
+    trial = bg.copy()
+    trial[y:y + h, x:x + w][sel] = obj[sel]
+    full = np.zeros((H, W), np.float32)
+    full[y:y + h, x:x + w][sel] = 1.0
+    ref, ref_args = harmonize_between(source, trial, full)
+    out, args = harmonize_object_between(source, bg, obj, sel, box)
+    assert args == ref_args and any(args.as_tuple())
+    expected = obj.copy()
+    expected[sel] = ref[y:y + h, x:x + w][sel]
+    assert out.tobytes() == expected.tobytes()
+    assert not np.array_equal(out[sel], obj[sel])  # the filters did change the object
+
+
+@pytest.mark.parametrize("shape", [(1, 1), (2, 5), (3, 3), (7, 7), (13, 90), (64, 64)])
+def test_valid_region_without_a_mask_is_the_eroded_region(shape):
+    import cv2
+
+    from comcoco.compose.camera import _valid
+
+    for border in (1, 3):
+        k = np.ones((2 * border + 1, 2 * border + 1), np.uint8)
+        eroded = cv2.erode(np.ones(shape, np.uint8), k, borderType=cv2.BORDER_CONSTANT, borderValue=0) > 0
+        assert np.array_equal(_valid(None, shape + (3,), border), eroded)
+
+
+def test_keep_out_equals_the_full_frame_dilation():
+    import cv2
+
+    from comcoco.compose.robust import FOOTPRINT_MARGIN, keep_out
+
+    rng = np.random.default_rng(5)
+    k = cv2.getStructuringElement(cv2.MORPH_RECT, (2 * FOOTPRINT_MARGIN + 1, 2 * FOOTPRINT_MARGIN + 1))
+    for x, y, w, h in [(200, 150, 80, 60), (0, 0, 30, 20), (610, 450, 30, 30), (5, 300, 630, 10), (320, 240, 1, 1)]:
+        touched = np.zeros((480, 640), bool)
+        touched[y:y + h, x:x + w] = rng.random((h, w)) < 0.7
+        touched[y, x] = touched[y + h - 1, x + w - 1] = True
+        full = cv2.dilate(touched.astype(np.uint8), k) > 0
+        grown, box = keep_out(touched)
+        assert np.array_equal(grown, full)
+        assert box == cv2.boundingRect(full.view(np.uint8))
+    grown, box = keep_out(np.zeros((480, 640), bool))
+    assert not grown.any() and box == (0, 0, 0, 0)
+
+
+def _zeroed_where_unchanged(m: np.ndarray, region: np.ndarray) -> np.ndarray:
+    """The shadow rule on the whole region: zero wherever shading leaves the pixel's bytes as they are."""
+    from comcoco.compose.shadow import shade
+
+    out = m.copy()
+    out[np.all(shade(region, m) == region, axis=-1)] = 0.0
+    return out
+
+
+def test_shadow_maps_tested_where_they_darken_equal_the_whole_region_test():
+    from comcoco.compose.scene_shadow import ShadowTemplate, template_shadow
+    from comcoco.compose.shadow import Light, cast_shadow
+
+    rng = np.random.default_rng(11)
+    H, W = 240, 400
+    bg = np.clip(rng.normal(150, 40, (H, W, 3)), 0, 255).astype(np.uint8)
+    bg[:, :40] = 0  # black ground: no shading changes it
+    alpha = np.zeros((70, 30), np.float32)
+    alpha[5:, 4:26] = 1.0
+    alpha[5:, 3] = alpha[5:, 26] = 0.4
+    darkening = np.zeros((24, 30), np.float32)
+    darkening[6:14, 8:22] = np.linspace(0.02, 0.5, 14, dtype=np.float32)
+    light, template = Light((0.8, 0.6), 0.45, "objects", 1.0, 3, 0.8), ShadowTemplate(darkening, 3)
+    for box in [(150, 100, 30, 70), (20, 120, 30, 70), (360, 150, 30, 70)]:
+        for scene in (True, False):
+            draw = (lambda b, box=box: template_shadow(alpha, box, (W, H), template, background=b)) if scene else \
+                (lambda b, box=box: cast_shadow(alpha, box, (W, H), light, background=b))
+            loose, tight = draw(None), draw(bg)
+            assert loose.kind != "none"
+            x, y, w, h = loose.region
+            expected = _zeroed_where_unchanged(loose.map, bg[y:y + h, x:x + w])
+            if not expected.any():
+                assert tight.kind == "none"
+                continue
+            assert tight.region == loose.region and tight.map.tobytes() == expected.tobytes()
+            assert (expected != loose.map).any()  # the test did drop pixels
+
+
+def test_fixed_normal_is_the_fixed_seed_draw_of_that_shape():
+    from comcoco.ids import fixed_normal
+
+    for seed in (0, 5):
+        for shape in [(40, 30, 3), (300, 200, 3), (7, 5, 3), (300, 201, 3), (1, 1, 3), (9,)]:
+            direct = np.random.default_rng(seed).standard_normal(shape, dtype=np.float32)
+            kept = fixed_normal(shape, seed)
+            assert kept.shape == shape and kept.tobytes() == direct.tobytes()
+            assert not kept.flags.writeable
+
+
+def test_light_from_objects_needs_no_warning_filter_and_gives_the_same_light():
+    """The probe grid's median skips all-NaN probes itself (a warning filter is not thread-safe) and
+    the light is what nanmedian over every probe gives."""
+    import warnings
+
+    from comcoco.compose import shadow
+
+    rng = np.random.default_rng(2)
+    H, W = 240, 400
+    bg = np.clip(rng.normal(160, 8, (H, W, 3)), 0, 255).astype(np.uint8)
+    natives = []
+    for x, y in [(40, 60), (150, 80), (260, 70), (330, 150)]:
+        bg[y + 58:y + 66, x - 6:x + 36] = (bg[y + 58:y + 66, x - 6:x + 36] * 0.6).astype(np.uint8)
+        bg[y:y + 60, x:x + 30] = (40, 90, 160)
+        natives.append(shadow.NativeObject.from_annotation((x, y, 30, 60), [[x, y, x + 30, y, x + 30, y + 60, x, y + 60]]))
+    natives.append(shadow.NativeObject.from_annotation((5, 170, 30, 60), [[5, 170, 35, 170, 35, 230, 5, 230]]))
+    occupied = shadow._objects_mask(natives, H, W)
+    grid = np.stack([p[0] for p in (shadow._probe_profile(bg, occupied, o) for o in natives) if p is not None])
+    assert np.isnan(grid).all(axis=0).any() and not np.isnan(grid).all()  # some probes no object placed
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")  # any warning fails the test
+        light = shadow.estimate_light(bg, natives)
+    assert light.source == "objects"
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", RuntimeWarning)
+        reference = np.nanmedian(grid, axis=0)
+    known = ~np.isnan(grid).all(axis=0)
+    agg = np.full(grid.shape[1:], np.nan)
+    agg[known] = np.nanmedian(grid[:, known], axis=0)
+    assert agg.tobytes() == reference.tobytes()
