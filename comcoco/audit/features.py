@@ -38,6 +38,8 @@ from pathlib import Path
 import cv2
 import numpy as np
 
+from comcoco.pixels import magnitude
+
 FAMILIES: tuple[str, ...] = ("boundary", "noise", "sharpness", "shadow", "colour", "jpeg")
 LABELS: tuple[str, ...] = ("pasted", "native")
 MIN_AREA = 64  # objects with fewer mask pixels carry no usable cue and are skipped
@@ -288,8 +290,8 @@ def object_features(image: np.ndarray, mask: np.ndarray, offset: tuple[int, int]
     # jpeg
     blk_in, blk_out = _blockiness(y, band_in, x0, y0), _blockiness(y, band_out, x0, y0)
     f.extend([blk_in, blk_out, _log_ratio(blk_in, blk_out)])
-    gc = cv2.magnitude(cv2.Sobel(ycc[..., 1], cv2.CV_32F, 1, 0), cv2.Sobel(ycc[..., 1], cv2.CV_32F, 0, 1)) + \
-        cv2.magnitude(cv2.Sobel(ycc[..., 2], cv2.CV_32F, 1, 0), cv2.Sobel(ycc[..., 2], cv2.CV_32F, 0, 1))
+    gc = magnitude(cv2.Sobel(ycc[..., 1], cv2.CV_32F, 1, 0), cv2.Sobel(ycc[..., 1], cv2.CV_32F, 0, 1)) + \
+        magnitude(cv2.Sobel(ycc[..., 2], cv2.CV_32F, 1, 0), cv2.Sobel(ycc[..., 2], cv2.CV_32F, 0, 1))
     bleed_e, bleed_t = _off_luma_share(gc, g, edge), _off_luma_share(gc, g, band_in | band_out)
     f.extend([bleed_e, bleed_t, bleed_e - bleed_t if math.isfinite(bleed_e) and math.isfinite(bleed_t) else math.nan])
     out = np.asarray(f, np.float64)

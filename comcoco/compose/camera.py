@@ -51,6 +51,7 @@ from comcoco.compose.jpeg import (  # noqa: F401  (re-exported: the camera step'
     quality_from_table,
 )
 from comcoco.ids import fixed_normal
+from comcoco.pixels import magnitude
 
 _IMMERKAER = np.array([[1, -2, 1], [-2, 4, -2], [1, -2, 1]], np.float32)
 _MIN_PIXELS = 64  # a region needs this many usable pixels for an estimate
@@ -150,16 +151,12 @@ def _blur_samples(lum: np.ndarray, mask: np.ndarray | None, top: float = 0.1, fl
     if np.count_nonzero(sel) < _MIN_PIXELS:
         return np.zeros(0, np.float32)
 
-    def grad(img: np.ndarray) -> np.ndarray:
-        return cv2.magnitude(cv2.Sobel(img, cv2.CV_32F, 1, 0, ksize=3),
-                             cv2.Sobel(img, cv2.CV_32F, 0, 1, ksize=3)) * np.float32(1 / 8)
-
-    g1 = grad(lum)
+    g1 = _grad(lum)
     thr = max(_q(g1[sel], 1.0 - top), floor)  # strong edges only: noise stays below
     strong = sel & (g1 >= thr)
     if not strong.any():
         return np.zeros(0, np.float32)
-    g2 = grad(cv2.GaussianBlur(lum, (0, 0), _SIGMA0))
+    g2 = _grad(cv2.GaussianBlur(lum, (0, 0), _SIGMA0))
     return g2[strong] / g1[strong]
 
 
@@ -179,6 +176,11 @@ def _blur_from(ratios: np.ndarray) -> float | None:
         return None
     r = min(max(float(np.median(ratios)), 1e-3), 0.995)
     return _SIGMA0 * r / math.sqrt(1.0 - r * r)
+
+
+def _grad(img: np.ndarray) -> np.ndarray:
+    """Sobel gradient magnitude / 8 (float32; ``comcoco.pixels.magnitude``: the same bits on every run)."""
+    return magnitude(cv2.Sobel(img, cv2.CV_32F, 1, 0, ksize=3), cv2.Sobel(img, cv2.CV_32F, 0, 1, ksize=3)) * np.float32(1 / 8)
 
 
 def _tiles(h: int, w: int, max_px: int) -> list[tuple[int, int, int, int]]:
@@ -266,15 +268,11 @@ def outline_blur(rgb: np.ndarray, band: np.ndarray) -> float | None:
     lum = _ycrcb(rgb[y0:y1, x0:x1])[..., 0]
     b = band[y0:y1, x0:x1]
 
-    def grad(img: np.ndarray) -> np.ndarray:
-        return cv2.magnitude(cv2.Sobel(img, cv2.CV_32F, 1, 0, ksize=3),
-                             cv2.Sobel(img, cv2.CV_32F, 0, 1, ksize=3)) * np.float32(1 / 8)
-
-    g1 = grad(lum)
+    g1 = _grad(lum)
     strong = b & (g1 >= max(_q(g1[b], 0.7), 2.0))
     if np.count_nonzero(strong) < 16:
         return None
-    g2 = grad(cv2.GaussianBlur(lum, (0, 0), _SIGMA0))
+    g2 = _grad(cv2.GaussianBlur(lum, (0, 0), _SIGMA0))
     return _blur_from(g2[strong] / g1[strong])
 
 
