@@ -38,6 +38,32 @@ def atomic_write(path: str | os.PathLike[str], mode: str = "wb", sync: bool = Tr
         raise
 
 
+@contextmanager
+def atomic_path(path: str | os.PathLike[str], sync: bool = True) -> Iterator[Path]:
+    """A fresh temporary path beside ``path`` for a writer that opens files by name (a native writer
+    skips Python's file object and its copy of every block); renamed over ``path`` when the block ends
+    without error (fsynced first unless ``sync=False``), removed otherwise."""
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
+    os.close(fd)
+    try:
+        yield Path(tmp)
+        if sync:
+            fd = os.open(tmp, os.O_RDONLY)
+            try:
+                os.fsync(fd)
+            finally:
+                os.close(fd)
+        os.replace(tmp, path)
+    except BaseException:
+        try:
+            os.unlink(tmp)
+        except FileNotFoundError:
+            pass
+        raise
+
+
 def write_bytes_atomic(path: str | os.PathLike[str], data: bytes, sync: bool = True) -> None:
     with atomic_write(path, "wb", sync=sync) as fh:
         fh.write(data)

@@ -59,13 +59,20 @@ class ExportedSample:
     mask_iou: float | None  # IoU of the released mask with the build's own (None: no build mask)
 
 
-def encode_mask(mask01: np.ndarray) -> bytes:
-    """A 0/1 (or boolean) mask as a 0/255 single-channel PNG."""
-    mask = mask01.view(np.uint8) if mask01.dtype == np.bool_ else mask01.astype(np.uint8, copy=False)
-    ok, buf = cv2.imencode(".png", cv2.compare(mask, 0, cv2.CMP_GT), MASK_PNG)
+def encode_mask(mask: np.ndarray) -> bytes:
+    """A 0/255 single-channel mask as PNG."""
+    ok, buf = cv2.imencode(".png", mask, MASK_PNG)
     if not ok:
         raise ExportError("could not encode a mask as PNG")
     return buf.tobytes()
+
+
+def released_mask(rle: dict[str, Any]) -> np.ndarray:
+    """The rasterised RLE as a 0/255 ``uint8`` H×W array in C order, scaled and reordered in one pass."""
+    decoded = mask_utils.decode(rle)  # 0/1, column-major
+    out = np.empty(decoded.shape, dtype=np.uint8)
+    np.multiply(decoded, np.uint8(255), out=out)
+    return out
 
 
 def copy_file(src: Path, dst: Path) -> None:
@@ -86,34 +93,35 @@ def copy_file(src: Path, dst: Path) -> None:
     shutil.copyfile(src, dst)
 
 
-def _rle(mask01: np.ndarray) -> dict[str, Any]:
-    rle = mask_utils.encode(np.asfortranarray(mask01.astype(np.uint8)))
+def _rle(mask: np.ndarray) -> dict[str, Any]:
+    """COCO's compressed RLE of a 0/255 mask (runs of equal values: the same counts as its 0/1 form)."""
+    rle = mask_utils.encode(np.asfortranarray(mask))
     return {"size": [int(v) for v in rle["size"]], "counts": rle["counts"].decode("ascii")}
 
 
 def _effect(workdir: Path, e: ReleaseEntry, mask: np.ndarray) -> np.ndarray:
-    """The released effect mask: the build's effect mask ∪ the released mask (the mask alone for a
-    paper-profile build), so it always covers the object as released."""
-    effect = mask > 0
-    if e.src_effect_mask:
-        built = cv2.imread(str(workdir / e.src_effect_mask), cv2.IMREAD_GRAYSCALE)
-        if built is None or built.shape != mask.shape:
-            raise ExportError(f"sample {e.sample_id}: effect mask {workdir / e.src_effect_mask} is missing or "
-                              f"not {mask.shape[1]}x{mask.shape[0]}")
-        effect |= built > 127
-    return effect.astype(np.uint8)
+    """The released effect mask (0/255): the build's effect mask ∪ the released mask (the mask alone for
+    a paper-profile build), so it always covers the object as released."""
+    if not e.src_effect_mask:
+        return mask
+    built = cv2.imread(str(workdir / e.src_effect_mask), cv2.IMREAD_GRAYSCALE)
+    if built is None or built.shape != mask.shape:
+        raise ExportError(f"sample {e.sample_id}: effect mask {workdir / e.src_effect_mask} is missing or "
+                          f"not {mask.shape[1]}x{mask.shape[0]}")
+    return np.bitwise_or(mask, (built > 127).view(np.uint8) * np.uint8(255))
 
 
-def _build_mask_iou(workdir: Path, e: ReleaseEntry, mask: np.ndarray) -> float | None:
+def _build_mask_iou(workdir: Path, e: ReleaseEntry, mask: np.ndarray, area: int) -> float | None:
+    """IoU of the released mask (``area`` pixels) with the build's own (anti-aliased, cut at 0.5)."""
     build_mask_rel = e.provenance.get("build_mask")
     if not build_mask_rel or not (workdir / build_mask_rel).is_file():
         return None
     built = cv2.imread(str(workdir / build_mask_rel), cv2.IMREAD_GRAYSCALE)
     if built is None or built.shape != mask.shape:
         return None
-    b, m = built > 127, mask > 0
-    inter = np.count_nonzero(b & m)
-    union = np.count_nonzero(b) + np.count_nonzero(m) - inter
+    b = built > 127
+    inter = np.count_nonzero(b & (mask > 0))
+    union = np.count_nonzero(b) + area - inter
     return float(inter / union) if union else 1.0
 
 
@@ -128,12 +136,13 @@ def export_sample(workdir: Path, release: Path, e: ReleaseEntry, copy_composite:
     copy_file(workdir / e.src_ground_truth, release / GT_DIR / e.gt_file_name)
     rle = placed_rle(e)
     bbox, area = rle_geometry(e, rle)
-    mask = np.ascontiguousarray(mask_utils.decode(rle))
+    mask = released_mask(rle)
     effect = _effect(workdir, e, mask)
     write_bytes_atomic(release / MASKS_DIR / e.mask_file_name, encode_mask(mask), sync=False)
     write_bytes_atomic(release / EFFECTS_DIR / e.effect_file_name, encode_mask(effect), sync=False)
     return ExportedSample(sample_id=e.sample_id, bbox=bbox, area=area, effect_rle=_rle(effect),
-                          effect_area=int(np.count_nonzero(effect)), mask_iou=_build_mask_iou(workdir, e, mask))
+                          effect_area=int(np.count_nonzero(effect)),
+                          mask_iou=_build_mask_iou(workdir, e, mask, int(area)))
 
 
 def export_chunk(workdir: str, release: str, jobs: Sequence[tuple[ReleaseEntry, bool]]) -> list[ExportedSample]:

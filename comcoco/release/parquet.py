@@ -24,7 +24,7 @@ import numpy as np
 import pyarrow as pa
 import pyarrow.parquet as pq
 
-from comcoco.io import atomic_write
+from comcoco.io import atomic_path
 from comcoco.pool import INLINE, Jobs, WorkerPool
 from comcoco.release.export import (
     DEFAULT_ROWS_PER_PARQUET,
@@ -212,8 +212,9 @@ def write_parquet_part(release: str | os.PathLike[str], part: ParquetPart) -> st
     folder once before publishing it.
     """
     table = parquet_table(release, part)
-    with atomic_write(Path(release) / part.rel, sync=False) as fh:
-        pq.write_table(table, fh, compression=COMPRESSION, write_statistics=_STATISTICS, use_dictionary=_DICTIONARY)
+    with atomic_path(Path(release) / part.rel, sync=False) as tmp:
+        pq.write_table(table, str(tmp), compression=COMPRESSION, write_statistics=_STATISTICS,
+                       use_dictionary=_DICTIONARY)
     return part.rel
 
 
