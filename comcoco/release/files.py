@@ -40,7 +40,7 @@ from comcoco.release.export import (
 )
 
 # Masks are 0/255: zlib's run-length matching on unfiltered rows writes them in a sixth of the time of
-# level 6 with adaptive filters, and smaller (benchmarks/release_export.py; docs/release.md).
+# level 6 with adaptive filters, and smaller (the demo's masks: docs/release.md, *Masks*).
 MASK_PNG = [cv2.IMWRITE_PNG_COMPRESSION, 1, cv2.IMWRITE_PNG_STRATEGY, cv2.IMWRITE_PNG_STRATEGY_RLE,
             cv2.IMWRITE_PNG_FILTER, cv2.IMWRITE_PNG_FILTER_NONE]
 MIN_CHUNK, MAX_CHUNK = 8, 64  # samples per job: enough to hide the pool's overhead, small to balance
@@ -146,8 +146,19 @@ def export_sample(workdir: Path, release: Path, e: ReleaseEntry, copy_composite:
 
 
 def export_chunk(workdir: str, release: str, jobs: Sequence[tuple[ReleaseEntry, bool]]) -> list[ExportedSample]:
-    """``export_sample`` for each (entry, copy_composite) of a chunk, in order (one pool job)."""
-    return [export_sample(Path(workdir), Path(release), e, first) for e, first in jobs]
+    """``export_sample`` for each (entry, copy_composite) of a chunk, in order (one pool job).
+
+    A failure names its sample; an operating-system error passes unchanged (it names the file).
+    """
+    out = []
+    for e, first in jobs:
+        try:
+            out.append(export_sample(Path(workdir), Path(release), e, first))
+        except (ExportError, OSError):
+            raise
+        except Exception as exc:
+            raise ExportError(f"sample {e.sample_id}: {type(exc).__name__}: {exc}") from exc
+    return out
 
 
 def chunk_size(n: int, workers: int) -> int:
