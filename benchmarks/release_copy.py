@@ -1,6 +1,6 @@
 """What it costs that a release shares no inode with its work directory, measured in one run.
 
-A release copies composites and ground truths out of the work directory (``comcoco.release.export.
+A release copies composites and ground truths out of the work directory (``comcoco.release.files.
 copy_file``: a reflink where the filesystem has them, else a byte copy) instead of hard-linking them,
 so editing either side never changes the other. Three ways over the same files, rounds alternating and
 the best round of each counting: a hard link (what an unsafe release would do: the floor), the copy
@@ -24,7 +24,7 @@ REPO = Path(__file__).resolve().parents[1]
 if str(REPO) not in sys.path:
     sys.path.insert(0, str(REPO))
 
-from comcoco.release.export import copy_file  # noqa: E402
+from comcoco.release.files import copy_file  # noqa: E402
 
 
 def _files(root: Path, n: int, kb: int) -> list[Path]:

@@ -10,7 +10,7 @@ REPO = Path(__file__).resolve().parents[1]
 # Floors from docs/architecture.md: a module may import from its own floor or below.
 FLOORS: dict[str, int] = {
     "comcoco.records": 1, "comcoco.errors": 1, "comcoco.ids": 1, "comcoco.io": 1, "comcoco.locks": 1, "comcoco.progress": 1,
-    "comcoco.stages": 1, "comcoco.pixels": 1,
+    "comcoco.stages": 1, "comcoco.pixels": 1, "comcoco.pool": 1,
     "comcoco.sources": 2, "comcoco.text": 2, "comcoco.audit": 2, "comcoco.matching": 2, "comcoco.placement": 2, "comcoco.harmonize": 2,
     "comcoco.config": 3,
     "comcoco.plan": 4,

@@ -12,6 +12,7 @@ import threading
 from collections import defaultdict
 from pathlib import Path
 
+import cv2
 import numpy as np
 import pyarrow.parquet as pq
 import pytest
@@ -124,7 +125,9 @@ def test_masks_equal_pycocotools_and_refer(release):
     for raw in _refs(release):
         ann = coco.anns[raw["ann_id"]]
         assert ann["iscrowd"] == 0 and isinstance(ann["segmentation"][0], list)
-        stored = np.asarray(Image.open(release / "masks" / raw["comcoco"]["mask_file_name"])) > 127
+        path = release / "masks" / raw["comcoco"]["mask_file_name"]
+        stored = np.asarray(Image.open(path)) > 127
+        assert np.array_equal(cv2.imread(str(path), cv2.IMREAD_UNCHANGED), stored.astype(np.uint8) * 255)
         assert np.array_equal(coco.annToMask(ann).astype(bool), stored)
         assert np.array_equal(refer.getMask(raw["ref_id"])["mask"] > 0, stored)
         assert ann["area"] == stored.sum()
@@ -159,6 +162,36 @@ def test_parquet_loads_with_hf_datasets(release, tmp_path, monkeypatch):
     assert np.array_equal(np.asarray(row["mask"]),
                           np.asarray(Image.open(release / "masks" / ref["comcoco"]["mask_file_name"])))
     assert json.loads(row["provenance"])["fg_ann_id"] == ref["comcoco"]["fg_ann_id"]
+
+
+def test_parquet_stores_images_uncompressed_and_composites_once(release):
+    meta = pq.ParquetFile(next((release / "parquet/ComCOCO").glob("train-*.parquet"))).metadata
+    columns = {meta.row_group(0).column(i).path_in_schema: meta.row_group(0).column(i)
+               for i in range(meta.num_columns)}
+    for name in ("image", "ground_truth", "mask", "effect_mask"):
+        col = columns[f"{name}.bytes"]
+        assert col.compression == "UNCOMPRESSED" and not col.is_stats_set, name
+        assert ("RLE_DICTIONARY" in col.encodings) == (name == "image"), name  # composites repeat
+    assert {c.compression for p, c in columns.items() if not p.endswith(".bytes")} == {"ZSTD"}
+
+
+def test_export_names_a_sample_whose_file_is_missing(workdir, tmp_path):
+    from comcoco.pool import worker_pool
+    from comcoco.release.builder import ENTRIES_FILE, select_stage, start_release
+    from comcoco.release.export import ExportError, read_entries
+    from comcoco.release.files import export_files
+
+    wd = tmp_path / "wd"
+    shutil.copytree(workdir, wd)
+    staging = start_release(tmp_path / "R", "1.0.0")
+    select_stage(wd, staging, OPTIONS)
+    entries = read_entries(staging / ENTRIES_FILE)
+    victim = entries[-1]
+    (wd / victim.src_ground_truth).unlink()
+    for workers in (1, 2):  # raised in a worker process, it reaches the caller whole
+        with worker_pool(workers) as pool, pytest.raises(ExportError) as err:
+            export_files(wd, staging, entries, pool=pool, chunk=2)
+        assert victim.sample_id in str(err.value) and victim.src_ground_truth in str(err.value)
 
 
 def test_torch_dataset_one_item_per_expression(release):
@@ -196,7 +229,8 @@ def test_instruction_editing_export(release):
 
 
 def test_same_workdir_gives_same_files_and_versions_differ_only_in_text(release, workdir, tmp_path):
-    same = build_release(workdir, tmp_path / "A", "1.0.0", OPTIONS)
+    # the fixture's release was exported in this process (14 samples); this one by two worker processes
+    same = build_release(workdir, tmp_path / "A", "1.0.0", OPTIONS, workers=2)
     other = build_release(workdir, tmp_path / "B", "2.0.0", OPTIONS)
     files = read_manifest(release)["files"]
     assert read_manifest(same)["files"] == files

@@ -64,6 +64,9 @@ def create(
     validate_device: str = typer.Option("auto", "--validate-device", help="auto|cpu|cuda."),
     validate_blind: bool = typer.Option(True, "--validate-blind/--no-validate-blind",
                                         help="Also train a model on empty expressions (the shortcut test)."),
+    workers: int | None = typer.Option(None, "--workers", min=1,
+                                       help="Processes exporting the sample and Parquet files (default: every "
+                                       "CPU core this process may use); the release is byte for byte the same."),
     progress: bool = typer.Option(True, "--progress/--no-progress", help="Show progress bars."),
 ) -> None:
     """Build OUT/comcoco-X.Y.Z (ComCOCO and ComCOCO+, Parquet, card, manifest, dist) from WORKDIR."""
@@ -96,7 +99,8 @@ def create(
         with release_locks(workdir, out, version):  # a second release of this version (or one of a work
             from pipelines.release import run_release  # directory being built) is refused here, at once
 
-            result = run_release(workdir, out, version, options, validate=validation, progress=progress)
+            result = run_release(workdir, out, version, options, validate=validation, progress=progress,
+                                 workers=workers)
     path = Path(result["release"])
     manifest = json.loads((path / "manifest.json").read_text())
     typer.echo(f"release  {path}")

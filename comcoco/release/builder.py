@@ -23,18 +23,18 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from comcoco.io import write_bytes_atomic, write_text_atomic
+from comcoco.io import flush_filesystem, write_bytes_atomic, write_text_atomic
 from comcoco.locks import exclusive
+from comcoco.pool import available_cores, worker_pool
 from comcoco.release.export import (
     VARIANTS,
-    export_files,
     read_entries,
     variant_counts,
     write_entries,
     write_instruct,
-    write_parquet,
     write_refer,
 )
+from comcoco.release.files import export_files
 from comcoco.release.options import (  # noqa: F401 (re-exported: these lived here before)
     UNREVIEWED_CHOICES,
     ReleaseError,
@@ -53,6 +53,7 @@ ENTRIES_FILE = f"{BUILD_DIR}/entries.json"
 SELECTION_FILE = f"{BUILD_DIR}/selection.json"
 EXPORT_FILE = f"{BUILD_DIR}/export.json"
 VALIDATION_FILE = "validation/validation.json"
+POOL_SAMPLES = 64  # samples per default export worker: a smaller release is exported in this process
 
 ValidationHook = Callable[[str], dict[str, Any]]
 log = logging.getLogger(__name__)
@@ -82,6 +83,7 @@ def finish_release(staging: str | os.PathLike[str]) -> Path:
     if final.exists():
         raise ReleaseError(f"{final}: appeared during the build; not overwritten")
     shutil.rmtree(staging / BUILD_DIR, ignore_errors=True)
+    flush_filesystem(staging)  # every file on disk (written without an fsync each) before it is published
     os.rename(staging, final)
     # The releases folder's own changelog is the newest release's (which holds every earlier entry).
     write_bytes_atomic(final.parent / "CHANGELOG.md", (final / "CHANGELOG.md").read_bytes())
@@ -121,17 +123,30 @@ def check_workdir_files(workdir: str | os.PathLike[str], entries: list[Any], sho
 
 
 def export_stage(workdir: str | os.PathLike[str], staging: str | os.PathLike[str], options: ReleaseOptions,
-                 progress: bool = False) -> dict[str, Any]:
+                 progress: bool = False, workers: int | None = None) -> dict[str, Any]:
+    """Sample files, then both variants' Parquet files in ``workers`` processes while this one writes
+    REFER and the instruction pairs. The bytes written do not depend on ``workers``; by default every
+    core this process may use, one per ``POOL_SAMPLES`` samples (a pool's start costs about a second)."""
+    from comcoco.progress import Progress
+    from comcoco.release.parquet import start_parquet
+
     staging = Path(staging)
     entries = read_entries(staging / ENTRIES_FILE)
-    files = export_files(workdir, staging, entries, progress=progress)
-    out: dict[str, Any] = {"files": files, "variants": {}}
-    for variant in VARIANTS:
-        write_refer(staging, entries, variant, info={"description": f"{variant}: referring object removal pairs"})
-        parquet = write_parquet(staging, entries, variant, options.rows_per_parquet)
-        instruct = write_instruct(staging, entries, variant)
-        out["variants"][variant] = {"counts": variant_counts(entries, variant), "parquet": parquet,
-                                    "instruct": instruct}
+    if workers is None:
+        workers = max(1, min(available_cores(), len(entries) // POOL_SAMPLES))
+    with worker_pool(workers) as pool:
+        files, exported = export_files(workdir, staging, entries, pool=pool, progress=progress)
+        parts, parquet_jobs = start_parquet(staging, entries, exported, options.rows_per_parquet, pool)
+        out: dict[str, Any] = {"files": files, "variants": {}}
+        for variant in VARIANTS:
+            write_refer(staging, entries, variant, exported,
+                        info={"description": f"{variant}: referring object removal pairs"})
+            out["variants"][variant] = {"counts": variant_counts(entries, variant), "parquet": [],
+                                        "instruct": write_instruct(staging, entries, variant)}
+        with Progress("writing Parquet", sum(len(p.entries) for p in parts), unit="row", enabled=progress) as bar:
+            written = parquet_jobs.results(lambda k: bar.advance(len(parts[k].entries)))
+    for part, rel in zip(parts, written, strict=True):
+        out["variants"][part.variant]["parquet"].append(rel)
     write_text_atomic(staging / EXPORT_FILE, json.dumps(out, indent=2, sort_keys=True) + "\n")
     return out
 
@@ -236,6 +251,7 @@ class ReleaseContext:
     options: ReleaseOptions
     validate: Any = None  # ValidationOptions (or its dict), a callable, "module:function", or None
     progress: bool = False
+    workers: int | None = None  # export processes (None: every core); never changes a byte of the release
     selection: dict[str, Any] = field(default_factory=dict)
     audit: dict[str, Any] | None = None
     manifest: dict[str, Any] = field(default_factory=dict)
@@ -251,8 +267,8 @@ def _select_step(workdir: str, staging: str, options: dict) -> dict:
     return report
 
 
-def _export_step(workdir: str, staging: str, options: dict, progress: bool) -> dict:
-    out = export_stage(workdir, staging, ReleaseOptions(**options), progress)
+def _export_step(workdir: str, staging: str, options: dict, progress: bool, workers: int | None = None) -> dict:
+    out = export_stage(workdir, staging, ReleaseOptions(**options), progress, workers)
     for variant, v in out["variants"].items():
         log.info("export: %s %s", variant, ", ".join(f"{s} {c['samples']} samples / {c['expressions']} expressions"
                                                       for s, c in sorted(v["counts"].items())))
@@ -296,7 +312,7 @@ RELEASE_STAGES: tuple[Stage, ...] = (
     Stage("select", lambda c, ex: setattr(c, "selection", ex.call(
         "release-select", _select_step, c.workdir, c.staging, c.options.to_dict()))),
     Stage("export", lambda c, ex: ex.call(
-        "release-export", _export_step, c.workdir, c.staging, c.options.to_dict(), c.progress)),
+        "release-export", _export_step, c.workdir, c.staging, c.options.to_dict(), c.progress, c.workers)),
     Stage("audit", lambda c, ex: c.options.audit and setattr(c, "audit", ex.call(
         "release-audit", _audit_step, c.staging, c.options.split_seed))),
     Stage("validate", lambda c, ex: c.validate is not None and ex.call(
@@ -321,8 +337,11 @@ def _publish_step(staging: str) -> str:
 
 def run_release_stages(workdir: str | os.PathLike[str], releases: str | os.PathLike[str], version: str,
                        options: ReleaseOptions, executor: Executor, validate: Any = None,
-                       progress: bool = False) -> dict[str, Any]:
+                       progress: bool = False, workers: int | None = None) -> dict[str, Any]:
     """Stage, walk ``RELEASE_STAGES``, publish; returns the release's path, counts and timings.
+
+    ``workers`` processes export the sample files and Parquet files (None: every core this process may
+    use); the release's bytes are the same for any number.
 
     One builder per version: the version's lock (``RELEASES/.comcoco-X.Y.Z.lock``) is held throughout,
     and the work directory is read under its shared lock, so no build or review pull changes it meanwhile.
@@ -334,7 +353,7 @@ def run_release_stages(workdir: str | os.PathLike[str], releases: str | os.PathL
         raise ReleaseError(str(exc)) from None
     releases = Path(releases).resolve()
     with release_locks(wd.root, releases, version):
-        return _run_release_stages(wd, releases, version, options, executor, validate, progress)
+        return _run_release_stages(wd, releases, version, options, executor, validate, progress, workers)
 
 
 @contextmanager
@@ -349,9 +368,9 @@ def release_locks(workdir: str | os.PathLike[str], releases: str | os.PathLike[s
 
 
 def _run_release_stages(wd: Workdir, releases: Path, version: str, options: ReleaseOptions, executor: Executor,
-                        validate: Any, progress: bool) -> dict[str, Any]:
+                        validate: Any, progress: bool, workers: int | None) -> dict[str, Any]:
     staging = executor.call("release-start", _start_step, str(releases), version)
-    ctx = ReleaseContext(str(wd.root), staging, version, options, validate, progress)
+    ctx = ReleaseContext(str(wd.root), staging, version, options, validate, progress, workers)
     try:
         seconds = walk(RELEASE_STAGES, ctx, executor)
         path = executor.call("release-publish", _publish_step, staging)
@@ -368,7 +387,9 @@ def _run_release_stages(wd: Workdir, releases: Path, version: str, options: Rele
 
 def build_release(workdir: str | os.PathLike[str], releases: str | os.PathLike[str], version: str,
                   options: ReleaseOptions | None = None, validate: Any = None,
-                  progress: bool = False) -> Path:
-    """Every release stage in this process; returns the published release directory."""
-    result = run_release_stages(workdir, releases, version, options or ReleaseOptions(), Inline(), validate, progress)
+                  progress: bool = False, workers: int | None = None) -> Path:
+    """Every release stage in this process (the export's in ``workers`` processes); returns the published
+    release directory."""
+    result = run_release_stages(workdir, releases, version, options or ReleaseOptions(), Inline(), validate, progress,
+                                workers)
     return Path(result["release"])

@@ -43,7 +43,7 @@ def size_class(area: float) -> str:
 
 def card_statistics(release: Path, entries: Sequence[ReleaseEntry]) -> dict[str, Any]:
     """Everything the card reports, computed from the release's entries and mask files."""
-    sizes = Counter(size_class(entry_annotation(e)[0].area) for e in entries)
+    sizes = Counter(size_class(entry_annotation(e).area) for e in entries)
     n = max(1, len(entries))
     heat = np.zeros((HEATMAP_SIZE[1], HEATMAP_SIZE[0]), dtype=np.float64)
     for e in entries:

@@ -1,48 +1,46 @@
-"""ComCOCO and ComCOCO+ written from one set of release entries: REFER, COCO, Parquet and edit pairs.
+"""ComCOCO and ComCOCO+ written from one set of release entries: REFER, COCO and edit pairs.
 
 A release entry is one accepted sample with its release ids, split, expressions and provenance.
-From the same entries this module writes
+From the same entries the release writes
 
-* ``images/``, ``gt/``, ``masks/``, ``effects/``: composites, ground truths, masks and effect masks
-  renamed by release ids. Masks are the pycocotools rasterisation of the released polygon, so
-  ``COCO.annToMask`` and REFER's ``getMask`` give exactly the mask file. The effect mask is the object
-  and everything pasting it changed (its shadow, its re-encoded JPEG ring: robust profile): the region
-  a removal model must inpaint; outside it the composite equals the ground truth byte for byte. For a
-  paper-profile build it equals the mask;
-* ``<variant>/refs(unc).p`` + ``<variant>/instances.json`` through the project's REFER writer, with
-  provenance under the extra ref key ``comcoco``; every annotation has an extra ``comcoco`` key:
+* ``images/``, ``gt/``, ``masks/``, ``effects/`` (``comcoco.release.files``): composites, ground truths,
+  masks and effect masks renamed by release ids. Masks are the pycocotools rasterisation of the
+  released polygon, so ``COCO.annToMask`` and REFER's ``getMask`` give exactly the mask file. The
+  effect mask is the object and everything pasting it changed (its shadow, its re-encoded JPEG ring:
+  robust profile): the region a removal model must inpaint; outside it the composite equals the
+  ground truth byte for byte. For a paper-profile build it equals the mask;
+* ``<variant>/refs(unc).p`` + ``<variant>/instances.json`` (here) through the project's REFER writer,
+  with provenance under the extra ref key ``comcoco``; every annotation has an extra ``comcoco`` key:
   ``{"role": "target", "effect_segmentation": RLE, "effect_area": N}`` for a pasted object, and the
   background's own objects are there too, ``{"role": "background", "source_ann_id": …}``, referred by
   no ref (the artifact audit compares them with the pasted ones);
-* ``parquet/<variant>/<split>-NNNNN.parquet``: one row per sample, images as Hugging Face ``Image``
-  structs so ``datasets.load_dataset("parquet", ...)`` decodes them;
-* ``instruct/<variant>/<split>.jsonl``: one (input, "remove the ...", output, mask) line per expression.
+* ``parquet/<variant>/<split>-NNNNN.parquet`` (``comcoco.release.parquet``): one row per sample;
+* ``instruct/<variant>/<split>.jsonl`` (here): one (input, "remove the ...", output, mask) line per
+  expression.
 
 ComCOCO carries appearance expressions and spatial phrases; ComCOCO+ appearance expressions only.
 """
 
 from __future__ import annotations
 
-import io
 import json
 import os
-import shutil
-from collections.abc import Iterable, Sequence
+from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
-import cv2
 import numpy as np
-import pyarrow as pa
-import pyarrow.parquet as pq
+from pycocotools import mask as mask_utils
 
 from comcoco.errors import ComcocoError
-from comcoco.io import write_bytes_atomic, write_text_atomic
-from comcoco.progress import track
+from comcoco.io import write_text_atomic
 from comcoco.records import Annotation, ImageInfo, Ref, Sentence
-from comcoco.sources.images import annotation_mask, usable_polygons
+from comcoco.sources.images import annotation_rle, usable_polygons
 from comcoco.sources.refer import COCO_CATEGORIES, normalize_sentence, write_source
+
+if TYPE_CHECKING:
+    from comcoco.release.files import ExportedSample
 
 VARIANTS: tuple[str, ...] = ("ComCOCO", "ComCOCO+")
 SPLIT_BY = "unc"
@@ -53,7 +51,6 @@ IMAGES_DIR, GT_DIR, MASKS_DIR, EFFECTS_DIR = "images", "gt", "masks", "effects"
 NATIVE_ID_BASE = 2 * RELEASE_ID_BASE  # annotation ids of the backgrounds' own objects
 PARQUET_DIR, INSTRUCT_DIR = "parquet", "instruct"
 DEFAULT_ROWS_PER_PARQUET = 1000
-_PNG_PARAMS = [cv2.IMWRITE_PNG_COMPRESSION, 6]
 
 
 class ExportError(ComcocoError):
@@ -124,7 +121,7 @@ class ReleaseEntry:
     @classmethod
     def from_dict(cls, d: dict[str, Any]) -> ReleaseEntry:
         d = dict(d)
-        d["polygons"] = tuple(tuple(float(v) for v in p) for p in d["polygons"])
+        d["polygons"] = tuple(tuple(map(float, p)) for p in d["polygons"])
         d["expressions"] = tuple(Expression(**e) for e in d["expressions"])
         d["background_objects"] = tuple(d.get("background_objects") or ())
         return cls(**d)
@@ -153,104 +150,31 @@ def clip_polygons(polygons: Iterable[Sequence[float]], width: int, height: int) 
     return out
 
 
-def entry_annotation(entry: ReleaseEntry) -> tuple[Annotation, np.ndarray]:
-    """The pasted object's COCO annotation (area and bbox recomputed) and its 0/1 mask."""
-    polys = [list(p) for p in entry.polygons]
-    mask = annotation_mask(polys, entry.height, entry.width)
-    if not mask.any():
+def placed_rle(entry: ReleaseEntry) -> dict[str, Any]:
+    """The released polygon as one pycocotools RLE (its rasterisation, not yet drawn)."""
+    rle = annotation_rle([list(p) for p in entry.polygons], entry.height, entry.width)
+    if rle is None:
         raise ExportError(f"sample {entry.sample_id}: the placed polygon covers no pixel")
-    ys, xs = np.nonzero(mask)
-    x0, y0 = int(xs.min()), int(ys.min())
-    bbox = (float(x0), float(y0), float(xs.max() - x0 + 1), float(ys.max() - y0 + 1))
-    ann = Annotation(ann_id=entry.ann_id, image_id=entry.image_id, category_id=entry.category_id,
-                     bbox=bbox, area=float(mask.sum()), iscrowd=0, segmentation=polys)
-    return ann, mask
+    return rle
 
 
-def encode_mask(mask01: np.ndarray) -> bytes:
-    ok, buf = cv2.imencode(".png", (mask01 > 0).astype(np.uint8) * 255, _PNG_PARAMS)
-    if not ok:
-        raise ExportError("could not encode a mask as PNG")
-    return buf.tobytes()
+def rle_geometry(entry: ReleaseEntry, rle: dict[str, Any]) -> tuple[tuple[float, float, float, float], float]:
+    """Box ``(x, y, w, h)`` and area of the released mask, read from its RLE (the mask's pixel count and
+    the box of its pixels, as counting the decoded mask gives)."""
+    area = int(mask_utils.area(rle))
+    if area == 0:
+        raise ExportError(f"sample {entry.sample_id}: the placed polygon covers no pixel")
+    x, y, w, h = (float(v) for v in mask_utils.toBbox(rle))
+    return (x, y, w, h), float(area)
 
 
-# --- files ----------------------------------------------------------------------------------------
-
-
-_FICLONE = 0x40049409  # Linux ioctl: share the source's blocks copy-on-write (btrfs, XFS, bcachefs)
-
-
-def copy_file(src: Path, dst: Path) -> None:
-    """A copy that shares no inode with ``src``: a reflink where the filesystem has them (instant, and
-    copy-on-write, so editing either side never changes the other), else a plain copy (``sendfile``).
-    Never a hard link, which would let an edit in the work directory change a published release."""
-    import fcntl
-
-    dst.parent.mkdir(parents=True, exist_ok=True)
-    if dst.exists():
-        dst.unlink()
-    with open(src, "rb") as fin, open(dst, "wb") as fout:
-        try:
-            fcntl.ioctl(fout.fileno(), _FICLONE, fin.fileno())
-            return
-        except OSError:
-            pass  # no reflinks here (ext4, tmpfs, another filesystem): copy the bytes
-    shutil.copyfile(src, dst)
-
-
-def export_files(workdir: str | os.PathLike[str], release: str | os.PathLike[str],
-                 entries: Sequence[ReleaseEntry], progress: bool = False) -> dict[str, Any]:
-    """Place composites, ground truths and masks under their release names; returns mask agreement stats.
-
-    The agreement is the IoU between the build's mask and the released (polygon) mask per sample.
-    """
-    workdir, release = Path(workdir), Path(release)
-    ious: list[float] = []
-    done_images: set[int] = set()
-    for e in track(entries, "exporting files", progress, unit="sample"):
-        for rel in (e.src_composite, e.src_ground_truth):
-            if not (workdir / rel).is_file():
-                raise ExportError(f"sample {e.sample_id}: {workdir / rel} is missing")
-        if e.image_id not in done_images:
-            copy_file(workdir / e.src_composite, release / IMAGES_DIR / e.image_file_name)
-            done_images.add(e.image_id)
-        copy_file(workdir / e.src_ground_truth, release / GT_DIR / e.gt_file_name)
-        _, mask = entry_annotation(e)
-        write_bytes_atomic(release / MASKS_DIR / e.mask_file_name, encode_mask(mask))
-        write_bytes_atomic(release / EFFECTS_DIR / e.effect_file_name, encode_mask(_effect(workdir, e, mask)))
-        build_mask_rel = e.provenance.get("build_mask")
-        if build_mask_rel and (workdir / build_mask_rel).is_file():
-            built = cv2.imread(str(workdir / build_mask_rel), cv2.IMREAD_GRAYSCALE)
-            if built is not None and built.shape == mask.shape:
-                b = built > 127
-                union = np.logical_or(b, mask > 0).sum()
-                ious.append(float(np.logical_and(b, mask > 0).sum() / union) if union else 1.0)
-    return {
-        "samples": len(entries),
-        "composites": len(done_images),
-        "mask_iou_min": round(min(ious), 4) if ious else None,
-        "mask_iou_mean": round(float(np.mean(ious)), 4) if ious else None,
-    }
-
-
-def _effect(workdir: Path, e: ReleaseEntry, mask: np.ndarray) -> np.ndarray:
-    """The released effect mask: the build's effect mask ∪ the released mask (the mask alone for a
-    paper-profile build), so it always covers the object as released."""
-    effect = mask > 0
-    if e.src_effect_mask:
-        built = cv2.imread(str(workdir / e.src_effect_mask), cv2.IMREAD_GRAYSCALE)
-        if built is None or built.shape != mask.shape:
-            raise ExportError(f"sample {e.sample_id}: effect mask {workdir / e.src_effect_mask} is missing or "
-                              f"not {mask.shape[1]}x{mask.shape[0]}")
-        effect |= built > 127
-    return effect.astype(np.uint8)
-
-
-def _rle(mask01: np.ndarray) -> dict[str, Any]:
-    from pycocotools import mask as mask_utils
-
-    rle = mask_utils.encode(np.asfortranarray(mask01.astype(np.uint8)))
-    return {"size": [int(v) for v in rle["size"]], "counts": rle["counts"].decode("ascii")}
+def entry_annotation(entry: ReleaseEntry,
+                     geometry: tuple[tuple[float, float, float, float], float] | None = None) -> Annotation:
+    """The pasted object's COCO annotation, box and area those of its rasterisation (``geometry``
+    when already measured, as ``rle_geometry`` gives it)."""
+    bbox, area = geometry or rle_geometry(entry, placed_rle(entry))
+    return Annotation(ann_id=entry.ann_id, image_id=entry.image_id, category_id=entry.category_id,
+                      bbox=bbox, area=area, iscrowd=0, segmentation=[list(p) for p in entry.polygons])
 
 
 # --- REFER / COCO ------------------------------------------------------------------------------------
@@ -282,8 +206,12 @@ def _sentence(expr: Expression) -> Sentence:
 
 
 def write_refer(release: str | os.PathLike[str], entries: Sequence[ReleaseEntry], variant: str,
-                info: dict[str, Any] | None = None) -> Path:
-    """``<variant>/refs(unc).p`` and ``<variant>/instances.json`` for the variant's entries."""
+                exported: Mapping[str, ExportedSample], info: dict[str, Any] | None = None) -> Path:
+    """``<variant>/refs(unc).p`` and ``<variant>/instances.json`` for the variant's entries.
+
+    ``exported`` holds each sample's box, area and effect mask as its files were written
+    (``comcoco.release.files.export_files``).
+    """
     chosen = variant_entries(entries, variant)
     refs, anns, extras, ann_extras = [], [], {}, {}
     images: dict[int, ImageInfo] = {}
@@ -291,11 +219,11 @@ def write_refer(release: str | os.PathLike[str], entries: Sequence[ReleaseEntry]
     for e in chosen:
         by_image.setdefault(e.image_id, []).append(e)
     for e in chosen:
-        ann, _ = entry_annotation(e)
+        x = exported[e.sample_id]
+        ann = entry_annotation(e, (x.bbox, x.area))
         anns.append(ann)
-        effect = cv2.imread(str(Path(release) / EFFECTS_DIR / e.effect_file_name), cv2.IMREAD_GRAYSCALE) > 127
-        ann_extras[ann.ann_id] = {"comcoco": {"role": "target", "effect_segmentation": _rle(effect),
-                                              "effect_area": int(effect.sum())}}
+        ann_extras[ann.ann_id] = {"comcoco": {"role": "target", "effect_segmentation": x.effect_rle,
+                                              "effect_area": x.effect_area}}
         refs.append(Ref(ref_id=e.ref_id, ann_id=e.ann_id, image_id=e.image_id, category_id=e.category_id,
                         split=e.split, sentences=tuple(_sentence(x) for x in e.expressions_for(variant)),
                         file_name=f"comcoco_{e.image_id:012d}_{e.ann_id}.jpg"))
@@ -338,98 +266,6 @@ def _background_annotations(entries: Sequence[ReleaseEntry], image_ids: set[int]
                             {"role": "background", "source_ann_id": int(obj["source_ann_id"])}))
             n += 1
     return out
-
-
-# --- Parquet ---------------------------------------------------------------------------------------
-
-_IMAGE_STRUCT = pa.struct([pa.field("bytes", pa.binary()), pa.field("path", pa.string())])
-_PROV_FLOATS = ("s", "rx", "ry", "placement_score")
-PARQUET_SCHEMA = pa.schema([
-    pa.field("sample_id", pa.string()),
-    pa.field("split", pa.string()),
-    pa.field("ref_id", pa.int64()),
-    pa.field("image_id", pa.int64()),
-    pa.field("ann_id", pa.int64()),
-    pa.field("image", _IMAGE_STRUCT),
-    pa.field("ground_truth", _IMAGE_STRUCT),
-    pa.field("mask", _IMAGE_STRUCT),
-    pa.field("effect_mask", _IMAGE_STRUCT),
-    pa.field("expressions", pa.list_(pa.string())),
-    pa.field("sent_ids", pa.list_(pa.int64())),
-    pa.field("spatial", pa.list_(pa.bool_())),
-    pa.field("bbox", pa.list_(pa.float64())),
-    pa.field("category_id", pa.int64()),
-    pa.field("category", pa.string()),
-    pa.field("width", pa.int64()),
-    pa.field("height", pa.int64()),
-    pa.field("fg_ref_id", pa.int64()),
-    pa.field("fg_ann_id", pa.int64()),
-    pa.field("fg_image_id", pa.int64()),
-    pa.field("bg_image_id", pa.int64()),
-    *[pa.field(n, pa.float64()) for n in _PROV_FLOATS],
-    pa.field("review_decision", pa.string()),
-    pa.field("reviewer", pa.string()),
-    pa.field("provenance", pa.string()),
-])
-_HF_FEATURES = {"image": {"_type": "Image"}, "ground_truth": {"_type": "Image"}, "mask": {"_type": "Image"},
-                "effect_mask": {"_type": "Image"}}
-PARQUET_SCHEMA = PARQUET_SCHEMA.with_metadata(
-    {b"huggingface": json.dumps({"info": {"features": _HF_FEATURES}}, sort_keys=True).encode()}
-)
-_CATEGORY_NAME = {c.id: c.name for c in COCO_CATEGORIES}
-
-
-def _parquet_row(release: Path, e: ReleaseEntry, variant: str) -> dict[str, Any]:
-    ann, _ = entry_annotation(e)
-    exprs = e.expressions_for(variant)
-    prov = ref_provenance(e)
-    review = prov.get("review") or {}
-    placement = prov.get("placement") or {}
-
-    def img(folder: str, name: str) -> dict[str, Any]:
-        return {"bytes": (release / folder / name).read_bytes(), "path": f"{folder}/{name}"}
-
-    return {
-        "sample_id": e.sample_id, "split": e.split, "ref_id": e.ref_id, "image_id": e.image_id,
-        "ann_id": e.ann_id,
-        "image": img(IMAGES_DIR, e.image_file_name),
-        "ground_truth": img(GT_DIR, e.gt_file_name),
-        "mask": img(MASKS_DIR, e.mask_file_name),
-        "effect_mask": img(EFFECTS_DIR, e.effect_file_name),
-        "expressions": [x.raw for x in exprs], "sent_ids": [x.sent_id for x in exprs],
-        "spatial": [x.spatial for x in exprs], "bbox": list(ann.bbox),
-        "category_id": e.category_id, "category": _CATEGORY_NAME.get(e.category_id, ""),
-        "width": e.width, "height": e.height,
-        "fg_ref_id": prov.get("fg_ref_id"), "fg_ann_id": prov.get("fg_ann_id"),
-        "fg_image_id": prov.get("fg_image_id"), "bg_image_id": prov.get("bg_image_id"),
-        "s": placement.get("s"), "rx": placement.get("rx"), "ry": placement.get("ry"),
-        "placement_score": placement.get("score"),
-        "review_decision": review.get("decision"), "reviewer": review.get("reviewer"),
-        "provenance": json.dumps(prov, sort_keys=True),
-    }
-
-
-def write_parquet(release: str | os.PathLike[str], entries: Sequence[ReleaseEntry], variant: str,
-                  rows_per_file: int = DEFAULT_ROWS_PER_PARQUET) -> list[str]:
-    """``parquet/<variant>/<split>-NNNNN.parquet`` (only non-empty splits); returns relative paths."""
-    if rows_per_file < 1:
-        raise ValueError(f"rows per Parquet file must be at least 1, got {rows_per_file}")
-    release = Path(release)
-    written = []
-    by_split: dict[str, list[ReleaseEntry]] = {}
-    for e in variant_entries(entries, variant):
-        by_split.setdefault(e.split, []).append(e)
-    for split in sorted(by_split):
-        chunk_list = by_split[split]
-        for i in range(0, len(chunk_list), rows_per_file):
-            rows = [_parquet_row(release, e, variant) for e in chunk_list[i:i + rows_per_file]]
-            table = pa.Table.from_pylist(rows, schema=PARQUET_SCHEMA)
-            buf = io.BytesIO()
-            pq.write_table(table, buf, compression="zstd")
-            rel = f"{PARQUET_DIR}/{variant}/{split}-{i // rows_per_file:05d}.parquet"
-            write_bytes_atomic(release / rel, buf.getvalue())
-            written.append(rel)
-    return written
 
 
 # --- instruction editing -----------------------------------------------------------------------------

@@ -256,10 +256,10 @@ def usable_polygons(segmentation: Sequence[Any]) -> list[list[float]]:
     for poly in segmentation:
         if not isinstance(poly, list | tuple | np.ndarray):
             raise ValueError(f"polygon must be a list of numbers, got {type(poly).__name__}")
-        coords = [float(v) for v in poly]
+        coords = list(map(float, poly))
         if len(coords) % 2:
             coords = coords[:-1]
-        if len(coords) >= 6 and all(math.isfinite(v) for v in coords):
+        if len(coords) >= 6 and all(map(math.isfinite, coords)):
             out.append(coords)
     return out
 
@@ -292,13 +292,23 @@ def segmentation_rles(segmentation: Any, height: int, width: int) -> list[dict[s
     raise ValueError(f"unsupported segmentation of type {type(segmentation).__name__}")
 
 
+def annotation_rle(segmentation: Any, height: int, width: int) -> dict[str, Any] | None:
+    """The segmentation as one pycocotools RLE (the union of its parts); None when it has no part.
+
+    Area (``mask_utils.area``) and box (``mask_utils.toBbox``) come from it without drawing the frame.
+    """
+    rles = segmentation_rles(segmentation, int(height), int(width))
+    if not rles:
+        return None
+    return mask_utils.merge(rles) if len(rles) > 1 else rles[0]
+
+
 def annotation_mask(segmentation: Any, height: int, width: int) -> np.ndarray:
     """Binary ``uint8`` mask (values 0/1, H×W): the union of all polygons, or the decoded RLE."""
     height, width = int(height), int(width)
-    rles = segmentation_rles(segmentation, height, width)
-    if not rles:
+    merged = annotation_rle(segmentation, height, width)
+    if merged is None:
         return np.zeros((height, width), dtype=np.uint8)
-    merged = mask_utils.merge(rles) if len(rles) > 1 else rles[0]
     return np.ascontiguousarray(mask_utils.decode(merged), dtype=np.uint8)
 
 

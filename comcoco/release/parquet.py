@@ -1,0 +1,231 @@
+"""``parquet/<variant>/<split>-NNNNN.parquet``: one row per sample, images as Hugging Face ``Image`` structs.
+
+``datasets.load_dataset("parquet", ...)`` decodes the images; every other column is plain Arrow. Each
+file is one job (``ParquetPart``: its entries and their boxes, no pixels) that reads the sample's
+files from the release folder, so the files of both variants are written side by side in a process
+pool (``comcoco.pool``), byte for byte the same as one after the other.
+
+The image columns hold PNG and JPEG bytes that zstd barely shrinks (6 % on fpng composites and
+ground truths, for twice the writing time: docs/release.md), so they are stored uncompressed and
+every other column zstd-compressed. Dictionary encoding stays on: samples of one composite share its
+image bytes, which the dictionary stores once.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass
+from pathlib import Path
+from typing import TYPE_CHECKING, Any
+
+import numpy as np
+import pyarrow as pa
+import pyarrow.parquet as pq
+
+from comcoco.io import atomic_path
+from comcoco.pool import INLINE, Jobs, WorkerPool
+from comcoco.release.export import (
+    DEFAULT_ROWS_PER_PARQUET,
+    EFFECTS_DIR,
+    GT_DIR,
+    IMAGES_DIR,
+    MASKS_DIR,
+    PARQUET_DIR,
+    VARIANTS,
+    ExportError,
+    ReleaseEntry,
+    ref_provenance,
+    variant_entries,
+)
+from comcoco.sources.refer import COCO_CATEGORIES
+
+if TYPE_CHECKING:
+    from comcoco.release.files import ExportedSample
+
+_IMAGE_STRUCT = pa.struct([pa.field("bytes", pa.binary()), pa.field("path", pa.string())])
+_PROV_FLOATS = ("s", "rx", "ry", "placement_score")
+IMAGE_COLUMNS = ("image", "ground_truth", "mask", "effect_mask")
+PARQUET_SCHEMA = pa.schema([
+    pa.field("sample_id", pa.string()),
+    pa.field("split", pa.string()),
+    pa.field("ref_id", pa.int64()),
+    pa.field("image_id", pa.int64()),
+    pa.field("ann_id", pa.int64()),
+    *[pa.field(n, _IMAGE_STRUCT) for n in IMAGE_COLUMNS],
+    pa.field("expressions", pa.list_(pa.string())),
+    pa.field("sent_ids", pa.list_(pa.int64())),
+    pa.field("spatial", pa.list_(pa.bool_())),
+    pa.field("bbox", pa.list_(pa.float64())),
+    pa.field("category_id", pa.int64()),
+    pa.field("category", pa.string()),
+    pa.field("width", pa.int64()),
+    pa.field("height", pa.int64()),
+    pa.field("fg_ref_id", pa.int64()),
+    pa.field("fg_ann_id", pa.int64()),
+    pa.field("fg_image_id", pa.int64()),
+    pa.field("bg_image_id", pa.int64()),
+    *[pa.field(n, pa.float64()) for n in _PROV_FLOATS],
+    pa.field("review_decision", pa.string()),
+    pa.field("reviewer", pa.string()),
+    pa.field("provenance", pa.string()),
+])
+_HF_FEATURES = {n: {"_type": "Image"} for n in IMAGE_COLUMNS}
+PARQUET_SCHEMA = PARQUET_SCHEMA.with_metadata(
+    {b"huggingface": json.dumps({"info": {"features": _HF_FEATURES}}, sort_keys=True).encode()}
+)
+_CATEGORY_NAME = {c.id: c.name for c in COCO_CATEGORIES}
+
+
+def _leaf_columns(schema: pa.Schema) -> list[str]:
+    """Parquet's dotted path of every leaf column (``image.bytes``, ``bbox.list.element``, ...)."""
+    out: list[str] = []
+
+    def walk(path: str, typ: pa.DataType) -> None:
+        if pa.types.is_struct(typ):
+            for f in typ:
+                walk(f"{path}.{f.name}", f.type)
+        elif pa.types.is_list(typ):
+            walk(f"{path}.list.element", typ.value_type)
+        else:
+            out.append(path)
+
+    for f in schema:
+        walk(f.name, f.type)
+    return out
+
+
+_IMAGE_BYTES = {f"{n}.bytes" for n in IMAGE_COLUMNS}
+COMPRESSION = {c: "none" if c in _IMAGE_BYTES else "zstd" for c in _leaf_columns(PARQUET_SCHEMA)}
+# No min/max statistics of image bytes: nothing filters on them, and they would copy images into the footer.
+_STATISTICS = [c for c in _leaf_columns(PARQUET_SCHEMA) if c not in _IMAGE_BYTES]
+# Dictionary-encoded: every plain column, and composites (shared by a composite's samples, stored once);
+# never ground truths and masks, each of which belongs to one sample.
+_DICTIONARY = [c for c in _leaf_columns(PARQUET_SCHEMA) if c not in _IMAGE_BYTES or c == "image.bytes"]
+_PLAIN_SCHEMA = pa.schema([f for f in PARQUET_SCHEMA if f.name not in IMAGE_COLUMNS])
+_MAX_CHUNK_BYTES = (1 << 31) - 1
+
+
+@dataclass(frozen=True)
+class ParquetPart:
+    """One Parquet file to write: its release-relative path, variant and rows' entries and boxes."""
+
+    rel: str
+    variant: str
+    entries: tuple[ReleaseEntry, ...]
+    bboxes: tuple[tuple[float, float, float, float], ...]
+
+
+def parquet_parts(entries: Sequence[ReleaseEntry], exported: Mapping[str, ExportedSample], variant: str,
+                  rows_per_file: int = DEFAULT_ROWS_PER_PARQUET) -> list[ParquetPart]:
+    """The variant's files: per non-empty split, ``rows_per_file`` samples each, in ref id order."""
+    if rows_per_file < 1:
+        raise ValueError(f"rows per Parquet file must be at least 1, got {rows_per_file}")
+    by_split: dict[str, list[ReleaseEntry]] = {}
+    for e in variant_entries(entries, variant):
+        by_split.setdefault(e.split, []).append(e)
+    parts = []
+    for split in sorted(by_split):
+        chunk_list = by_split[split]
+        for i in range(0, len(chunk_list), rows_per_file):
+            chosen = tuple(chunk_list[i:i + rows_per_file])
+            parts.append(ParquetPart(rel=f"{PARQUET_DIR}/{variant}/{split}-{i // rows_per_file:05d}.parquet",
+                                     variant=variant, entries=chosen,
+                                     bboxes=tuple(exported[e.sample_id].bbox for e in chosen)))
+    return parts
+
+
+def _row(e: ReleaseEntry, bbox: Sequence[float], variant: str) -> dict[str, Any]:
+    """A row's columns but the images."""
+    exprs = e.expressions_for(variant)
+    prov = ref_provenance(e)
+    review = prov.get("review") or {}
+    placement = prov.get("placement") or {}
+    return {
+        "sample_id": e.sample_id, "split": e.split, "ref_id": e.ref_id, "image_id": e.image_id,
+        "ann_id": e.ann_id,
+        "expressions": [x.raw for x in exprs], "sent_ids": [x.sent_id for x in exprs],
+        "spatial": [x.spatial for x in exprs], "bbox": list(bbox),
+        "category_id": e.category_id, "category": _CATEGORY_NAME.get(e.category_id, ""),
+        "width": e.width, "height": e.height,
+        "fg_ref_id": prov.get("fg_ref_id"), "fg_ann_id": prov.get("fg_ann_id"),
+        "fg_image_id": prov.get("fg_image_id"), "bg_image_id": prov.get("bg_image_id"),
+        "s": placement.get("s"), "rx": placement.get("rx"), "ry": placement.get("ry"),
+        "placement_score": placement.get("score"),
+        "review_decision": review.get("decision"), "reviewer": review.get("reviewer"),
+        "provenance": json.dumps(prov, sort_keys=True),
+    }
+
+
+def _image_files(e: ReleaseEntry) -> dict[str, str]:
+    """Each image column's file of a sample, release-relative."""
+    return {"image": f"{IMAGES_DIR}/{e.image_file_name}", "ground_truth": f"{GT_DIR}/{e.gt_file_name}",
+            "mask": f"{MASKS_DIR}/{e.mask_file_name}", "effect_mask": f"{EFFECTS_DIR}/{e.effect_file_name}"}
+
+
+def _image_column(release: Path, rels: Sequence[str]) -> pa.ChunkedArray:
+    """``{bytes, path}`` structs of the files ``rels``, each read straight into one Arrow buffer (no
+    Python ``bytes`` in between, which would copy every image twice more). A chunk holds at most 2 GiB,
+    the most a ``binary`` column's 32-bit offsets can address."""
+    sizes = [(release / rel).stat().st_size for rel in rels]
+    for rel, size in zip(rels, sizes, strict=True):
+        if size > _MAX_CHUNK_BYTES:
+            raise ExportError(f"{release / rel}: {size} bytes, more than a Parquet binary value can hold")
+    chunks, start = [], 0
+    while start < len(rels) or not chunks:
+        end, total = start, 0
+        while end < len(rels) and (end == start or total + sizes[end] <= _MAX_CHUNK_BYTES):
+            total += sizes[end]
+            end += 1
+        offsets = np.zeros(end - start + 1, dtype=np.int32)
+        np.cumsum(sizes[start:end], out=offsets[1:])
+        data = pa.allocate_buffer(total)
+        view, pos = memoryview(data), 0
+        for rel, size in zip(rels[start:end], sizes[start:end], strict=True):
+            with open(release / rel, "rb", buffering=0) as fh:
+                if fh.readinto(view[pos:pos + size]) != size:
+                    raise ExportError(f"{release / rel}: changed size while it was read into a Parquet file")
+            pos += size
+        blobs = pa.Array.from_buffers(pa.binary(), end - start, [None, pa.py_buffer(offsets), data])
+        chunks.append(pa.StructArray.from_arrays([blobs, pa.array(rels[start:end], pa.string())],
+                                                 fields=list(_IMAGE_STRUCT)))
+        start = end
+    return pa.chunked_array(chunks, _IMAGE_STRUCT)
+
+
+def parquet_table(release: str | os.PathLike[str], part: ParquetPart) -> pa.Table:
+    """The rows of one Parquet file, the images read from the sample files under ``release``."""
+    release = Path(release)
+    plain = pa.Table.from_pylist([_row(e, bbox, part.variant) for e, bbox in zip(part.entries, part.bboxes,
+                                                                                  strict=True)], schema=_PLAIN_SCHEMA)
+    files = [_image_files(e) for e in part.entries]
+    columns = [_image_column(release, [f[c.name] for f in files]) if c.name in IMAGE_COLUMNS else plain.column(c.name)
+               for c in PARQUET_SCHEMA]
+    return pa.Table.from_arrays(columns, schema=PARQUET_SCHEMA)
+
+
+def write_parquet_part(release: str | os.PathLike[str], part: ParquetPart) -> str:
+    """Write one Parquet file from the sample files under ``release``; its relative path.
+
+    Written beside its name and renamed, without an fsync: the release builder flushes the staging
+    folder once before publishing it.
+    """
+    table = parquet_table(release, part)
+    with atomic_path(Path(release) / part.rel, sync=False) as tmp:
+        pq.write_table(table, str(tmp), compression=COMPRESSION, write_statistics=_STATISTICS,
+                       use_dictionary=_DICTIONARY)
+    return part.rel
+
+
+def start_parquet(release: str | os.PathLike[str], entries: Sequence[ReleaseEntry],
+                  exported: Mapping[str, ExportedSample], rows_per_file: int = DEFAULT_ROWS_PER_PARQUET,
+                  pool: WorkerPool = INLINE) -> tuple[list[ParquetPart], Jobs]:
+    """Every variant's Parquet files as pool jobs (started now; ``Jobs.results()`` gives their paths)."""
+    parts = [p for variant in VARIANTS for p in parquet_parts(entries, exported, variant, rows_per_file)]
+
+    def lost(k: int) -> Exception:
+        return ExportError(f"{Path(release) / parts[k].rel}: a worker process ended abruptly (killed, or out "
+                           f"of memory) while writing it")
+
+    return parts, Jobs(pool, write_parquet_part, [(str(release), p) for p in parts], lost)
