@@ -13,6 +13,25 @@ from pathlib import Path
 from typing import IO
 
 
+def _temporary_beside(path: Path) -> tuple[int, str]:
+    path.parent.mkdir(parents=True, exist_ok=True)
+    return tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
+
+
+@contextmanager
+def _renamed_or_removed(tmp: str, path: Path) -> Iterator[None]:
+    """Rename ``tmp`` over ``path`` when the block ends without error; remove it otherwise."""
+    try:
+        yield
+        os.replace(tmp, path)
+    except BaseException:
+        try:
+            os.unlink(tmp)
+        except FileNotFoundError:
+            pass
+        raise
+
+
 @contextmanager
 def atomic_write(path: str | os.PathLike[str], mode: str = "wb", sync: bool = True) -> Iterator[IO]:
     """Write to a temporary file beside ``path``, fsync, then rename over it.
@@ -21,21 +40,13 @@ def atomic_write(path: str | os.PathLike[str], mode: str = "wb", sync: bool = Tr
     many small files whose writer flushes the whole filesystem once afterwards (``flush_filesystem``).
     """
     path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
-    try:
+    fd, tmp = _temporary_beside(path)
+    with _renamed_or_removed(tmp, path):
         with os.fdopen(fd, mode) as fh:
             yield fh
             fh.flush()
             if sync:
                 os.fsync(fh.fileno())
-        os.replace(tmp, path)
-    except BaseException:
-        try:
-            os.unlink(tmp)
-        except FileNotFoundError:
-            pass
-        raise
 
 
 @contextmanager
@@ -44,10 +55,9 @@ def atomic_path(path: str | os.PathLike[str], sync: bool = True) -> Iterator[Pat
     skips Python's file object and its copy of every block); renamed over ``path`` when the block ends
     without error (fsynced first unless ``sync=False``), removed otherwise."""
     path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
+    fd, tmp = _temporary_beside(path)
     os.close(fd)
-    try:
+    with _renamed_or_removed(tmp, path):
         yield Path(tmp)
         if sync:
             fd = os.open(tmp, os.O_RDONLY)
@@ -55,13 +65,6 @@ def atomic_path(path: str | os.PathLike[str], sync: bool = True) -> Iterator[Pat
                 os.fsync(fd)
             finally:
                 os.close(fd)
-        os.replace(tmp, path)
-    except BaseException:
-        try:
-            os.unlink(tmp)
-        except FileNotFoundError:
-            pass
-        raise
 
 
 def write_bytes_atomic(path: str | os.PathLike[str], data: bytes, sync: bool = True) -> None:
