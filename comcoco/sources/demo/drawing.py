@@ -10,15 +10,12 @@ images (refs, sentences) are given by the caller, in image order, from what come
 from __future__ import annotations
 
 import math
-import multiprocessing
-import os
 from collections.abc import Sequence
-from concurrent.futures import FIRST_COMPLETED, ProcessPoolExecutor, wait
-from concurrent.futures.process import BrokenProcessPool
 from dataclasses import dataclass
 from pathlib import Path
 
 from comcoco.io import write_bytes_atomic
+from comcoco.pool import Jobs, available_cores, worker_pool
 from comcoco.progress import Progress
 from comcoco.records import ImageInfo
 from comcoco.sources.demo.scene import DemoObject, demo_file_name, encode_jpeg, render_demo_image
@@ -57,11 +54,7 @@ class DemoImageError(RuntimeError):
 
 def default_workers() -> int:
     """The CPU cores this process may run on, at most ``MAX_DEFAULT_WORKERS``."""
-    try:
-        cores = len(os.sched_getaffinity(0))
-    except AttributeError:  # no affinity call on this platform
-        cores = os.cpu_count() or 1
-    return max(1, min(MAX_DEFAULT_WORKERS, cores))
+    return min(MAX_DEFAULT_WORKERS, available_cores())
 
 
 def chunk_jobs(jobs: Sequence[ImageJob], workers: int) -> list[list[ImageJob]]:
@@ -89,55 +82,25 @@ def draw_chunk(image_dir: str, seed: int, category_ids: dict[str, int],
     return drawn
 
 
-def _init_worker() -> None:
-    """One OpenCV thread per worker: the parallelism is the pool's."""
-    import cv2
-
-    cv2.setNumThreads(1)
-
-
 def draw_images(image_dir: Path, seed: int, category_ids: dict[str, int], jobs: Sequence[ImageJob],
                 workers: int = 1, progress: Progress | None = None) -> list[DrawnImage]:
     """Every job's image written into ``image_dir``; their entries in job order, whatever ``workers``.
 
-    ``workers`` 1 draws in this process; more use a process pool (``forkserver``: workers start from
-    a clean process, so threads this one may run, a progress bar's or a server's, are never forked).
-    The first failure stops the run: chunks not started are cancelled, running ones finish, and the
-    error is raised here.
+    ``workers`` 1 draws in this process; more use a ``comcoco.pool`` process pool. The first failure
+    stops the run: chunks not started are cancelled, running ones finish, and the error is raised here;
+    a worker that died names the images it left undrawn.
     """
     chunks = chunk_jobs(jobs, workers)
-    if workers <= 1 or len(chunks) <= 1:
-        drawn: list[DrawnImage] = []
-        for chunk in chunks:
-            drawn.extend(draw_chunk(str(image_dir), seed, category_ids, chunk))
-            if progress is not None:
-                progress.advance(len(chunk))
-        return drawn
-    results: dict[int, list[DrawnImage]] = {}
-    ctx = multiprocessing.get_context("forkserver")
-    with ProcessPoolExecutor(max_workers=min(workers, len(chunks)), mp_context=ctx,
-                             initializer=_init_worker) as pool:
-        pending = {pool.submit(draw_chunk, str(image_dir), seed, category_ids, chunk): k
-                   for k, chunk in enumerate(chunks)}
-        try:
-            while pending:
-                done, _ = wait(pending, return_when=FIRST_COMPLETED)
-                for future in sorted(done, key=pending.__getitem__):
-                    k = pending.pop(future)
-                    results[k] = _result(future, chunks[k])
-                    if progress is not None:
-                        progress.advance(len(chunks[k]))
-        except BaseException:
-            pool.shutdown(wait=True, cancel_futures=True)
-            raise
-    return [image for k in range(len(chunks)) for image in results[k]]
 
+    def lost(k: int) -> DemoImageError:
+        first, last = chunks[k][0].index, chunks[k][-1].index
+        return DemoImageError(first, f"a worker process ended abruptly (killed, or out of memory) "
+                                     f"before images {first}-{last} were written")
 
-def _result(future, chunk: list[ImageJob]) -> list[DrawnImage]:
-    """A chunk's images, or its error; a worker that died names the images it left undrawn."""
-    try:
-        return future.result()
-    except BrokenProcessPool as exc:
-        first, last = chunk[0].index, chunk[-1].index
-        raise DemoImageError(first, f"a worker process ended abruptly (killed, or out of memory) "
-                                    f"before images {first}-{last} were written") from exc
+    def done(k: int) -> None:
+        if progress is not None:
+            progress.advance(len(chunks[k]))
+
+    with worker_pool(min(workers, len(chunks))) as pool:
+        results = Jobs(pool, draw_chunk, [(str(image_dir), seed, category_ids, c) for c in chunks], lost).results(done)
+    return [image for drawn in results for image in drawn]
