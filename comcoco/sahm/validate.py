@@ -29,6 +29,7 @@ import torch
 
 from comcoco.ids import rng_for
 from comcoco.io import write_text_atomic
+from comcoco.pool import available_cores
 from comcoco.sahm.data import TEXT_MODES, DataError, ReleaseSamples, TextSubstitute, make_collate
 from comcoco.sahm.distributed import SMALL_INPUT, cpu_threads, resolve_device
 from comcoco.sahm.metrics import METRIC_KEYS, not_computed
@@ -250,7 +251,7 @@ def _twins_side_by_side(runtime: Runtime, options: TrainOptions) -> bool:
     small = options.sahm_config().image_size <= SMALL_INPUT
     one_thread = runtime.threads == 1 or (runtime.threads is None and (omp == "1" or (omp is None and small)))
     return (device.type == "cpu" and "WORLD_SIZE" not in os.environ and one_thread
-            and len(os.sched_getaffinity(0)) >= 2)
+            and available_cores() >= 2)
 
 
 def _train_blind(run: Path, options: TrainOptions, runtime: Runtime) -> None:
