@@ -44,12 +44,13 @@ def summary_markdown(version: str, result: dict[str, Any]) -> str:
 
 @flow(name="comcoco-release", log_prints=False)
 def release(workdir: str, releases: str, version: str, options: dict | None = None,
-            validation: Any = None, progress: bool = False, workers: int | None = None) -> dict[str, Any]:
+            validation: Any = None, progress: bool = False, workers: int | None = None,
+            pack: bool = True) -> dict[str, Any]:
     """Build ``releases/comcoco-<version>`` from ``workdir``; returns its path, counts and timings."""
     logger = get_run_logger()
     logger.info("releasing %s from %s into %s", version, workdir, releases)
     result = run_release_stages(workdir, releases, version, ReleaseOptions(**(options or {})), PrefectExecutor(),
-                                validation, progress, workers)
+                                validation, progress, workers, pack)
     compared = result["manifest"].get("compared")
     if compared is not None and compared["identical_data"]:
         logger.warning("%s", compared["note"])
@@ -61,13 +62,16 @@ def release(workdir: str, releases: str, version: str, options: dict | None = No
 
 
 def run_release(workdir: str | Path, releases: str | Path, version: str, options: ReleaseOptions | None = None,
-                validate: Any = None, progress: bool = False, workers: int | None = None) -> dict[str, Any]:
+                validate: Any = None, progress: bool = False, workers: int | None = None,
+                pack: bool = True) -> dict[str, Any]:
     """The Python entry point behind ``comcoco release``: run the release flow.
 
     ``validate`` is a ``comcoco.sahm.validate.ValidationOptions``, ``"module:function"``, or None;
-    ``workers`` export processes (None: every core), which never change a byte of the release.
+    ``workers`` export processes (None: every core), which never change a byte of the release;
+    ``pack=False`` publishes it without ``dist/``.
     """
     to_dict = getattr(validate, "to_dict", None)
     return release(workdir=str(Path(workdir).resolve()), releases=str(Path(releases).resolve()), version=version,
                    options=(options or ReleaseOptions()).to_dict(),
-                   validation=to_dict() if callable(to_dict) else validate, progress=progress, workers=workers)
+                   validation=to_dict() if callable(to_dict) else validate, progress=progress, workers=workers,
+                   pack=pack)

@@ -159,6 +159,8 @@ def test_each_verb_refuses_bad_paths_in_one_line(demo_source_small, built, relea
         (["release", str(built), "-o", str(a_file), "--version", "1.0.0"], "a file stands"),
         (["release", str(tmp_path), "-o", str(tmp_path / "r"), "--version", "1.0.0"], "plan.json"),
         (["release", "diff", missing, str(release)], "not found"),
+        (["release", "pack", missing], "not found"),
+        (["release", "pack", str(release)], "already packed"),
         (["download", missing, "-o", str(tmp_path / "d")], None),
         (["verify", missing], "not found"),
         (["validate", missing, "--no-write"], "not a comcoco release"),

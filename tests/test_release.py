@@ -4,10 +4,12 @@ leak-free splits, review decisions, determinism, card, diff, and download over H
 from __future__ import annotations
 
 import functools
+import hashlib
 import http.server
 import json
 import re
 import shutil
+import tarfile
 import threading
 from collections import defaultdict
 from pathlib import Path
@@ -432,8 +434,55 @@ def test_tampered_shard_refused_nothing_extracted(release, served, tmp_path):
     assert res.exit_code == 3 and "not a comcoco release" in res.output
 
 
+def test_no_dist_release_packed_later_gives_the_same_shards(release, workdir, tmp_path):
+    """--no-dist publishes the same files without dist/; `release pack` then writes the very shards the
+    build would have; it refuses a release whose files no longer match its manifest, and a second pack."""
+    def cli_release(out: Path, *extra: str) -> Path:
+        res = runner.invoke(app, ["release", str(workdir), "-o", str(out), "--version", "1.0.0", "--rows-per-parquet",
+                                  "3", "--shard-mb", "1", "--split", "train=2,val=1,test=1", "--no-progress", *extra])
+        assert res.exit_code == 0, res.output
+        return res.output
+
+    assert "no dist/" in cli_release(tmp_path / "R", "--no-dist")
+    bare = tmp_path / "R" / "comcoco-1.0.0"
+    assert not (bare / "dist").exists()
+    assert read_manifest(bare)["files"] == read_manifest(release)["files"] and verify_release(bare) == []
+
+    victim = sorted((bare / "gt").iterdir())[0]
+    good = victim.read_bytes()
+    victim.write_bytes(good[:-1] + bytes([good[-1] ^ 1]))
+    (bare / "dist.incomplete").mkdir()  # left by an interrupted pack: removed, never listed as a problem
+    res = runner.invoke(app, ["release", "pack", str(bare), "--shard-mb", "1", "--no-progress"])
+    assert res.exit_code == 3 and f"gt/{victim.name}" in res.output and "not packed" in res.output
+    assert not (bare / "dist").exists() and not (bare / "dist.incomplete").exists()
+
+    victim.write_bytes(good)
+    res = runner.invoke(app, ["release", "pack", str(bare), "--shard-mb", "1", "--no-progress"])
+    assert res.exit_code == 0, res.output
+    assert "dist/index.json for download" in cli_release(tmp_path / "P")
+    packed = tmp_path / "P" / "comcoco-1.0.0"
+    names = sorted(p.name for p in (packed / "dist").glob("*.tar"))
+    assert sorted(p.name for p in (bare / "dist").glob("*.tar")) == names and len(names) >= 2
+    for name in names:  # the same files in the same shards; manifest.json differs only by its `created` time
+        with tarfile.open(bare / "dist" / name) as a, tarfile.open(packed / "dist" / name) as b:
+            assert a.getnames() == b.getnames(), name
+            for m in a.getmembers():
+                got = a.extractfile(m).read()
+                if m.name == "manifest.json":
+                    assert got == (bare / "manifest.json").read_bytes()
+                else:
+                    assert got == b.extractfile(m.name).read(), m.name
+    index = json.loads((bare / "dist" / "index.json").read_text())
+    for shard in index["shards"]:
+        assert hashlib.sha256((bare / "dist" / shard["name"]).read_bytes()).hexdigest() == shard["sha256"]
+    assert verify_release(bare) == []
+    res = runner.invoke(app, ["release", "pack", str(bare), "--no-progress"])
+    assert res.exit_code == 3 and "already packed" in res.output
+
+
 def test_cli_create_is_the_default_subcommand(release, workdir, tmp_path):
-    for args in (["release", "--help"], ["release", "create", "--help"], ["release", "diff", "--help"]):
+    for args in (["release", "--help"], ["release", "create", "--help"], ["release", "diff", "--help"],
+                 ["release", "pack", "--help"]):
         res = runner.invoke(app, args)
         assert res.exit_code == 0 and "Usage" in res.output, args
     res = runner.invoke(app, ["release", str(workdir), "-o", str(release.parent), "--version", "1.0.0", "--no-progress"])

@@ -1,4 +1,5 @@
-"""``comcoco release``: build a versioned release from a work directory; ``release diff A B`` compares two.
+"""``comcoco release``: build a versioned release from a work directory; ``release diff A B`` compares two;
+``release pack RELEASE`` packs ``dist/`` for a release published with ``--no-dist``.
 
 ``comcoco release WORKDIR -o RELEASES --version X.Y.Z`` is short for ``comcoco release create ...``.
 """
@@ -16,7 +17,8 @@ from comcoco.commands._common import UserError, usage_errors, user_errors
 from comcoco.commands._options import out_option
 
 DIFF_ROWS = 20
-release_app = typer.Typer(help="Build a versioned ComCOCO release, or compare two (release diff A B).",
+release_app = typer.Typer(help="Build a versioned ComCOCO release, compare two (release diff A B), or pack "
+                          "one published with --no-dist (release pack RELEASE).",
                           no_args_is_help=True, add_completion=False)
 
 
@@ -56,6 +58,9 @@ def create(
     split_seed: int = typer.Option(0, "--split-seed", help="Seed for the split assignment."),
     rows_per_parquet: int = typer.Option(1000, "--rows-per-parquet", min=1, help="Rows per Parquet file."),
     shard_mb: int = typer.Option(512, "--shard-mb", min=1, help="Size of the dist/ tar shards in MB."),
+    dist: bool = typer.Option(True, "--dist/--no-dist", help="Pack dist/ (tar shards for `comcoco download`; as "
+                              "many bytes again as the release). --no-dist for a release published as a folder; "
+                              "`comcoco release pack` adds dist/ later."),
     validate: bool = typer.Option(False, "--validate", help="Validate the release with SAHM before publishing it "
                                   "(the result ships in validation/ and the card)."),
     validate_config: str = typer.Option("auto", "--validate-config", help="SAHM configuration: auto|tiny|paper."),
@@ -100,7 +105,7 @@ def create(
             from pipelines.release import run_release  # directory being built) is refused here, at once
 
             result = run_release(workdir, out, version, options, validate=validation, progress=progress,
-                                 workers=workers)
+                                 workers=workers, pack=dist)
     path = Path(result["release"])
     manifest = json.loads((path / "manifest.json").read_text())
     typer.echo(f"release  {path}")
@@ -111,7 +116,8 @@ def create(
     typer.echo(f"selected {sel['selected']} of {sel['workdir_status'].get('ok', 0)} built samples; "
                f"left out: {sel['excluded'] or 'none'}; unreviewed: {sel['review']['unreviewed']} "
                f"({sel['unreviewed_policy']}d)")
-    typer.echo(f"files    {len(manifest['files'])} in manifest.json; dist/index.json for download")
+    typer.echo(f"files    {len(manifest['files'])} in manifest.json; "
+               + ("dist/index.json for download" if dist else f"no dist/ (comcoco release pack {path} adds it)"))
     audit = result.get("audit")
     if audit:
         typer.echo(f"audit    {audit['verdict']} ({audit['targets_audited']} of {audit['targets_in_release']} "
@@ -124,6 +130,23 @@ def create(
             typer.echo(f"  configuration: {change}")
         if compared["identical_data"]:
             typer.echo(f"note: {compared['note']}")
+
+
+@release_app.command("pack")
+def pack(
+    release: Path = typer.Argument(..., help="A published release folder without dist/ (comcoco release --no-dist)."),
+    shard_mb: int = typer.Option(512, "--shard-mb", min=1, help="Size of the tar shards in MB."),
+    progress: bool = typer.Option(True, "--progress/--no-progress", help="Show progress bars."),
+) -> None:
+    """Add dist/ (tar shards and index.json for `comcoco download`) to a release published without it,
+    after checking every file against its manifest.json."""
+    from comcoco.release.builder import ReleaseError, pack_published
+    from comcoco.release.manifest import ManifestError
+
+    with user_errors(ReleaseError, ManifestError):
+        out = pack_published(release, shard_mb * 1024 * 1024, progress=progress)
+    typer.echo(f"dist     {release / 'dist'}: {out['shards']} tar shard(s), {out['bytes'] / 1e6:.1f} MB; "
+               "index.json for download")
 
 
 @release_app.command("diff")

@@ -7,8 +7,10 @@ unvalidated is ever published and an existing version is never overwritten. Inte
 in ``<staging>/_build/`` (never hashed, never shipped, removed on success). Every stage step is a
 function of paths and small dicts, so the flow in ``pipelines/release.py`` runs each as a task.
 
-A published release never changes: validating an existing one writes its report beside it
-(``comcoco.sahm.validate.write_validation``), never into it.
+A published release's files never change: validating an existing one writes its report beside it
+(``comcoco.sahm.validate.write_validation``), never into it. The one later addition is ``dist/`` for a
+release published without it (``pack=False``, ``comcoco release --no-dist``): ``pack_published``
+checks every file against the manifest first, and the manifest never lists ``dist/``.
 """
 
 from __future__ import annotations
@@ -43,7 +45,7 @@ from comcoco.release.options import (  # noqa: F401 (re-exported: these lived he
     release_name,
     version_key,
 )
-from comcoco.release.pack import pack_release
+from comcoco.release.pack import DEFAULT_SHARD_BYTES, pack_release
 from comcoco.release.select import polygons_of, select_entries  # noqa: F401 (re-exported)
 from comcoco.stages import Executor, Inline, Stage, walk
 from comcoco.workdir import Workdir, WorkdirError
@@ -229,13 +231,44 @@ def manifest_stage(workdir: str | os.PathLike[str], staging: str | os.PathLike[s
 
 
 def dist_stage(staging: str | os.PathLike[str], version: str, options: ReleaseOptions, progress: bool = False) -> dict[str, Any]:
+    return _pack(Path(staging), Path(staging) / "dist", version, options.shard_bytes, progress)
+
+
+def _pack(release: Path, dist: Path, version: str, shard_bytes: int, progress: bool) -> dict[str, Any]:
+    """The manifest's files and the manifest itself as tar shards in ``dist``."""
     from comcoco.release.manifest import MANIFEST_NAME
 
-    staging = Path(staging)
-    manifest = json.loads((staging / MANIFEST_NAME).read_text())
+    manifest = json.loads((release / MANIFEST_NAME).read_text())
     files = sorted(manifest["files"]) + [MANIFEST_NAME]
-    shards = pack_release(staging, files, staging / "dist", version, options.shard_bytes, progress=progress)
+    shards = pack_release(release, files, dist, version, shard_bytes, progress=progress)
     return {"shards": len(shards), "bytes": sum(s.size for s in shards)}
+
+
+def pack_published(release: str | os.PathLike[str], shard_bytes: int = DEFAULT_SHARD_BYTES,
+                   progress: bool = False) -> dict[str, Any]:
+    """``dist/`` for a release published without it: the same shards its build would have packed.
+
+    Every file is first checked against ``manifest.json`` (a changed or extra file is never packed);
+    the shards go to ``dist.incomplete/``, which is renamed ``dist/`` when whole, under the version's lock.
+    """
+    from comcoco.release.manifest import read_manifest, verify_release
+
+    release = Path(release).resolve()
+    version = read_manifest(release)["version"]
+    dist, tmp = release / "dist", release / "dist.incomplete"
+    with exclusive(release.parent / f".{release_name(version)}.lock", f"pack {version}",
+                   f"release {version} in {release.parent}"):
+        if dist.exists():
+            raise ReleaseError(f"{dist}: already packed (remove it to pack again)")
+        shutil.rmtree(tmp, ignore_errors=True)  # left by an interrupted pack
+        problems = verify_release(release, progress=progress)
+        if problems:
+            shown = "; ".join(problems[:3]) + (f"; ... {len(problems) - 3} more" if len(problems) > 3 else "")
+            raise ReleaseError(f"{release}: {len(problems)} file(s) do not match manifest.json, not packed: {shown}")
+        out = _pack(release, tmp, version, shard_bytes, progress)
+        flush_filesystem(tmp)
+        os.rename(tmp, dist)
+    return out
 
 
 # --- the stage list ------------------------------------------------------------------------------------
@@ -252,6 +285,7 @@ class ReleaseContext:
     validate: Any = None  # ValidationOptions (or its dict), a callable, "module:function", or None
     progress: bool = False
     workers: int | None = None  # export processes (None: every core); never changes a byte of the release
+    pack: bool = True  # write dist/ (tar shards for ``comcoco download``); never changes the release's files
     selection: dict[str, Any] = field(default_factory=dict)
     audit: dict[str, Any] | None = None
     manifest: dict[str, Any] = field(default_factory=dict)
@@ -320,7 +354,7 @@ RELEASE_STAGES: tuple[Stage, ...] = (
     Stage("card", lambda c, ex: ex.call("release-card", _card_step, c.staging, c.version, c.options.to_dict())),
     Stage("manifest", lambda c, ex: setattr(c, "manifest", ex.call(
         "release-manifest", _manifest_step, c.workdir, c.staging, c.version, c.options.to_dict(), c.progress))),
-    Stage("dist", lambda c, ex: setattr(c, "dist", ex.call(
+    Stage("dist", lambda c, ex: c.pack and setattr(c, "dist", ex.call(
         "release-dist", _dist_step, c.staging, c.version, c.options.to_dict(), c.progress))),
 )
 
@@ -337,11 +371,12 @@ def _publish_step(staging: str) -> str:
 
 def run_release_stages(workdir: str | os.PathLike[str], releases: str | os.PathLike[str], version: str,
                        options: ReleaseOptions, executor: Executor, validate: Any = None,
-                       progress: bool = False, workers: int | None = None) -> dict[str, Any]:
+                       progress: bool = False, workers: int | None = None, pack: bool = True) -> dict[str, Any]:
     """Stage, walk ``RELEASE_STAGES``, publish; returns the release's path, counts and timings.
 
     ``workers`` processes export the sample files and Parquet files (None: every core this process may
-    use); the release's bytes are the same for any number.
+    use); the release's bytes are the same for any number. ``pack=False`` leaves out ``dist/`` (as many
+    bytes again as the release: for a release published as a folder; ``pack_published`` adds it later).
 
     One builder per version: the version's lock (``RELEASES/.comcoco-X.Y.Z.lock``) is held throughout,
     and the work directory is read under its shared lock, so no build or review pull changes it meanwhile.
@@ -353,7 +388,7 @@ def run_release_stages(workdir: str | os.PathLike[str], releases: str | os.PathL
         raise ReleaseError(str(exc)) from None
     releases = Path(releases).resolve()
     with release_locks(wd.root, releases, version):
-        return _run_release_stages(wd, releases, version, options, executor, validate, progress, workers)
+        return _run_release_stages(wd, releases, version, options, executor, validate, progress, workers, pack)
 
 
 @contextmanager
@@ -368,9 +403,9 @@ def release_locks(workdir: str | os.PathLike[str], releases: str | os.PathLike[s
 
 
 def _run_release_stages(wd: Workdir, releases: Path, version: str, options: ReleaseOptions, executor: Executor,
-                        validate: Any, progress: bool, workers: int | None) -> dict[str, Any]:
+                        validate: Any, progress: bool, workers: int | None, pack: bool) -> dict[str, Any]:
     staging = executor.call("release-start", _start_step, str(releases), version)
-    ctx = ReleaseContext(str(wd.root), staging, version, options, validate, progress, workers)
+    ctx = ReleaseContext(str(wd.root), staging, version, options, validate, progress, workers, pack)
     try:
         seconds = walk(RELEASE_STAGES, ctx, executor)
         path = executor.call("release-publish", _publish_step, staging)
@@ -381,15 +416,17 @@ def _run_release_stages(wd: Workdir, releases: Path, version: str, options: Rele
         seconds.pop("validate", None)
     if not options.audit:
         seconds.pop("audit", None)
+    if not pack:
+        seconds.pop("dist", None)
     return {"release": path, "selection": ctx.selection["splits"]["splits"], "manifest": ctx.manifest,
             "audit": ctx.audit, "dist": ctx.dist, "seconds": {k: round(v, 3) for k, v in seconds.items()}}
 
 
 def build_release(workdir: str | os.PathLike[str], releases: str | os.PathLike[str], version: str,
                   options: ReleaseOptions | None = None, validate: Any = None,
-                  progress: bool = False, workers: int | None = None) -> Path:
+                  progress: bool = False, workers: int | None = None, pack: bool = True) -> Path:
     """Every release stage in this process (the export's in ``workers`` processes); returns the published
     release directory."""
     result = run_release_stages(workdir, releases, version, options or ReleaseOptions(), Inline(), validate, progress,
-                                workers)
+                                workers, pack)
     return Path(result["release"])
