@@ -160,7 +160,7 @@ def test_each_verb_refuses_bad_paths_in_one_line(demo_source_small, built, relea
         (["release", str(tmp_path), "-o", str(tmp_path / "r"), "--version", "1.0.0"], "plan.json"),
         (["release", "diff", missing, str(release)], "not found"),
         (["release", "pack", missing], "not found"),
-        (["release", "pack", str(release)], "already packed"),
+        (["release", "pack", str(release)], "packed when it was built"),
         (["download", missing, "-o", str(tmp_path / "d")], None),
         (["verify", missing], "not found"),
         (["validate", missing, "--no-write"], "not a comcoco release"),

@@ -435,9 +435,10 @@ def test_tampered_shard_refused_nothing_extracted(release, served, tmp_path):
 
 
 def test_no_dist_release_packed_later_gives_the_same_shards(release, workdir, tmp_path):
-    """--no-dist publishes the same files without dist/; `release pack` then writes the very shards the
-    build would have; it refuses a release whose files no longer match its manifest, and a second pack."""
-    def cli_release(out: Path, *extra: str) -> Path:
+    """--no-dist publishes the same files without dist/; `release pack` then writes, beside the untouched
+    release, the very shards the build would have; it refuses a release whose files no longer match its
+    manifest, an existing output and a release packed when it was built."""
+    def cli_release(out: Path, *extra: str) -> str:
         res = runner.invoke(app, ["release", str(workdir), "-o", str(out), "--version", "1.0.0", "--rows-per-parquet",
                                   "3", "--shard-mb", "1", "--split", "train=2,val=1,test=1", "--no-progress", *extra])
         assert res.exit_code == 0, res.output
@@ -445,26 +446,30 @@ def test_no_dist_release_packed_later_gives_the_same_shards(release, workdir, tm
 
     assert "no dist/" in cli_release(tmp_path / "R", "--no-dist")
     bare = tmp_path / "R" / "comcoco-1.0.0"
+    dist = tmp_path / "R" / "comcoco-1.0.0.dist"
     assert not (bare / "dist").exists()
     assert read_manifest(bare)["files"] == read_manifest(release)["files"] and verify_release(bare) == []
 
     victim = sorted((bare / "gt").iterdir())[0]
     good = victim.read_bytes()
     victim.write_bytes(good[:-1] + bytes([good[-1] ^ 1]))
-    (bare / "dist.incomplete").mkdir()  # left by an interrupted pack: removed, never listed as a problem
     res = runner.invoke(app, ["release", "pack", str(bare), "--shard-mb", "1", "--no-progress"])
     assert res.exit_code == 3 and f"gt/{victim.name}" in res.output and "not packed" in res.output
-    assert not (bare / "dist").exists() and not (bare / "dist.incomplete").exists()
+    assert not dist.exists()
 
     victim.write_bytes(good)
+    (tmp_path / "R" / "comcoco-1.0.0.dist.incomplete").mkdir()  # left by an interrupted pack: replaced
+    before = {str(p.relative_to(bare)): p.stat().st_mtime_ns for p in bare.rglob("*")}
     res = runner.invoke(app, ["release", "pack", str(bare), "--shard-mb", "1", "--no-progress"])
     assert res.exit_code == 0, res.output
+    assert {str(p.relative_to(bare)): p.stat().st_mtime_ns for p in bare.rglob("*")} == before
+    assert not (tmp_path / "R" / "comcoco-1.0.0.dist.incomplete").exists()
     assert "dist/index.json for download" in cli_release(tmp_path / "P")
-    packed = tmp_path / "P" / "comcoco-1.0.0"
-    names = sorted(p.name for p in (packed / "dist").glob("*.tar"))
-    assert sorted(p.name for p in (bare / "dist").glob("*.tar")) == names and len(names) >= 2
+    packed = tmp_path / "P" / "comcoco-1.0.0" / "dist"
+    names = sorted(p.name for p in packed.glob("*.tar"))
+    assert sorted(p.name for p in dist.glob("*.tar")) == names and len(names) >= 2
     for name in names:  # the same files in the same shards; manifest.json differs only by its `created` time
-        with tarfile.open(bare / "dist" / name) as a, tarfile.open(packed / "dist" / name) as b:
+        with tarfile.open(dist / name) as a, tarfile.open(packed / name) as b:
             assert a.getnames() == b.getnames(), name
             for m in a.getmembers():
                 got = a.extractfile(m).read()
@@ -472,12 +477,14 @@ def test_no_dist_release_packed_later_gives_the_same_shards(release, workdir, tm
                     assert got == (bare / "manifest.json").read_bytes()
                 else:
                     assert got == b.extractfile(m.name).read(), m.name
-    index = json.loads((bare / "dist" / "index.json").read_text())
+    index = json.loads((dist / "index.json").read_text())
     for shard in index["shards"]:
-        assert hashlib.sha256((bare / "dist" / shard["name"]).read_bytes()).hexdigest() == shard["sha256"]
-    assert verify_release(bare) == []
+        assert hashlib.sha256((dist / shard["name"]).read_bytes()).hexdigest() == shard["sha256"]
+    got = runner.invoke(app, ["download", str(dist), "-o", str(tmp_path / "got"), "--no-progress"])
+    assert got.exit_code == 0, got.output
+    assert read_manifest(tmp_path / "got")["files"] == read_manifest(bare)["files"]
     res = runner.invoke(app, ["release", "pack", str(bare), "--no-progress"])
-    assert res.exit_code == 3 and "already packed" in res.output
+    assert res.exit_code == 3 and "exists already" in res.output
 
 
 def test_cli_create_is_the_default_subcommand(release, workdir, tmp_path):

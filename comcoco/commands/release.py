@@ -1,5 +1,5 @@
 """``comcoco release``: build a versioned release from a work directory; ``release diff A B`` compares two;
-``release pack RELEASE`` packs ``dist/`` for a release published with ``--no-dist``.
+``release pack RELEASE`` packs a release published with ``--no-dist`` into tar shards beside it.
 
 ``comcoco release WORKDIR -o RELEASES --version X.Y.Z`` is short for ``comcoco release create ...``.
 """
@@ -60,7 +60,7 @@ def create(
     shard_mb: int = typer.Option(512, "--shard-mb", min=1, help="Size of the dist/ tar shards in MB."),
     dist: bool = typer.Option(True, "--dist/--no-dist", help="Pack dist/ (tar shards for `comcoco download`; as "
                               "many bytes again as the release). --no-dist for a release published as a folder; "
-                              "`comcoco release pack` adds dist/ later."),
+                              "`comcoco release pack` packs it later, beside the release."),
     validate: bool = typer.Option(False, "--validate", help="Validate the release with SAHM before publishing it "
                                   "(the result ships in validation/ and the card)."),
     validate_config: str = typer.Option("auto", "--validate-config", help="SAHM configuration: auto|tiny|paper."),
@@ -117,7 +117,7 @@ def create(
                f"left out: {sel['excluded'] or 'none'}; unreviewed: {sel['review']['unreviewed']} "
                f"({sel['unreviewed_policy']}d)")
     typer.echo(f"files    {len(manifest['files'])} in manifest.json; "
-               + ("dist/index.json for download" if dist else f"no dist/ (comcoco release pack {path} adds it)"))
+               + ("dist/index.json for download" if dist else f"no dist/ (comcoco release pack {path} packs it)"))
     audit = result.get("audit")
     if audit:
         typer.echo(f"audit    {audit['verdict']} ({audit['targets_audited']} of {audit['targets_in_release']} "
@@ -134,19 +134,21 @@ def create(
 
 @release_app.command("pack")
 def pack(
-    release: Path = typer.Argument(..., help="A published release folder without dist/ (comcoco release --no-dist)."),
+    release: Path = typer.Argument(..., help="A release published without dist/ (comcoco release --no-dist)."),
+    out: Path | None = typer.Option(None, "-o", "--out", help="Folder for the shards and index.json "
+                                    "(default: RELEASE.dist beside the release, which is never written to)."),
     shard_mb: int = typer.Option(512, "--shard-mb", min=1, help="Size of the tar shards in MB."),
     progress: bool = typer.Option(True, "--progress/--no-progress", help="Show progress bars."),
 ) -> None:
-    """Add dist/ (tar shards and index.json for `comcoco download`) to a release published without it,
+    """Pack a release published without dist/ into tar shards and index.json for `comcoco download`,
     after checking every file against its manifest.json."""
     from comcoco.release.builder import ReleaseError, pack_published
     from comcoco.release.manifest import ManifestError
 
     with user_errors(ReleaseError, ManifestError):
-        out = pack_published(release, shard_mb * 1024 * 1024, progress=progress)
-    typer.echo(f"dist     {release / 'dist'}: {out['shards']} tar shard(s), {out['bytes'] / 1e6:.1f} MB; "
-               "index.json for download")
+        dist, info = pack_published(release, out, shard_mb * 1024 * 1024, progress=progress)
+    typer.echo(f"dist     {dist}: {info['shards']} tar shard(s), {info['bytes'] / 1e6:.1f} MB; "
+               f"comcoco download {dist} fetches the release")
 
 
 @release_app.command("diff")

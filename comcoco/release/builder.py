@@ -7,10 +7,10 @@ unvalidated is ever published and an existing version is never overwritten. Inte
 in ``<staging>/_build/`` (never hashed, never shipped, removed on success). Every stage step is a
 function of paths and small dicts, so the flow in ``pipelines/release.py`` runs each as a task.
 
-A published release's files never change: validating an existing one writes its report beside it
-(``comcoco.sahm.validate.write_validation``), never into it. The one later addition is ``dist/`` for a
-release published without it (``pack=False``, ``comcoco release --no-dist``): ``pack_published``
-checks every file against the manifest first, and the manifest never lists ``dist/``.
+A published release never changes: validating an existing one writes its report beside it
+(``comcoco.sahm.validate.write_validation``), never into it, and so does packing one published
+without ``dist/`` (``pack=False``, ``comcoco release --no-dist``): ``pack_published`` writes the shards
+to ``comcoco-X.Y.Z.dist/`` beside it.
 """
 
 from __future__ import annotations
@@ -244,31 +244,36 @@ def _pack(release: Path, dist: Path, version: str, shard_bytes: int, progress: b
     return {"shards": len(shards), "bytes": sum(s.size for s in shards)}
 
 
-def pack_published(release: str | os.PathLike[str], shard_bytes: int = DEFAULT_SHARD_BYTES,
-                   progress: bool = False) -> dict[str, Any]:
-    """``dist/`` for a release published without it: the same shards its build would have packed.
+def pack_published(release: str | os.PathLike[str], out: str | os.PathLike[str] | None = None,
+                   shard_bytes: int = DEFAULT_SHARD_BYTES, progress: bool = False) -> tuple[Path, dict[str, Any]]:
+    """Tar shards and ``index.json`` for a release published without ``dist/``: the shards its build
+    would have packed, in ``out`` (default ``comcoco-X.Y.Z.dist`` beside it; the release is not touched).
 
-    Every file is first checked against ``manifest.json`` (a changed or extra file is never packed);
-    the shards go to ``dist.incomplete/``, which is renamed ``dist/`` when whole, under the version's lock.
+    Every file is first checked against ``manifest.json`` (a changed, missing or extra file is never
+    packed); the shards go to ``OUT.incomplete``, renamed ``OUT`` when whole, under the version's lock.
+    Returns ``out`` and the shard count and bytes.
     """
     from comcoco.release.manifest import read_manifest, verify_release
 
     release = Path(release).resolve()
     version = read_manifest(release)["version"]
-    dist, tmp = release / "dist", release / "dist.incomplete"
+    dist = Path(out).resolve() if out is not None else release.with_name(f"{release.name}.dist")
+    tmp = dist.with_name(f"{dist.name}.incomplete")
     with exclusive(release.parent / f".{release_name(version)}.lock", f"pack {version}",
                    f"release {version} in {release.parent}"):
+        if (release / "dist").exists():
+            raise ReleaseError(f"{release / 'dist'}: this release was packed when it was built")
         if dist.exists():
-            raise ReleaseError(f"{dist}: already packed (remove it to pack again)")
-        shutil.rmtree(tmp, ignore_errors=True)  # left by an interrupted pack
+            raise ReleaseError(f"{dist}: exists already (remove it to pack again)")
         problems = verify_release(release, progress=progress)
         if problems:
             shown = "; ".join(problems[:3]) + (f"; ... {len(problems) - 3} more" if len(problems) > 3 else "")
             raise ReleaseError(f"{release}: {len(problems)} file(s) do not match manifest.json, not packed: {shown}")
-        out = _pack(release, tmp, version, shard_bytes, progress)
+        shutil.rmtree(tmp, ignore_errors=True)  # left by an interrupted pack
+        info = _pack(release, tmp, version, shard_bytes, progress)
         flush_filesystem(tmp)
         os.rename(tmp, dist)
-    return out
+    return dist, info
 
 
 # --- the stage list ------------------------------------------------------------------------------------
@@ -376,7 +381,7 @@ def run_release_stages(workdir: str | os.PathLike[str], releases: str | os.PathL
 
     ``workers`` processes export the sample files and Parquet files (None: every core this process may
     use); the release's bytes are the same for any number. ``pack=False`` leaves out ``dist/`` (as many
-    bytes again as the release: for a release published as a folder; ``pack_published`` adds it later).
+    bytes again as the release: for a release published as a folder; ``pack_published`` packs it later).
 
     One builder per version: the version's lock (``RELEASES/.comcoco-X.Y.Z.lock``) is held throughout,
     and the work directory is read under its shared lock, so no build or review pull changes it meanwhile.

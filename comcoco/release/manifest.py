@@ -22,7 +22,7 @@ from comcoco.release.download import verify_files
 from comcoco.release.options import version_key
 
 MANIFEST_NAME = "manifest.json"
-EXCLUDED_TOP = ("dist", "dist.incomplete", "_build")  # packed copies and build state
+EXCLUDED_TOP = ("dist", "_build")
 CHANGELOG_TITLE = "# Changelog\n\nNewest release first. Each entry compares with the previous release.\n"
 
 
