@@ -175,6 +175,11 @@ def test_parquet_stores_images_uncompressed_and_composites_once(release):
         assert col.compression == "UNCOMPRESSED" and not col.is_stats_set, name
         assert ("RLE_DICTIONARY" in col.encodings) == (name == "image"), name  # composites repeat
     assert {c.compression for p, c in columns.items() if not p.endswith(".bytes")} == {"ZSTD"}
+    # no spatial phrases yet: ComCOCO+ holds the same rows, so its files are ComCOCO's bytes, stored once
+    ours = sorted(p.relative_to(release / "parquet/ComCOCO") for p in (release / "parquet/ComCOCO").iterdir())
+    assert ours == sorted(p.relative_to(release / "parquet/ComCOCO+") for p in (release / "parquet/ComCOCO+").iterdir())
+    for rel in ours:
+        assert (release / "parquet/ComCOCO" / rel).stat().st_ino == (release / "parquet/ComCOCO+" / rel).stat().st_ino
 
 
 def test_export_names_a_sample_whose_file_is_missing(workdir, tmp_path):
@@ -328,6 +333,25 @@ def test_review_decisions_shape_the_release(reviewed, tmp_path):
     # only reviewed samples with --unreviewed exclude
     only = build_release(wd, tmp_path / "R2", "1.1.0", ReleaseOptions(**{**OPTIONS.to_dict(), "unreviewed": "exclude"}))
     assert {r["comcoco"]["sample_id"] for r in _refs(only)} == {edited["sample_id"], adjusted["sample_id"]}
+
+    # Parquet: the file holding the sample with a spatial phrase differs between the variants (each row has
+    # its variant's expressions), the others are one file under two names
+    def rows_of(variant: str) -> dict[str, tuple[Path, list[str]]]:
+        out = {}
+        for path in sorted((rel / "parquet" / variant).glob("*.parquet")):
+            for row in pq.read_table(path, columns=["sample_id", "expressions"]).to_pylist():
+                out[row["sample_id"]] = (path, row["expressions"])
+        return out
+
+    full, appearance = rows_of("ComCOCO"), rows_of("ComCOCO+")
+    assert "object on the left" in full[edited["sample_id"]][1]
+    assert appearance[edited["sample_id"]][1] == [s.raw for s in sents[1:]]
+    shared = {full[k][0].name for k in full if k in appearance and full[k][0].name == appearance[k][0].name}
+    for name in shared:
+        a, b = rel / "parquet/ComCOCO" / name, rel / "parquet/ComCOCO+" / name
+        differs = name == full[edited["sample_id"]][0].name
+        assert (a.stat().st_ino == b.stat().st_ino) != differs and (a.read_bytes() == b.read_bytes()) != differs, name
+    assert verify_release(rel) == []
 
     d = diff_releases(tmp_path / "R" / "comcoco-1.1.0", only)
     assert d["added"] == [] and len(d["removed"]) == len(by_sample) - 2

@@ -138,16 +138,17 @@ def export_stage(workdir: str | os.PathLike[str], staging: str | os.PathLike[str
         workers = max(1, min(available_cores(), len(entries) // POOL_SAMPLES))
     with worker_pool(workers) as pool:
         files, exported = export_files(workdir, staging, entries, pool=pool, progress=progress)
-        parts, parquet_jobs = start_parquet(staging, entries, exported, options.rows_per_parquet, pool)
+        parquet = start_parquet(staging, entries, exported, options.rows_per_parquet, pool)
         out: dict[str, Any] = {"files": files, "variants": {}}
         for variant in VARIANTS:
             write_refer(staging, entries, variant, exported,
                         info={"description": f"{variant}: referring object removal pairs"})
             out["variants"][variant] = {"counts": variant_counts(entries, variant), "parquet": [],
                                         "instruct": write_instruct(staging, entries, variant)}
-        with Progress("writing Parquet", sum(len(p.entries) for p in parts), unit="row", enabled=progress) as bar:
-            written = parquet_jobs.results(lambda k: bar.advance(len(parts[k].entries)))
-    for part, rel in zip(parts, written, strict=True):
+        with Progress("writing Parquet", sum(len(p.entries) for p in parquet.parts), unit="row",
+                      enabled=progress) as bar:
+            written = parquet.results(bar.advance)
+    for part, rel in zip(parquet.parts, written, strict=True):
         out["variants"][part.variant]["parquet"].append(rel)
     write_text_atomic(staging / EXPORT_FILE, json.dumps(out, indent=2, sort_keys=True) + "\n")
     return out

@@ -45,9 +45,17 @@ def release_files(root: str | os.PathLike[str]) -> list[str]:
 
 
 def hash_files(root: str | os.PathLike[str], files: list[str], progress: bool = False) -> dict[str, dict[str, Any]]:
+    """sha256 and size of each file; a file under two names (a shared Parquet file) is read once."""
     root = Path(root)
-    return {rel: {"sha256": sha256_file(root / rel), "size": (root / rel).stat().st_size}
-            for rel in track(files, "hashing", progress, unit="file")}
+    out: dict[str, dict[str, Any]] = {}
+    seen: dict[tuple[int, int], dict[str, Any]] = {}
+    for rel in track(files, "hashing", progress, unit="file"):
+        st = (root / rel).stat()
+        key = (st.st_dev, st.st_ino)
+        if key not in seen:
+            seen[key] = {"sha256": sha256_file(root / rel), "size": st.st_size}
+        out[rel] = dict(seen[key])
+    return out
 
 
 def release_source(workdir: Path, plan: dict[str, Any]) -> dict[str, Any]:

@@ -8,14 +8,16 @@ pool (``comcoco.pool``), byte for byte the same as one after the other.
 The image columns hold PNG and JPEG bytes that zstd barely shrinks (6 % on fpng composites and
 ground truths, for twice the writing time: docs/release.md), so they are stored uncompressed and
 every other column zstd-compressed. Dictionary encoding stays on: samples of one composite share its
-image bytes, which the dictionary stores once.
+image bytes, which the dictionary stores once. A ComCOCO+ file with the same rows as ComCOCO's (no
+spatial phrase among them) is that file under a second name (``ParquetWriting``).
 """
 
 from __future__ import annotations
 
 import json
 import os
-from collections.abc import Mapping, Sequence
+import shutil
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
@@ -218,14 +220,67 @@ def write_parquet_part(release: str | os.PathLike[str], part: ParquetPart) -> st
     return part.rel
 
 
+def same_rows(a: ParquetPart, b: ParquetPart) -> bool:
+    """Whether two parts' files are byte for byte the same: the same samples, boxes and expressions (a
+    row holds no variant name, and its image paths are the variants' shared files)."""
+    return (len(a.entries) == len(b.entries) and a.bboxes == b.bboxes
+            and all(x.sample_id == y.sample_id and x.expressions_for(a.variant) == y.expressions_for(b.variant)
+                    for x, y in zip(a.entries, b.entries, strict=True)))
+
+
+@dataclass
+class ParquetWriting:
+    """Every variant's Parquet files, being written: one pool job per distinct file; a part whose rows
+    equal a part of another variant (ComCOCO+ before spatial phrases are added, or where none are) gets
+    that file's bytes by a hard link once it is written (a copy where the filesystem has no links).
+
+    Samples carry their images in every variant's file, so this halves the Parquet bytes a release writes
+    and stores whenever the variants agree; the files stay separate names, each listed and hashed by
+    the manifest, and the dist shards hold each as a regular file.
+    """
+
+    release: Path
+    parts: list[ParquetPart]
+    source: list[int]  # per part: the part whose job writes its bytes (itself, or an equal earlier part)
+    jobs: Jobs
+
+    def results(self, rows_done: Callable[[int], None] = lambda n: None) -> list[str]:
+        """Wait for the files; each part's release-relative path, in ``parts`` order."""
+        writers = sorted(set(self.source))
+        self.jobs.results(lambda k: rows_done(len(self.parts[writers[k]].entries)))
+        for i, part in enumerate(self.parts):
+            j = self.source[i]
+            if j != i:
+                _link_or_copy(self.release / self.parts[j].rel, self.release / part.rel)
+                rows_done(len(part.entries))
+        return [p.rel for p in self.parts]
+
+
+def _link_or_copy(src: Path, dst: Path) -> None:
+    dst.parent.mkdir(parents=True, exist_ok=True)
+    try:
+        os.link(src, dst)
+    except OSError:  # no hard links here (or too many): the same bytes as a file of its own
+        with atomic_path(dst, sync=False) as tmp:
+            shutil.copyfile(src, tmp)
+
+
 def start_parquet(release: str | os.PathLike[str], entries: Sequence[ReleaseEntry],
                   exported: Mapping[str, ExportedSample], rows_per_file: int = DEFAULT_ROWS_PER_PARQUET,
-                  pool: WorkerPool = INLINE) -> tuple[list[ParquetPart], Jobs]:
-    """Every variant's Parquet files as pool jobs (started now; ``Jobs.results()`` gives their paths)."""
+                  pool: WorkerPool = INLINE) -> ParquetWriting:
+    """Every variant's Parquet files, the distinct ones started now as pool jobs (see ``ParquetWriting``)."""
     parts = [p for variant in VARIANTS for p in parquet_parts(entries, exported, variant, rows_per_file)]
+    by_name: dict[str, int] = {}  # a split's NNNNN-th file of the first variant, by its name in the variant
+    source = []
+    for i, part in enumerate(parts):
+        name = part.rel.rsplit("/", 1)[1]
+        j = by_name.setdefault(name, i)
+        source.append(j if j != i and same_rows(parts[j], part) else i)
+    writers = sorted(set(source))
 
     def lost(k: int) -> Exception:
-        return ExportError(f"{Path(release) / parts[k].rel}: a worker process ended abruptly (killed, or out "
-                           f"of memory) while writing it")
+        return ExportError(f"{Path(release) / parts[writers[k]].rel}: a worker process ended abruptly (killed, "
+                           f"or out of memory) while writing it")
 
-    return parts, Jobs(pool, write_parquet_part, [(str(release), p) for p in parts], lost)
+    jobs = Jobs(pool, write_parquet_part, [(str(release), parts[i]) for i in writers], lost)
+    return ParquetWriting(Path(release), parts, source, jobs)
