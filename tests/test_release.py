@@ -182,6 +182,28 @@ def test_parquet_stores_images_uncompressed_and_composites_once(release):
         assert (release / "parquet/ComCOCO" / rel).stat().st_ino == (release / "parquet/ComCOCO+" / rel).stat().st_ino
 
 
+def test_parquet_written_row_group_by_row_group(workdir, tmp_path, monkeypatch):
+    """A file is written a row group at a time (one group's images in memory); the rows are the same."""
+    from comcoco.release import parquet as rp
+    from comcoco.release.builder import ENTRIES_FILE, select_stage, start_release
+    from comcoco.release.export import read_entries
+    from comcoco.release.files import export_files
+
+    staging = start_release(tmp_path / "R", "1.0.0")
+    select_stage(workdir, staging, OPTIONS)
+    entries = read_entries(staging / ENTRIES_FILE)
+    _, exported = export_files(workdir, staging, entries)
+    part = max(rp.parquet_parts(entries, exported, "ComCOCO", rows_per_file=len(entries)), key=lambda p: len(p.entries))
+    assert len(part.entries) >= 5
+    whole = pq.ParquetFile(staging / rp.write_parquet_part(staging, part))
+    rows = whole.read().to_pylist()
+    assert whole.metadata.num_row_groups == 1
+    monkeypatch.setattr(rp, "ROW_GROUP_ROWS", 2)
+    grouped = pq.ParquetFile(staging / rp.write_parquet_part(staging, part))
+    assert grouped.metadata.num_row_groups == -(-len(part.entries) // 2)
+    assert grouped.read().to_pylist() == rows and len(rows) == len(part.entries)
+
+
 def test_export_names_a_sample_whose_file_is_missing(workdir, tmp_path):
     from comcoco.pool import worker_pool
     from comcoco.release.builder import ENTRIES_FILE, select_stage, start_release
