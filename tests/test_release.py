@@ -204,6 +204,28 @@ def test_parquet_written_row_group_by_row_group(workdir, tmp_path, monkeypatch):
     assert grouped.read().to_pylist() == rows and len(rows) == len(part.entries)
 
 
+def test_entries_store_each_backgrounds_objects_once(workdir, tmp_path):
+    """The build state holds a background's own objects once; read back, its samples share them."""
+    from comcoco.release.builder import ENTRIES_FILE, select_stage, start_release
+    from comcoco.release.export import read_entries, write_entries
+
+    staging = start_release(tmp_path / "R", "1.0.0")
+    select_stage(workdir, staging, OPTIONS)
+    data = json.loads((staging / ENTRIES_FILE).read_text())
+    entries = read_entries(staging / ENTRIES_FILE)
+    by_bg = defaultdict(list)
+    for e in entries:
+        by_bg[e.provenance["bg_image_id"]].append(e)
+    shared = [es for es in by_bg.values() if len(es) > 1 and es[0].background_objects]
+    assert shared, "the fixture has backgrounds with several samples and their own objects"
+    assert len(data["backgrounds"]) <= len(by_bg) < len(entries)
+    for es in shared:
+        assert all(e.background_objects == es[0].background_objects for e in es)
+        assert all(e.background_objects[0] is es[0].background_objects[0] for e in es)
+    write_entries(tmp_path / "again.json", entries)  # a round trip gives the same file
+    assert (tmp_path / "again.json").read_bytes() == (staging / ENTRIES_FILE).read_bytes()
+
+
 def test_export_names_a_sample_whose_file_is_missing(workdir, tmp_path):
     from comcoco.pool import worker_pool
     from comcoco.release.builder import ENTRIES_FILE, select_stage, start_release
