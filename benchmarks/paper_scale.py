@@ -291,6 +291,7 @@ def main() -> int:
     small: list[StageResult] = []
     if not args.no_small:
         small = pipeline("small", root, src, args.small or args.samples // 10, args, env)
+        (root / "paper-scale-small.json").write_text(json.dumps([_row(r) for r in small], indent=2) + "\n")
         for part in ("work", "releases"):  # the full run needs the disk
             shutil.rmtree(root / f"small-{part}", ignore_errors=True)
         check_disk(root, small, args.samples, args.dist)

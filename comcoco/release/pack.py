@@ -14,6 +14,7 @@ import tarfile
 from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
+from typing import BinaryIO
 
 from comcoco.io import write_text_atomic
 from comcoco.progress import Progress
@@ -45,7 +46,7 @@ class _HashingWriter:
     """A file written once, front to back, hashed on the way: a shard's sha256 without reading it back
     (which doubled the stage's disk reads)."""
 
-    def __init__(self, fh) -> None:  # noqa: ANN001 (a binary file opened for writing)
+    def __init__(self, fh: BinaryIO) -> None:
         self.fh, self.digest, self.size = fh, hashlib.sha256(), 0
 
     def write(self, data: bytes) -> int:
