@@ -413,6 +413,21 @@ def test_expression_stage_round_trip_with_spatial_proposals(label_studio) -> Non
 # --- the port: free again right after stop, and a refusal that keeps server and clients together ------
 
 
+def _get_until_server_closes(port: int, path: str, token: str) -> bytes:
+    """A GET with ``Connection: close``, read until the server closes the connection, then closed here:
+    the server closes first, so the TIME_WAIT is on the server's port (a client that closes first, as
+    urllib may when it has read the body, leaves it on its own port instead)."""
+    import socket
+
+    with socket.create_connection(("127.0.0.1", port), timeout=30) as s:
+        s.sendall(f"GET {path} HTTP/1.1\r\nHost: 127.0.0.1:{port}\r\nAuthorization: Token {token}\r\n"
+                  "Connection: close\r\n\r\n".encode())
+        data = b""
+        while chunk := s.recv(65536):
+            data += chunk
+    return data
+
+
 def _bind_plain(port: int) -> bool:
     """True when the port binds without SO_REUSEADDR (what the old port check did)."""
     import socket
@@ -433,8 +448,8 @@ def test_restart_right_after_stop_on_the_same_port(label_studio, tmp_path: Path)
         venv=label_studio.settings.venv, url_override=None)
     ls_process.start(settings)
     try:
-        for _ in range(5):  # the server closes these connections first: TIME_WAIT on its side of the port
-            assert _get(settings.url + "/api/projects", settings.token)[0] == 200
+        for _ in range(5):  # each read to the server's close: it closes first, TIME_WAIT on its side of the port
+            assert _get_until_server_closes(settings.port, "/api/projects", settings.token).startswith(b"HTTP/1.1 200")
     finally:
         ls_process.stop(settings)
     assert not _bind_plain(settings.port), "no TIME_WAIT left behind: the test would prove nothing"
