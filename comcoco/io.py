@@ -96,6 +96,21 @@ def file_stamp(path: str | os.PathLike[str], chunk: int = 1 << 20) -> dict[str, 
     return {"sha256": h.hexdigest(), "size": size}
 
 
+class OncePerFile:
+    """sha256 of files, each file read once however many names it has (hard links share an inode: a
+    release's ComCOCO+ Parquet files that are ComCOCO's). Keyed by device, inode, size and mtime."""
+
+    def __init__(self) -> None:
+        self._seen: dict[tuple[int, int, int, int], str] = {}
+
+    def sha256(self, path: str | os.PathLike[str], st: os.stat_result | None = None) -> str:
+        st = st if st is not None else os.stat(path)
+        key = (st.st_dev, st.st_ino, st.st_size, st.st_mtime_ns)
+        if key not in self._seen:
+            self._seen[key] = sha256_file(path)
+        return self._seen[key]
+
+
 _RENAME_EXCHANGE = 2
 _AT_FDCWD = -100
 

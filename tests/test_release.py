@@ -226,6 +226,22 @@ def test_entries_store_each_backgrounds_objects_once(workdir, tmp_path):
     assert (tmp_path / "again.json").read_bytes() == (staging / ENTRIES_FILE).read_bytes()
 
 
+def test_shared_parquet_file_is_copied_where_links_fail(tmp_path, monkeypatch):
+    from comcoco.release import parquet as rp
+
+    src = tmp_path / "parquet/ComCOCO/train-00000.parquet"
+    src.parent.mkdir(parents=True)
+    src.write_bytes(b"PAR1 rows PAR1")
+
+    def no_links(a, b):
+        raise PermissionError(1, "Operation not permitted")
+
+    monkeypatch.setattr(rp.os, "link", no_links)
+    dst = tmp_path / "parquet/ComCOCO+/train-00000.parquet"
+    rp._link_or_copy(src, dst)
+    assert dst.read_bytes() == src.read_bytes() and dst.stat().st_ino != src.stat().st_ino
+
+
 def test_export_names_a_sample_whose_file_is_missing(workdir, tmp_path):
     from comcoco.pool import worker_pool
     from comcoco.release.builder import ENTRIES_FILE, select_stage, start_release

@@ -30,7 +30,7 @@ from pathlib import Path, PurePosixPath
 from typing import Any
 
 from comcoco.errors import ComcocoError
-from comcoco.io import sha256_file, write_text_atomic
+from comcoco.io import OncePerFile, sha256_file, write_text_atomic
 from comcoco.locks import exclusive
 from comcoco.progress import Progress, track
 from comcoco.release.pack import DEFAULT_SHARD_BYTES, INDEX_NAME, ShardInfo, pack_release  # noqa: F401 (re-exported)
@@ -309,6 +309,7 @@ def verify_files(root: str | os.PathLike[str], files: dict[str, dict],
     """Check each ``{relpath: {sha256, size}}`` entry under ``root``; returns the problems found."""
     root = Path(root)
     problems: list[str] = []
+    hashes = OncePerFile()  # a file under two names (a shared Parquet file) is read once
     items = sorted(files.items())
     for rel, meta in track(items, "verifying", progress, unit="file"):
         p = root / rel
@@ -316,7 +317,7 @@ def verify_files(root: str | os.PathLike[str], files: dict[str, dict],
             problem = f"{rel}: missing"
         elif p.stat().st_size != meta["size"]:
             problem = f"{rel}: size {p.stat().st_size} != {meta['size']}"
-        elif sha256_file(p) != meta["sha256"]:
+        elif hashes.sha256(p) != meta["sha256"]:
             problem = f"{rel}: sha256 mismatch"
         else:
             continue

@@ -16,7 +16,7 @@ from pathlib import Path
 from typing import Any
 
 from comcoco.errors import ComcocoError
-from comcoco.io import sha256_file, write_text_atomic
+from comcoco.io import OncePerFile, sha256_file, write_text_atomic
 from comcoco.progress import track
 from comcoco.release.download import verify_files
 from comcoco.release.options import version_key
@@ -47,14 +47,11 @@ def release_files(root: str | os.PathLike[str]) -> list[str]:
 def hash_files(root: str | os.PathLike[str], files: list[str], progress: bool = False) -> dict[str, dict[str, Any]]:
     """sha256 and size of each file; a file under two names (a shared Parquet file) is read once."""
     root = Path(root)
+    hashes = OncePerFile()
     out: dict[str, dict[str, Any]] = {}
-    seen: dict[tuple[int, int], dict[str, Any]] = {}
     for rel in track(files, "hashing", progress, unit="file"):
         st = (root / rel).stat()
-        key = (st.st_dev, st.st_ino)
-        if key not in seen:
-            seen[key] = {"sha256": sha256_file(root / rel), "size": st.st_size}
-        out[rel] = dict(seen[key])
+        out[rel] = {"sha256": hashes.sha256(root / rel, st), "size": st.st_size}
     return out
 
 

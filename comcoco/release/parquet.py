@@ -16,11 +16,10 @@ from __future__ import annotations
 
 import json
 import os
-import shutil
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
-from typing import TYPE_CHECKING, Any
+from typing import Any
 
 import numpy as np
 import pyarrow as pa
@@ -41,10 +40,8 @@ from comcoco.release.export import (
     ref_provenance,
     variant_entries,
 )
+from comcoco.release.files import ExportedSample, copy_file
 from comcoco.sources.refer import COCO_CATEGORIES
-
-if TYPE_CHECKING:
-    from comcoco.release.files import ExportedSample
 
 _IMAGE_STRUCT = pa.struct([pa.field("bytes", pa.binary()), pa.field("path", pa.string())])
 _PROV_FLOATS = ("s", "rx", "ry", "placement_score")
@@ -266,8 +263,7 @@ def _link_or_copy(src: Path, dst: Path) -> None:
     try:
         os.link(src, dst)
     except OSError:  # no hard links here (or too many): the same bytes as a file of its own
-        with atomic_path(dst, sync=False) as tmp:
-            shutil.copyfile(src, tmp)
+        copy_file(src, dst)
 
 
 def start_parquet(release: str | os.PathLike[str], entries: Sequence[ReleaseEntry],
