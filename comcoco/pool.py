@@ -100,3 +100,18 @@ class Jobs:
             wait(self.pending)
             raise
         return [results[k] for k in range(len(self.jobs))]
+
+
+def in_child(fn: Callable[..., Any], *args: Any, lost: Callable[[], Exception]) -> Any:
+    """``fn(*args)`` in a fresh process (``forkserver``), its result returned here; ``lost()`` is raised
+    when that process dies. For a step that needs much memory once (a release's selection loads the
+    whole source): what it allocated is given back when the process ends, whatever Python's allocator
+    would have kept. A daemonic process (a Dask worker) may not start children: it runs ``fn`` itself."""
+    if multiprocessing.current_process().daemon:
+        return fn(*args)
+    with ProcessPoolExecutor(max_workers=1, mp_context=multiprocessing.get_context("forkserver"),
+                             initializer=_init_worker) as executor:
+        try:
+            return executor.submit(fn, *args).result()
+        except BrokenProcessPool as exc:
+            raise lost() from exc

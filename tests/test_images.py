@@ -14,6 +14,7 @@ from pycocotools.coco import COCO
 
 from comcoco.sources.images import (
     ImageReadError,
+    ImageTooLarge,
     annotation_mask,
     image_size,
     polygon_area,
@@ -147,3 +148,36 @@ def test_polygon_area_shoelace() -> None:
     assert polygon_area([0, 0, 4, 0, 4, 3, 0, 3][::-1]) == pytest.approx(12.0)  # orientation-free
     assert polygon_area([0, 0, 5, 5, 10, 10]) == 0.0  # collinear
     assert polygon_area([0, 0, 1, 1]) == 0.0
+
+
+def test_image_size_reads_the_head_and_falls_back_to_the_whole_file(tmp_path: Path, monkeypatch) -> None:
+    """PNG sizes come from the IHDR chunk; a header past the head (JPEG after long metadata) is found in
+    the whole file; a bomb's header is refused either way."""
+    from comcoco.sources import images as im
+
+    rng = np.random.default_rng(1)
+    png = tmp_path / "a.png"
+    Image.fromarray(rng.integers(0, 256, (70, 90, 3), dtype=np.uint8)).save(png)
+    assert image_size(png) == (90, 70)
+    buf = io.BytesIO()
+    Image.fromarray(rng.integers(0, 256, (50, 60, 3), dtype=np.uint8)).save(
+        buf, format="JPEG", exif=b"Exif\x00\x00" + bytes(3 * im.HEADER_BYTES // 2))  # SOF beyond the head
+    late = tmp_path / "late.jpg"
+    late.write_bytes(buf.getvalue())
+    assert len(buf.getvalue()) > im.HEADER_BYTES and image_size(late) == (60, 50)
+
+    reads = []
+    real = im.read_image_bytes
+    monkeypatch.setattr(im, "read_image_bytes", lambda p, m=im.MAX_IMAGE_BYTES, head=None: reads.append(head) or real(p, m, head))
+    image_size(png)
+    assert reads == [im.HEADER_BYTES]  # the PNG: its head only
+    bomb = tmp_path / "bomb.png"
+    data = bytearray(png.read_bytes())
+    data[16:24] = (100_000).to_bytes(4, "big") * 2
+    bomb.write_bytes(bytes(data))
+    with pytest.raises(ImageTooLarge, match="bomb.png"):
+        image_size(bomb)
+    data[16:20] = (0).to_bytes(4, "big")
+    bomb.write_bytes(bytes(data))
+    with pytest.raises(ImageReadError, match="0x100000"):
+        image_size(bomb)

@@ -211,14 +211,15 @@ def test_entries_store_each_backgrounds_objects_once(workdir, tmp_path):
 
     staging = start_release(tmp_path / "R", "1.0.0")
     select_stage(workdir, staging, OPTIONS)
-    data = json.loads((staging / ENTRIES_FILE).read_text())
+    lines = (staging / ENTRIES_FILE).read_text().splitlines()
+    n_backgrounds = json.loads(lines[0])["backgrounds"]
     entries = read_entries(staging / ENTRIES_FILE)
     by_bg = defaultdict(list)
     for e in entries:
         by_bg[e.provenance["bg_image_id"]].append(e)
     shared = [es for es in by_bg.values() if len(es) > 1 and es[0].background_objects]
     assert shared, "the fixture has backgrounds with several samples and their own objects"
-    assert len(data["backgrounds"]) <= len(by_bg) < len(entries)
+    assert n_backgrounds <= len(by_bg) < len(entries) and len(lines) == 1 + n_backgrounds + len(entries)
     for es in shared:
         assert all(e.background_objects == es[0].background_objects for e in es)
         assert all(e.background_objects[0] is es[0].background_objects[0] for e in es)
@@ -727,3 +728,22 @@ def test_release_audit_folds_keep_a_background_together(release):
     for r in records:
         by_comp.setdefault(r.composite_id, set()).add(r.fold_group)
     assert all(len(g) == 1 for g in by_comp.values())
+
+
+def test_selection_in_its_own_process_writes_the_same_entries(workdir, tmp_path):
+    """A large work directory is selected from in a child process (its memory goes with it): the same
+    entries and report as in this process; the entries read back share their coordinates' floats."""
+    from comcoco.release.builder import ENTRIES_FILE, SELECTION_FILE, select_stage, start_release
+    from comcoco.release.export import read_entries
+
+    here, child = start_release(tmp_path / "A", "1.0.0"), start_release(tmp_path / "B", "1.0.0")
+    assert select_stage(workdir, here, OPTIONS, child=False) == select_stage(workdir, child, OPTIONS, child=True)
+    for name in (ENTRIES_FILE, SELECTION_FILE):
+        assert (here / name).read_bytes() == (child / name).read_bytes()
+    entries = read_entries(here / ENTRIES_FILE)
+    coords = [v for e in entries for p in e.polygons for v in p if v]
+    coords += [v for e in entries for o in e.background_objects for p in o["segmentation"] for v in p if v]
+    assert len(coords) > 3 * len({v for v in coords})  # values repeat ...
+    assert len({id(v) for v in coords}) == len({v for v in coords})  # ... as one object each
+    with pytest.raises(ReleaseError, match=r"not-a-workdir.*plan.json: not a built work directory"):  # raised there, told here
+        select_stage(tmp_path / "not-a-workdir", start_release(tmp_path / "C", "1.0.0"), OPTIONS, child=True)

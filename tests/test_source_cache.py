@@ -212,3 +212,21 @@ def test_a_cache_file_under_another_sources_name_is_not_used(awkward: Path, tmp_
     old.rename(cache / f"{fp.key()}{SUFFIX}")  # the header still names the old files
     source = load_source(awkward, cache_dir=cache)
     assert source.annotations()[0].area == 4242.0
+
+
+def test_a_cached_load_shares_equal_coordinates(coco_real_dir: Path, tmp_path: Path) -> None:
+    """Equal polygon coordinates of a cached load are one float object (a quarter of the memory); their
+    values, and a zero's sign, are the fresh load's."""
+    from comcoco.sources.allocation import shared_values
+
+    refs, images, anns = _records(coco_real_dir)
+    write_source(tmp_path / "src", refs, images, anns, COCO_CATEGORIES)
+    cold = load_source(tmp_path / "src", cache_dir=tmp_path / "c")
+    warm = load_source(tmp_path / "src", cache_dir=tmp_path / "c")
+    coords = [v for a in warm.annotations() if isinstance(a.segmentation, list) for p in a.segmentation for v in p]
+    assert coords == [v for a in cold.annotations() if isinstance(a.segmentation, list) for p in a.segmentation for v in p]
+    floats = [v for v in coords if type(v) is float]
+    assert len(floats) > len(set(floats)) and len({id(v) for v in floats}) == len(set(floats))
+    odd = shared_values(np.array([0.25, 0.25, -0.0, 0.0, 1 / 3, 1 / 3, 2e9, 2e9]))
+    assert odd.tolist() == [0.25, 0.25, -0.0, 0.0, 1 / 3, 1 / 3, 2e9, 2e9] and str(odd[2]) == "-0.0"
+    assert odd[0] is odd[1] and odd[4] is not odd[5] and odd[6] is not odd[7]  # two decimals, in range: shared

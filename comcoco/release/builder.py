@@ -27,7 +27,7 @@ from typing import Any
 
 from comcoco.io import flush_filesystem, write_bytes_atomic, write_text_atomic
 from comcoco.locks import exclusive
-from comcoco.pool import available_cores, worker_pool
+from comcoco.pool import available_cores, in_child, worker_pool
 from comcoco.release.export import (
     VARIANTS,
     read_entries,
@@ -56,6 +56,7 @@ SELECTION_FILE = f"{BUILD_DIR}/selection.json"
 EXPORT_FILE = f"{BUILD_DIR}/export.json"
 VALIDATION_FILE = "validation/validation.json"
 POOL_SAMPLES = 64  # samples per default export worker: a smaller release is exported in this process
+CHILD_SELECT_SAMPLES = 2000  # work directories this large are selected from in a process of their own
 
 ValidationHook = Callable[[str], dict[str, Any]]
 log = logging.getLogger(__name__)
@@ -95,7 +96,22 @@ def finish_release(staging: str | os.PathLike[str]) -> Path:
 # --- the stages' steps (paths and small dicts in and out) ------------------------------------------------
 
 
-def select_stage(workdir: str | os.PathLike[str], staging: str | os.PathLike[str], options: ReleaseOptions) -> dict[str, Any]:
+def select_stage(workdir: str | os.PathLike[str], staging: str | os.PathLike[str], options: ReleaseOptions,
+                 child: bool | None = None) -> dict[str, Any]:
+    """Choose the release's samples and write ``_build/entries.json``; returns the selection report.
+
+    ``child`` (None: when the work directory lists ``CHILD_SELECT_SAMPLES`` samples or more) runs it in
+    a process of its own: selecting loads the source, its index and every status row, about 1 GB at
+    the paper's size, which this process would otherwise keep through every later stage."""
+    if child is None:
+        child = Workdir(workdir).status_rows() >= CHILD_SELECT_SAMPLES
+    if child:
+        return in_child(_select, str(workdir), str(staging), options,
+                        lost=lambda: ReleaseError(f"{workdir}: the selection's process died (out of memory?)"))
+    return _select(workdir, staging, options)
+
+
+def _select(workdir: str | os.PathLike[str], staging: str | os.PathLike[str], options: ReleaseOptions) -> dict[str, Any]:
     staging = Path(staging)
     entries, report = select_entries(workdir, options)
     if not entries:

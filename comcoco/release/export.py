@@ -36,7 +36,9 @@ from pycocotools import mask as mask_utils
 from comcoco.errors import ComcocoError
 from comcoco.io import atomic_write, write_text_atomic
 from comcoco.records import Annotation, ImageInfo, Ref, Sentence
+from comcoco.sources.allocation import SharedFloats
 from comcoco.sources.images import annotation_rle, usable_polygons
+from comcoco.sources.parse import loads_json
 from comcoco.sources.refer import COCO_CATEGORIES, normalize_sentence, write_source
 
 if TYPE_CHECKING:
@@ -122,62 +124,85 @@ class ReleaseEntry:
         return d
 
     @classmethod
-    def from_dict(cls, d: dict[str, Any]) -> ReleaseEntry:
+    def from_dict(cls, d: dict[str, Any], shared: SharedFloats | None = None) -> ReleaseEntry:
+        """The entry ``to_dict`` gave; coordinates as ``shared`` floats when given (``read_entries``)."""
         d = dict(d)
-        d["polygons"] = tuple(tuple(map(float, p)) for p in d["polygons"])
+        coords = (shared or SharedFloats()).values
+        d["polygons"] = tuple(tuple(coords(map(float, p))) for p in d["polygons"])
         d["expressions"] = tuple(Expression(**e) for e in d["expressions"])
         d["background_objects"] = tuple(d.get("background_objects") or ())
         return cls(**d)
 
 
 def write_entries(path: str | os.PathLike[str], entries: Sequence[ReleaseEntry]) -> None:
-    """The entries as JSON, each background's own objects once: ``{"backgrounds": [...], "entries":
-    [... "background": i ...]}``. Every sample on a background carries the same objects (polygons of
-    all its annotations); written per sample they made the file, and the entries read back, about ten
-    times larger (a paper-size release: 190 MB of JSON, GBs of Python objects)."""
-    backgrounds: list[list[dict[str, Any]]] = []
+    """The entries as JSON Lines: a first line ``{"backgrounds": N}``, then each background's own
+    objects (one line each, once), then one line per entry with ``"background": i``. Every sample on a
+    background carries the same objects (polygons of all its annotations); written per sample they
+    made the file about ten times larger. Lines are read back one at a time: the whole document parsed
+    at once cost several times the entries' own memory (a paper-size release: 0.7 GB)."""
+    backgrounds: list[str] = []
     by_text: dict[str, int] = {}
     by_id: dict[int, int] = {}  # the same tuple object (select makes one per background): serialised once
     rows = []
     for e in entries:
-        d = e.to_dict()
-        objs = d.pop("background_objects")
         k = by_id.get(id(e.background_objects))
         if k is None:
-            k = by_text.setdefault(json.dumps(objs, sort_keys=True), len(backgrounds))
+            text = json.dumps(list(e.background_objects), sort_keys=True)
+            k = by_text.setdefault(text, len(backgrounds))
             if k == len(backgrounds):
-                backgrounds.append(objs)
+                backgrounds.append(text)
             by_id[id(e.background_objects)] = k
-        d["background"] = k
-        rows.append(d)
+        rows.append(k)
     with atomic_write(path, "w") as fh:  # streamed: the document is never one string in memory
-        json.dump({"backgrounds": backgrounds, "entries": rows}, fh, sort_keys=True)
-        fh.write("\n")
+        fh.write(json.dumps({"backgrounds": len(backgrounds)}) + "\n")
+        for text in backgrounds:
+            fh.write(text + "\n")
+        for e, k in zip(entries, rows, strict=True):
+            d = e.to_dict()
+            del d["background_objects"]
+            d["background"] = k
+            fh.write(json.dumps(d, sort_keys=True) + "\n")
 
 
 def read_entries(path: str | os.PathLike[str]) -> list[ReleaseEntry]:
-    """The entries ``write_entries`` wrote; the samples of one background share its objects."""
-    data = json.loads(Path(path).read_text())
-    backgrounds = [tuple(b) for b in data["backgrounds"]]
+    """The entries ``write_entries`` wrote, a line at a time; the samples of one background share its
+    objects, and every entry's coordinates are shared floats."""
+    shared = SharedFloats()
     out = []
-    for d in data["entries"]:
-        d["background_objects"] = backgrounds[d.pop("background")]
-        out.append(ReleaseEntry.from_dict(d))
+    with open(path, "rb") as fh:
+        n = int(loads_json(fh.readline())["backgrounds"])
+        backgrounds = [tuple(_shared_segmentation(o, shared) for o in loads_json(fh.readline())) for _ in range(n)]
+        for line in fh:
+            d = loads_json(line)
+            d["background_objects"] = backgrounds[d.pop("background")]
+            out.append(ReleaseEntry.from_dict(d, shared))
     return out
+
+
+def _shared_segmentation(obj: dict[str, Any], shared: SharedFloats) -> dict[str, Any]:
+    """A background object with its polygon coordinates as ``shared`` floats (an RLE stays as it is)."""
+    seg = obj.get("segmentation")
+    if isinstance(seg, list) and all(isinstance(p, list) for p in seg):
+        obj["segmentation"] = [shared.values(p) for p in seg]
+    return obj
 
 
 # --- geometry -------------------------------------------------------------------------------------
 
 
-def clip_polygons(polygons: Iterable[Sequence[float]], width: int, height: int) -> list[list[float]]:
-    """Polygons with coordinates clamped into the image and degenerate ones (< 3 points) dropped."""
+def clip_polygons(polygons: Iterable[Sequence[float]], width: int, height: int,
+                  shared: SharedFloats | None = None) -> list[list[float]]:
+    """Polygons with coordinates clamped into the image and degenerate ones (< 3 points) dropped, as
+    ``shared`` floats when given."""
     out = []
     for poly in usable_polygons(list(polygons)):
         xs = np.clip(np.asarray(poly[0::2], dtype=np.float64), 0.0, float(width))
         ys = np.clip(np.asarray(poly[1::2], dtype=np.float64), 0.0, float(height))
         coords = np.empty(len(poly), dtype=np.float64)
         coords[0::2], coords[1::2] = xs, ys
-        out.append([round(float(v), 2) for v in coords])
+        if not (coords * 4 == np.rint(coords * 4)).all():  # quarter pixels (placed outlines) have 2 decimals
+            coords = np.array([round(float(v), 2) for v in coords], dtype=np.float64)
+        out.append(coords.tolist() if shared is None else shared.array(coords))
     return out
 
 

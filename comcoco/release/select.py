@@ -9,7 +9,6 @@ kept source sentences and adds the reviewer's spatial phrases (ComCOCO only).
 
 from __future__ import annotations
 
-import json
 import os
 from collections import Counter
 from dataclasses import dataclass
@@ -22,6 +21,7 @@ from comcoco.release.export import RELEASE_ID_BASE, Expression, ReleaseEntry, cl
 from comcoco.release.options import ReleaseError, ReleaseOptions
 from comcoco.release.splits import SplitItem, assign_splits
 from comcoco.sources.format import text_problem, usable_sentences
+from comcoco.sources.parse import loads_json
 from comcoco.workdir import STATUS_FILE, StatusRow, Workdir, WorkdirError, as_workdir
 
 
@@ -120,10 +120,14 @@ def _reviewed(wd: Workdir, rows: list[StatusRow], source: Any, options: ReleaseO
 def _placed(wd: Workdir, kept: list[_Chosen], excluded: Counter[str]) -> tuple[list[_Chosen], dict[str, tuple[int, int]]]:
     """Composite sizes and placed polygons clamped into them; a polygon that covers no pixel cannot be
     annotated, so its sample is left out before splits and ids are assigned."""
-    from comcoco.sources.images import annotation_mask, image_size
+    from pycocotools import mask as mask_utils
+
+    from comcoco.sources.allocation import SharedFloats
+    from comcoco.sources.images import annotation_rle, image_size
 
     sizes: dict[str, tuple[int, int]] = {}
     placed: list[_Chosen] = []
+    shared = SharedFloats()
     for c in kept:
         r = c.row
         if r.composite_id not in sizes:
@@ -132,8 +136,9 @@ def _placed(wd: Workdir, kept: list[_Chosen], excluded: Counter[str]) -> tuple[l
                 raise ReleaseError(f"{path}: composite of sample {r.sample_id} is missing")
             sizes[r.composite_id] = image_size(path)
         width, height = sizes[r.composite_id]
-        polys = clip_polygons(polygons_of(r), width, height)
-        if not polys or not annotation_mask(polys, height, width).any():
+        polys = clip_polygons(polygons_of(r), width, height, shared)
+        rle = annotation_rle(polys, height, width) if polys else None
+        if rle is None or not mask_utils.area(rle):
             excluded["empty_polygon"] += 1
             continue
         placed.append(_Chosen(r, c.sentences, c.phrases, c.provenance, polys))
@@ -230,9 +235,9 @@ def _entries(placed: list[_Chosen], sizes: dict[str, tuple[int, int]], split_of:
 
 def polygons_of(row: StatusRow) -> list[list[float]]:
     try:
-        polys = json.loads(row.polygon or "[]")
+        polys = loads_json((row.polygon or "[]").encode())
         return [list(p) for p in polys]
-    except (ValueError, TypeError):
+    except (ValueError, TypeError, UnicodeError):
         raise ReleaseError(f"status.parquet: sample {row.sample_id} has an unreadable polygon") from None
 
 

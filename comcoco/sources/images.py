@@ -70,8 +70,13 @@ _KINDS = ((stat.S_ISDIR, "a folder"), (stat.S_ISFIFO, "a FIFO"), (stat.S_ISCHR, 
           (stat.S_ISBLK, "a block device"), (stat.S_ISSOCK, "a socket"))
 
 
-def read_image_bytes(path: str | os.PathLike[str], max_bytes: int = MAX_IMAGE_BYTES) -> bytes:
-    """The bytes of a regular file of at most ``max_bytes``; anything else is refused without blocking."""
+HEADER_BYTES = 8192  # image_size reads this much first: PNG's header is in its first 33 bytes
+_PNG_SIGNATURE = b"\x89PNG\r\n\x1a\n"
+
+
+def read_image_bytes(path: str | os.PathLike[str], max_bytes: int = MAX_IMAGE_BYTES, head: int | None = None) -> bytes:
+    """The bytes of a regular file of at most ``max_bytes`` (only its first ``head`` bytes when given);
+    anything else is refused without blocking."""
     path = Path(path)
     try:
         fd = os.open(path, os.O_RDONLY | os.O_NONBLOCK | os.O_CLOEXEC)  # a FIFO must not block the open
@@ -87,7 +92,7 @@ def read_image_bytes(path: str | os.PathLike[str], max_bytes: int = MAX_IMAGE_BY
         if st.st_size > max_bytes:
             raise ImageTooLarge(path, f"{st.st_size} bytes, more than the {max_bytes} an image may have; refused")
         with os.fdopen(os.dup(fd), "rb") as fh:
-            data = fh.read(max_bytes + 1)
+            data = fh.read(max_bytes + 1 if head is None else min(head, max_bytes + 1))
     except OSError as exc:
         raise ImageReadError(path, f"unreadable ({exc.strerror or exc})") from None
     finally:
@@ -107,6 +112,10 @@ def header_size(data: bytes, path: str | os.PathLike[str], max_pixels: int = MAX
                                   "refused before decoding") from None
     except _HEADER_ERRORS as exc:
         raise ImageReadError(path, f"not a readable image ({type(exc).__name__}: {_short(exc)})") from None
+    return _checked_size(w, h, path, max_pixels)
+
+
+def _checked_size(w: int, h: int, path: str | os.PathLike[str], max_pixels: int) -> tuple[int, int]:
     if w < 1 or h < 1:
         raise ImageReadError(path, f"its header says {w}x{h}")
     if w * h > max_pixels:
@@ -189,9 +198,23 @@ read_image = decode_image  # the name inspection used
 
 def image_size(path: str | os.PathLike[str], max_bytes: int = MAX_IMAGE_BYTES,
                max_pixels: int = MAX_IMAGE_PIXELS) -> tuple[int, int]:
-    """``(width, height)`` from the file header only (cheap: no pixel decoding), within the same bounds."""
+    """``(width, height)`` from the file header only (cheap: no pixel decoding), within the same bounds.
+
+    Only the file's first ``HEADER_BYTES`` are read (a release reads the size of every composite: whole
+    files were most of its selection's time); a header further in (a JPEG after large metadata) is
+    read from the whole file."""
     path = Path(path)
-    return header_size(read_image_bytes(path, max_bytes), path, max_pixels)
+    data = read_image_bytes(path, max_bytes, head=HEADER_BYTES)
+    if data[:8] == _PNG_SIGNATURE and data[12:16] == b"IHDR" and len(data) >= 33:  # PNG: the IHDR chunk
+        return _checked_size(*struct.unpack(">II", data[16:24]), path, max_pixels)
+    if len(data) == HEADER_BYTES:  # the file may go on: a header cut off here is read again whole
+        try:
+            return header_size(data, path, max_pixels)
+        except ImageTooLarge:
+            raise
+        except ImageReadError:
+            data = read_image_bytes(path, max_bytes)
+    return header_size(data, path, max_pixels)
 
 
 class ImageCache:
