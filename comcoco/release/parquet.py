@@ -104,7 +104,7 @@ _STATISTICS = [c for c in _leaf_columns(PARQUET_SCHEMA) if c not in _IMAGE_BYTES
 _DICTIONARY = [c for c in _leaf_columns(PARQUET_SCHEMA) if c not in _IMAGE_BYTES or c == "image.bytes"]
 _PLAIN_SCHEMA = pa.schema([f for f in PARQUET_SCHEMA if f.name not in IMAGE_COLUMNS])
 _MAX_CHUNK_BYTES = (1 << 31) - 1
-ROW_GROUP_ROWS = 100  # rows per Parquet row group (as Hugging Face datasets writes image datasets)
+ROW_GROUP_ROWS = 32  # rows per Parquet row group: a writer holds about 5x its images (100 rows: 0.26 GB)
 
 
 @dataclass(frozen=True)
