@@ -78,3 +78,15 @@ def test_modules_stay_small():
     big = [f"{p.relative_to(REPO)}: {n} lines" for p in _modules().values()
            if (n := p.read_text().count("\n")) > 500]
     assert not big, "modules above 500 lines:\n" + "\n".join(big)
+
+
+def test_no_tracked_file_keeps_merge_conflict_markers():
+    """A merge resolved by hand must not leave its markers in code or docs (a layout once kept them)."""
+    import re
+    import subprocess
+
+    files = subprocess.run(["git", "ls-files"], cwd=REPO, capture_output=True, text=True, check=True).stdout.split()
+    marker = re.compile(r"^(<{7}|>{7})( |$)", re.M)
+    found = [f for f in files if f.endswith((".py", ".md", ".toml", ".cfg", ".txt", ".xml", ".yaml", ".yml"))
+             or f in ("Makefile", ".ci/run") if marker.search((REPO / f).read_text(errors="replace"))]
+    assert not found, f"conflict markers in {found}"
