@@ -539,8 +539,17 @@ def test_no_dist_release_packed_later_gives_the_same_shards(release, workdir, tm
     good = victim.read_bytes()
     victim.write_bytes(good[:-1] + bytes([good[-1] ^ 1]))
     res = runner.invoke(app, ["release", "pack", str(bare), "--shard-mb", "1", "--no-progress"])
-    assert res.exit_code == 3 and f"gt/{victim.name}" in res.output and "not packed" in res.output
-    assert not dist.exists()
+    assert res.exit_code == 3 and f"gt/{victim.name}: sha256 mismatch" in res.output and "not packed" in res.output
+    assert not dist.exists() and not dist.with_name(dist.name + ".incomplete").exists()  # checked as packed
+    victim.write_bytes(good)
+    stray = bare / "images" / "stray.png"
+    stray.write_bytes(good)
+    res = runner.invoke(app, ["release", "pack", str(bare), "--shard-mb", "1", "--no-progress"])
+    assert res.exit_code == 3 and "images/stray.png: not listed in the manifest" in res.output
+    stray.unlink()
+    victim.unlink()
+    res = runner.invoke(app, ["release", "pack", str(bare), "--shard-mb", "1", "--no-progress"])
+    assert res.exit_code == 3 and f"gt/{victim.name}: missing" in res.output and not dist.exists()
 
     victim.write_bytes(good)
     (tmp_path / "R" / "comcoco-1.0.0.dist.incomplete").mkdir()  # left by an interrupted pack: replaced

@@ -217,7 +217,7 @@ def test_a_cache_file_under_another_sources_name_is_not_used(awkward: Path, tmp_
 def test_a_cached_load_shares_equal_coordinates(coco_real_dir: Path, tmp_path: Path) -> None:
     """Equal polygon coordinates of a cached load are one float object (a quarter of the memory); their
     values, and a zero's sign, are the fresh load's."""
-    from comcoco.sources.allocation import shared_values
+    from comcoco.sources.allocation import shared_lists
 
     refs, images, anns = _records(coco_real_dir)
     write_source(tmp_path / "src", refs, images, anns, COCO_CATEGORIES)
@@ -227,6 +227,9 @@ def test_a_cached_load_shares_equal_coordinates(coco_real_dir: Path, tmp_path: P
     assert coords == [v for a in cold.annotations() if isinstance(a.segmentation, list) for p in a.segmentation for v in p]
     floats = [v for v in coords if type(v) is float]
     assert len(floats) > len(set(floats)) and len({id(v) for v in floats}) == len(set(floats))
-    odd = shared_values(np.array([0.25, 0.25, -0.0, 0.0, 1 / 3, 1 / 3, 2e9, 2e9]))
-    assert odd.tolist() == [0.25, 0.25, -0.0, 0.0, 1 / 3, 1 / 3, 2e9, 2e9] and str(odd[2]) == "-0.0"
-    assert odd[0] is odd[1] and odd[4] is not odd[5] and odd[6] is not odd[7]  # two decimals, in range: shared
+    values = [0.25, 0.25, -0.0, 0.0, 1 / 3, 1 / 3, 2e9, 2e9]
+    odd = shared_lists(np.array(values), [3, 8])
+    assert odd == [values[:3], values[3:]] and str(odd[0][2]) == "-0.0"
+    assert odd[0][0] is odd[0][1] and odd[1][1] is not odd[1][2] and odd[1][3] is not odd[1][4]  # two decimals: shared
+    even = shared_lists(np.array([0.5, 1.25, 0.5, 1.25]), [1, 4])
+    assert even == [[0.5], [1.25, 0.5, 1.25]] and even[0][0] is even[1][1] and even[1][0] is even[1][2]

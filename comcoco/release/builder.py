@@ -251,13 +251,16 @@ def dist_stage(staging: str | os.PathLike[str], version: str, options: ReleaseOp
     return _pack(Path(staging), Path(staging) / "dist", version, options.shard_bytes, progress)
 
 
-def _pack(release: Path, dist: Path, version: str, shard_bytes: int, progress: bool) -> dict[str, Any]:
-    """The manifest's files and the manifest itself as tar shards in ``dist``."""
+def _pack(release: Path, dist: Path, version: str, shard_bytes: int, progress: bool,
+          problems: list[str] | None = None) -> dict[str, Any]:
+    """The manifest's files and the manifest itself as tar shards in ``dist``; with ``problems``, each
+    file is checked against the manifest in the same read and what differs is added there."""
     from comcoco.release.manifest import MANIFEST_NAME
 
     manifest = json.loads((release / MANIFEST_NAME).read_text())
     files = sorted(manifest["files"]) + [MANIFEST_NAME]
-    shards = pack_release(release, files, dist, version, shard_bytes, progress=progress)
+    shards = pack_release(release, files, dist, version, shard_bytes, progress=progress,
+                          expected=None if problems is None else manifest["files"], problems=problems)
     return {"shards": len(shards), "bytes": sum(s.size for s in shards)}
 
 
@@ -266,11 +269,12 @@ def pack_published(release: str | os.PathLike[str], out: str | os.PathLike[str] 
     """Tar shards and ``index.json`` for a release published without ``dist/``: the shards its build
     would have packed, in ``out`` (default ``comcoco-X.Y.Z.dist`` beside it; the release is not touched).
 
-    Every file is first checked against ``manifest.json`` (a changed, missing or extra file is never
-    packed); the shards go to ``OUT.incomplete``, renamed ``OUT`` when whole, under the version's lock.
-    Returns ``out`` and the shard count and bytes.
+    Every file is checked against ``manifest.json`` as it is packed, in the one read that packs it (a
+    changed, missing or extra file is never published: the shards are then removed); they go to
+    ``OUT.incomplete``, renamed ``OUT`` when whole and checked, under the version's lock. Returns
+    ``out`` and the shard count and bytes.
     """
-    from comcoco.release.manifest import read_manifest, verify_release
+    from comcoco.release.manifest import read_manifest, release_files
 
     release = Path(release).resolve()
     version = read_manifest(release)["version"]
@@ -282,12 +286,18 @@ def pack_published(release: str | os.PathLike[str], out: str | os.PathLike[str] 
             raise ReleaseError(f"{release / 'dist'}: this release was packed when it was built")
         if dist.exists():
             raise ReleaseError(f"{dist}: exists already (remove it to pack again)")
-        problems = verify_release(release, progress=progress)
-        if problems:
-            shown = "; ".join(problems[:3]) + (f"; ... {len(problems) - 3} more" if len(problems) > 3 else "")
-            raise ReleaseError(f"{release}: {len(problems)} file(s) do not match manifest.json, not packed: {shown}")
+        listed = read_manifest(release)["files"]
+        problems = [f"{rel}: not listed in the manifest" for rel in release_files(release) if rel not in listed]
         shutil.rmtree(tmp, ignore_errors=True)  # left by an interrupted pack
-        info = _pack(release, tmp, version, shard_bytes, progress)
+        try:
+            info = _pack(release, tmp, version, shard_bytes, progress, problems) if not problems else {}
+            if problems:
+                shown = "; ".join(problems[:3]) + (f"; ... {len(problems) - 3} more" if len(problems) > 3 else "")
+                raise ReleaseError(f"{release}: {len(problems)} file(s) do not match manifest.json, not packed: "
+                                   f"{shown}")
+        except BaseException:
+            shutil.rmtree(tmp, ignore_errors=True)
+            raise
         flush_filesystem(tmp)
         os.rename(tmp, dist)
     return dist, info

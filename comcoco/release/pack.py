@@ -11,10 +11,10 @@ import hashlib
 import json
 import os
 import tarfile
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
-from typing import BinaryIO
+from typing import Any, BinaryIO
 
 from comcoco.io import write_text_atomic
 from comcoco.progress import Progress
@@ -58,6 +58,18 @@ class _HashingWriter:
         return self.size
 
 
+class _HashingReader:
+    """A file read once, front to back, hashed on the way: tar reads it, the digest checks it."""
+
+    def __init__(self, fh: BinaryIO) -> None:
+        self.fh, self.digest = fh, hashlib.sha256()
+
+    def read(self, n: int = -1) -> bytes:
+        data = self.fh.read(n)
+        self.digest.update(data)
+        return data
+
+
 def pack_release(
     root: str | os.PathLike[str],
     files: Sequence[str],
@@ -66,15 +78,24 @@ def pack_release(
     shard_bytes: int = DEFAULT_SHARD_BYTES,
     prefix: str = "comcoco",
     progress: bool = False,
+    expected: Mapping[str, Mapping[str, Any]] | None = None,
+    problems: list[str] | None = None,
 ) -> list[ShardInfo]:
     """Pack ``files`` (paths relative to ``root``) into deterministic tar shards plus ``index.json``.
 
     Files are taken in sorted order and a new shard starts when the current one would pass
-    ``shard_bytes`` (a single larger file gets a shard of its own).
+    ``shard_bytes`` (a single larger file gets a shard of its own). With ``expected`` (a manifest's
+    ``{rel: {sha256, size}}``) each listed file is checked as it is packed, in the same read, and what
+    does not match goes to ``problems`` (as ``verify`` words it); the shards are then not to be used.
     """
     root, dist = Path(root), Path(dist_dir)
     dist.mkdir(parents=True, exist_ok=True)
     ordered = sorted(set(files))
+    if expected is not None:
+        problems = [] if problems is None else problems
+        present = [rel for rel in ordered if rel not in expected or (root / rel).is_file()]
+        problems += [f"{rel}: missing" for rel in ordered if rel not in present]
+        ordered = present
     batches: list[list[str]] = [[]]
     size = 0
     for rel in ordered:
@@ -97,7 +118,17 @@ def pack_release(
                 for rel in batch:
                     p = root / rel
                     with open(p, "rb") as fh:
-                        tar.addfile(_normalized_info(p, rel), fh)
+                        info = _normalized_info(p, rel)
+                        meta = None if expected is None else expected.get(rel)
+                        if meta is None:
+                            tar.addfile(info, fh)
+                            continue
+                        reader = _HashingReader(fh)
+                        tar.addfile(info, reader)
+                    if info.size != meta["size"]:
+                        problems.append(f"{rel}: size {info.size} != {meta['size']}")
+                    elif reader.digest.hexdigest() != meta["sha256"]:
+                        problems.append(f"{rel}: sha256 mismatch")
                     if bar is not None:
                         bar.advance()
         os.replace(tmp, dist / name)

@@ -34,7 +34,7 @@ import orjson
 
 from comcoco.io import atomic_write
 from comcoco.records import Annotation, Category, ImageInfo, Problem, Ref, Sentence
-from comcoco.sources.allocation import shared_values
+from comcoco.sources.allocation import shared_lists
 from comcoco.sources.parse import loads_json
 
 FORMAT = 1
@@ -294,9 +294,7 @@ def _segmentations(header: dict[str, Any], payload: memoryview, n: int) -> list[
         or (lengths < 0).any() or int(lengths.sum()) != len(coords) or int((~columnar).sum()) != len(other)
     ):  # fmt: skip
         raise CacheMiss("segmentation sections disagree")
-    ends = np.cumsum(lengths).tolist()
-    shared = shared_values(coords)  # one float object per distinct value: ~4x less memory than one each
-    polys = [shared[a:b].tolist() for a, b in zip([0, *ends[:-1]], ends, strict=True)]  # no 10M-item list
+    polys = shared_lists(coords, np.cumsum(lengths).tolist())  # one float object per distinct value
     seg_ends = np.cumsum(np.maximum(n_polys, 0)).tolist()
     segs = [polys[a:b] for a, b in zip([0, *seg_ends[:-1]], seg_ends, strict=True)]
     if other:
