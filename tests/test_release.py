@@ -754,5 +754,7 @@ def test_selection_in_its_own_process_writes_the_same_entries(workdir, tmp_path)
     coords += [v for e in entries for o in e.background_objects for p in o["segmentation"] for v in p if v]
     assert len(coords) > 3 * len({v for v in coords})  # values repeat ...
     assert len({id(v) for v in coords}) == len({v for v in coords})  # ... as one object each
+    keys = [k for e in entries for k in e.provenance]  # equal keys one string, as in one json.loads of it all:
+    assert len({id(k) for k in keys}) == len(set(keys)) < len(keys)  # the REFER pickle's bytes depend on it
     with pytest.raises(ReleaseError, match=r"not-a-workdir.*plan.json: not a built work directory"):  # raised there, told here
         select_stage(tmp_path / "not-a-workdir", start_release(tmp_path / "C", "1.0.0"), OPTIONS, child=True)

@@ -38,7 +38,6 @@ from comcoco.io import atomic_write, write_text_atomic
 from comcoco.records import Annotation, ImageInfo, Ref, Sentence
 from comcoco.sources.allocation import SharedFloats
 from comcoco.sources.images import annotation_rle, usable_polygons
-from comcoco.sources.parse import loads_json
 from comcoco.sources.refer import COCO_CATEGORIES, normalize_sentence, write_source
 
 if TYPE_CHECKING:
@@ -168,12 +167,16 @@ def read_entries(path: str | os.PathLike[str]) -> list[ReleaseEntry]:
     """The entries ``write_entries`` wrote, a line at a time; the samples of one background share its
     objects, and every entry's coordinates are shared floats."""
     shared = SharedFloats()
+    keys: dict[str, str] = {}
+    # Equal keys are one string object, as one ``json.loads`` of a whole document makes them: pickle
+    # writes a repeated object as a reference, so the REFER pickle's bytes depend on it.
+    loads = json.JSONDecoder(object_pairs_hook=lambda pairs: {keys.setdefault(k, k): v for k, v in pairs}).decode
     out = []
-    with open(path, "rb") as fh:
-        n = int(loads_json(fh.readline())["backgrounds"])
-        backgrounds = [tuple(_shared_segmentation(o, shared) for o in loads_json(fh.readline())) for _ in range(n)]
+    with open(path, encoding="utf-8") as fh:
+        n = int(loads(fh.readline())["backgrounds"])
+        backgrounds = [tuple(_shared_segmentation(o, shared) for o in loads(fh.readline())) for _ in range(n)]
         for line in fh:
-            d = loads_json(line)
+            d = loads(line)
             d["background_objects"] = backgrounds[d.pop("background")]
             out.append(ReleaseEntry.from_dict(d, shared))
     return out
