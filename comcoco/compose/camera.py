@@ -54,6 +54,7 @@ from comcoco.ids import fixed_normal
 from comcoco.pixels import magnitude
 
 _IMMERKAER = np.array([[1, -2, 1], [-2, 4, -2], [1, -2, 1]], np.float32)
+_IMMERKAER_1D = np.array([1, -2, 1], np.float32)  # _IMMERKAER is its outer product with itself
 _MIN_PIXELS = 64  # a region needs this many usable pixels for an estimate
 _TILE = 64  # large regions are measured on tiles of this size
 _FLAT = 0.5  # noise is measured on the flattest half of a region (texture would read as noise)
@@ -130,24 +131,32 @@ def _valid(mask: np.ndarray | None, shape: tuple[int, ...], border: int) -> np.n
                      borderType=cv2.BORDER_CONSTANT, borderValue=0) > 0
 
 
-def _noise_samples(ycc: np.ndarray, mask: np.ndarray | None) -> np.ndarray:
-    """|Immerkær response| (k×3, YCrCb) at the flattest half of the region's usable pixels."""
-    sel = _valid(mask, ycc.shape, 1)
+def _noise_samples(ycc: np.ndarray, mask: np.ndarray | None, valid: np.ndarray | None = None) -> np.ndarray:
+    """|Immerkær response| (k×3, YCrCb) at the flattest half of the region's usable pixels.
+
+    ``ycc`` holds whole numbers (``_ycrcb``), so the separable form of the kernel gives the same
+    float32 values as the 3×3 one: every partial sum is a small integer, exact in float32.
+    ``valid``: ``_valid(mask, ycc.shape, 1)`` when the caller already has it (it is not changed).
+    """
+    sel = _valid(mask, ycc.shape, 1) if valid is None else valid.copy()
     if np.count_nonzero(sel) < _MIN_PIXELS:
         return np.zeros((0, 3), np.float32)
     sm = cv2.GaussianBlur(ycc[..., 0], (0, 0), 2.0)
-    g = np.abs(cv2.Sobel(sm, cv2.CV_32F, 1, 0, ksize=3)) + np.abs(cv2.Sobel(sm, cv2.CV_32F, 0, 1, ksize=3))
+    g = np.abs(cv2.Sobel(sm, cv2.CV_32F, 1, 0, ksize=3))
+    g += np.abs(cv2.Sobel(sm, cv2.CV_32F, 0, 1, ksize=3))
     sel &= g <= _q(g[sel], _FLAT)  # the flattest part: texture would read as noise
-    return np.abs(cv2.filter2D(ycc, cv2.CV_32F, _IMMERKAER, borderType=cv2.BORDER_REFLECT)[sel])
+    return np.abs(cv2.sepFilter2D(ycc, cv2.CV_32F, _IMMERKAER_1D, _IMMERKAER_1D, borderType=cv2.BORDER_REFLECT)[sel])
 
 
-def _blur_samples(lum: np.ndarray, mask: np.ndarray | None, top: float = 0.1, floor: float = 2.0) -> np.ndarray:
+def _blur_samples(lum: np.ndarray, mask: np.ndarray | None, top: float = 0.1, floor: float = 2.0,
+                  valid: np.ndarray | None = None) -> np.ndarray:
     """Re-blur gradient ratios g(G_σ₀ ∗ I)/g(I) at the region's strongest-gradient pixels.
 
     ``floor`` keeps noise peaks out: a gradient must exceed it (callers pass ~2.5× the noise std,
-    the 99.9th percentile of the Sobel magnitude of white noise being about 1.6σ).
+    the 99.9th percentile of the Sobel magnitude of white noise being about 1.6σ). ``valid``:
+    ``_valid(mask, lum.shape, 3)`` when the caller already has it.
     """
-    sel = _valid(mask, lum.shape, 3)
+    sel = _valid(mask, lum.shape, 3) if valid is None else valid
     if np.count_nonzero(sel) < _MIN_PIXELS:
         return np.zeros(0, np.float32)
 
@@ -164,8 +173,7 @@ def _noise_from(samples: np.ndarray) -> NoiseLevel | None:
     if samples.shape[0] < _MIN_PIXELS:
         return None
     out = []
-    for c in range(3):
-        a = samples[:, c]
+    for a in np.ascontiguousarray(samples.T):  # per channel, contiguous (the same values)
         a = a[a <= _q(a, 0.75)]  # trimmed: the texture left in the flat part sits in the tail
         out.append(float(a.mean()) / (_TRIM_MEAN * 6.0))
     return NoiseLevel(y=out[0], cr=out[1], cb=out[2])
@@ -193,25 +201,55 @@ def _tiles(h: int, w: int, max_px: int) -> list[tuple[int, int, int, int]]:
             for x in range((w % step) // 2, w - _TILE + 1, step)]
 
 
-def _measure(rgb: np.ndarray, mask: np.ndarray | None, max_px: int = 16384, blur: bool = True) -> tuple[float | None, NoiseLevel | None]:
+class _Tile:
+    """One tile of a measured region, with its share of the mask and that share's eroded forms
+    (made when first needed): what every measurement of the same region under the same mask reuses."""
+
+    __slots__ = ("box", "mask", "_valid1", "_valid3")
+
+    def __init__(self, box: tuple[int, int, int, int], mask: np.ndarray | None):
+        self.box, self.mask, self._valid1, self._valid3 = box, mask, None, None
+
+    def valid(self, border: int) -> np.ndarray:
+        shape = (self.box[3], self.box[2])
+        if border == 1:
+            if self._valid1 is None:
+                self._valid1 = _valid(self.mask, shape, 1)
+            return self._valid1
+        if self._valid3 is None:
+            self._valid3 = _valid(self.mask, shape, 3)
+        return self._valid3
+
+
+def _plan(shape: tuple[int, ...], mask: np.ndarray | None, max_px: int = 16384) -> list[_Tile]:
+    """The tiles ``_measure`` reads of an h×w region under ``mask`` (those at least half inside it)."""
+    tiles = []
+    for x, y, w, h in _tiles(shape[0], shape[1], max_px):
+        m = None if mask is None else mask[y:y + h, x:x + w]
+        if m is not None and np.count_nonzero(m) < 0.5 * m.size and (w, h) != (shape[1], shape[0]):
+            continue
+        tiles.append(_Tile((x, y, w, h), m))
+    return tiles
+
+
+def _measure(rgb: np.ndarray, mask: np.ndarray | None, max_px: int = 16384, blur: bool = True,
+             plan: list[_Tile] | None = None) -> tuple[float | None, NoiseLevel | None]:
     """(blur σ, noise) of a region, pooled over tiles so a large region costs no more than max_px.
 
     Noise first: its level sets the gradient floor of the blur estimate, so a noisy, soft region is
     not read as sharp. ``blur=False``: the noise only (blur None), for callers that need no more.
+    ``plan``: ``_plan(rgb.shape, mask, max_px)``, kept by a caller that measures one region often.
     """
     if rgb.shape[0] < 7 or rgb.shape[1] < 7:
         return None, None
-    planes = []
-    for x, y, w, h in _tiles(rgb.shape[0], rgb.shape[1], max_px):
-        m = None if mask is None else mask[y:y + h, x:x + w]
-        if m is not None and np.count_nonzero(m) < 0.5 * m.size and (w, h) != (rgb.shape[1], rgb.shape[0]):
-            continue
-        planes.append((_ycrcb(rgb[y:y + h, x:x + w]), m))
-    if not planes:
+    tiles = _plan(rgb.shape, mask, max_px) if plan is None else plan
+    if not tiles:
         return None, None
-    noise = _noise_from(np.concatenate([_noise_samples(ycc, m) for ycc, m in planes]))
+    planes = [(_ycrcb(rgb[y:y + h, x:x + w]), t) for t in tiles for x, y, w, h in (t.box,)]
+    noise = _noise_from(np.concatenate([_noise_samples(ycc, t.mask, t.valid(1)) for ycc, t in planes]))
     floor = max(2.0, 2.5 * noise.y) if noise is not None else 2.0
-    sigma = _blur_from(np.concatenate([_blur_samples(ycc[..., 0], m, floor=floor) for ycc, m in planes])) if blur else None
+    sigma = _blur_from(np.concatenate([_blur_samples(ycc[..., 0], t.mask, floor=floor, valid=t.valid(3))
+                                       for ycc, t in planes])) if blur else None
     return sigma, noise
 
 
@@ -368,7 +406,7 @@ def _blur_edge(rgb: np.ndarray, alpha: np.ndarray, sigma: float) -> tuple[np.nda
 
 
 def _after_regrid(rgb: np.ndarray, inner: np.ndarray, jpeg: JpegEstimate, guess: NoiseLevel,
-                  target: NoiseLevel) -> NoiseLevel | None:
+                  target: NoiseLevel, plan: list[_Tile] | None = None) -> NoiseLevel | None:
     """The noise to add so that the object, after the regrid's round trip, has the scene's noise.
 
     ``jpeg_noise_gain`` is measured on white noise over flat grey; on an object the round trip keeps
@@ -380,7 +418,8 @@ def _after_regrid(rgb: np.ndarray, inner: np.ndarray, jpeg: JpegEstimate, guess:
     object is too small to measure.
     """
     q, ss = int(jpeg.quality), int(jpeg.subsampling)  # type: ignore[arg-type]
-    own = _measure(_roundtrip(rgb, q, ss), inner, blur=False)[1]
+    plan = _plan(rgb.shape, inner) if plan is None else plan
+    own = _measure(_roundtrip(rgb, q, ss), inner, blur=False, plan=plan)[1]
     if own is None:
         return None
     own_v = np.asarray([own.y, own.cr, own.cb], np.float64)
@@ -391,8 +430,11 @@ def _after_regrid(rgb: np.ndarray, inner: np.ndarray, jpeg: JpegEstimate, guess:
     for _ in range(_REGRID_STEPS):
         if not level.any():
             break
-        noisy = np.clip(np.rint(rgb.astype(np.float32) + unit * level.astype(np.float32) @ _MIX.T), 0, 255)
-        after = _measure(_roundtrip(noisy.astype(np.uint8), q, ss), inner, blur=False)[1]
+        # rint(rgb + (unit·level) @ mixᵀ), clipped: the same float32 operations, fewer buffers
+        noisy = (unit * level.astype(np.float32)) @ _MIX.T
+        np.add(noisy, rgb, out=noisy)
+        np.clip(np.rint(noisy, out=noisy), 0, 255, out=noisy)
+        after = _measure(_roundtrip(noisy.astype(np.uint8), q, ss), inner, blur=False, plan=plan)[1]
         if after is None:
             return None
         kept = np.sqrt(np.maximum(np.asarray([after.y, after.cr, after.cb]) ** 2 - own_v ** 2, 1e-6))
@@ -442,8 +484,9 @@ def match_camera(object_rgb: np.ndarray, alpha: np.ndarray, background: np.ndarr
     p = params or CameraParams()
     alpha = np.asarray(alpha, dtype=np.float32)
     inner = alpha >= MASK_THRESHOLD
+    plan = _plan(object_rgb.shape, inner)  # the object is measured up to seven times under this mask
     reasons: list[str] = []
-    b_obj, n_obj = _measure(object_rgb, inner)
+    b_obj, n_obj = _measure(object_rgb, inner, plan=plan)
     if scene is None:
         x0, y0, x1, y1 = _window(tuple(int(v) for v in box), background.shape, p.margin)  # type: ignore[arg-type]
         b_bg, n_bg = _measure(background[y0:y1, x0:x1], None)
@@ -457,7 +500,7 @@ def match_camera(object_rgb: np.ndarray, alpha: np.ndarray, background: np.ndarr
         elif b_bg * b_bg - b_obj * b_obj > _BLUR_MIN * _BLUR_MIN:
             applied = min(_BLUR_MAX, math.sqrt(b_bg * b_bg - b_obj * b_obj))
             rgb = _premult_blur(rgb, alpha, applied)
-            n_obj = _measure(rgb, inner, blur=False)[1]  # the blur lowered the object's noise
+            n_obj = _measure(rgb, inner, blur=False, plan=plan)[1]  # the blur lowered the object's noise
         elif b_obj > b_bg + _BLUR_MIN:
             reasons.append("blur: object blurrier than the scene (not sharpened)")
         edge = _silhouette_gap(rgb, alpha, background, box, scene, b_bg)
@@ -474,7 +517,7 @@ def match_camera(object_rgb: np.ndarray, alpha: np.ndarray, background: np.ndarr
             # the object's chroma is noisier than the scene's: smooth it
             chroma = float(np.clip(1.0 / (2.0 * math.sqrt(math.pi) * ratio), 0.5, 2.0))
             rgb = _chroma_smooth(rgb, alpha, chroma)
-            n_obj = _measure(rgb, inner, blur=False)[1] or n_obj
+            n_obj = _measure(rgb, inner, blur=False, plan=plan)[1] or n_obj
 
         def gap(b: float, o: float, g: float) -> float:
             d = math.sqrt(max(0.0, (b / g) ** 2 - o * o))
@@ -482,7 +525,7 @@ def match_camera(object_rgb: np.ndarray, alpha: np.ndarray, background: np.ndarr
 
         added = NoiseLevel(gap(n_bg.y, n_obj.y, gain[0]), gap(n_bg.cr, n_obj.cr, gain[1]), gap(n_bg.cb, n_obj.cb, gain[2]))
         if jpeg is not None and jpeg.quality is not None:
-            added = _after_regrid(rgb, inner, jpeg, added, n_bg) or added
+            added = _after_regrid(rgb, inner, jpeg, added, n_bg, plan) or added
         if added.y or added.cr or added.cb:
             shown = new_alpha > 0  # pixels never shown need no noise
             n = rng.standard_normal((int(np.count_nonzero(shown)), 3), dtype=np.float32)

@@ -52,8 +52,12 @@ class ShadowTemplate:
 
 
 def _luma(rgb: np.ndarray) -> np.ndarray:
-    f = rgb.astype(np.float32)
-    return f[..., 0] * np.float32(0.299) + f[..., 1] * np.float32(0.587) + f[..., 2] * np.float32(0.114)
+    """0.299 R + 0.587 G + 0.114 B in float32, summed left to right (channel by channel: no float copy
+    of the whole frame, the same bits)."""
+    out = np.multiply(rgb[..., 0], np.float32(0.299), dtype=np.float32)
+    out += np.multiply(rgb[..., 1], np.float32(0.587), dtype=np.float32)
+    out += np.multiply(rgb[..., 2], np.float32(0.114), dtype=np.float32)
+    return out
 
 
 def _foot(mask: np.ndarray) -> tuple[float, float, float, float] | None:

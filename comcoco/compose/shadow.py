@@ -223,10 +223,12 @@ def _probe_profile(bg: np.ndarray, occupied: np.ndarray, o: NativeObject) -> tup
     return prof, ow / oh
 
 
-def _from_objects(bg: np.ndarray, objects: Sequence[NativeObject]) -> Light | None:
+def _from_objects(bg: np.ndarray, objects: Sequence[NativeObject], occupied: np.ndarray | None = None) -> Light | None:
     """Direction from the darkest of eight probes half a width from the base; strength from its
-    darkening; length from how far along that direction the ground stays at least half as dark."""
-    occupied = _objects_mask(objects, bg.shape[0], bg.shape[1])
+    darkening; length from how far along that direction the ground stays at least half as dark.
+    ``occupied``: the objects' fill (``_objects_mask``) when the caller already has it."""
+    if occupied is None:
+        occupied = _objects_mask(objects, bg.shape[0], bg.shape[1])
     probes = [p for p in (_probe_profile(bg, occupied, o) for o in objects) if p is not None]
     probes = [p for p in probes if np.count_nonzero(~np.isnan(p[0][:, _DIR_AT])) >= 3]
     if not probes:
@@ -296,14 +298,16 @@ def _from_gradient(bg: np.ndarray) -> Light | None:
     return Light(direction=(dx, dy), strength=DEFAULT_LIGHT.strength, source="gradient", confidence=round(0.5 * t, 6))
 
 
-def estimate_light(background: np.ndarray, native_objects: Iterable[NativeObject] = ()) -> Light:
-    """The light from ``background`` (H×W×3 uint8) and its annotated objects; never raises on data."""
+def estimate_light(background: np.ndarray, native_objects: Iterable[NativeObject] = (),
+                   occupied: np.ndarray | None = None) -> Light:
+    """The light from ``background`` (H×W×3 uint8) and its annotated objects; never raises on data.
+    ``occupied`` (H×W uint8, 1 on the objects' polygons: ``_objects_mask`` of them) saves filling them again."""
     bg = np.asarray(background)
     if bg.ndim != 3 or bg.shape[2] != 3 or bg.shape[0] < 4 or bg.shape[1] < 4:
         return DEFAULT_LIGHT
     objs = [o for o in native_objects if o is not None]
     if objs:
-        light = _from_objects(bg, objs)
+        light = _from_objects(bg, objs, occupied)
         if light is not None:
             return light
     return _from_gradient(bg) or DEFAULT_LIGHT
