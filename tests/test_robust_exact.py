@@ -237,3 +237,151 @@ def test_light_from_objects_needs_no_warning_filter_and_gives_the_same_light():
     agg = np.full(grid.shape[1:], np.nan)
     agg[known] = np.nanmedian(grid[:, known], axis=0)
     assert agg.tobytes() == reference.tobytes()
+
+
+def _photo(h: int, w: int, seed: int) -> np.ndarray:
+    """Smooth shapes, edges and noise: what the camera and decoding steps see in a photo."""
+    rng = np.random.default_rng(seed)
+    yy, xx = np.mgrid[0:h, 0:w]
+    base = 90 + 60 * np.sin(xx / 11.0)[..., None] * np.cos(yy / 7.0)[..., None] + 40 * (xx > w // 2)[..., None]
+    return np.clip(base + rng.normal(0, 5, (h, w, 3)) + np.array([10, -5, 20]), 0, 255).astype(np.uint8)
+
+
+@pytest.mark.parametrize("kind", ["jpeg-420", "jpeg-444", "jpeg-grey", "png"])
+def test_rgb_decode_equals_the_bgr_decode_swapped(kind):
+    import cv2
+
+    from comcoco.sources.images import imdecode_rgb
+
+    img = _photo(61, 83, 1)
+    if kind == "png":
+        ok, buf = cv2.imencode(".png", img)
+    elif kind == "jpeg-grey":
+        ok, buf = cv2.imencode(".jpg", img[..., 0], [cv2.IMWRITE_JPEG_QUALITY, 80])
+    else:
+        factor = cv2.IMWRITE_JPEG_SAMPLING_FACTOR_420 if kind == "jpeg-420" else cv2.IMWRITE_JPEG_SAMPLING_FACTOR_444
+        ok, buf = cv2.imencode(".jpg", img, [cv2.IMWRITE_JPEG_QUALITY, 87, cv2.IMWRITE_JPEG_SAMPLING_FACTOR, factor])
+    assert ok
+    direct = cv2.cvtColor(cv2.imdecode(buf, cv2.IMREAD_COLOR), cv2.COLOR_BGR2RGB)
+    fast = imdecode_rgb(buf)
+    assert fast.shape == direct.shape == (61, 83, 3) and fast.tobytes() == direct.tobytes()
+    assert imdecode_rgb(np.frombuffer(b"not an image", np.uint8)) is None
+
+
+@pytest.mark.parametrize("grey", [False, True])
+def test_pillow_scan_decode_equals_the_converted_decode(grey):
+    import io
+
+    from PIL import Image
+
+    from comcoco.sources.images import _pil_rgb
+
+    img = _photo(40, 56, 2)
+    buf = io.BytesIO()
+    (Image.fromarray(img[..., 1]) if grey else Image.fromarray(img)).save(buf, "JPEG", quality=90)
+    with Image.open(io.BytesIO(buf.getvalue())) as im:
+        direct = np.asarray(im.convert("RGB"))
+    fast = _pil_rgb(buf.getvalue())
+    assert fast.shape == direct.shape == (40, 56, 3) and fast.tobytes() == direct.tobytes()
+
+
+@pytest.mark.parametrize("size", [(70, 90), (200, 260)])  # one region; tiled
+def test_noise_samples_equal_the_3x3_kernel_and_plans_change_nothing(size):
+    import cv2
+
+    from comcoco.compose import camera
+
+    def direct(ycc, mask):  # the definition: a fresh eroded mask and the 3×3 kernel
+        sel = camera._valid(mask, ycc.shape, 1)
+        sm = cv2.GaussianBlur(ycc[..., 0], (0, 0), 2.0)
+        g = np.abs(cv2.Sobel(sm, cv2.CV_32F, 1, 0, ksize=3)) + np.abs(cv2.Sobel(sm, cv2.CV_32F, 0, 1, ksize=3))
+        sel &= g <= camera._q(g[sel], camera._FLAT)
+        return np.abs(cv2.filter2D(ycc, cv2.CV_32F, camera._IMMERKAER, borderType=cv2.BORDER_REFLECT)[sel])
+
+    h, w = size
+    rgb = _photo(h, w, 3)
+    yy, xx = np.mgrid[0:h, 0:w]
+    mask = ((yy - h / 2) ** 2 / (0.42 * h) ** 2 + (xx - w / 2) ** 2 / (0.45 * w) ** 2) < 1
+    ycc = camera._ycrcb(rgb)
+    for m in (mask, None):
+        assert camera._noise_samples(ycc, m).tobytes() == direct(ycc, m).tobytes()
+        plan = camera._plan(rgb.shape, m)
+        fresh = camera._measure(rgb, m)
+        assert fresh[0] is not None and fresh[1] is not None
+        assert camera._measure(rgb, m, plan=plan) == fresh  # first use fills the plan's masks
+        assert camera._measure(rgb, m, plan=plan) == fresh  # later uses read them
+        assert camera._measure(rgb, m, blur=False, plan=plan) == (None, fresh[1])
+    samples = camera._noise_samples(ycc, mask)  # the per-channel trimmed means on contiguous columns
+    expected = []
+    for c in range(3):
+        a = samples[:, c]
+        a = a[a <= camera._q(a, 0.75)]
+        expected.append(float(a.mean()) / (camera._TRIM_MEAN * 6.0))
+    assert camera._noise_from(samples) == camera.NoiseLevel(*expected)
+
+
+def test_trial_noise_equals_the_plain_expression():
+    from comcoco.compose import camera
+    from comcoco.ids import fixed_normal
+
+    rgb = _photo(50, 64, 4)
+    rgb[:5] = 0
+    rgb[-5:] = 255  # clipped both ways
+    unit = fixed_normal(rgb.shape)
+    for level in ([0.5, 0.0, 0.0], [3.2, 1.7, 2.9], [40.0, 12.0, 9.0]):
+        lv = np.asarray(level, np.float64)
+        direct = np.clip(np.rint(rgb.astype(np.float32) + unit * lv.astype(np.float32) @ camera._MIX.T), 0, 255)
+        assert camera._with_noise(rgb, unit, lv).tobytes() == direct.astype(np.uint8).tobytes()
+
+
+def test_channelwise_luma_equals_the_float_copy():
+    from comcoco.compose.scene_shadow import _luma
+
+    rgb = np.random.default_rng(5).integers(0, 256, (97, 131, 3), dtype=np.uint8)
+    f = rgb.astype(np.float32)
+    direct = f[..., 0] * np.float32(0.299) + f[..., 1] * np.float32(0.587) + f[..., 2] * np.float32(0.114)
+    for view in (rgb, rgb[3:90, 7:120]):
+        d = direct[3:90, 7:120] if view is not rgb else direct
+        assert _luma(view).dtype == np.float32 and _luma(view).tobytes() == np.ascontiguousarray(d).tobytes()
+
+
+def test_light_from_the_scene_fill_equals_its_own_fill():
+    """measure_scene hands estimate_light the objects' fill it made for the template: the same light."""
+    from comcoco.compose import shadow
+
+    rng = np.random.default_rng(6)
+    H, W = 240, 400
+    bg = np.clip(rng.normal(150, 8, (H, W, 3)), 0, 255).astype(np.uint8)
+    natives = []
+    for x, y in [(40, 60), (150, 80), (262.6, 70.4)]:
+        x0, y0 = int(x), int(y)
+        bg[y0 + 58:y0 + 66, x0 + 4:x0 + 40] = (bg[y0 + 58:y0 + 66, x0 + 4:x0 + 40] * 0.55).astype(np.uint8)
+        natives.append(shadow.NativeObject.from_annotation(
+            (x, y, 30, 60), [[x, y, x + 30.4, y + 0.6, x + 29.5, y + 60, x - 0.3, y + 59.7]]))
+    occupied = shadow._objects_mask(natives, H, W)
+    light = shadow.estimate_light(bg, natives, occupied=occupied)
+    assert light.source == "objects"
+    assert light == shadow.estimate_light(bg, natives)
+
+
+def test_median_of_known_equals_numpys_nanmedian():
+    """The light's and the template's per-cell medians: numpy's nanmedian bit for bit, ties of ±0,
+    even and odd counts and columns with one number included."""
+    import warnings
+
+    from comcoco.compose.shadow import median_of_known
+
+    rng = np.random.default_rng(8)
+    for trial in range(600):
+        n, k = int(rng.integers(1, 9)), int(rng.integers(1, 40))
+        dt = np.float32 if trial % 2 else np.float64
+        g = rng.normal(0, 1, (n, k)).astype(dt)
+        if trial % 3 == 0:
+            g = np.round(g, 1)  # ties, and -0.0 beside 0.0
+        g[rng.random((n, k)) < rng.random()] = np.nan
+        g[0, np.isnan(g).all(axis=0)] = dt(0.25)  # every column holds a number
+        with warnings.catch_warnings():
+            warnings.simplefilter("error")
+            direct = np.nanmedian(g, axis=0)
+        fast = median_of_known(g)
+        assert fast.dtype == direct.dtype and fast.tobytes() == direct.tobytes()

@@ -153,6 +153,24 @@ def _luma(rgb: np.ndarray) -> np.ndarray:
     return (rgb[..., 0] * np.float32(r) + rgb[..., 1] * np.float32(g) + rgb[..., 2] * np.float32(b)).astype(np.float32)
 
 
+def median_of_known(grid: np.ndarray) -> np.ndarray:
+    """``np.nanmedian(grid, axis=0)`` for a 2-D float grid whose every column holds a number: the
+    middle of each column's numbers (NaNs sort last), the mean of the two middles for an even count,
+    as ``sum(low, high) / 2`` in the grid's dtype — numpy's own steps (its masked sort: the NaNs as +inf
+    through ``argsort``, or a plain sort without NaNs, so even ±0 ties land alike), without its
+    masked-array machinery (which costs ~0.2 ms a call on these few objects × cells)."""
+    nan = np.isnan(grid)
+    if nan.any():
+        srt = np.take_along_axis(grid, np.where(nan, np.inf, grid).argsort(axis=0), axis=0)
+    else:
+        srt = np.sort(grid, axis=0)
+    n = np.count_nonzero(~nan, axis=0)
+    high = n // 2
+    low = np.where(n % 2 == 1, high, high - 1)
+    cols = np.arange(grid.shape[1])
+    return np.stack([srt[low, cols], srt[high, cols]]).sum(axis=0) / 2  # numpy's sum: -0 + -0 is +0 here
+
+
 def _objects_mask(objects: Sequence[NativeObject], h: int, w: int) -> np.ndarray:
     m = np.zeros((h, w), np.uint8)
     for o in objects:
@@ -239,7 +257,7 @@ def _from_objects(bg: np.ndarray, objects: Sequence[NativeObject], occupied: np.
     # (catch_warnings is not thread-safe: with threaded shards the warning leaked to stderr)
     known = ~np.isnan(grid).all(axis=0)
     agg_grid = np.full(grid.shape[1:], np.nan)
-    agg_grid[known] = np.nanmedian(grid[:, known], axis=0)
+    agg_grid[known] = median_of_known(grid[:, known])
     agg = agg_grid[:, _DIR_AT]
     valid = ~np.isnan(agg)
     if np.count_nonzero(valid) < 3:

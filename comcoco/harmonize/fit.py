@@ -210,12 +210,17 @@ def _hsl_s(px: np.ndarray) -> np.ndarray:
     return np.where(ran < 1.0, var / (ran + 1e-6), var / (2.0 - ran + 1e-6))
 
 
-def _chroma(px: np.ndarray, grey_frac: float) -> np.ndarray:
-    """Log chromaticities of the least saturated pixels: their colour cast is the illuminant's."""
+def _grey_mean(px: np.ndarray, grey_frac: float) -> np.ndarray:
+    """Mean colour (float64, + 1e-4) of the least saturated pixels: their colour cast is the illuminant's."""
     if 0 < grey_frac < 1 and len(px) >= 2 * _MIN_PIXELS:
         s = _hsl_s(px)
         px = px[s <= np.quantile(s, grey_frac)]
-    m = px.mean(axis=0, dtype=np.float64) + 1e-4
+    return px.mean(axis=0, dtype=np.float64) + 1e-4
+
+
+def _chroma(px: np.ndarray, grey_frac: float, m: np.ndarray | None = None) -> np.ndarray:
+    """Log chromaticities of the least saturated pixels (``m``: their ``_grey_mean``, if known)."""
+    m = _grey_mean(px, grey_frac) if m is None else m
     return np.log(np.array([m[0] / m[1], m[2] / m[1]]))
 
 
@@ -267,13 +272,9 @@ def _fit_work(work: _Work, cfg: FitConfig) -> tuple[np.ndarray, ChainStats]:
     # 1. temperature: 1-D search over the prior box, gains from the whole-image means.
     means = flt.channel_means(thumb)
     k = float(cfg.strength)
-    c_obj, c_ref = _chroma(obj, cfg.grey_frac), _chroma(ref, cfg.grey_frac)
+    mo = _grey_mean(obj, cfg.grey_frac)  # the object's grey pixels: its chroma and the search's start
+    c_obj, c_ref = _chroma(obj, cfg.grey_frac, mo), _chroma(ref, cfg.grey_frac)
     target = c_obj + k * (c_ref - c_obj)
-    grey = obj
-    if 0 < cfg.grey_frac < 1 and len(obj) >= 2 * _MIN_PIXELS:
-        so = _hsl_s(obj)
-        grey = obj[so <= np.quantile(so, cfg.grey_frac)]
-    mo = grey.mean(axis=0, dtype=np.float64) + 1e-4
     xs = np.linspace(-r[0], r[0], cfg.temperature_grid)
     mg = mo[None, :] * _temperature_gains_grid(means, xs)
     valid = np.all(mg > 0, axis=1)
