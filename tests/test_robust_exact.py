@@ -385,3 +385,105 @@ def test_median_of_known_equals_numpys_nanmedian():
             direct = np.nanmedian(g, axis=0)
         fast = median_of_known(g)
         assert fast.dtype == direct.dtype and fast.tobytes() == direct.tobytes()
+
+
+def test_quantile_and_percentile_equal_numpys():
+    """The fit's quantiles (``comcoco.quantiles``): numpy's value, dtype and scalar type, bit for bit."""
+    from comcoco.quantiles import percentile, quantile
+
+    rng = np.random.default_rng(9)
+    for trial in range(300):
+        n = int(rng.integers(1, 5000)) if trial % 3 else int(rng.integers(1, 12))
+        dt = np.float32 if trial % 2 else np.float64
+        a = rng.random(n).astype(dt)
+        if trial % 4 == 0:
+            a = np.round(a, 2).astype(dt)  # ties
+        if trial % 50 == 0:
+            a[rng.integers(0, n)] = np.nan  # numpy answers NaN
+        for q in (0.3, 0.0, 1.0, 0.75, float(rng.random())):
+            direct, fast = np.quantile(a, q), quantile(a, q)
+            assert type(fast) is type(direct) and np.asarray(fast).tobytes() == np.asarray(direct).tobytes()
+        for p in (95, 5, 0, 100, 37.5):
+            direct, fast = np.percentile(a, p), percentile(a, p)
+            assert type(fast) is type(direct) and np.asarray(fast).tobytes() == np.asarray(direct).tobytes()
+    a = rng.random(101).astype(np.float32)
+    before = a.copy()
+    quantile(a, 0.3), percentile(a, 95)
+    assert a.tobytes() == before.tobytes()  # the input is not reordered
+
+
+def test_fit_between_photos_equals_its_reference_statistics():
+    """The fit reads the reference's saturation and luma once for several steps: the arguments are
+    those of the step-by-step reading (numpy's quantiles, statistics recomputed where used)."""
+    from comcoco.harmonize import filters as flt
+    from comcoco.harmonize import fit
+    from comcoco.harmonize.scenes import _fit_pixels, _pixels
+
+    def reference(src, dst):  # the fit as it read before: every statistic computed where it is used
+        cfg, r = fit.FitConfig(), fit.FitConfig().ranges
+        obj, ref, thumb = fit._cap(src), fit._cap(dst), dst
+        theta = np.zeros(6)
+
+        def grey(px):
+            s = fit._hsl_s(px)
+            return px[s <= np.quantile(s, cfg.grey_frac)].mean(axis=0, dtype=np.float64) + 1e-4
+
+        def chroma(m):
+            return np.log(np.array([m[0] / m[1], m[2] / m[1]]))
+
+        means, k = flt.channel_means(thumb), float(cfg.strength)
+        mo = grey(obj)
+        target = chroma(mo) + k * (chroma(grey(ref)) - chroma(mo))
+        xs = np.linspace(-r[0], r[0], cfg.temperature_grid)
+        mg = mo[None, :] * fit._temperature_gains_grid(means, xs)
+        err = np.full(len(xs), np.inf)
+        valid = np.all(mg > 0, axis=1)
+        with np.errstate(divide="ignore", invalid="ignore"):
+            ch = np.log(np.stack([mg[:, 0] / mg[:, 1], mg[:, 2] / mg[:, 1]], axis=1))
+            err[valid] = np.sum((ch[valid] - target) ** 2, axis=1)
+        order = np.lexsort((np.abs(xs), np.round(err, 12)))
+        theta[0] = float(xs[order[0]]) if np.isfinite(err[order[0]]) else 0.0
+        obj, thumb = flt.temperature(obj, theta[0], means=means), flt.temperature(thumb, theta[0], means=means)
+        theta[1] = fit._squash(fit._arg_from_gain(k * fit._log_ratio(float(fit._value(ref).mean()),
+                                                                     float(fit._value(obj).mean()))), r[1])
+        obj, thumb = flt.brightness(obj, theta[1]), flt.brightness(thumb, theta[1])
+        t = float(thumb.mean(dtype=np.float64))
+        lg = k * fit._log_ratio(float(fit._luma(ref).std()), float(fit._luma(obj).std()))
+        theta[2] = fit._contrast_arg(fit._squash(float(np.expm1(lg)), r[2]))
+        obj = flt.contrast(obj, theta[2], mean=t)
+        lg = k * fit._log_ratio(float(fit._hsl_s(ref).mean()), float(fit._hsl_s(obj).mean()))
+        theta[3] = fit._squash(fit._arg_from_gain(lg), r[3])
+        obj = flt.saturation(obj, theta[3])
+        p = float(np.clip(np.percentile(fit._luma(obj), 95), 0.02, 0.98))
+        q = float(np.clip(np.percentile(fit._luma(ref), 95), 0.02, 0.98))
+        theta[4] = fit._squash(float(np.exp(k * np.log(np.log1p(-q) / np.log1p(-p)))) - 1.0, r[4])
+        obj = flt.highlight(obj, theta[4])
+        p = float(np.clip(np.percentile(fit._luma(obj), 5), 0.02, 0.98))
+        q = float(np.clip(np.percentile(fit._luma(ref), 5), 0.02, 0.98))
+        theta[5] = fit._squash(1.0 - float(np.exp(k * np.log(np.log(q) / np.log(p)))), r[5])
+        return theta, t
+
+    for seed in range(4):
+        a, b = _photo(120 + 10 * seed, 160, 10 + seed), _photo(90, 140 - 7 * seed, 20 + seed)
+        b = np.clip(b.astype(np.int16) * (1 + 0.2 * seed) - 30 * seed, 0, 255).astype(np.uint8)  # another light
+        args, stats = _fit_pixels(_pixels(a), _pixels(b), None)
+        theta, t = reference(_pixels(a), _pixels(b))
+        assert np.asarray(args.as_tuple()).tobytes() == theta.tobytes() and stats.contrast_mean == t
+        assert any(args.as_tuple())
+
+
+def test_written_files_hold_their_bytes_and_make_their_folder(tmp_path):
+    """Files go through a plain descriptor: the bytes land whole under their name, the folder is made
+    on the first write into it, and no temporary file is left."""
+    from comcoco.compose.writer import _write_file
+
+    data = bytes(range(256)) * 1000
+    target = tmp_path / "shard" / "masks" / "a.png"
+    _write_file(target, data)
+    _write_file(target.with_name("b.png"), b"")
+    _write_file(target, data[:10])  # replaced whole, not appended to
+    assert target.read_bytes() == data[:10] and target.with_name("b.png").read_bytes() == b""
+    assert sorted(p.name for p in target.parent.iterdir()) == ["a.png", "b.png"]
+    (tmp_path / "file").write_bytes(b"x")
+    with pytest.raises(OSError):
+        _write_file(tmp_path / "file" / "c.png", data)  # a file where the folder should be
