@@ -237,3 +237,253 @@ def test_light_from_objects_needs_no_warning_filter_and_gives_the_same_light():
     agg = np.full(grid.shape[1:], np.nan)
     agg[known] = np.nanmedian(grid[:, known], axis=0)
     assert agg.tobytes() == reference.tobytes()
+
+
+def _photo(h: int, w: int, seed: int) -> np.ndarray:
+    """Smooth shapes, edges and noise: what the camera and decoding steps see in a photo."""
+    rng = np.random.default_rng(seed)
+    yy, xx = np.mgrid[0:h, 0:w]
+    base = 90 + 60 * np.sin(xx / 11.0)[..., None] * np.cos(yy / 7.0)[..., None] + 40 * (xx > w // 2)[..., None]
+    return np.clip(base + rng.normal(0, 5, (h, w, 3)) + np.array([10, -5, 20]), 0, 255).astype(np.uint8)
+
+
+@pytest.mark.parametrize("kind", ["jpeg-420", "jpeg-444", "jpeg-grey", "png"])
+def test_rgb_decode_equals_the_bgr_decode_swapped(kind):
+    import cv2
+
+    from comcoco.sources.images import imdecode_rgb
+
+    img = _photo(61, 83, 1)
+    if kind == "png":
+        ok, buf = cv2.imencode(".png", img)
+    elif kind == "jpeg-grey":
+        ok, buf = cv2.imencode(".jpg", img[..., 0], [cv2.IMWRITE_JPEG_QUALITY, 80])
+    else:
+        factor = cv2.IMWRITE_JPEG_SAMPLING_FACTOR_420 if kind == "jpeg-420" else cv2.IMWRITE_JPEG_SAMPLING_FACTOR_444
+        ok, buf = cv2.imencode(".jpg", img, [cv2.IMWRITE_JPEG_QUALITY, 87, cv2.IMWRITE_JPEG_SAMPLING_FACTOR, factor])
+    assert ok
+    direct = cv2.cvtColor(cv2.imdecode(buf, cv2.IMREAD_COLOR), cv2.COLOR_BGR2RGB)
+    fast = imdecode_rgb(buf)
+    assert fast.shape == direct.shape == (61, 83, 3) and fast.tobytes() == direct.tobytes()
+    assert imdecode_rgb(np.frombuffer(b"not an image", np.uint8)) is None
+
+
+@pytest.mark.parametrize("grey", [False, True])
+def test_pillow_scan_decode_equals_the_converted_decode(grey):
+    import io
+
+    from PIL import Image
+
+    from comcoco.sources.images import _pil_rgb
+
+    img = _photo(40, 56, 2)
+    buf = io.BytesIO()
+    (Image.fromarray(img[..., 1]) if grey else Image.fromarray(img)).save(buf, "JPEG", quality=90)
+    with Image.open(io.BytesIO(buf.getvalue())) as im:
+        direct = np.asarray(im.convert("RGB"))
+    fast = _pil_rgb(buf.getvalue())
+    assert fast.shape == direct.shape == (40, 56, 3) and fast.tobytes() == direct.tobytes()
+
+
+@pytest.mark.parametrize("size", [(70, 90), (200, 260)])  # one region; tiled
+def test_noise_samples_equal_the_3x3_kernel_and_plans_change_nothing(size):
+    import cv2
+
+    from comcoco.compose import camera
+
+    def direct(ycc, mask):  # the definition: a fresh eroded mask and the 3×3 kernel
+        sel = camera._valid(mask, ycc.shape, 1)
+        sm = cv2.GaussianBlur(ycc[..., 0], (0, 0), 2.0)
+        g = np.abs(cv2.Sobel(sm, cv2.CV_32F, 1, 0, ksize=3)) + np.abs(cv2.Sobel(sm, cv2.CV_32F, 0, 1, ksize=3))
+        sel &= g <= camera._q(g[sel], camera._FLAT)
+        return np.abs(cv2.filter2D(ycc, cv2.CV_32F, camera._IMMERKAER, borderType=cv2.BORDER_REFLECT)[sel])
+
+    h, w = size
+    rgb = _photo(h, w, 3)
+    yy, xx = np.mgrid[0:h, 0:w]
+    mask = ((yy - h / 2) ** 2 / (0.42 * h) ** 2 + (xx - w / 2) ** 2 / (0.45 * w) ** 2) < 1
+    ycc = camera._ycrcb(rgb)
+    for m in (mask, None):
+        assert camera._noise_samples(ycc, m).tobytes() == direct(ycc, m).tobytes()
+        plan = camera._plan(rgb.shape, m)
+        fresh = camera._measure(rgb, m)
+        assert fresh[0] is not None and fresh[1] is not None
+        assert camera._measure(rgb, m, plan=plan) == fresh  # first use fills the plan's masks
+        assert camera._measure(rgb, m, plan=plan) == fresh  # later uses read them
+        assert camera._measure(rgb, m, blur=False, plan=plan) == (None, fresh[1])
+    samples = camera._noise_samples(ycc, mask)  # the per-channel trimmed means on contiguous columns
+    expected = []
+    for c in range(3):
+        a = samples[:, c]
+        a = a[a <= camera._q(a, 0.75)]
+        expected.append(float(a.mean()) / (camera._TRIM_MEAN * 6.0))
+    assert camera._noise_from(samples) == camera.NoiseLevel(*expected)
+
+
+def test_trial_noise_equals_the_plain_expression():
+    from comcoco.compose import camera
+    from comcoco.ids import fixed_normal
+
+    rgb = _photo(50, 64, 4)
+    rgb[:5] = 0
+    rgb[-5:] = 255  # clipped both ways
+    unit = fixed_normal(rgb.shape)
+    for level in ([0.5, 0.0, 0.0], [3.2, 1.7, 2.9], [40.0, 12.0, 9.0]):
+        lv = np.asarray(level, np.float64)
+        direct = np.clip(np.rint(rgb.astype(np.float32) + unit * lv.astype(np.float32) @ camera._MIX.T), 0, 255)
+        assert camera._with_noise(rgb, unit, lv).tobytes() == direct.astype(np.uint8).tobytes()
+
+
+def test_channelwise_luma_equals_the_float_copy():
+    from comcoco.compose.scene_shadow import _luma
+
+    rgb = np.random.default_rng(5).integers(0, 256, (97, 131, 3), dtype=np.uint8)
+    f = rgb.astype(np.float32)
+    direct = f[..., 0] * np.float32(0.299) + f[..., 1] * np.float32(0.587) + f[..., 2] * np.float32(0.114)
+    for view in (rgb, rgb[3:90, 7:120]):
+        d = direct[3:90, 7:120] if view is not rgb else direct
+        assert _luma(view).dtype == np.float32 and _luma(view).tobytes() == np.ascontiguousarray(d).tobytes()
+
+
+def test_light_from_the_scene_fill_equals_its_own_fill():
+    """measure_scene hands estimate_light the objects' fill it made for the template: the same light."""
+    from comcoco.compose import shadow
+
+    rng = np.random.default_rng(6)
+    H, W = 240, 400
+    bg = np.clip(rng.normal(150, 8, (H, W, 3)), 0, 255).astype(np.uint8)
+    natives = []
+    for x, y in [(40, 60), (150, 80), (262.6, 70.4)]:
+        x0, y0 = int(x), int(y)
+        bg[y0 + 58:y0 + 66, x0 + 4:x0 + 40] = (bg[y0 + 58:y0 + 66, x0 + 4:x0 + 40] * 0.55).astype(np.uint8)
+        natives.append(shadow.NativeObject.from_annotation(
+            (x, y, 30, 60), [[x, y, x + 30.4, y + 0.6, x + 29.5, y + 60, x - 0.3, y + 59.7]]))
+    occupied = shadow._objects_mask(natives, H, W)
+    light = shadow.estimate_light(bg, natives, occupied=occupied)
+    assert light.source == "objects"
+    assert light == shadow.estimate_light(bg, natives)
+
+
+def test_median_of_known_equals_numpys_nanmedian():
+    """The light's and the template's per-cell medians: numpy's nanmedian bit for bit, ties of ±0,
+    even and odd counts and columns with one number included."""
+    import warnings
+
+    from comcoco.compose.shadow import median_of_known
+
+    rng = np.random.default_rng(8)
+    for trial in range(600):
+        n, k = int(rng.integers(1, 9)), int(rng.integers(1, 40))
+        dt = np.float32 if trial % 2 else np.float64
+        g = rng.normal(0, 1, (n, k)).astype(dt)
+        if trial % 3 == 0:
+            g = np.round(g, 1)  # ties, and -0.0 beside 0.0
+        g[rng.random((n, k)) < rng.random()] = np.nan
+        g[0, np.isnan(g).all(axis=0)] = dt(0.25)  # every column holds a number
+        with warnings.catch_warnings():
+            warnings.simplefilter("error")
+            direct = np.nanmedian(g, axis=0)
+        fast = median_of_known(g)
+        assert fast.dtype == direct.dtype and fast.tobytes() == direct.tobytes()
+
+
+def test_quantile_and_percentile_equal_numpys():
+    """The fit's quantiles (``comcoco.quantiles``): numpy's value, dtype and scalar type, bit for bit."""
+    from comcoco.quantiles import percentile, quantile
+
+    rng = np.random.default_rng(9)
+    for trial in range(300):
+        n = int(rng.integers(1, 5000)) if trial % 3 else int(rng.integers(1, 12))
+        dt = np.float32 if trial % 2 else np.float64
+        a = rng.random(n).astype(dt)
+        if trial % 4 == 0:
+            a = np.round(a, 2).astype(dt)  # ties
+        if trial % 50 == 0:
+            a[rng.integers(0, n)] = np.nan  # numpy answers NaN
+        for q in (0.3, 0.0, 1.0, 0.75, float(rng.random())):
+            direct, fast = np.quantile(a, q), quantile(a, q)
+            assert type(fast) is type(direct) and np.asarray(fast).tobytes() == np.asarray(direct).tobytes()
+        for p in (95, 5, 0, 100, 37.5):
+            direct, fast = np.percentile(a, p), percentile(a, p)
+            assert type(fast) is type(direct) and np.asarray(fast).tobytes() == np.asarray(direct).tobytes()
+    a = rng.random(101).astype(np.float32)
+    before = a.copy()
+    quantile(a, 0.3), percentile(a, 95)
+    assert a.tobytes() == before.tobytes()  # the input is not reordered
+
+
+def test_fit_between_photos_equals_its_reference_statistics():
+    """The fit reads the reference's saturation and luma once for several steps: the arguments are
+    those of the step-by-step reading (numpy's quantiles, statistics recomputed where used)."""
+    from comcoco.harmonize import filters as flt
+    from comcoco.harmonize import fit
+    from comcoco.harmonize.scenes import _fit_pixels, _pixels
+
+    def reference(src, dst):  # the fit as it read before: every statistic computed where it is used
+        cfg, r = fit.FitConfig(), fit.FitConfig().ranges
+        obj, ref, thumb = fit._cap(src), fit._cap(dst), dst
+        theta = np.zeros(6)
+
+        def grey(px):
+            s = fit._hsl_s(px)
+            return px[s <= np.quantile(s, cfg.grey_frac)].mean(axis=0, dtype=np.float64) + 1e-4
+
+        def chroma(m):
+            return np.log(np.array([m[0] / m[1], m[2] / m[1]]))
+
+        means, k = flt.channel_means(thumb), float(cfg.strength)
+        mo = grey(obj)
+        target = chroma(mo) + k * (chroma(grey(ref)) - chroma(mo))
+        xs = np.linspace(-r[0], r[0], cfg.temperature_grid)
+        mg = mo[None, :] * fit._temperature_gains_grid(means, xs)
+        err = np.full(len(xs), np.inf)
+        valid = np.all(mg > 0, axis=1)
+        with np.errstate(divide="ignore", invalid="ignore"):
+            ch = np.log(np.stack([mg[:, 0] / mg[:, 1], mg[:, 2] / mg[:, 1]], axis=1))
+            err[valid] = np.sum((ch[valid] - target) ** 2, axis=1)
+        order = np.lexsort((np.abs(xs), np.round(err, 12)))
+        theta[0] = float(xs[order[0]]) if np.isfinite(err[order[0]]) else 0.0
+        obj, thumb = flt.temperature(obj, theta[0], means=means), flt.temperature(thumb, theta[0], means=means)
+        theta[1] = fit._squash(fit._arg_from_gain(k * fit._log_ratio(float(fit._value(ref).mean()),
+                                                                     float(fit._value(obj).mean()))), r[1])
+        obj, thumb = flt.brightness(obj, theta[1]), flt.brightness(thumb, theta[1])
+        t = float(thumb.mean(dtype=np.float64))
+        lg = k * fit._log_ratio(float(fit._luma(ref).std()), float(fit._luma(obj).std()))
+        theta[2] = fit._contrast_arg(fit._squash(float(np.expm1(lg)), r[2]))
+        obj = flt.contrast(obj, theta[2], mean=t)
+        lg = k * fit._log_ratio(float(fit._hsl_s(ref).mean()), float(fit._hsl_s(obj).mean()))
+        theta[3] = fit._squash(fit._arg_from_gain(lg), r[3])
+        obj = flt.saturation(obj, theta[3])
+        p = float(np.clip(np.percentile(fit._luma(obj), 95), 0.02, 0.98))
+        q = float(np.clip(np.percentile(fit._luma(ref), 95), 0.02, 0.98))
+        theta[4] = fit._squash(float(np.exp(k * np.log(np.log1p(-q) / np.log1p(-p)))) - 1.0, r[4])
+        obj = flt.highlight(obj, theta[4])
+        p = float(np.clip(np.percentile(fit._luma(obj), 5), 0.02, 0.98))
+        q = float(np.clip(np.percentile(fit._luma(ref), 5), 0.02, 0.98))
+        theta[5] = fit._squash(1.0 - float(np.exp(k * np.log(np.log(q) / np.log(p)))), r[5])
+        return theta, t
+
+    for seed in range(4):
+        a, b = _photo(120 + 10 * seed, 160, 10 + seed), _photo(90, 140 - 7 * seed, 20 + seed)
+        b = np.clip(b.astype(np.int16) * (1 + 0.2 * seed) - 30 * seed, 0, 255).astype(np.uint8)  # another light
+        args, stats = _fit_pixels(_pixels(a), _pixels(b), None)
+        theta, t = reference(_pixels(a), _pixels(b))
+        assert np.asarray(args.as_tuple()).tobytes() == theta.tobytes() and stats.contrast_mean == t
+        assert any(args.as_tuple())
+
+
+def test_written_files_hold_their_bytes_and_make_their_folder(tmp_path):
+    """Files go through a plain descriptor: the bytes land whole under their name, the folder is made
+    on the first write into it, and no temporary file is left."""
+    from comcoco.compose.writer import _write_file
+
+    data = bytes(range(256)) * 1000
+    target = tmp_path / "shard" / "masks" / "a.png"
+    _write_file(target, data)
+    _write_file(target.with_name("b.png"), b"")
+    _write_file(target, data[:10])  # replaced whole, not appended to
+    assert target.read_bytes() == data[:10] and target.with_name("b.png").read_bytes() == b""
+    assert sorted(p.name for p in target.parent.iterdir()) == ["a.png", "b.png"]
+    (tmp_path / "file").write_bytes(b"x")
+    with pytest.raises(OSError):
+        _write_file(tmp_path / "file" / "c.png", data)  # a file where the folder should be

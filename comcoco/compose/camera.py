@@ -6,16 +6,9 @@ differences (noise-level and blur inconsistency, a missing or misaligned 8×8 bl
 bleed at the edge). Everything here changes the OBJECT only (its box-local colours, or composite
 pixels where the object's alpha or its JPEG bleed ring reaches) and never the background elsewhere.
 
-* ``noise_level`` — Immerkær's fast noise estimate: the image convolved with the Laplacian-difference
-  kernel [[1,−2,1],[−2,4,−2],[1,−2,1]] has standard deviation 6σ for white noise of std σ. It is
-  measured on the flattest half of the region (by the gradient of a smoothed copy) with a trimmed
-  mean of |response| (lower 75 %, divided by its Gaussian value 0.515·6), so texture and edges do not
-  read as noise. Returned for luma and the two chroma
-  channels (YCrCb, 0–255 units).
-* ``blur_sigma`` — the edge blur as an equivalent Gaussian σ: at an edge blurred by σ the gradient
-  peak scales as 1/σ, so re-blurring by σ₀ scales it by r = σ/√(σ² + σ₀²) and σ = σ₀·r/√(1 − r²);
-  r is the median ratio over the region's strongest-gradient pixels. The operator's own width adds
-  the same amount to both sides of a comparison, which cancels in σ_bg² − σ_obj².
+The estimators (``noise_level``, ``blur_sigma`` and the tiled measurement both steps use) are in
+``comcoco.compose.camera_estimate``.
+
 * ``match_camera`` — blur the object (premultiplied by alpha, so no source background bleeds in)
   and its alpha edge (a cut edge is sharper than any photographed one) by √(σ_bg² − σ_obj²) when the
   scene is blurrier; low-pass the object's chroma when its chroma noise exceeds the scene's (a
@@ -40,6 +33,27 @@ from typing import Any
 import cv2
 import numpy as np
 
+from comcoco.compose.camera_estimate import (  # noqa: F401  (re-exported: the estimators the steps share)
+    _FLAT,
+    _IMMERKAER,
+    _MIN_PIXELS,
+    _SIGMA0,
+    _TRIM_MEAN,
+    NoiseLevel,
+    _blur_from,
+    _blur_samples,
+    _grad,
+    _measure,
+    _noise_from,
+    _noise_samples,
+    _plan,
+    _q,
+    _Tile,
+    _valid,
+    _ycrcb,
+    blur_sigma,
+    noise_level,
+)
 from comcoco.compose.cutout import MASK_THRESHOLD
 from comcoco.compose.jpeg import (  # noqa: F401  (re-exported: the camera step's JPEG half)
     JpegEstimate,
@@ -51,14 +65,7 @@ from comcoco.compose.jpeg import (  # noqa: F401  (re-exported: the camera step'
     quality_from_table,
 )
 from comcoco.ids import fixed_normal
-from comcoco.pixels import magnitude
 
-_IMMERKAER = np.array([[1, -2, 1], [-2, 4, -2], [1, -2, 1]], np.float32)
-_MIN_PIXELS = 64  # a region needs this many usable pixels for an estimate
-_TILE = 64  # large regions are measured on tiles of this size
-_FLAT = 0.5  # noise is measured on the flattest half of a region (texture would read as noise)
-_TRIM_MEAN = 0.51489  # mean of |x| over its lower 75 % for x ~ N(0, 1): 2(φ(0) − φ(1.1503))/0.75
-_SIGMA0 = 1.0  # re-blur of the sharpness estimate
 _BLUR_MIN = 0.35  # do not blur the object for a smaller σ difference
 _BLUR_MAX = 3.0
 _EDGE_MIN = 0.2
@@ -69,15 +76,6 @@ _CHROMA_EXCESS = 1.25  # smooth the object's chroma when its chroma noise exceed
 _CHROMA_MIN = 0.2  # ... and is at least this (0–255): pixel-level chroma a 4:2:0 scene lacks
 # YCrCb → RGB noise mixing (ITU-R BT.601 as OpenCV uses it): n_rgb = _MIX @ (n_Y, n_Cr, n_Cb)
 _MIX = np.array([[1.0, 1.403, 0.0], [1.0, -0.714, -0.344], [1.0, 0.0, 1.773]], np.float32)
-
-
-@dataclass(frozen=True)
-class NoiseLevel:
-    """Noise standard deviation (0–255 units) of luma and chroma; None where unmeasurable."""
-
-    y: float
-    cr: float
-    cb: float
 
 
 @dataclass(frozen=True)
@@ -103,133 +101,6 @@ class CameraMatch:
 
     def to_dict(self) -> dict[str, Any]:
         return asdict(self)
-
-
-# --- estimators ----------------------------------------------------------------------------------
-
-
-def _ycrcb(rgb: np.ndarray) -> np.ndarray:
-    return cv2.cvtColor(np.ascontiguousarray(rgb), cv2.COLOR_RGB2YCrCb).astype(np.float32)
-
-
-def _q(a: np.ndarray, q: float) -> float:
-    """Quantile (order statistic) of a sample, from a strided subsample of ≤ 20k values: a threshold."""
-    sub = a[:: max(1, a.size // 20000)]
-    if sub.size == 0:
-        return math.nan
-    k = min(sub.size - 1, max(0, int(q * (sub.size - 1))))
-    return float(np.partition(sub, k)[k])
-
-
-def _valid(mask: np.ndarray | None, shape: tuple[int, ...], border: int) -> np.ndarray:
-    if mask is None:  # the erosion of the whole region: all but its ``border``-px frame
-        m = np.zeros(shape[:2], bool)
-        m[border:shape[0] - border, border:shape[1] - border] = True
-        return m
-    return cv2.erode(np.asarray(mask, bool).astype(np.uint8), np.ones((2 * border + 1, 2 * border + 1), np.uint8),
-                     borderType=cv2.BORDER_CONSTANT, borderValue=0) > 0
-
-
-def _noise_samples(ycc: np.ndarray, mask: np.ndarray | None) -> np.ndarray:
-    """|Immerkær response| (k×3, YCrCb) at the flattest half of the region's usable pixels."""
-    sel = _valid(mask, ycc.shape, 1)
-    if np.count_nonzero(sel) < _MIN_PIXELS:
-        return np.zeros((0, 3), np.float32)
-    sm = cv2.GaussianBlur(ycc[..., 0], (0, 0), 2.0)
-    g = np.abs(cv2.Sobel(sm, cv2.CV_32F, 1, 0, ksize=3)) + np.abs(cv2.Sobel(sm, cv2.CV_32F, 0, 1, ksize=3))
-    sel &= g <= _q(g[sel], _FLAT)  # the flattest part: texture would read as noise
-    return np.abs(cv2.filter2D(ycc, cv2.CV_32F, _IMMERKAER, borderType=cv2.BORDER_REFLECT)[sel])
-
-
-def _blur_samples(lum: np.ndarray, mask: np.ndarray | None, top: float = 0.1, floor: float = 2.0) -> np.ndarray:
-    """Re-blur gradient ratios g(G_σ₀ ∗ I)/g(I) at the region's strongest-gradient pixels.
-
-    ``floor`` keeps noise peaks out: a gradient must exceed it (callers pass ~2.5× the noise std,
-    the 99.9th percentile of the Sobel magnitude of white noise being about 1.6σ).
-    """
-    sel = _valid(mask, lum.shape, 3)
-    if np.count_nonzero(sel) < _MIN_PIXELS:
-        return np.zeros(0, np.float32)
-
-    g1 = _grad(lum)
-    thr = max(_q(g1[sel], 1.0 - top), floor)  # strong edges only: noise stays below
-    strong = sel & (g1 >= thr)
-    if not strong.any():
-        return np.zeros(0, np.float32)
-    g2 = _grad(cv2.GaussianBlur(lum, (0, 0), _SIGMA0))
-    return g2[strong] / g1[strong]
-
-
-def _noise_from(samples: np.ndarray) -> NoiseLevel | None:
-    if samples.shape[0] < _MIN_PIXELS:
-        return None
-    out = []
-    for c in range(3):
-        a = samples[:, c]
-        a = a[a <= _q(a, 0.75)]  # trimmed: the texture left in the flat part sits in the tail
-        out.append(float(a.mean()) / (_TRIM_MEAN * 6.0))
-    return NoiseLevel(y=out[0], cr=out[1], cb=out[2])
-
-
-def _blur_from(ratios: np.ndarray) -> float | None:
-    if ratios.size < 16:
-        return None
-    r = min(max(float(np.median(ratios)), 1e-3), 0.995)
-    return _SIGMA0 * r / math.sqrt(1.0 - r * r)
-
-
-def _grad(img: np.ndarray) -> np.ndarray:
-    """Sobel gradient magnitude / 8 (float32; ``comcoco.pixels.magnitude``: the same bits on every run)."""
-    return magnitude(cv2.Sobel(img, cv2.CV_32F, 1, 0, ksize=3), cv2.Sobel(img, cv2.CV_32F, 0, 1, ksize=3)) * np.float32(1 / 8)
-
-
-def _tiles(h: int, w: int, max_px: int) -> list[tuple[int, int, int, int]]:
-    """The region itself if small enough, else a regular grid of _TILE-px tiles totalling about max_px."""
-    if h * w <= max_px or h < _TILE or w < _TILE:
-        return [(0, 0, w, h)]
-    n = max(1, max_px // (_TILE * _TILE))
-    step = max(_TILE, int(math.sqrt(h * w / n)))
-    return [(x, y, _TILE, _TILE) for y in range((h % step) // 2, h - _TILE + 1, step)
-            for x in range((w % step) // 2, w - _TILE + 1, step)]
-
-
-def _measure(rgb: np.ndarray, mask: np.ndarray | None, max_px: int = 16384, blur: bool = True) -> tuple[float | None, NoiseLevel | None]:
-    """(blur σ, noise) of a region, pooled over tiles so a large region costs no more than max_px.
-
-    Noise first: its level sets the gradient floor of the blur estimate, so a noisy, soft region is
-    not read as sharp. ``blur=False``: the noise only (blur None), for callers that need no more.
-    """
-    if rgb.shape[0] < 7 or rgb.shape[1] < 7:
-        return None, None
-    planes = []
-    for x, y, w, h in _tiles(rgb.shape[0], rgb.shape[1], max_px):
-        m = None if mask is None else mask[y:y + h, x:x + w]
-        if m is not None and np.count_nonzero(m) < 0.5 * m.size and (w, h) != (rgb.shape[1], rgb.shape[0]):
-            continue
-        planes.append((_ycrcb(rgb[y:y + h, x:x + w]), m))
-    if not planes:
-        return None, None
-    noise = _noise_from(np.concatenate([_noise_samples(ycc, m) for ycc, m in planes]))
-    floor = max(2.0, 2.5 * noise.y) if noise is not None else 2.0
-    sigma = _blur_from(np.concatenate([_blur_samples(ycc[..., 0], m, floor=floor) for ycc, m in planes])) if blur else None
-    return sigma, noise
-
-
-def noise_level(rgb: np.ndarray, mask: np.ndarray | None = None) -> NoiseLevel | None:
-    """Robust Immerkær noise std per YCrCb channel inside ``mask`` (uint8 rgb, h×w×3); None if too small."""
-    if rgb.shape[0] < 5 or rgb.shape[1] < 5:
-        return None
-    return _noise_from(_noise_samples(_ycrcb(rgb), mask))
-
-
-def blur_sigma(rgb: np.ndarray, mask: np.ndarray | None = None, top: float = 0.1) -> float | None:
-    """Equivalent Gaussian σ (px) of the edges inside ``mask``; None without enough edges."""
-    if rgb.shape[0] < 7 or rgb.shape[1] < 7:
-        return None
-    ycc = _ycrcb(rgb)
-    noise = _noise_from(_noise_samples(ycc, mask))
-    floor = max(2.0, 2.5 * noise.y) if noise is not None else 2.0
-    return _blur_from(_blur_samples(ycc[..., 0], mask, top, floor))
 
 
 @dataclass(frozen=True)
@@ -368,7 +239,7 @@ def _blur_edge(rgb: np.ndarray, alpha: np.ndarray, sigma: float) -> tuple[np.nda
 
 
 def _after_regrid(rgb: np.ndarray, inner: np.ndarray, jpeg: JpegEstimate, guess: NoiseLevel,
-                  target: NoiseLevel) -> NoiseLevel | None:
+                  target: NoiseLevel, plan: list[_Tile] | None = None) -> NoiseLevel | None:
     """The noise to add so that the object, after the regrid's round trip, has the scene's noise.
 
     ``jpeg_noise_gain`` is measured on white noise over flat grey; on an object the round trip keeps
@@ -380,7 +251,8 @@ def _after_regrid(rgb: np.ndarray, inner: np.ndarray, jpeg: JpegEstimate, guess:
     object is too small to measure.
     """
     q, ss = int(jpeg.quality), int(jpeg.subsampling)  # type: ignore[arg-type]
-    own = _measure(_roundtrip(rgb, q, ss), inner, blur=False)[1]
+    plan = _plan(rgb.shape, inner) if plan is None else plan
+    own = _measure(_roundtrip(rgb, q, ss), inner, blur=False, plan=plan)[1]
     if own is None:
         return None
     own_v = np.asarray([own.y, own.cr, own.cb], np.float64)
@@ -391,13 +263,21 @@ def _after_regrid(rgb: np.ndarray, inner: np.ndarray, jpeg: JpegEstimate, guess:
     for _ in range(_REGRID_STEPS):
         if not level.any():
             break
-        noisy = np.clip(np.rint(rgb.astype(np.float32) + unit * level.astype(np.float32) @ _MIX.T), 0, 255)
-        after = _measure(_roundtrip(noisy.astype(np.uint8), q, ss), inner, blur=False)[1]
+        after = _measure(_roundtrip(_with_noise(rgb, unit, level), q, ss), inner, blur=False, plan=plan)[1]
         if after is None:
             return None
         kept = np.sqrt(np.maximum(np.asarray([after.y, after.cr, after.cb]) ** 2 - own_v ** 2, 1e-6))
         level = np.clip(level * want / kept, 0.0, 4.0 * np.maximum(want, 1.0))
     return NoiseLevel(*(float(v) if v >= _NOISE_MIN else 0.0 for v in level))
+
+
+def _with_noise(rgb: np.ndarray, unit: np.ndarray, level: np.ndarray) -> np.ndarray:
+    """uint8 rint(rgb + (unit · level) @ mixᵀ), clipped: a trial's noisy object, computed in one
+    float32 buffer (the same operations as the plain expression, so the same bits)."""
+    noisy = (unit * level.astype(np.float32)) @ _MIX.T
+    np.add(noisy, rgb, out=noisy)
+    np.clip(np.rint(noisy, out=noisy), 0, 255, out=noisy)
+    return noisy.astype(np.uint8)
 
 
 @lru_cache(maxsize=64)
@@ -442,8 +322,9 @@ def match_camera(object_rgb: np.ndarray, alpha: np.ndarray, background: np.ndarr
     p = params or CameraParams()
     alpha = np.asarray(alpha, dtype=np.float32)
     inner = alpha >= MASK_THRESHOLD
+    plan = _plan(object_rgb.shape, inner)  # the object is measured up to seven times under this mask
     reasons: list[str] = []
-    b_obj, n_obj = _measure(object_rgb, inner)
+    b_obj, n_obj = _measure(object_rgb, inner, plan=plan)
     if scene is None:
         x0, y0, x1, y1 = _window(tuple(int(v) for v in box), background.shape, p.margin)  # type: ignore[arg-type]
         b_bg, n_bg = _measure(background[y0:y1, x0:x1], None)
@@ -457,7 +338,7 @@ def match_camera(object_rgb: np.ndarray, alpha: np.ndarray, background: np.ndarr
         elif b_bg * b_bg - b_obj * b_obj > _BLUR_MIN * _BLUR_MIN:
             applied = min(_BLUR_MAX, math.sqrt(b_bg * b_bg - b_obj * b_obj))
             rgb = _premult_blur(rgb, alpha, applied)
-            n_obj = _measure(rgb, inner, blur=False)[1]  # the blur lowered the object's noise
+            n_obj = _measure(rgb, inner, blur=False, plan=plan)[1]  # the blur lowered the object's noise
         elif b_obj > b_bg + _BLUR_MIN:
             reasons.append("blur: object blurrier than the scene (not sharpened)")
         edge = _silhouette_gap(rgb, alpha, background, box, scene, b_bg)
@@ -474,7 +355,7 @@ def match_camera(object_rgb: np.ndarray, alpha: np.ndarray, background: np.ndarr
             # the object's chroma is noisier than the scene's: smooth it
             chroma = float(np.clip(1.0 / (2.0 * math.sqrt(math.pi) * ratio), 0.5, 2.0))
             rgb = _chroma_smooth(rgb, alpha, chroma)
-            n_obj = _measure(rgb, inner, blur=False)[1] or n_obj
+            n_obj = _measure(rgb, inner, blur=False, plan=plan)[1] or n_obj
 
         def gap(b: float, o: float, g: float) -> float:
             d = math.sqrt(max(0.0, (b / g) ** 2 - o * o))
@@ -482,7 +363,7 @@ def match_camera(object_rgb: np.ndarray, alpha: np.ndarray, background: np.ndarr
 
         added = NoiseLevel(gap(n_bg.y, n_obj.y, gain[0]), gap(n_bg.cr, n_obj.cr, gain[1]), gap(n_bg.cb, n_obj.cb, gain[2]))
         if jpeg is not None and jpeg.quality is not None:
-            added = _after_regrid(rgb, inner, jpeg, added, n_bg) or added
+            added = _after_regrid(rgb, inner, jpeg, added, n_bg, plan) or added
         if added.y or added.cr or added.cb:
             shown = new_alpha > 0  # pixels never shown need no noise
             n = rng.standard_normal((int(np.count_nonzero(shown)), 3), dtype=np.float32)

@@ -11,6 +11,7 @@ from __future__ import annotations
 import math
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field, replace
+from functools import lru_cache
 from typing import TYPE_CHECKING
 
 import cv2
@@ -65,6 +66,12 @@ class ComposedGroup:
     bg_image_id: int
     composite: np.ndarray | None
     samples: list[ComposedSample] = field(default_factory=list)
+
+
+@lru_cache(maxsize=8)
+def _fingerprint(config: ComposeConfig) -> str:
+    """``config.fingerprint()``, computed once per configuration (a frozen, hashable dataclass)."""
+    return config.fingerprint()
 
 
 def _base_row(plan: ObjectPlan, composite_id: str, config: ComposeConfig, fp: str) -> SampleRow:
@@ -264,7 +271,7 @@ def compose_group(
     ``scenes`` (robust profile) keeps each background's measured scene for the next composite on it.
     """
     models = models or ComposeModels()
-    fp = config.fingerprint()
+    fp = _fingerprint(config)
     rows = [_base_row(m, group.composite_id, config, fp) for m in group.members]
     out = ComposedGroup(composite_id=group.composite_id, bg_image_id=group.bg_image_id, composite=None)
     bg: np.ndarray | None = None

@@ -23,6 +23,8 @@ from typing import Any
 import cv2
 import numpy as np
 
+from comcoco.sources.images import imdecode_rgb
+
 # IJG (libjpeg) standard luminance quantisation table, natural order
 _IJG_LUMA = np.array([
     16, 11, 10, 16, 24, 40, 51, 61, 12, 12, 14, 19, 26, 58, 60, 55, 14, 13, 16, 24, 40, 57, 69, 56,
@@ -102,7 +104,10 @@ def _roundtrip(rgb: np.ndarray, quality: int, subsampling: int = 2) -> np.ndarra
     ok, buf = cv2.imencode(".jpg", cv2.cvtColor(np.ascontiguousarray(rgb), cv2.COLOR_RGB2BGR), params)
     if not ok:
         raise RuntimeError(f"JPEG encoding of a {rgb.shape} region failed")
-    return cv2.cvtColor(cv2.imdecode(buf, cv2.IMREAD_COLOR), cv2.COLOR_BGR2RGB)
+    out = imdecode_rgb(buf)
+    if out is None:
+        raise RuntimeError(f"JPEG decoding of a {rgb.shape} region failed")
+    return out
 
 
 def estimate_jpeg_quality(source: str | Path | bytes | None = None, pixels: np.ndarray | None = None) -> JpegEstimate:

@@ -63,7 +63,7 @@ def measure_scene(background: np.ndarray, path: Path | None, annotations: tuple[
         for n in natives:
             cv2.fillPoly(filled, [np.rint(q).astype(np.int32).reshape(-1, 1, 2) for q in n.polygons], 1)
         outlines = outline_band(filled > 0)
-    return Scene(light=estimate_light(background, natives),
+    return Scene(light=estimate_light(background, natives, occupied=filled),
                  jpeg=estimate_jpeg_quality(path, background),
                  camera=scene_camera(background, outlines=outlines),
                  template=learn_template(background, natives, occupied=filled))  # the same fill: reused

@@ -31,7 +31,7 @@ import cv2
 import numpy as np
 
 from comcoco.compose.cutout import MASK_THRESHOLD
-from comcoco.compose.shadow import MAX_STRENGTH, NativeObject, Shadow, shade
+from comcoco.compose.shadow import MAX_STRENGTH, NativeObject, Shadow, median_of_known, shade
 
 U_RANGE = (-1.5, 1.5)  # template extent across, in object widths from the foot's centre
 V_RANGE = (-0.3, 0.9)  # ... and along the image's vertical, in object heights from the base row
@@ -52,8 +52,12 @@ class ShadowTemplate:
 
 
 def _luma(rgb: np.ndarray) -> np.ndarray:
-    f = rgb.astype(np.float32)
-    return f[..., 0] * np.float32(0.299) + f[..., 1] * np.float32(0.587) + f[..., 2] * np.float32(0.114)
+    """0.299 R + 0.587 G + 0.114 B in float32, summed left to right (channel by channel: no float copy
+    of the whole frame, the same bits)."""
+    out = np.multiply(rgb[..., 0], np.float32(0.299), dtype=np.float32)
+    out += np.multiply(rgb[..., 1], np.float32(0.587), dtype=np.float32)
+    out += np.multiply(rgb[..., 2], np.float32(0.114), dtype=np.float32)
+    return out
 
 
 def _foot(mask: np.ndarray) -> tuple[float, float, float, float] | None:
@@ -202,7 +206,7 @@ def learn_template(background: np.ndarray, objects: Sequence[NativeObject],
     known = np.isfinite(stack).any(axis=0)  # a cell no object could measure stays NaN (no warning:
     med = np.full(stack.shape[1:], np.nan, np.float32)  # catch_warnings is not thread-safe)
     if known.any():
-        med[known] = np.nanmedian(stack[:, known], axis=0)
+        med[known] = median_of_known(stack[:, known])
     t = _attached(np.clip(_fill(med), 0.0, MAX_STRENGTH).astype(np.float32))
     if float(t.max()) < MIN_DARKENING:
         return None

@@ -36,6 +36,7 @@ import numpy as np
 
 from comcoco.harmonize import HARMONIZE_METHODS
 from comcoco.harmonize import filters as flt
+from comcoco.quantiles import percentile, quantile
 from comcoco.records import FILTER_NAMES, FilterArgs
 
 _LUMA = np.array([0.299, 0.587, 0.114], dtype=np.float32)
@@ -210,12 +211,18 @@ def _hsl_s(px: np.ndarray) -> np.ndarray:
     return np.where(ran < 1.0, var / (ran + 1e-6), var / (2.0 - ran + 1e-6))
 
 
-def _chroma(px: np.ndarray, grey_frac: float) -> np.ndarray:
-    """Log chromaticities of the least saturated pixels: their colour cast is the illuminant's."""
+def _grey_mean(px: np.ndarray, grey_frac: float, s: np.ndarray | None = None) -> np.ndarray:
+    """Mean colour (float64, + 1e-4) of the least saturated pixels: their colour cast is the illuminant's.
+    ``s``: ``_hsl_s(px)`` when the caller has it."""
     if 0 < grey_frac < 1 and len(px) >= 2 * _MIN_PIXELS:
-        s = _hsl_s(px)
-        px = px[s <= np.quantile(s, grey_frac)]
-    m = px.mean(axis=0, dtype=np.float64) + 1e-4
+        s = _hsl_s(px) if s is None else s
+        px = px[s <= quantile(s, grey_frac)]
+    return px.mean(axis=0, dtype=np.float64) + 1e-4
+
+
+def _chroma(px: np.ndarray, grey_frac: float, m: np.ndarray | None = None) -> np.ndarray:
+    """Log chromaticities of the least saturated pixels (``m``: their ``_grey_mean``, if known)."""
+    m = _grey_mean(px, grey_frac) if m is None else m
     return np.log(np.array([m[0] / m[1], m[2] / m[1]]))
 
 
@@ -267,13 +274,10 @@ def _fit_work(work: _Work, cfg: FitConfig) -> tuple[np.ndarray, ChainStats]:
     # 1. temperature: 1-D search over the prior box, gains from the whole-image means.
     means = flt.channel_means(thumb)
     k = float(cfg.strength)
-    c_obj, c_ref = _chroma(obj, cfg.grey_frac), _chroma(ref, cfg.grey_frac)
+    mo = _grey_mean(obj, cfg.grey_frac)  # the object's grey pixels: its chroma and the search's start
+    s_ref, lum_ref = _hsl_s(ref), _luma(ref)  # the reference's statistics read more than once below
+    c_obj, c_ref = _chroma(obj, cfg.grey_frac, mo), _chroma(ref, cfg.grey_frac, _grey_mean(ref, cfg.grey_frac, s_ref))
     target = c_obj + k * (c_ref - c_obj)
-    grey = obj
-    if 0 < cfg.grey_frac < 1 and len(obj) >= 2 * _MIN_PIXELS:
-        so = _hsl_s(obj)
-        grey = obj[so <= np.quantile(so, cfg.grey_frac)]
-    mo = grey.mean(axis=0, dtype=np.float64) + 1e-4
     xs = np.linspace(-r[0], r[0], cfg.temperature_grid)
     mg = mo[None, :] * _temperature_gains_grid(means, xs)
     valid = np.all(mg > 0, axis=1)
@@ -296,25 +300,25 @@ def _fit_work(work: _Work, cfg: FitConfig) -> tuple[np.ndarray, ChainStats]:
 
     # 3. contrast: std of luma; pivot is the whole-image mean of the running image.
     t = float(thumb.mean(dtype=np.float64))
-    lg = k * _log_ratio(float(_luma(ref).std()), float(_luma(obj).std()))
+    lg = k * _log_ratio(float(lum_ref.std()), float(_luma(obj).std()))
     theta[2] = _contrast_arg(_squash(float(np.expm1(lg)), r[2]))
     obj = flt.contrast(obj, theta[2], mean=t)
 
     # 4. saturation: mean HSL saturation.
-    lg = k * _log_ratio(float(_hsl_s(ref).mean()), float(_hsl_s(obj).mean()))
+    lg = k * _log_ratio(float(s_ref.mean()), float(_hsl_s(obj).mean()))
     theta[3] = _squash(_arg_from_gain(lg), r[3])
     obj = flt.saturation(obj, theta[3])
 
     # 5. highlight: 95th luma percentile, exponent of 1 − (1 − I)^(1+x), shrunk geometrically.
-    p = float(np.clip(np.percentile(_luma(obj), 95), 0.02, 0.98))
-    q = float(np.clip(np.percentile(_luma(ref), 95), 0.02, 0.98))
+    p = float(np.clip(percentile(_luma(obj), 95), 0.02, 0.98))
+    q = float(np.clip(percentile(lum_ref, 95), 0.02, 0.98))
     e = float(np.exp(k * np.log(np.log1p(-q) / np.log1p(-p))))
     theta[4] = _squash(e - 1.0, r[4])
     obj = flt.highlight(obj, theta[4])
 
     # 6. shadow: 5th luma percentile, exponent of I^(1−x).
-    p = float(np.clip(np.percentile(_luma(obj), 5), 0.02, 0.98))
-    q = float(np.clip(np.percentile(_luma(ref), 5), 0.02, 0.98))
+    p = float(np.clip(percentile(_luma(obj), 5), 0.02, 0.98))
+    q = float(np.clip(percentile(lum_ref, 5), 0.02, 0.98))
     e = float(np.exp(k * np.log(np.log(q) / np.log(p))))
     theta[5] = _squash(1.0 - e, r[5])
 

@@ -136,9 +136,24 @@ def _short(exc: BaseException, limit: int = 200) -> str:
 _FILLER = bytes(range(1, 255, 3)) * 4
 
 
+# OpenCV ≥ 4.10 decodes to RGB itself (libjpeg-turbo writes that order: the same bytes as BGR swapped)
+_IMREAD_COLOR_RGB = getattr(cv2, "IMREAD_COLOR_RGB", None)
+
+
+def imdecode_rgb(buf: np.ndarray, flags: int = 0) -> np.ndarray | None:
+    """``cv2.imdecode`` to an RGB ``uint8`` array (None when OpenCV cannot read the bytes)."""
+    if _IMREAD_COLOR_RGB is not None:
+        return cv2.imdecode(buf, _IMREAD_COLOR_RGB | flags)
+    img = cv2.imdecode(buf, cv2.IMREAD_COLOR | flags)
+    return None if img is None else cv2.cvtColor(img, cv2.COLOR_BGR2RGB, dst=img)
+
+
 def _pil_rgb(data: bytes) -> np.ndarray | None:
     try:
         with Image.open(io.BytesIO(data)) as im:
+            if im.mode == "RGB":  # convert would only copy the decoded picture
+                im.load()
+                return np.asarray(im)
             return np.asarray(im.convert("RGB"))
     except Exception:  # noqa: BLE001 (any failure of this second decoder only means "cannot tell")
         return None
@@ -179,9 +194,7 @@ def decode_image(path: str | os.PathLike[str], expected: tuple[int, int] | None 
     if expected is not None and (w, h) != tuple(expected):
         raise ImageReadError(path, f"decoded size {w}x{h} differs from the recorded {expected[0]}x{expected[1]}")
     try:
-        img = cv2.imdecode(np.frombuffer(data, np.uint8), cv2.IMREAD_COLOR | cv2.IMREAD_IGNORE_ORIENTATION)
-        if img is not None:
-            img = cv2.cvtColor(img, cv2.COLOR_BGR2RGB, dst=img)
+        img = imdecode_rgb(np.frombuffer(data, np.uint8), cv2.IMREAD_IGNORE_ORIENTATION)
     except Exception as exc:  # noqa: BLE001 (cv2.error and anything else a decoder raises on hostile bytes)
         raise ImageReadError(path, f"undecodable image ({len(data)} bytes): {type(exc).__name__}: {_short(exc)}") from None
     if img is None:
