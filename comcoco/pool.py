@@ -95,8 +95,13 @@ class Jobs:
                     if done is not None:
                         done(k)
         except BaseException:
-            for future in self.pending:
-                future.cancel()
-            wait(self.pending)
+            self.cancel()
             raise
         return [results[k] for k in range(len(self.jobs))]
+
+    def cancel(self) -> None:
+        """Give up on the jobs: those not started are cancelled, running ones are waited for."""
+        for future in self.pending:
+            future.cancel()
+        wait(self.pending)
+        self.pending = {}
