@@ -100,8 +100,9 @@ class Jobs:
         return [results[k] for k in range(len(self.jobs))]
 
     def cancel(self) -> None:
-        """Give up on the jobs: those not started are cancelled, running ones are waited for."""
+        """Give up on the jobs: those not started are cancelled (or, without a pool, never run), running
+        ones are waited for; ``results`` then has none to give."""
         for future in self.pending:
             future.cancel()
         wait(self.pending)
-        self.pending = {}
+        self.pending, self.jobs = {}, []
