@@ -118,3 +118,18 @@ def test_release_names_keep_the_files_suffix_as_pathlib_reads_it(rel):
     from comcoco.release.export import _suffix
 
     assert _suffix(rel) == PurePosixPath(rel).suffix
+
+
+def test_copy_file_falls_back_to_sendfile_where_copy_file_range_is_refused(tmp_path, monkeypatch):
+    src = tmp_path / "src.bin"
+    data = os.urandom(2 * 1024 * 1024 + 5)
+    src.write_bytes(data)
+    calls = []
+
+    def refused(*args):
+        calls.append(args)
+        raise OSError(18, "Invalid cross-device link")
+
+    monkeypatch.setattr(rf.os, "copy_file_range", refused)
+    rf.copy_file(src, tmp_path / "dst.bin")
+    assert calls and (tmp_path / "dst.bin").read_bytes() == data

@@ -118,10 +118,15 @@ def _create(path: Path, mode: int = 0o666) -> int:
 def _copy_range(fin: int, fout: int, size: int, src: Path) -> None:
     """``size`` bytes from ``fin`` to ``fout`` without passing them through this process."""
     copied = 0
+    kernel_range = hasattr(os, "copy_file_range")  # Linux
     while copied < size:
-        try:
-            n = os.copy_file_range(fin, fout, size - copied)
-        except OSError:  # across filesystems on an older kernel, or not supported here
+        if kernel_range:
+            try:
+                n = os.copy_file_range(fin, fout, size - copied)
+            except OSError:  # across filesystems on an older kernel, or not supported here
+                kernel_range = False
+                continue
+        else:
             n = os.sendfile(fout, fin, copied, size - copied)
         if n == 0:
             raise ExportError(f"{src}: shrank while it was copied ({copied} of {size} bytes)")
