@@ -10,6 +10,9 @@ file the export wrote into a fresh folder (``copy_file``, what the release uses 
 and writing the same bytes, which no export can beat. It prints samples/s, CPU milliseconds per sample
 (the process and its pool's workers: more stable than wall time on a shared machine) and each export's
 time as a multiple of the copy's, best round of each.
+
+``--parts`` then runs the export once more in one process and prints its CPU milliseconds per sample
+by part (the functions below, each counted without the parts it calls): where the time goes.
 """
 
 from __future__ import annotations
@@ -69,6 +72,61 @@ def _run_export(staging: str, workdir: str, workers: str) -> dict:
     return {"wall": time.perf_counter() - t0, "cpu_before": cpu_before, "samples": out["files"]["samples"]}
 
 
+# (module, function, label) of each part --parts counts; a part's time leaves out the parts it calls
+PARTS = (
+    ("comcoco.release.files", "copy_file", "copy composite, ground truth"),
+    ("comcoco.release.files", "placed_rle", "rasterise polygon (RLE)"),
+    ("comcoco.release.files", "rle_geometry", "box and area from RLE"),
+    ("comcoco.release.files", "released_mask", "decode RLE to mask"),
+    ("comcoco.release.files", "_effect", "read build effect mask, union"),
+    ("comcoco.release.files", "_build_mask_iou", "read build mask, IoU"),
+    ("comcoco.release.files", "encode_mask", "encode mask PNGs"),
+    ("comcoco.release.files", "write_new", "write mask files"),
+    ("comcoco.release.files", "_rle", "effect mask RLE"),
+    ("comcoco.release.files", "export_sample", "rest of a sample"),
+    ("comcoco.release.parquet", "_image_column", "Parquet: read images"),
+    ("comcoco.release.parquet", "parquet_table", "Parquet: other columns"),
+    ("comcoco.release.parquet", "write_parquet_part", "Parquet: encode and write"),
+    ("comcoco.release.builder", "write_refer", "REFER / COCO (both variants)"),
+    ("comcoco.release.builder", "write_instruct", "instruction pairs (both variants)"),
+)
+
+
+def _run_parts(staging: str, workdir: str) -> dict:
+    """The export in this process, each part's thread CPU time summed (its callees' parts left out)."""
+    import functools
+    import importlib
+
+    from comcoco.release.builder import ReleaseOptions, export_stage
+
+    spent: dict[str, float] = dict.fromkeys([label for _, _, label in PARTS], 0.0)
+    stack: list[str] = []
+
+    def timed(fn, label):
+        @functools.wraps(fn)
+        def run(*a, **k):
+            t0 = time.thread_time()
+            stack.append(label)
+            try:
+                return fn(*a, **k)
+            finally:
+                stack.pop()
+                dt = time.thread_time() - t0
+                spent[label] += dt
+                if stack:
+                    spent[stack[-1]] -= dt
+        return run
+
+    for module, name, label in PARTS:
+        mod = importlib.import_module(module)
+        setattr(mod, name, timed(getattr(mod, name), label))
+    cpu_before = time.process_time()
+    out = export_stage(workdir, staging, ReleaseOptions(), workers=1)
+    total = time.process_time() - cpu_before
+    spent["everything else (entries, records, progress)"] = total - sum(spent.values())
+    return {"cpu_before": cpu_before, "samples": out["files"]["samples"], "parts": spent, "total": total}
+
+
 def _run_copy(src: str, dst: str) -> dict:
     from comcoco.release.files import copy_file
 
@@ -107,7 +165,8 @@ def _fresh_staging(selected: Path, dst: Path) -> Path:
 def main() -> int:
     if len(sys.argv) > 2 and sys.argv[1] == "--child":
         what, args = sys.argv[2], sys.argv[3:]
-        print(json.dumps(_run_export(*args) if what == "export" else _run_copy(*args)))
+        run = {"export": _run_export, "copy": _run_copy, "parts": _run_parts}[what]
+        print(json.dumps(run(*args)))
         return 0
     from comcoco.pool import available_cores
 
@@ -117,6 +176,7 @@ def main() -> int:
     ap.add_argument("--workers", type=int, default=available_cores())
     ap.add_argument("--rounds", type=int, default=1)
     ap.add_argument("--root", type=Path, default=None, help="scratch folder (default: a temporary one)")
+    ap.add_argument("--parts", action="store_true", help="also print CPU ms per sample by part (one process)")
     args = ap.parse_args()
     libc = ctypes.CDLL(None, use_errno=True)
     libc.prctl(_PR_SET_CHILD_SUBREAPER, 1, 0, 0, 0)  # orphans of the children (forkservers) come here
@@ -160,6 +220,13 @@ def _measure(args: argparse.Namespace, scratch: Path) -> int:
     print(f"{n} samples; the export writes {copy['files']} files, {copy['bytes'] / 1e6:.0f} MB; "
           f"{args.workers} workers / 1: {best[ways[0]]['wall'] / best[ways[1]]['wall']:.2f}x faster; "
           f"load average {os.getloadavg()[0]:.1f} on {os.cpu_count()} cores")
+    if args.parts:
+        staging = _fresh_staging(selected, scratch / "parts")
+        parts = _child("parts", str(staging), str(work))
+        print(f"CPU ms per sample by part (one process, {parts['samples']} samples, "
+              f"{1000 * parts['total'] / parts['samples']:.1f} in all):")
+        for label, sec in sorted(parts["parts"].items(), key=lambda kv: -kv[1]):
+            print(f"  {label:<46} {1000 * sec / parts['samples']:6.2f}")
     return 0
 
 

@@ -95,11 +95,17 @@ class Jobs:
                     if done is not None:
                         done(k)
         except BaseException:
-            for future in self.pending:
-                future.cancel()
-            wait(self.pending)
+            self.cancel()
             raise
         return [results[k] for k in range(len(self.jobs))]
+
+    def cancel(self) -> None:
+        """Give up on the jobs: those not started are cancelled (or, without a pool, never run), running
+        ones are waited for; ``results`` then has none to give."""
+        for future in self.pending:
+            future.cancel()
+        wait(self.pending)
+        self.pending, self.jobs = {}, []
 
 
 def in_child(fn: Callable[..., Any], *args: Any, lost: Callable[[], Exception]) -> Any:

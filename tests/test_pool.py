@@ -55,3 +55,11 @@ def test_a_killed_worker_is_named_by_its_job():
 
 def test_available_cores_is_this_process_affinity():
     assert available_cores() == len(os.sched_getaffinity(0))
+
+
+def test_cancel_drops_jobs_not_started_and_waits_for_running_ones():
+    with worker_pool(2) as pool:
+        jobs = Jobs(pool, square_after, [(300, x) for x in range(8)], _lost)
+        jobs.cancel()
+        assert jobs.pending == {}
+        assert jobs.results() == []  # nothing left to wait for (a cancelled set gives no results)

@@ -262,6 +262,36 @@ def test_export_names_a_sample_whose_file_is_missing(workdir, tmp_path):
         assert victim.sample_id in str(err.value) and victim.src_ground_truth in str(err.value)
 
 
+def test_export_files_runs_meanwhile_and_gives_up_when_it_fails(workdir, tmp_path):
+    """``meanwhile`` runs while the workers export; its failure reaches the caller, the jobs dropped."""
+    from comcoco.pool import worker_pool
+    from comcoco.release.builder import ENTRIES_FILE, select_stage, start_release
+    from comcoco.release.export import read_entries
+    from comcoco.release.files import export_files
+    from comcoco.release.parquet import start_parquet
+
+    staging = start_release(tmp_path / "R", "1.0.0")
+    select_stage(workdir, staging, OPTIONS)
+    entries = read_entries(staging / ENTRIES_FILE)
+    ran = []
+    with worker_pool(2) as pool:
+        stats, exported = export_files(workdir, staging, entries, pool=pool, chunk=2,
+                                       meanwhile=lambda: ran.append(len(entries)))
+        assert ran == [len(entries)] and stats["samples"] == len(exported) == len(entries)
+
+        def refuse() -> None:
+            raise OSError(28, "No space left on device")
+
+        with pytest.raises(OSError, match="No space left"):
+            export_files(workdir, staging, entries, pool=pool, chunk=2, meanwhile=refuse)
+        # Parquet files are handed out largest first; every part still gets its file
+        writing = start_parquet(staging, entries, exported, rows_per_file=3, pool=pool)
+        sizes = [len(writing.parts[i].entries) for i in writing.writers]
+        assert sizes == sorted(sizes, reverse=True) and len(set(sizes)) > 1
+        assert writing.results() == [p.rel for p in writing.parts]
+    assert all((staging / p.rel).is_file() for p in writing.parts)
+
+
 def test_torch_dataset_one_item_per_expression(release):
     import torch
 

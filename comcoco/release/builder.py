@@ -142,9 +142,10 @@ def check_workdir_files(workdir: str | os.PathLike[str], entries: list[Any], sho
 
 def export_stage(workdir: str | os.PathLike[str], staging: str | os.PathLike[str], options: ReleaseOptions,
                  progress: bool = False, workers: int | None = None) -> dict[str, Any]:
-    """Sample files, then both variants' Parquet files in ``workers`` processes while this one writes
-    REFER and the instruction pairs. The bytes written do not depend on ``workers``; by default every
-    core this process may use, one per ``POOL_SAMPLES`` samples (a pool's start costs about a second)."""
+    """Sample files in ``workers`` processes while this one writes the instruction pairs, then both
+    variants' Parquet files in them while this one writes REFER. The bytes written do not depend on
+    ``workers``; by default every core this process may use, one per ``POOL_SAMPLES`` samples (a
+    pool's start costs about a second)."""
     from comcoco.progress import Progress
     from comcoco.release.parquet import start_parquet
 
@@ -152,15 +153,21 @@ def export_stage(workdir: str | os.PathLike[str], staging: str | os.PathLike[str
     entries = read_entries(staging / ENTRIES_FILE)
     if workers is None:
         workers = max(1, min(available_cores(), len(entries) // POOL_SAMPLES))
+    instruct: dict[str, list[str]] = {}
+
+    def write_pairs() -> None:  # needs nothing the workers return
+        for variant in VARIANTS:
+            instruct[variant] = write_instruct(staging, entries, variant)
+
     with worker_pool(workers) as pool:
-        files, exported = export_files(workdir, staging, entries, pool=pool, progress=progress)
+        files, exported = export_files(workdir, staging, entries, pool=pool, progress=progress, meanwhile=write_pairs)
         parquet = start_parquet(staging, entries, exported, options.rows_per_parquet, pool)
         out: dict[str, Any] = {"files": files, "variants": {}}
         for variant in VARIANTS:
             write_refer(staging, entries, variant, exported,
                         info={"description": f"{variant}: referring object removal pairs"})
             out["variants"][variant] = {"counts": variant_counts(entries, variant), "parquet": [],
-                                        "instruct": write_instruct(staging, entries, variant)}
+                                        "instruct": instruct[variant]}
         with Progress("writing Parquet", sum(len(p.entries) for p in parquet.parts), unit="row",
                       enabled=progress) as bar:
             written = parquet.results(bar.advance)

@@ -244,12 +244,12 @@ class ParquetWriting:
     release: Path
     parts: list[ParquetPart]
     source: list[int]  # per part: the part whose job writes its bytes (itself, or an equal earlier part)
+    writers: list[int]  # the parts written by a job, in job order
     jobs: Jobs
 
     def results(self, rows_done: Callable[[int], None] = lambda n: None) -> list[str]:
         """Wait for the files; each part's release-relative path, in ``parts`` order."""
-        writers = sorted(set(self.source))
-        self.jobs.results(lambda k: rows_done(len(self.parts[writers[k]].entries)))
+        self.jobs.results(lambda k: rows_done(len(self.parts[self.writers[k]].entries)))
         for i, part in enumerate(self.parts):
             j = self.source[i]
             if j != i:
@@ -277,11 +277,13 @@ def start_parquet(release: str | os.PathLike[str], entries: Sequence[ReleaseEntr
         name = part.rel.rsplit("/", 1)[1]
         j = by_name.setdefault(name, i)
         source.append(j if j != i and same_rows(parts[j], part) else i)
-    writers = sorted(set(source))
+    # Largest files first: a pool takes jobs in order, and a large file started last would be written
+    # alone while the other workers wait (a demo release's one train file holds most of its rows).
+    writers = sorted(set(source), key=lambda i: (-len(parts[i].entries), i))
 
     def lost(k: int) -> Exception:
         return ExportError(f"{Path(release) / parts[writers[k]].rel}: a worker process ended abruptly (killed, "
                            f"or out of memory) while writing it")
 
     jobs = Jobs(pool, write_parquet_part, [(str(release), parts[i]) for i in writers], lost)
-    return ParquetWriting(Path(release), parts, source, jobs)
+    return ParquetWriting(Path(release), parts, source, writers, jobs)

@@ -44,6 +44,17 @@ def _plain_float(value: Any, where: str) -> float:
 
 def _plain_json(value: Any, where: str) -> Any:
     """Deep copy of ``value`` as plain JSON types (numpy scalars and tuples converted)."""
+    kind = type(value)  # the plain types first, without the slower ABC checks below (a release's provenance)
+    if kind is str or kind is int or kind is bool:
+        return value
+    if kind is float:
+        if not math.isfinite(value):
+            raise ValueError(f"{where}: non-finite number {value}")
+        return value
+    if kind is dict:
+        return {str(k): _plain_json(v, where) for k, v in value.items()}
+    if kind is list or kind is tuple:
+        return [_plain_json(v, where) for v in value]
     if value is None or isinstance(value, bool | str):
         return value
     if isinstance(value, numbers.Integral):
