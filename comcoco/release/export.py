@@ -36,7 +36,7 @@ from pycocotools import mask as mask_utils
 from comcoco.errors import ComcocoError
 from comcoco.io import atomic_write, write_text_atomic
 from comcoco.records import Annotation, ImageInfo, Ref, Sentence
-from comcoco.sources.allocation import SharedFloats
+from comcoco.sources.allocation import SharedFloats, two_decimals
 from comcoco.sources.images import annotation_rle, usable_polygons
 from comcoco.sources.refer import COCO_CATEGORIES, normalize_sentence, write_source
 
@@ -134,7 +134,7 @@ class ReleaseEntry:
     def from_dict(cls, d: dict[str, Any], shared: SharedFloats | None = None) -> ReleaseEntry:
         """The entry ``to_dict`` gave; coordinates as ``shared`` floats when given (``read_entries``)."""
         d = dict(d)
-        coords = (shared or SharedFloats()).values
+        coords = (shared if shared is not None else SharedFloats()).values
         d["polygons"] = tuple(tuple(coords(map(float, p))) for p in d["polygons"])
         d["expressions"] = tuple(Expression(**e) for e in d["expressions"])
         d["background_objects"] = tuple(d.get("background_objects") or ())
@@ -211,7 +211,7 @@ def clip_polygons(polygons: Iterable[Sequence[float]], width: int, height: int,
         ys = np.clip(np.asarray(poly[1::2], dtype=np.float64), 0.0, float(height))
         coords = np.empty(len(poly), dtype=np.float64)
         coords[0::2], coords[1::2] = xs, ys
-        if not (coords * 4 == np.rint(coords * 4)).all():  # quarter pixels (placed outlines) have 2 decimals
+        if not two_decimals(coords)[1].all():  # placed outlines are on quarter pixels: nothing to round
             coords = np.array([round(float(v), 2) for v in coords], dtype=np.float64)
         out.append(coords.tolist() if shared is None else shared.array(coords))
     return out

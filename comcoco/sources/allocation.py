@@ -25,8 +25,7 @@ from typing import Any
 
 import numpy as np
 
-_MAX_QUARTERS = 1 << 20  # quarter pixels up to 262,144 px are looked up; others go through the table
-_MAX_CENTS = 1 << 24  # shared_lists: two-decimal values up to 167,772.15
+_MAX_CENTS = 1 << 24  # two-decimal values up to 167,772.15 are looked up in a table of shared floats
 _depth = 0  # nesting of long_lived blocks in this process; only the outermost collects and freezes
 
 
@@ -81,24 +80,24 @@ class SharedFloats:
 
     def __init__(self) -> None:
         self._table: dict[float, float] = {}
-        self._quarters = np.empty(0, dtype=object)  # k / 4 at index k
+        self._cents = np.empty(0, dtype=object)  # k / 100 at index k
 
-    def __len__(self) -> int:
-        return len(self._table) + len(self._quarters)
+    def cent_floats(self, keys: np.ndarray) -> np.ndarray:
+        """The shared floats ``k / 100`` of the keys ``k`` (``two_decimals``), as an object array."""
+        need = int(keys.max()) + 1 if keys.size else 0
+        if need > len(self._cents):
+            grown = np.empty(need, dtype=object)
+            grown[: len(self._cents)] = self._cents
+            grown[len(self._cents):] = (np.arange(len(self._cents), need) / 100).tolist()
+            self._cents = grown
+        return self._cents[keys]
 
     def array(self, coords: np.ndarray) -> list[float]:
-        """A float array's values as shared floats; quarter pixels by table lookup, without a loop."""
-        q = coords * 4
-        if not q.size or not (q == np.rint(q)).all() or np.signbit(coords).any() or q.max() >= _MAX_QUARTERS:
+        """A float array's values as shared floats; two-decimal values by table lookup, without a loop."""
+        cents, exact = two_decimals(coords)
+        if not exact.all():
             return self.values(coords.tolist())
-        idx = q.astype(np.int64)
-        need = int(idx.max()) + 1
-        if need > len(self._quarters):
-            grown = np.empty(need, dtype=object)
-            grown[: len(self._quarters)] = self._quarters
-            grown[len(self._quarters):] = (np.arange(len(self._quarters), need) / 4).tolist()
-            self._quarters = grown
-        return self._quarters[idx].tolist()
+        return self.cent_floats(cents.astype(np.int64)).tolist()
 
     def values(self, coords: Iterable[Any]) -> list[Any]:
         """``coords`` with each float the shared object for its value (other values as they are: an int
@@ -107,25 +106,27 @@ class SharedFloats:
         return [get(v, v) if v.__class__ is float and v else v for v in coords]
 
 
+def two_decimals(values: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """``rint(values * 100)`` and where it is exact: the value is the float of ``k / 100`` for an integer
+    ``0 <= k < _MAX_CENTS`` (so ``round(value, 2)`` is the value itself), and not ``-0.0``."""
+    cents = np.rint(values * 100)
+    return cents, (cents / 100 == values) & (cents >= 0) & (cents < _MAX_CENTS) & ~np.signbit(values)
+
+
 def shared_lists(values: np.ndarray, ends: Sequence[int]) -> list[list[float]]:
     """``values[start:end]`` as lists for consecutive ``ends``, in which equal values of at most two
     decimals (COCO's polygon coordinates) are one float object: a paper-size source's 9 M coordinates
     take 64 k values, and its load 270 MB less memory. Other values (and ``-0.0``, which equals ``0.0``
     but prints differently) keep their own objects."""
     values = np.asarray(values, dtype=np.float64)
-    starts = [0, *ends[:-1]]
-    cents = np.rint(values * 100)
-    shared = (cents / 100 == values) & (cents >= 0) & (cents < _MAX_CENTS) & ~np.signbit(values)
-    if not values.size:
-        return [[] for _ in starts]
-    if shared.all():  # the usual case: every list looked up in one table, nothing else allocated
+    starts = [0, *ends[:-1]] if len(ends) else []
+    cents, exact = two_decimals(values)
+    if exact.all():  # the usual case: every list looked up in one table, nothing else allocated
         keys = cents.astype(np.int64)
-        del cents, shared
-        table = np.array((np.arange(int(keys.max()) + 1) / 100).tolist(), dtype=object)
+        del cents, exact
+        table = SharedFloats().cent_floats(np.arange(int(keys.max()) + 1 if keys.size else 0))
         return [table[keys[a:b]].tolist() for a, b in zip(starts, ends, strict=True)]
     objects = np.empty(values.shape, dtype=object)
-    if shared.any():
-        keys = cents[shared].astype(np.int64)
-        objects[shared] = np.array((np.arange(int(keys.max()) + 1) / 100).tolist(), dtype=object)[keys]
-    objects[~shared] = values[~shared].tolist()
+    objects[exact] = SharedFloats().cent_floats(cents[exact].astype(np.int64))
+    objects[~exact] = values[~exact].tolist()
     return [objects[a:b].tolist() for a, b in zip(starts, ends, strict=True)]
