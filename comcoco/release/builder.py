@@ -284,7 +284,8 @@ def pack_published(release: str | os.PathLike[str], out: str | os.PathLike[str] 
     from comcoco.release.manifest import read_manifest, release_files
 
     release = Path(release).resolve()
-    version = read_manifest(release)["version"]
+    manifest = read_manifest(release)
+    version = manifest["version"]
     dist = Path(out).resolve() if out is not None else release.with_name(f"{release.name}.dist")
     tmp = dist.with_name(f"{dist.name}.incomplete")
     with exclusive(release.parent / f".{release_name(version)}.lock", f"pack {version}",
@@ -293,11 +294,12 @@ def pack_published(release: str | os.PathLike[str], out: str | os.PathLike[str] 
             raise ReleaseError(f"{release / 'dist'}: this release was packed when it was built")
         if dist.exists():
             raise ReleaseError(f"{dist}: exists already (remove it to pack again)")
-        listed = read_manifest(release)["files"]
-        problems = [f"{rel}: not listed in the manifest" for rel in release_files(release) if rel not in listed]
+        problems = [f"{rel}: not listed in the manifest" for rel in release_files(release)
+                    if rel not in manifest["files"]]
         shutil.rmtree(tmp, ignore_errors=True)  # left by an interrupted pack
         try:
-            info = _pack(release, tmp, version, shard_bytes, progress, problems) if not problems else {}
+            if not problems:  # an extra file refuses the pack before anything is read
+                info = _pack(release, tmp, version, shard_bytes, progress, problems)
             if problems:
                 shown = "; ".join(problems[:3]) + (f"; ... {len(problems) - 3} more" if len(problems) > 3 else "")
                 raise ReleaseError(f"{release}: {len(problems)} file(s) do not match manifest.json, not packed: "

@@ -33,7 +33,13 @@ from comcoco.errors import ComcocoError
 from comcoco.io import OncePerFile, sha256_file, write_text_atomic
 from comcoco.locks import exclusive
 from comcoco.progress import Progress, track
-from comcoco.release.pack import DEFAULT_SHARD_BYTES, INDEX_NAME, ShardInfo, pack_release  # noqa: F401 (re-exported)
+from comcoco.release.pack import (  # noqa: F401 (re-exported)
+    DEFAULT_SHARD_BYTES,
+    INDEX_NAME,
+    ShardInfo,
+    file_mismatch,
+    pack_release,
+)
 
 _CHUNK = 1 << 20
 MAX_INDEX_BYTES = 16 << 20  # an index lists shards: a few kB for the largest release
@@ -315,12 +321,10 @@ def verify_files(root: str | os.PathLike[str], files: dict[str, dict],
         p = root / rel
         if not p.is_file():
             problem = f"{rel}: missing"
-        elif p.stat().st_size != meta["size"]:
-            problem = f"{rel}: size {p.stat().st_size} != {meta['size']}"
-        elif hashes.sha256(p) != meta["sha256"]:
-            problem = f"{rel}: sha256 mismatch"
         else:
-            continue
+            problem = file_mismatch(rel, p.stat().st_size, lambda p=p: hashes.sha256(p), meta)
+            if problem is None:
+                continue
         problems.append(problem)
         if on_error is not None:
             on_error(problem)

@@ -11,7 +11,7 @@ import hashlib
 import json
 import os
 import tarfile
-from collections.abc import Mapping, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, BinaryIO
@@ -70,6 +70,16 @@ class _HashingReader:
         return data
 
 
+def file_mismatch(rel: str, size: int, sha256: Callable[[], str], meta: Mapping[str, Any]) -> str | None:
+    """How a file of ``size`` bytes differs from its manifest entry ``meta`` ({size, sha256}), or None;
+    ``sha256`` is only asked for when the sizes agree. The words of ``verify`` and ``release pack``."""
+    if size != meta["size"]:
+        return f"{rel}: size {size} != {meta['size']}"
+    if sha256() != meta["sha256"]:
+        return f"{rel}: sha256 mismatch"
+    return None
+
+
 def pack_release(
     root: str | os.PathLike[str],
     files: Sequence[str],
@@ -125,10 +135,9 @@ def pack_release(
                             continue
                         reader = _HashingReader(fh)
                         tar.addfile(info, reader)
-                    if info.size != meta["size"]:
-                        problems.append(f"{rel}: size {info.size} != {meta['size']}")
-                    elif reader.digest.hexdigest() != meta["sha256"]:
-                        problems.append(f"{rel}: sha256 mismatch")
+                    problem = file_mismatch(rel, info.size, reader.digest.hexdigest, meta)
+                    if problem is not None:
+                        problems.append(problem)
                     if bar is not None:
                         bar.advance()
         os.replace(tmp, dist / name)
