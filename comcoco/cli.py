@@ -14,7 +14,7 @@ import typer
 
 import comcoco
 import comcoco.commands
-from comcoco.commands._common import OneLineErrors
+from comcoco.commands._common import OneLineErrors, stop_like_ctrl_c_on_termination
 
 app = typer.Typer(
     name="comcoco",
@@ -51,4 +51,5 @@ _register_commands()
 
 
 def main() -> None:
+    stop_like_ctrl_c_on_termination()
     app()

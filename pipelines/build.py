@@ -14,6 +14,7 @@ from dataclasses import asdict
 from pathlib import Path
 from typing import Any
 
+from pipelines.api_server import with_prefect_api
 from pipelines.runners import WITH_FAILURES, PrefectExecutor, RunnerSpec, configure_prefect
 
 configure_prefect()
@@ -78,6 +79,7 @@ def build(
     return final_state(summary)
 
 
+@with_prefect_api
 def run_build(
     source: SourceSpec,
     workdir: str | Path,

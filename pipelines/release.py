@@ -12,6 +12,7 @@ from __future__ import annotations
 from pathlib import Path
 from typing import Any
 
+from pipelines.api_server import with_prefect_api
 from pipelines.runners import PrefectExecutor, configure_prefect
 
 configure_prefect()
@@ -61,6 +62,7 @@ def release(workdir: str, releases: str, version: str, options: dict | None = No
     return result
 
 
+@with_prefect_api
 def run_release(workdir: str | Path, releases: str | Path, version: str, options: ReleaseOptions | None = None,
                 validate: Any = None, progress: bool = False, workers: int | None = None,
                 pack: bool = True) -> dict[str, Any]:

@@ -16,6 +16,7 @@ from dataclasses import asdict
 from pathlib import Path
 from typing import Any
 
+from pipelines.api_server import with_prefect_api
 from pipelines.runners import configure_prefect
 
 configure_prefect()
@@ -88,3 +89,15 @@ def review_pull(workdir: str, stage: str, url: str | None = None, document_root:
     for e in rep["errors"]:
         logger.error("%s: not applied: %s", stage, e)
     return rep
+
+
+@with_prefect_api
+def run_push(*args: Any, **kwargs: Any) -> dict[str, Any]:
+    """``review_push`` against the configured or a temporary Prefect API (``pipelines.api_server``)."""
+    return review_push(*args, **kwargs)
+
+
+@with_prefect_api
+def run_pull(*args: Any, **kwargs: Any) -> dict[str, Any]:
+    """``review_pull`` against the configured or a temporary Prefect API (``pipelines.api_server``)."""
+    return review_pull(*args, **kwargs)

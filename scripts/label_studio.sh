@@ -137,6 +137,20 @@ alive() {
     [[ "$state" != "Z" ]]
 }
 
+group_alive() {
+    # Whether any live (non-zombie) process is left in process group $1 (field 5 of /proc/PID/stat).
+    local f line rest state ppid pgrp
+    for f in /proc/[0-9]*/stat; do
+        { read -r line < "$f"; } 2>/dev/null || continue
+        rest="${line##*) }"
+        read -r state ppid pgrp _ <<<"$rest"
+        if [[ "$pgrp" == "$1" && "$state" != "Z" ]]; then
+            return 0
+        fi
+    done
+    return 1
+}
+
 running_pid() {
     # Prints the recorded pid if that process is alive; removes a stale pid file.
     [[ -f "$PID_FILE" ]] || return 1
@@ -243,6 +257,19 @@ cmd_stop() {
     fi
     # Children that ignored TERM (workers) go with the group.
     kill -KILL -- "-$pid" 2>/dev/null || true
+    # A signal is delivered, not done: wait until no process of the group is left (a worker still
+    # exiting holds the listening socket, and a start right after would find the port taken), then
+    # until the port binds.
+    waited=0
+    while group_alive "$pid" && (( waited < 40 )); do
+        sleep 0.25
+        waited=$((waited + 1))
+    done
+    waited=0
+    while ! port_free "$PORT" && (( waited < 20 )); do
+        sleep 0.25
+        waited=$((waited + 1))
+    done
     rm -f "$PID_FILE"
     say "stopped (pid $pid)"
 }

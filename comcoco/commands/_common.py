@@ -8,6 +8,7 @@ traceback; only a bug (exit 1) keeps its traceback.
 from __future__ import annotations
 
 import errno
+import signal
 import sys
 from collections.abc import Iterator
 from contextlib import contextmanager
@@ -27,6 +28,8 @@ EXIT_USAGE = 2
 EXIT_REFUSED = 3
 EXIT_PARTIAL = 4
 EXIT_INTERRUPTED = 130
+EXIT_HANGUP = 129
+EXIT_TERMINATED = 143
 
 EXIT_CODES: dict[int, tuple[str, str]] = {
     EXIT_OK: ("ok", "everything asked for was done"),
@@ -41,7 +44,11 @@ EXIT_CODES: dict[int, tuple[str, str]] = {
                               "--strict, a shard crashed, samples were left not_built, nothing is ok, "
                               "or review decisions could not be applied; what was made is kept and "
                               "the message says what to run next"),
+    EXIT_HANGUP: ("hangup", "stopped by SIGHUP (its terminal closed); as for 143"),
     EXIT_INTERRUPTED: ("interrupted", "stopped by Ctrl-C; a build resumes when run again"),
+    EXIT_TERMINATED: ("terminated", "stopped by SIGTERM (`kill`, a scheduler's time limit): the run unwinds as "
+                                    "for Ctrl-C, its temporary Prefect server and workers stop with it, what was "
+                                    "finished is kept; a build resumes when run again"),
 }
 
 
@@ -130,6 +137,46 @@ def fail_with_problems(problems: list[str], summary: str, limit: int = 50) -> No
     fail(summary, EXIT_REFUSED)
 
 
+_STOPPED_BY: list[int] = []
+
+
+def _stop_like_ctrl_c(signum: int, frame: Any) -> None:
+    """A termination signal unwinds the stack as Ctrl-C does, so ``finally`` blocks and ``atexit`` run:
+    Prefect stops the temporary API server it started, pools shut down, locks are released. Python's
+    default for SIGTERM ends the process on the spot and orphans those children. A second signal of
+    the same kind ends the process at once."""
+    signal.signal(signum, signal.SIG_DFL)
+    _STOPPED_BY.append(signum)
+    raise KeyboardInterrupt
+
+
+def stop_like_ctrl_c_on_termination() -> None:
+    """Install :func:`_stop_like_ctrl_c` for SIGTERM and SIGHUP (main thread only; signals a parent
+    chose to ignore stay ignored)."""
+    for sig in (signal.SIGTERM, getattr(signal, "SIGHUP", None)):
+        if sig is not None and signal.getsignal(sig) is signal.SIG_DFL:
+            signal.signal(sig, _stop_like_ctrl_c)
+
+
+def _caused_by_interrupt(exc: BaseException) -> bool:
+    seen: set[int] = set()
+    cur: BaseException | None = exc
+    while cur is not None and id(cur) not in seen:
+        if isinstance(cur, KeyboardInterrupt):
+            return True
+        seen.add(id(cur))
+        cur = cur.__cause__ or cur.__context__
+    return False
+
+
+def _interrupted() -> int:
+    """One line for an interrupted verb; the exit code a shell gives a process ended by that signal."""
+    signum = _STOPPED_BY[0] if _STOPPED_BY else signal.SIGINT
+    typer.echo(f"error: stopped by {signal.Signals(signum).name}; what was finished is kept, "
+               "a build resumes when run again", err=True)
+    return 128 + signum
+
+
 class OneLineErrors(TyperGroup):
     """The root command: click's own usage errors become one ``error:`` line and exit 2, like every other
     expected failure, instead of a usage screen."""
@@ -140,6 +187,8 @@ class OneLineErrors(TyperGroup):
             rv = super().main(args=args, prog_name=prog_name, complete_var=complete_var,
                               standalone_mode=False, **extra)
             code = rv if isinstance(rv, int) else EXIT_OK  # typer returns an Exit's code here
+            if code == EXIT_INTERRUPTED or _STOPPED_BY:  # typer turns KeyboardInterrupt into a silent Exit(130)
+                code = _interrupted()
         except click_errors.NoArgsIsHelpError as exc:
             exc.show()
             code = EXIT_USAGE
@@ -148,11 +197,16 @@ class OneLineErrors(TyperGroup):
             typer.echo(f"error: {exc.format_message()}{hint}", err=True)
             code = EXIT_USAGE
         except Abort:
-            typer.echo("error: aborted", err=True)
-            code = EXIT_INTERRUPTED
+            code = _interrupted()
         except click_errors.ClickException as exc:  # e.g. click.FileError: a path click could not open
             typer.echo(f"error: {exc.format_message()}", err=True)
             code = EXIT_REFUSED
+        except Exception as exc:
+            # Ctrl-C or a signal to the whole process group stops the temporary Prefect server too, and
+            # the flow's crash report to it then fails: still an interruption, not a crash to print.
+            if not _caused_by_interrupt(exc):
+                raise
+            code = _interrupted()
         if standalone_mode:
             sys.exit(code)
         return code

@@ -96,9 +96,9 @@ def push_cmd(
         _check(workdir, stage)
         _connect(url, token, document_root)  # unusable settings fail here, in one line
         _refuse_if_busy(workdir, "review push")
-        from pipelines.review import review_push
+        from pipelines.review import run_push
 
-        rep = PushReport(**review_push(str(workdir.resolve()), stage, url, _root(document_root),
+        rep = PushReport(**run_push(str(workdir.resolve()), stage, url, _root(document_root),
                                        without_placement_review, recreate_missing, annotator or None, overlap, seed))
     for m in rep.messages:
         typer.echo(m)
@@ -126,9 +126,9 @@ def pull_cmd(
         _check(workdir, stage)
         _connect(url, token, document_root)
         _refuse_if_busy(workdir, "review pull")
-        from pipelines.review import review_pull
+        from pipelines.review import run_pull
 
-        rep = PullReport(**review_pull(str(workdir.resolve()), stage, url, _root(document_root)))
+        rep = PullReport(**run_pull(str(workdir.resolve()), stage, url, _root(document_root)))
     for m in rep.messages:
         typer.echo(m)
     applied = ", ".join(f"{k} {v}" for k, v in sorted(rep.applied.items())) or "none"

@@ -1,0 +1,94 @@
+"""A build stopped by a signal, as a user or a scheduler stops it, leaves no process behind.
+
+`comcoco build` runs without PREFECT_API_URL here, so it starts its own temporary Prefect API
+(`pipelines.api_server`). Each case signals a real build in the middle of its run and then looks for
+every process it started: the API server (in its own session, so found by its command line, which
+names the build's pid) and any other descendant.
+"""
+
+from __future__ import annotations
+
+import os
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import pytest
+
+REPO = Path(__file__).resolve().parents[1]
+
+
+def _procs() -> dict[int, tuple[int, str]]:
+    """pid -> (parent pid, command line) of every live, non-zombie process."""
+    out = {}
+    for d in Path("/proc").iterdir():
+        if not d.name.isdigit():
+            continue
+        try:
+            stat = (d / "stat").read_text()
+            cmd = (d / "cmdline").read_bytes().replace(b"\0", b" ").decode(errors="replace")
+        except OSError:
+            continue
+        state, ppid = stat.rsplit(")", 1)[1].split()[:2]
+        if state != "Z":
+            out[int(d.name)] = (int(ppid), cmd)
+    return out
+
+
+def _started_by(pid: int) -> set[int]:
+    """Descendants of ``pid``, and the API server it started in another session."""
+    procs = _procs()
+    found = {p for p, (_, cmd) in procs.items() if f"pipelines.api_server {pid} " in cmd}
+    grew = True
+    while grew:
+        more = {p for p, (pp, _) in procs.items() if (pp == pid or pp in found) and p not in found}
+        found |= more
+        grew = bool(more)
+    return found
+
+
+@pytest.mark.skipif(not Path("/proc/self/stat").exists(), reason="reads /proc")
+@pytest.mark.parametrize(("how", "sig", "code"), [
+    ("process", signal.SIGTERM, 143),  # `kill PID`
+    ("group", signal.SIGTERM, 143),  # a scheduler or service manager stopping the whole group
+    ("group", signal.SIGINT, 130),  # Ctrl-C in a terminal reaches the whole foreground group
+    ("process", signal.SIGKILL, -9),  # nothing runs in the build: the kernel stops its server
+])
+def test_a_signalled_build_stops_promptly_and_leaves_no_process(demo_source_small: Path, tmp_path: Path,
+                                                                 how: str, sig: int, code: int) -> None:
+    env = {k: v for k, v in os.environ.items() if k != "PREFECT_API_URL"}
+    env.update(PREFECT_HOME=str(tmp_path / "prefect-home"), PYTHONPATH=str(REPO))
+    work = tmp_path / "work"
+    proc = subprocess.Popen([sys.executable, "-m", "comcoco", "build", str(demo_source_small), "-o", str(work),
+                             "--workers", "2"], env=env, cwd=REPO, stdout=subprocess.PIPE, stderr=subprocess.PIPE,
+                            start_new_session=True)
+    try:
+        deadline = time.monotonic() + 240
+        while not (work / "plan.json").exists():  # the flow is running: its API is up, its stages begin
+            assert proc.poll() is None, proc.communicate()
+            assert time.monotonic() < deadline, "the build never reached its plan"
+            time.sleep(0.05)
+        started = _started_by(proc.pid)
+        assert any("pipelines.api_server" in _procs().get(p, (0, ""))[1] for p in started), started
+        t0 = time.monotonic()
+        (os.killpg if how == "group" else os.kill)(proc.pid, sig)
+        out, err = proc.communicate(timeout=120)
+        stopped_in = time.monotonic() - t0
+    finally:
+        if proc.poll() is None:
+            os.killpg(proc.pid, signal.SIGKILL)
+            proc.wait()
+    if proc.returncode == 0:
+        pytest.skip("the build finished before the signal reached it (a machine faster than this test)")
+    assert proc.returncode == code, err.decode()[-2000:]
+    if sig != signal.SIGKILL:
+        text = err.decode()
+        assert f"error: stopped by {signal.Signals(sig).name}; what was finished is kept" in text
+        assert "Traceback" not in text and "Error logging to API" not in text, text[-2000:]
+        assert stopped_in < 60, f"took {stopped_in:.1f}s to stop"
+    deadline = time.monotonic() + 20
+    while (left := started & set(_procs())) and time.monotonic() < deadline:
+        time.sleep(0.1)
+    assert not left, {p: _procs().get(p) for p in left}
