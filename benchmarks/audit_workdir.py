@@ -1,6 +1,13 @@
 """The artifact audit of a work directory, without a release, and the single features behind its cues.
 
     python benchmarks/audit_workdir.py SOURCE WORK [--families boundary,noise,shadow] [--json]
+    python benchmarks/audit_workdir.py SOURCE WORK --against OTHER_WORK
+
+With ``--against`` (two builds of the same source and seed, e.g. before and after a change to
+compose: the same samples and masks) it prints the paired difference instead: both audits on the
+same size-matched crops and folds, and a 95 % interval for AUC(WORK) − AUC(OTHER_WORK) from the
+same 1,000 resamples of whole backgrounds for both — much narrower than either audit's own interval,
+because what the two builds share cancels.
 
 Records are taken straight from the build: each ok sample's mask (pasted) and the background's own
 annotated objects from SOURCE's instances (native), on the sample's composite, folds grouped by
@@ -53,6 +60,43 @@ def workdir_records(source: Path, work: Path, dataset: str = "refcoco+") -> list
     return records
 
 
+def paired(source: Path, work: Path, other: Path, seed: int = 0, n: int = 1000) -> dict:
+    """AUC of both builds on the same matched crops and folds, and the bootstrap interval of the difference."""
+    from comcoco.audit.detector import _auc, _oof_scores, grouped_folds
+    from comcoco.ids import rng_for
+
+    recs = {"work": workdir_records(source, work), "other": workdir_records(source, other)}
+    key = {k: [(r.label, r.object_id, r.composite_id) for r in v] for k, v in recs.items()}
+    if key["work"] != key["other"]:
+        raise SystemExit("the two work directories hold different samples: not a paired comparison")
+    a, b = recs["work"], recs["other"]
+    pairs = match_by_size(a, [r.area if r.area >= MIN_AREA else 0 for r in a])
+    needed = sorted({i for p in pairs for i in p})
+    Xa, ua, _ = extract_features([a[i] for i in needed])
+    Xb, ub, _ = extract_features([b[i] for i in needed])
+    both = sorted(set(int(k) for k in ua) & set(int(k) for k in ub))
+    ok_pairs = [(p, q) for p, q in pairs if needed.index(p) in both and needed.index(q) in both]
+    keep = sorted({needed.index(i) for pq in ok_pairs for i in pq})
+    ra = {int(k): j for j, k in enumerate(ua)}
+    rb = {int(k): j for j, k in enumerate(ub)}
+    Xa, Xb = Xa[[ra[k] for k in keep]], Xb[[rb[k] for k in keep]]
+    y = np.asarray([1 if a[needed[k]].label == "pasted" else 0 for k in keep])
+    groups = [a[needed[k]].fold_group for k in keep]
+    splits = grouped_folds(groups, y, 5, seed)
+    sa, sb = _oof_scores(Xa, y, splits), _oof_scores(Xb, y, splits)
+    names = sorted(set(groups))
+    idx = [np.asarray([i for i, g in enumerate(groups) if g == name]) for name in names]
+    rng = rng_for(seed, "audit-paired")
+    diffs = []
+    for _ in range(n):
+        sel = np.concatenate([idx[k] for k in rng.integers(0, len(names), len(names))])
+        diffs.append(_auc(y[sel], sa[sel]) - _auc(y[sel], sb[sel]))
+    lo, hi = np.nanpercentile(diffs, [2.5, 97.5])
+    return {"n_pasted": int(y.sum()), "n_native": int(len(y) - y.sum()), "auc_work": round(_auc(y, sa), 4),
+            "auc_other": round(_auc(y, sb), 4), "difference": round(_auc(y, sa) - _auc(y, sb), 4),
+            "ci": [round(float(lo), 4), round(float(hi), 4)]}
+
+
 def transition(img: np.ndarray, rec: AuditRecord) -> tuple[float, float, float, float] | None:
     """(|ΔY| 1 px out, |ΔY| 1 px in, level 1 px out, level 1 px in) against the local 3–6 px references."""
     x, y, w, h = rec.box
@@ -86,8 +130,15 @@ def main() -> None:
     ap.add_argument("source", type=Path)
     ap.add_argument("work", type=Path)
     ap.add_argument("--families", default="", help="comma-separated feature families to print (default: all)")
+    ap.add_argument("--against", type=Path, help="a second build of the same source: the paired difference")
     ap.add_argument("--json", action="store_true")
     args = ap.parse_args()
+    if args.against is not None:
+        d = paired(args.source, args.work, args.against)
+        print(json.dumps(d, indent=2) if args.json else
+              f"paired ({d['n_pasted']} pasted / {d['n_native']} native crops, the same folds): AUC {d['auc_work']} "
+              f"against {d['auc_other']}, difference {d['difference']:+.4f} [{d['ci'][0]:+.4f}, {d['ci'][1]:+.4f}]")
+        return
     from sklearn.metrics import roc_auc_score
 
     families = {f for f in args.families.split(",") if f}
