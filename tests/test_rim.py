@@ -53,13 +53,13 @@ def test_rim_ratio_reads_a_darker_rim_and_needs_pixels():
 
 def test_the_rim_is_brought_to_a_target_on_the_composite(pasted):
     """The refined object pasted into another photo: ``match_rim`` brings the composite's reading to the
-    target (here 8 % darker than it reads), changes only the rim and its fade, only pixels the object
+    target (here 4 % darker than it reads), changes only the rim and its fade, only pixels the object
     shows, and the same call gives the same bytes."""
     cut, refined, scene = pasted
     assert source_rim(cut.rgb, cut.alpha) == rim_ratio(luma(cut.rgb), cut.alpha >= MASK_THRESHOLD)
     box = refined.box
     before = _composite_ratio(refined.rgb, refined.alpha, scene, box)
-    target = before + float(np.log(0.92))
+    target = before + float(np.log(0.96))
     out, gain = match_rim(refined.rgb, refined.alpha, scene, box, target)
     assert -MAX_GAIN < gain < 0
     assert _composite_ratio(out, refined.alpha, scene, box) == pytest.approx(target, abs=0.01)
