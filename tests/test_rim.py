@@ -10,7 +10,7 @@ import pytest
 
 from comcoco.compose.cutout import MASK_THRESHOLD, cut_object, object_shape
 from comcoco.compose.matte import refine_cutout
-from comcoco.compose.rim import MAX_GAIN, RIM, _depth, luma, match_rim, rim_ratio, source_rim
+from comcoco.compose.rim import _FADE, MAX_GAIN, RIM, _depth, luma, match_rim, rim_ratio, source_rim
 from comcoco.sources.images import decode_image
 
 
@@ -65,7 +65,7 @@ def test_the_rim_is_brought_to_a_target_on_the_composite(pasted):
     assert _composite_ratio(out, refined.alpha, scene, box) == pytest.approx(target, abs=0.01)
     depth = _depth(refined.alpha >= MASK_THRESHOLD)
     changed = np.any(out != refined.rgb, axis=-1)
-    assert changed.any() and not changed[depth >= RIM + 1.5].any() and not changed[refined.alpha <= 0].any()
+    assert changed.any() and not changed[depth >= RIM + _FADE].any() and not changed[refined.alpha <= 0].any()
     again, gain2 = match_rim(refined.rgb, refined.alpha, scene, box, target)
     assert gain2 == gain and np.array_equal(again, out)
 

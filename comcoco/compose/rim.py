@@ -34,7 +34,7 @@ from comcoco.compose.cutout import MASK_THRESHOLD
 RIM = 3  # px: the rim, and the width of the band inside it that it is compared with
 MIN_PIXELS = 24  # pixels the rim and the band each need
 MAX_GAIN = 0.1  # the rim's colours are scaled by at most ±10 % (±20 %: the same audit, docs/compose.md)
-_FADE = 1.5  # px over which the gain fades inside the rim (no step at its inner edge)
+_FADE = 3.0  # px over which the gain fades inside the rim (no step at its inner edge)
 _MIN_LUMA = 4.0  # a rim or band darker than this carries no ratio
 
 
