@@ -12,7 +12,8 @@ The estimators (``noise_level``, ``blur_sigma`` and the tiled measurement both s
 * ``match_camera`` — blur the object (premultiplied by alpha, so no source background bleeds in)
   and its alpha edge (a cut edge is sharper than any photographed one) by √(σ_bg² − σ_obj²) when the
   scene is blurrier; low-pass the object's chroma when its chroma noise exceeds the scene's (a
-  resampled 4:2:0 source carries pixel-level chroma noise a camera's own chroma never has); then
+  resampled 4:2:0 source carries pixel-level chroma noise a camera's own chroma never has), by the
+  smallest σ of a ladder after which it measures within 1.25× of the scene's; then
   add seeded Gaussian noise of √((σ_bg/g)² − σ_obj²) per YCrCb channel when the scene is noisier,
   where g is the share of white noise a following JPEG regrid keeps (``jpeg_noise_gain``, measured
   once per quality; 1 without regrid). A sharper scene than object is left alone: sharpening would
@@ -71,7 +72,7 @@ _BLUR_MIN = 0.35  # do not blur the object for a smaller σ difference
 _BLUR_MAX = 3.0
 _EDGE_MIN = 0.2
 _REGRID_STEPS = 3  # trial round trips that set the noise level under the regrid
-_OUTLINE_BAND = 2  # px each side of an outline read by ``outline_blur``  # do not blur the silhouette for a smaller σ
+_OUTLINE_BAND = 2  # px each side of an outline read by ``outline_blur``
 _NOISE_MIN = 0.5  # do not add noise below this std (0–255)
 _CHROMA_EXCESS = 1.25  # smooth the object's chroma when its chroma noise exceeds the scene's by this
 _CHROMA_MIN = 0.2  # ... and is at least this (0–255): pixel-level chroma a 4:2:0 scene lacks
