@@ -86,7 +86,7 @@ def full_path(groups, index: SourceIndex, config: ComposeConfig, out: Path, cach
 
 # the robust profile's per-target steps, by the names ``comcoco.compose.robust`` calls them through
 ROBUST_STEPS = {"scene (per composite)": ("measure_scene",), "matte": ("refine_cutout",),
-                "harmonize": ("harmonized_colours",), "camera": ("match_camera",),
+                "harmonize": ("harmonized_colours",), "camera": ("match_camera",), "rim": ("source_rim", "match_rim"),
                 "shadow": ("template_shadow", "cast_shadow", "apply_shadow"), "jpeg regrid": ("jpeg_regrid",)}
 
 

@@ -148,6 +148,47 @@ def test_chroma_noisier_object_is_smoothed_and_jpeg_gain_raises_added_noise():
     assert all(0.05 <= g < 1.0 for g in gain) and jpeg_noise_gain(95)[0] > gain[0]
 
 
+def test_correlated_chroma_is_low_passed_until_it_measures_like_the_scene(real):
+    """A real object with correlated chroma grain (blurred, as a resampled 4:2:0 source has it), its
+    chroma amplified as a harmonization that raises saturation does: the low-pass σ is the smallest of
+    the ladder after which the object's chroma noise measures within the excess of the scene's (searched
+    by halves: the same σ as trying each in turn). The white-noise rule (std falls as 1/(2√π·σ)) would
+    have smoothed it flatter than the scene."""
+    from comcoco.compose.camera import _CHROMA_EXCESS, _CHROMA_SIGMAS, _chroma_smooth, _measure
+
+    data, images = real
+    ann = next(a for a in data["annotations"] if a["id"] == 198196)
+    src = images[40083]
+    cut = cut_object(src, object_shape(ann["segmentation"], src.shape[1], src.shape[0]), (150, 80, 140, 140))
+    ycc = cv2.cvtColor(cut.rgb, cv2.COLOR_RGB2YCrCb).astype(np.float32)
+    grain = cv2.GaussianBlur(np.random.default_rng(5).normal(0, 6.0, ycc.shape[:2] + (2,)).astype(np.float32), (0, 0), 0.6)
+    ycc[..., 1:] = 128.0 + 1.8 * (ycc[..., 1:] + grain - 128.0)
+    obj = cv2.cvtColor(np.clip(np.rint(ycc), 0, 255).astype(np.uint8), cv2.COLOR_YCrCb2RGB)
+    grainy = images[785].astype(np.float32) + np.random.default_rng(6).normal(0, 0.4, images[785].shape)
+    scene = np.clip(np.rint(grainy), 0, 255).astype(np.uint8)  # a scene with a little chroma grain
+    res = match_camera(obj, cut.alpha, scene, cut.box, rng_for(0, "test", "chroma"))
+    inner = cut.alpha >= 0.5
+    n_bg, n_after = res.info.noise_background, res.info.noise_object
+    n_before = _measure(obj, inner, blur=False)[1]
+    assert n_bg is not None and n_after is not None and n_before is not None
+    excess = lambda n: max(n.cr / n_bg.cr, n.cb / n_bg.cb)  # noqa: E731
+    assert excess(n_before) > 4.0  # the case: far noisier chroma than the scene's
+    sigma = res.info.chroma_smoothing
+    k = _CHROMA_SIGMAS.index(sigma)
+    assert k > 0 and excess(n_after) <= _CHROMA_EXCESS  # within the excess ...
+    less = _measure(_chroma_smooth(obj, cut.alpha, _CHROMA_SIGMAS[k - 1]), inner, blur=False)[1]
+    assert excess(less) > _CHROMA_EXCESS  # ... by the smallest σ that gets there
+    in_turn = next(s for s in _CHROMA_SIGMAS
+                   if excess(_measure(_chroma_smooth(obj, cut.alpha, s), inner, blur=False)[1]) <= _CHROMA_EXCESS)
+    assert in_turn == sigma and res.info.blur_applied == 0.0  # (no blur before the low-pass here)
+    ratio = min(n_bg.cr / n_before.cr, n_bg.cb / n_before.cb)
+    white = float(np.clip(1.0 / (2.0 * np.sqrt(np.pi) * ratio), 0.5, 2.0))
+    rule = _measure(_chroma_smooth(obj, cut.alpha, white), inner, blur=False)[1]
+    assert white > sigma and max(rule.cr, rule.cb) < min(n_bg.cr, n_bg.cb)  # the rule: flatter than the scene
+    again = match_camera(obj, cut.alpha, scene, cut.box, rng_for(0, "test", "chroma"))
+    assert np.array_equal(again.rgb, res.rgb)
+
+
 def test_quality_from_tables_and_from_pixels():
     scene = cv2.resize(_smooth_scene(5, 120, 160), (256, 192), interpolation=cv2.INTER_CUBIC)
     scene = np.clip(scene + np.random.default_rng(0).normal(0, 3, scene.shape), 0, 255).astype(np.uint8)

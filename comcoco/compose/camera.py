@@ -12,7 +12,8 @@ The estimators (``noise_level``, ``blur_sigma`` and the tiled measurement both s
 * ``match_camera`` — blur the object (premultiplied by alpha, so no source background bleeds in)
   and its alpha edge (a cut edge is sharper than any photographed one) by √(σ_bg² − σ_obj²) when the
   scene is blurrier; low-pass the object's chroma when its chroma noise exceeds the scene's (a
-  resampled 4:2:0 source carries pixel-level chroma noise a camera's own chroma never has); then
+  resampled 4:2:0 source carries pixel-level chroma noise a camera's own chroma never has), by the
+  smallest σ of a ladder after which it measures within 1.25× of the scene's; then
   add seeded Gaussian noise of √((σ_bg/g)² − σ_obj²) per YCrCb channel when the scene is noisier,
   where g is the share of white noise a following JPEG regrid keeps (``jpeg_noise_gain``, measured
   once per quality; 1 without regrid). A sharper scene than object is left alone: sharpening would
@@ -26,6 +27,7 @@ The estimators (``noise_level``, ``blur_sigma`` and the tiled measurement both s
 from __future__ import annotations
 
 import math
+from collections.abc import Callable
 from dataclasses import asdict, dataclass
 from functools import lru_cache
 from typing import Any
@@ -70,10 +72,11 @@ _BLUR_MIN = 0.35  # do not blur the object for a smaller σ difference
 _BLUR_MAX = 3.0
 _EDGE_MIN = 0.2
 _REGRID_STEPS = 3  # trial round trips that set the noise level under the regrid
-_OUTLINE_BAND = 2  # px each side of an outline read by ``outline_blur``  # do not blur the silhouette for a smaller σ
+_OUTLINE_BAND = 2  # px each side of an outline read by ``outline_blur``
 _NOISE_MIN = 0.5  # do not add noise below this std (0–255)
 _CHROMA_EXCESS = 1.25  # smooth the object's chroma when its chroma noise exceeds the scene's by this
 _CHROMA_MIN = 0.2  # ... and is at least this (0–255): pixel-level chroma a 4:2:0 scene lacks
+_CHROMA_SIGMAS = (0.5, 0.75, 1.0, 1.5, 2.0, 3.0, 4.5, 6.0)  # chroma low-pass σ tried in turn
 # YCrCb → RGB noise mixing (ITU-R BT.601 as OpenCV uses it): n_rgb = _MIX @ (n_Y, n_Cr, n_Cb)
 _MIX = np.array([[1.0, 1.403, 0.0], [1.0, -0.714, -0.344], [1.0, 0.0, 1.773]], np.float32)
 
@@ -187,14 +190,51 @@ def _premult_blur(rgb: np.ndarray, alpha: np.ndarray, sigma: float) -> np.ndarra
 
 def _chroma_smooth(rgb: np.ndarray, alpha: np.ndarray, sigma: float) -> np.ndarray:
     """Low-pass the object's chroma only (as a camera's chroma subsampling and denoising do), premultiplied."""
+    return _chroma_smoother(rgb, alpha)(sigma)
+
+
+def _chroma_smoother(rgb: np.ndarray, alpha: np.ndarray) -> Callable[[float], np.ndarray]:
+    """``sigma -> _chroma_smooth(rgb, alpha, sigma)`` with the colour conversion and the premultiplied
+    planes made once: the ladder tries several σ on the same object, each one blur of three planes."""
     ycc = _ycrcb(rgb)
     a = np.clip(alpha, 0.0, 1.0).astype(np.float32)
-    den = cv2.GaussianBlur(a, (0, 0), sigma, borderType=cv2.BORDER_REFLECT)
-    for c in (1, 2):
-        num = cv2.GaussianBlur(ycc[..., c] * a, (0, 0), sigma, borderType=cv2.BORDER_REFLECT)
-        ycc[..., c] = np.where(den > 1e-3, num / np.maximum(den, 1e-3), ycc[..., c])
-    out = np.clip(np.rint(ycc), 0, 255).astype(np.uint8)
-    return cv2.cvtColor(out, cv2.COLOR_YCrCb2RGB)
+    lum, cr0, cb0 = cv2.split(ycc)
+    planes = cv2.merge([cr0 * a, cb0 * a, a])  # Cr·a, Cb·a, a: blurred together
+
+    def smooth(sigma: float) -> np.ndarray:
+        num_cr, num_cb, den = cv2.split(cv2.GaussianBlur(planes, (0, 0), sigma, borderType=cv2.BORDER_REFLECT))
+        far = den <= 1e-3  # no object within reach: the colours stay
+        np.maximum(den, 1e-3, out=den)
+        cr, cb = cv2.divide(num_cr, den), cv2.divide(num_cb, den)
+        if far.any():
+            cr[far], cb[far] = cr0[far], cb0[far]
+        return cv2.cvtColor(cv2.convertScaleAbs(cv2.merge([lum, cr, cb])), cv2.COLOR_YCrCb2RGB)  # rounded, all ≥ 0
+
+    return smooth
+
+
+def _chroma_ladder(rgb: np.ndarray, alpha: np.ndarray, inner: np.ndarray, plan: list[_Tile], n_bg: NoiseLevel,
+                   n_obj: NoiseLevel) -> tuple[np.ndarray, float, NoiseLevel]:
+    """(colours, σ, their noise) of the smallest ``_CHROMA_SIGMAS`` low-pass after which the object's
+    chroma noise *measures* within ``_CHROMA_EXCESS`` of the scene's: a harmonized object's chroma
+    texture is correlated, so no σ predicted from white noise fits it. The excess falls as σ grows,
+    so the ladder is searched by halves, its top first (most objects need it): 1–4 trials, not 8."""
+
+    smooth = _chroma_smoother(rgb, alpha)
+
+    def trial(k: int) -> tuple[np.ndarray, NoiseLevel, bool]:
+        out = smooth(_CHROMA_SIGMAS[k])
+        n = _measure(out, inner, blur=False, plan=plan)[1] or n_obj
+        return out, n, max(n.cr / max(n_bg.cr, 1e-6), n.cb / max(n_bg.cb, 1e-6)) <= _CHROMA_EXCESS
+
+    lo, hi = -1, len(_CHROMA_SIGMAS) - 1  # the answer is in (lo, hi]
+    best = trial(hi)
+    if best[2]:
+        while hi - lo > 1:
+            mid = (lo + hi) // 2
+            got = trial(mid)
+            lo, hi, best = (lo, mid, got) if got[2] else (mid, hi, best)
+    return best[0], _CHROMA_SIGMAS[hi], best[1]
 
 
 @lru_cache(maxsize=1)
@@ -352,10 +392,7 @@ def match_camera(object_rgb: np.ndarray, alpha: np.ndarray, background: np.ndarr
         assert n_obj is not None and n_bg is not None
         ratio = max(1e-3, min(n_bg.cr / max(n_obj.cr, 1e-6), n_bg.cb / max(n_obj.cb, 1e-6)))
         if ratio < 1.0 / _CHROMA_EXCESS and max(n_obj.cr, n_obj.cb) > _CHROMA_MIN:
-            # the object's chroma is noisier than the scene's: smooth it
-            chroma = float(np.clip(1.0 / (2.0 * math.sqrt(math.pi) * ratio), 0.5, 2.0))
-            rgb = _chroma_smooth(rgb, alpha, chroma)
-            n_obj = _measure(rgb, inner, blur=False, plan=plan)[1] or n_obj
+            rgb, chroma, n_obj = _chroma_ladder(rgb, alpha, inner, plan, n_bg, n_obj)
 
         def gap(b: float, o: float, g: float) -> float:
             d = math.sqrt(max(0.0, (b / g) ** 2 - o * o))

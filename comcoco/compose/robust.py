@@ -7,7 +7,9 @@ For one target, in order (docs/compose.md, "Shortcut-resistant composites"):
 2. harmonize against the *background* (not the running composite): the six filters are fitted on the
    background with this object alone pasted, and applied to the object's own colours, so one target's
    look never depends on another's and a reviewer's move of one target leaves the others' pixels alone;
-3. match the scene's camera: blur and seeded noise on the object only (``camera``);
+3. match the scene's camera: blur and seeded noise on the object only (``camera``); then give the
+   object back the rim it had in its own photo, read on the composite (``rim``): the matte, the
+   harmonization and the silhouette blur lighten it;
 4. cast its shadow on the canvas (``shadow``; light estimated once per background from its annotated
    objects' own shadows, its gradient, or a default), clipped off every other target's footprint;
 5. paste, then re-encode the object's region on the background's JPEG grid at its quality (``jpeg``).
@@ -31,6 +33,7 @@ from comcoco.compose.camera import match_camera, outline_band, scene_camera
 from comcoco.compose.cutout import MASK_THRESHOLD, Cutout
 from comcoco.compose.jpeg import JpegEstimate, estimate_jpeg_quality, jpeg_regrid
 from comcoco.compose.matte import mask_polygons, refine_cutout
+from comcoco.compose.rim import match_rim, source_rim
 from comcoco.compose.scene_shadow import ShadowTemplate, learn_template, template_shadow
 from comcoco.compose.shadow import Light, NativeObject, apply_shadow, cast_shadow, estimate_light
 from comcoco.ids import rng_for
@@ -149,11 +152,14 @@ def paste_target(canvas: np.ndarray, bg: np.ndarray, cut: Cutout, scene: Scene, 
     """
     H, W = canvas.shape[:2]
     placed_box = cut.box
+    rim = source_rim(cut.rgb, cut.alpha)  # the rim as cut from its photo (step 3)
     cut, matte = refine_cutout(cut)
     cut = _padded(cut, (W, H), EDGE_PAD)
     rgb, args = harmonized_colours(bg, cut, method, network, source)
     cam = match_camera(rgb, cut.alpha, bg, cut.box, rng_for(seed, "camera", key), scene=scene.camera,
                        jpeg=scene.jpeg if scene.jpeg.quality is not None else None)
+    if rim is not None:  # the rim it had in its own photo, on the composite as it looks
+        cam = replace(cam, rgb=match_rim(cam.rgb, cam.alpha, bg, cut.box, rim)[0])
     final_mask = cam.alpha >= MASK_THRESHOLD
     if not final_mask.any():  # the camera's blur cannot empty a mask, but the final cut must have one
         cam = replace(cam, alpha=cut.alpha)
