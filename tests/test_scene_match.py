@@ -71,6 +71,20 @@ def test_template_keeps_the_core_darkness_of_shadows_that_do_not_line_up():
     assert float(shifted.darkening.max()) >= 0.85 * float(aligned.darkening.max())
 
 
+def test_template_reads_each_row_against_its_own_ground():
+    """A ground whose light changes with depth (a receding ground, vignetting) is not read as shadow or
+    its absence: each row is compared with the reference ground of its own row."""
+    img, natives = _ground_with_shadows(0.4)
+    h = img.shape[0]
+    ramp = (1.0 + 0.8 * (0.5 - np.arange(h, dtype=np.float32) / h))[:, None, None]  # 40 % brighter at the top
+    graded = np.clip(img.astype(np.float32) * ramp, 0, 255).astype(np.uint8)
+    flat, tilted = learn_template(img, natives), learn_template(graded, natives)
+    assert flat is not None and tilted is not None
+    # against one reference for rows from above the base to far below it, the core read 0.335
+    assert abs(float(tilted.darkening.max()) - float(flat.darkening.max())) < 0.02
+    assert abs(float(tilted.darkening.max()) - 0.4) < 0.03
+
+
 def test_no_template_without_shadows_or_objects():
     rng = np.random.default_rng(1)
     flat = np.clip(170 + rng.normal(0, 3, (240, 400, 3)), 0, 255).astype(np.uint8)

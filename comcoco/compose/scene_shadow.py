@@ -40,6 +40,7 @@ MIN_OBJECTS = 2  # objects a template needs
 MIN_DARKENING = 0.03  # a median darkening below this anywhere is no shadow worth drawing
 _MIN_FREE = 0.5  # a cell counts when at least this share of its pixels is free ground
 _REF_U = 1.15  # cells at |u| ≥ this are the reference ground (beyond any object's own shadow)
+_MIN_ROW_REF = 3  # reference cells a row needs to be its own reference
 
 
 @dataclass(frozen=True)
@@ -151,7 +152,18 @@ def _object_darkening(lum: np.ndarray, occupied: np.ndarray, o: NativeObject) ->
     ref = float(np.median(ref_vals))
     if ref < 8.0:
         return None  # too dark to see a shadow
-    return (1.0 - out / np.float32(ref)).astype(np.float32)
+    # Each row against the reference ground of its own row where it has some: the ground's light
+    # changes with depth (a receding ground, vignetting), and one reference for rows from above the
+    # base to far below it misreads that change as shadow or its absence.
+    side = np.abs(u)[None, :] >= _REF_U
+    rows = np.where(side & np.isfinite(out), out, np.nan)
+    n_row = np.count_nonzero(np.isfinite(rows), axis=1)
+    row_ref = np.full(NV, ref, np.float32)
+    ok = n_row >= _MIN_ROW_REF
+    if ok.any():
+        row_ref[ok] = median_of_known(rows[ok].T).astype(np.float32)
+    row_ref = np.where(row_ref >= 8.0, row_ref, np.float32(ref))
+    return (1.0 - out / row_ref[:, None]).astype(np.float32)
 
 
 def _fill(t: np.ndarray) -> np.ndarray:
