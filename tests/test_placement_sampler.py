@@ -10,6 +10,7 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from comcoco.placement.sampler import (
+    Footprint,
     PlacementError,
     PlacementRequest,
     SamplerConfig,
@@ -171,6 +172,67 @@ def test_no_room_raises_with_reasons():
         sample_placement(req, seed=0, key="full")
 
 
+def test_footprint_touches_is_the_pixel_test():
+    rng = np.random.default_rng(3)
+    taken = rng.random((60, 80)) < 0.002
+    fp = Footprint.of(taken)
+    assert fp.size == (80, 60)
+    seen = set()
+    for _ in range(2000):
+        x, y = rng.uniform(-10, 85, 2)
+        w, h = rng.uniform(0.5, 30, 2)
+        x0, y0 = max(math.floor(x), 0), max(math.floor(y), 0)
+        x1, y1 = min(math.ceil(x + w), 80), min(math.ceil(y + h), 60)
+        expect = bool(x1 > x0 and y1 > y0 and taken[y0:y1, x0:x1].any())
+        assert fp.touches((x, y, w, h)) == expect, (x, y, w, h)
+        seen.add(expect)
+    assert seen == {True, False}
+    with pytest.raises(ValueError, match="H×W"):
+        Footprint.of(np.zeros((4, 4, 3), bool))
+
+
+def _band() -> np.ndarray:
+    """Another target's long shadow: a 9-px diagonal band whose bounding box is the whole frame."""
+    taken = np.zeros((375, 500), bool)
+    for x in range(500):
+        y = round(x * 374 / 499)
+        taken[max(y - 4, 0):y + 5, x] = True
+    return taken
+
+
+def test_a_long_shadow_blocks_its_pixels_not_its_bounding_box():
+    import cv2
+
+    taken = _band()
+    with pytest.raises(PlacementError, match="overlaps an already placed object"):
+        sample_placement(_request(avoid=[cv2.boundingRect(taken.view(np.uint8))], objects=()), seed=0, key="band")
+    req = PlacementRequest(**{**_request(objects=()).__dict__, "footprint": Footprint.of(taken)})
+    p = sample_placement(req, seed=0, key="band")
+    x, y, w, h = p.box
+    assert not taken[y:y + h, x:x + w].any()
+
+
+def test_a_scan_finds_the_free_slot_every_draw_misses():
+    taken = np.ones((375, 500), bool)
+    taken[:, 300:350] = False  # one free column, a little wider than the object
+    base = _request(objects=())
+    with pytest.raises(PlacementError, match=r"after 32 candidates \(32 overlaps"):  # the draws alone
+        sample_placement(PlacementRequest(**{**base.__dict__, "avoid": ((0, 0, 300, 375), (350, 0, 150, 375))}),
+                         seed=0, key="slot")
+    req = PlacementRequest(**{**base.__dict__, "footprint": Footprint.of(taken)})
+    p = sample_placement(req, seed=0, key="slot")
+    x, y, w, h = p.box
+    assert 300 <= x and x + w <= 350 and not taken[y:y + h, x:x + w].any()
+    assert sample_placement(req, seed=0, key="slot") == p  # no draws: the same spot every time
+    taken[:, 300:350] = True
+    full = PlacementRequest(**{**base.__dict__, "footprint": Footprint.of(taken)})
+    with pytest.raises(PlacementError, match=r"after 32 candidates and a scan of every position"):
+        sample_placement(full, seed=0, key="slot")
+    wrong = PlacementRequest(**{**base.__dict__, "footprint": Footprint.of(np.zeros((10, 10), bool))})
+    with pytest.raises(PlacementError, match="footprint is 10x10, the background 500x375"):
+        sample_placement(wrong, seed=0, key="slot")
+
+
 def test_crowded_scene_extends_to_relaxed_candidates():
     # everything below y=150 is taken: the ground-line prior (bottom at ~70%) cannot be met
     req = _request(avoid=[(0.0, 150.0, 500.0, 225.0)], objects=())
@@ -235,3 +297,15 @@ def test_config_is_validated_and_changes_the_result():
     spread = [sample_placement(req, 0, k, k=1, config=wide).box[2] for k in range(30)]
     narrow = [sample_placement(req, 0, k, k=1).box[2] for k in range(30)]
     assert np.std(spread) > np.std(narrow)
+
+
+def test_a_given_box_is_checked_against_the_footprint_pixels():
+    from comcoco.placement.place import place
+
+    taken = _band()
+    req = PlacementRequest(**{**_request(objects=()).__dict__, "footprint": Footprint.of(taken)})
+    clear = (300, 20, 40, 100)  # above the band, inside its bounding box
+    assert not taken[20:120, 300:340].any()
+    assert place(req, seed=0, key="k", given_box=clear).box == clear
+    with pytest.raises(PlacementError, match=r"overlaps an object already pasted into this composite \(or its shadow\)"):
+        place(req, seed=0, key="k", given_box=(100, 50, 40, 100))

@@ -707,6 +707,24 @@ def test_writer_refuses_bad_records(tmp_path: Path) -> None:
     with pytest.raises(ValueError, match="refs_format"):
         write_source(tmp_path, [ref], [image], [ann], cats, refs_format="yaml")
     assert not (tmp_path / "refcoco+" / "refs(unc).p").exists()  # nothing half-written
+    assert not (tmp_path / "refcoco+" / "instances.json").exists()
+    assert list((tmp_path / "refcoco+").iterdir()) == []  # no temporary file left either
+
+
+def test_streamed_instances_are_the_one_shot_dump(tmp_path: Path) -> None:
+    """instances.json is written one annotation at a time; its bytes are those of dumping it whole."""
+    images = [ImageInfo(i, f"{i}.jpg", 20, 20) for i in (1, 2)]
+    anns = [Annotation(a, 1 + a % 2, 1, (0.0, 0.0, 10.0, 10.0), 100.0, 0, [[0.0, 0.0, 10.5, 0.0, 10.0, 9.25]])
+            for a in (3, 4, 5)]
+    ref = Ref(0, 3, 2, 1, "train", (Sentence(1, "Mann im weißen Hemd", "mann im weißen hemd", ("mann",)),))
+    out = write_source(tmp_path, [ref], images, anns, list(COCO_CATEGORIES), info={"description": "süß"},
+                       ann_extras={4: {"comcoco": {"role": "target", "effect_area": 7}}})
+    data = (out / "instances.json").read_bytes()
+    whole = json.loads(data)
+    assert [a["id"] for a in whole["annotations"]] == [3, 4, 5] and whole["annotations"][1]["comcoco"]["effect_area"] == 7
+    assert data == (json.dumps(whole, ensure_ascii=False, separators=(",", ":")) + "\n").encode("utf-8")
+    empty = write_source(tmp_path / "e", [], images, [], list(COCO_CATEGORIES), strict=False)
+    assert json.loads((empty / "instances.json").read_bytes())["annotations"] == []
 
 
 _floats = st.floats(min_value=-1e6, max_value=1e6, allow_nan=False, allow_infinity=False)

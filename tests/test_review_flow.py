@@ -93,10 +93,29 @@ def image_size(path: Path) -> tuple[int, int]:
         return im.size
 
 
-def shifted(box: tuple[int, int, int, int], width: int, by: int = 25) -> tuple[int, int, int, int]:
-    """The box moved sideways by ``by`` pixels, staying inside the image."""
-    x, y, w, h = box
-    return (x - by if x >= by else x + by, y, w, h) if w + by < width else (x, y, w, h)
+def shifted(workdir: Path, row: dict, by: int = 25) -> tuple[int, int, int, int]:
+    """The row's box moved by ``by`` px (sideways first, then up or down) to a spot inside the image and
+    clear of the other targets of its composite: their effect masks grown by the footprint margin (a box
+    there is refused; tests of the refusal are elsewhere)."""
+    import cv2
+    import numpy as np
+
+    from comcoco.compose.robust import FOOTPRINT_MARGIN
+
+    x, y, w, h = (int(row[k]) for k in ("box_x", "box_y", "box_w", "box_h"))
+    W, H = image_size(workdir / row["composite"])
+    taken = np.zeros((H, W), dtype=np.uint8)
+    for other in rows(workdir).values():
+        if other["composite_id"] == row["composite_id"] and other["sample_id"] != row["sample_id"] \
+                and other["status"] == "ok":
+            taken |= cv2.imread(str(workdir / other["effect_mask"]), cv2.IMREAD_GRAYSCALE)
+    k = 2 * FOOTPRINT_MARGIN + 1
+    taken = cv2.dilate(taken, np.ones((k, k), np.uint8)) > 0
+    for dx, dy in ((-by, 0), (by, 0), (0, -by), (0, by), (-2 * by, 0), (2 * by, 0)):
+        nx, ny = x + dx, y + dy
+        if nx >= 0 and ny >= 0 and nx + w <= W and ny + h <= H and not taken[ny:ny + h, nx:nx + w].any():
+            return nx, ny, w, h
+    pytest.fail(f"no free spot {by} or {2 * by} px from {row['sample_id']}'s box {(x, y, w, h)}")
 
 
 def rows(workdir: Path) -> dict[str, dict]:
@@ -135,8 +154,8 @@ def test_both_stages_end_to_end(workdir, server, cli_env, label_studio):
     adj_sid, rej_sid, acc_sid = ordered[0], ordered[1], ordered[2]
     by = tasks_by_sample(server, pid)
     W, H = image_size(workdir / before[adj_sid]["composite"])
-    old_box = (before[adj_sid]["box_x"], before[adj_sid]["box_y"], before[adj_sid]["box_w"], before[adj_sid]["box_h"])
-    new_box = shifted(old_box, W)
+    old_box = tuple(before[adj_sid][k] for k in ("box_x", "box_y", "box_w", "box_h"))
+    new_box = shifted(workdir, before[adj_sid])
     server.annotate(by[(adj_sid, 0)]["id"], decision("adjust", box=(*new_box, W, H)))
     server.annotate(by[(rej_sid, 0)]["id"], decision("reject", reason="floating above the table"))
     # accept with the box left as shown is an accept (the prediction's box comes back unchanged)
@@ -255,7 +274,7 @@ def test_interrupted_pull_resumes_without_loss_or_double_application(workdir, se
     adj = sids[1]
     b = status[adj]
     W, H = image_size(workdir / b["composite"])
-    target = shifted((b["box_x"], b["box_y"], b["box_w"], b["box_h"]), W)
+    target = shifted(workdir, b)
     plan = {sids[0]: decision("accept"), adj: decision("adjust", box=(*target, W, H)),
             sids[2]: decision("reject", reason="wrong scale"), sids[3]: decision("accept")}
     for sid, res in plan.items():

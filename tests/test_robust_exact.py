@@ -151,11 +151,8 @@ def test_keep_out_equals_the_full_frame_dilation():
         touched[y:y + h, x:x + w] = rng.random((h, w)) < 0.7
         touched[y, x] = touched[y + h - 1, x + w - 1] = True
         full = cv2.dilate(touched.astype(np.uint8), k) > 0
-        grown, box = keep_out(touched)
-        assert np.array_equal(grown, full)
-        assert box == cv2.boundingRect(full.view(np.uint8))
-    grown, box = keep_out(np.zeros((480, 640), bool))
-    assert not grown.any() and box == (0, 0, 0, 0)
+        assert np.array_equal(keep_out(touched), full)
+    assert not keep_out(np.zeros((480, 640), bool)).any()
 
 
 def _zeroed_where_unchanged(m: np.ndarray, region: np.ndarray) -> np.ndarray:

@@ -32,6 +32,7 @@ from comcoco.compose.cutout import (
 from comcoco.compose.models import ComposeModels
 from comcoco.compose.samples import SampleRow
 from comcoco.config import ComposeConfig
+from comcoco.placement.sampler import Footprint
 from comcoco.plan import GroupPlan, ObjectPlan
 from comcoco.records import (
     STATUS_BAD_BACKGROUND,
@@ -98,7 +99,7 @@ def _place(
     fg: np.ndarray,
     bg: np.ndarray,
     group: GroupPlan,
-    avoid: Sequence[tuple[int, int, int, int]],
+    avoid: Sequence[tuple[int, int, int, int]] | Footprint,
     config: ComposeConfig,
     models: ComposeModels,
     given: Sequence[float] | Placement | None = None,
@@ -115,7 +116,8 @@ def _place(
         fg_category_id=int(plan.ref.category_id),  # type: ignore[union-attr]
         bg_size=(int(bg_w), int(bg_h)),
         bg_objects=group.bg_objects,
-        avoid=tuple(tuple(float(v) for v in b) for b in avoid),  # type: ignore[misc]
+        avoid=() if isinstance(avoid, Footprint) else tuple(tuple(float(v) for v in b) for b in avoid),  # type: ignore[misc]
+        footprint=avoid if isinstance(avoid, Footprint) else None,
         max_scale=1.0 if config.robust else None,
     )
     crop = crop_mask = None
@@ -142,7 +144,7 @@ def _cut(
     row: SampleRow,
     bg: np.ndarray,
     group: GroupPlan,
-    avoid: Sequence[tuple[int, int, int, int]],
+    avoid: Sequence[tuple[int, int, int, int]] | Footprint,
     images: ImageCache,
     config: ComposeConfig,
     models: ComposeModels,
@@ -291,7 +293,8 @@ def compose_group(
             continue
         assert canvas is not None and bg is not None
         given = boxes.get(m.sample_id) if boxes else None
-        prepared = _cut(m, row, bg, group, avoid, images, config, models, given)
+        taken = avoid if robust is None else robust.footprint()
+        prepared = _cut(m, row, bg, group, taken, images, config, models, given)
         if isinstance(prepared, ComposedSample):
             out.samples.append(prepared)
             continue
@@ -301,7 +304,7 @@ def compose_group(
             if kept is not None:
                 avoid.append(kept.box)
         else:
-            cs, kept = robust.paste(m, row, canvas, cut, pl, config, models, avoid, images.get(m.fg_image))
+            cs, kept = robust.paste(m, row, canvas, cut, pl, config, models, images.get(m.fg_image))
         out.samples.append(cs)
         if kept is not None:
             done.append((cs, kept))
@@ -324,11 +327,18 @@ class _Robust:
         else:
             self.scene = scenes.get(group.bg_image_id, bg, path, group.bg_annotations)  # type: ignore[arg-type]
         self.forbidden = np.zeros(bg.shape[:2], dtype=bool)
+        self._footprint: Footprint | None = None
+
+    def footprint(self) -> Footprint:
+        """The pixels a next target may not cover: every target so far with its shadow, grown by the
+        margin (pixels, not their bounding box: a long shadow leaves the ground beside it free)."""
+        if self._footprint is None:
+            self._footprint = Footprint.of(self.forbidden)
+        return self._footprint
 
     def paste(self, m: ObjectPlan, row: SampleRow, canvas: np.ndarray, cut: Cutout, pl: Placement,
               config: ComposeConfig, models: ComposeModels,
-              avoid: list[tuple[int, int, int, int]], source: np.ndarray | None = None,
-              ) -> tuple[ComposedSample, Cutout | None]:
+              source: np.ndarray | None = None) -> tuple[ComposedSample, Cutout | None]:
         from comcoco.compose.robust import keep_out, paste_target
 
         before = canvas.copy()
@@ -339,9 +349,8 @@ class _Robust:
             canvas[...] = before
             ids = f"ref {m.candidate.ref_id}, ann {m.annotation.ann_id}"  # type: ignore[union-attr]
             return _failed(row, STATUS_HARMONIZE_FAILED, f"{ids} ({config.harmonize}): {type(exc).__name__}: {exc}"), None
-        grown, box = keep_out(p.touched)
-        self.forbidden |= grown
-        avoid.append(box)
+        self.forbidden |= keep_out(p.touched)
+        self._footprint = None
         new_row = replace(_placed_row(row, replace(p.cut, box=p.box), pl, p.mask, p.args),
                           effect_area=int(np.count_nonzero(p.effect)), **p.info)  # type: ignore[arg-type]
         return ComposedSample(row=new_row, mask=p.mask, effect_mask=p.effect, touched=p.touched), p.cut

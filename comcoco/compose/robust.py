@@ -222,18 +222,16 @@ def _blend(canvas: np.ndarray, cut: Cutout) -> None:
     region[sel] = np.rint(out).astype(np.uint8)[sel]
 
 
-def keep_out(touched: np.ndarray) -> tuple[np.ndarray, tuple[int, int, int, int]]:
-    """A target's footprint grown by ``FOOTPRINT_MARGIN``: the pixels no other target may touch, and its
-    bounding box (for placement, which must keep other objects out of it)."""
+def keep_out(touched: np.ndarray) -> np.ndarray:
+    """A target's footprint grown by ``FOOTPRINT_MARGIN``: the pixels no other target may touch."""
     m = FOOTPRINT_MARGIN
     grown = np.zeros(touched.shape, dtype=bool)
     x, y, w, h = cv2.boundingRect(np.ascontiguousarray(touched).view(np.uint8))
     if not (w and h):
-        return grown, (0, 0, 0, 0)
+        return grown
     # nothing farther than the margin from the footprint's box can change: dilate that window only
     x0, y0 = max(0, x - m), max(0, y - m)
     x1, y1 = min(touched.shape[1], x + w + m), min(touched.shape[0], y + h + m)
     k = cv2.getStructuringElement(cv2.MORPH_RECT, (2 * m + 1, 2 * m + 1))
     grown[y0:y1, x0:x1] = cv2.dilate(np.ascontiguousarray(touched[y0:y1, x0:x1]).view(np.uint8), k) > 0
-    x, y, w, h = cv2.boundingRect(grown[y0:y1, x0:x1].view(np.uint8))
-    return grown, (x + x0, y + y0, w, h)
+    return grown

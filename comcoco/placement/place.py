@@ -113,8 +113,10 @@ def place(
     bg_w, bg_h = req.bg_size
     if w < 1 or h < 1 or x < 0 or y < 0 or x + w > bg_w or y + h > bg_h:
         raise PlacementError(f"box {pl.box} does not fit the {bg_w}x{bg_h} background")
-    if any(boxes_overlap((x, y, w, h), b) for b in req.avoid):
-        raise PlacementError(f"box {pl.box} overlaps an object already pasted into this composite")
+    if any(boxes_overlap((x, y, w, h), b) for b in req.avoid) or (
+            req.footprint is not None and req.footprint.touches((x, y, w, h))):
+        raise PlacementError(f"box {pl.box} overlaps an object already pasted into this composite "
+                             "(or its shadow)")
     return pl
 
 

@@ -9,7 +9,8 @@ Without a trained GracoNet the parameters come from priors taken from the object
 it keeps its apparent size relative to the scene and its relative ground contact (bottom-edge height),
 both jittered; ``rx`` is uniform. ``k`` candidates are drawn in a fixed order from
 ``rng_for(seed, "placement", key)``, hard constraints reject some (covering a box already pasted into
-the composite, hiding most of a referred background object, burying any background object), and the
+the composite or a pixel of another target's ``Footprint``, hiding most of a referred background
+object, burying any background object), and the
 valid candidate with the best plausibility score wins. The score and its terms travel with the result.
 """
 
@@ -43,6 +44,39 @@ class SceneObject:
     referred: bool = False
 
 
+@dataclass(frozen=True, eq=False)
+class Footprint:
+    """Pixels a placed box may not touch, as a summed-area table: "does this box touch any?" is four
+    lookups, so every candidate is tested against the pixels themselves at the cost of a box test."""
+
+    table: np.ndarray  # (H + 1, W + 1) int64: table[y, x] = taken pixels above and left of (x, y)
+
+    @classmethod
+    def of(cls, taken: np.ndarray) -> Footprint:
+        """The footprint of an H×W boolean mask."""
+        if taken.ndim != 2:
+            raise ValueError(f"a footprint is an H×W mask, got shape {taken.shape}")
+        table = np.zeros((taken.shape[0] + 1, taken.shape[1] + 1), dtype=np.int64)
+        np.cumsum(np.cumsum(taken, axis=0, dtype=np.int64), axis=1, out=table[1:, 1:])
+        return cls(table)
+
+    @property
+    def size(self) -> tuple[int, int]:
+        """(w, h) of the mask."""
+        return self.table.shape[1] - 1, self.table.shape[0] - 1
+
+    def touches(self, box: Sequence[float]) -> bool:
+        """True when any taken pixel lies in the pixels the x, y, w, h box covers (partly or wholly)."""
+        w, h = self.size
+        x0, y0 = max(math.floor(float(box[0])), 0), max(math.floor(float(box[1])), 0)
+        x1 = min(math.ceil(float(box[0]) + float(box[2])), w)
+        y1 = min(math.ceil(float(box[1]) + float(box[3])), h)
+        if x1 <= x0 or y1 <= y0:
+            return False
+        t = self.table
+        return bool(t[y1, x1] - t[y0, x1] - t[y1, x0] + t[y0, x0] > 0)
+
+
 @dataclass(frozen=True)
 class PlacementRequest:
     """Everything the sampler needs to know about one object and one background."""
@@ -53,6 +87,9 @@ class PlacementRequest:
     bg_size: tuple[int, int]  # background (w, h)
     bg_objects: tuple[SceneObject, ...]  # annotated objects of the background
     avoid: tuple[Box, ...] = ()  # boxes already pasted into this composite; never overlapped
+    # pixels already taken in this composite (objects with their shadows, grown by a margin); never
+    # overlapped. Finer than ``avoid``: a long shadow blocks its pixels, not the whole box it spans.
+    footprint: Footprint | None = None
     # at most this many background pixels per source pixel (None: any): enlarging an object blurs it
     # beyond what the scene's camera would, so the robust profile only shrinks
     max_scale: float | None = None
@@ -88,6 +125,9 @@ class SamplerConfig:
 
 
 DEFAULT_CONFIG = SamplerConfig()
+# Sizes (fractions of the prior's linear size) a scan tries, largest first, when every drawn candidate
+# of a request with a footprint was rejected.
+SCAN_SIZES: tuple[float, ...] = (1.0, 0.85, 0.7)
 
 
 # --- GracoNet geometry -------------------------------------------------------------------------
@@ -182,6 +222,9 @@ def _validate(req: PlacementRequest) -> None:
     for i, a in enumerate(req.avoid):
         if len(a) != 4 or not all(math.isfinite(float(v)) for v in a):
             raise PlacementError(f"avoid[{i}] must be four finite numbers, got {tuple(a)!r}")
+    if req.footprint is not None and req.footprint.size != tuple(int(v) for v in req.bg_size):
+        raise PlacementError(f"footprint is {req.footprint.size[0]}x{req.footprint.size[1]}, "
+                             f"the background {req.bg_size[0]}x{req.bg_size[1]}")
     for i, o in enumerate(req.bg_objects):
         if len(o.box) != 4 or not all(math.isfinite(float(v)) for v in o.box):
             raise PlacementError(f"bg_objects[{i}].box must be four finite numbers, got {tuple(o.box)!r}")
@@ -217,6 +260,7 @@ class _Scene:
     same_bottoms: tuple[float, ...]  # bottom edges (fraction of bg height) of same-category objects
     same_sizes: tuple[float, ...]  # sqrt areas of the same objects
     avoid: tuple[Box, ...]
+    footprint: Footprint | None
 
 
 def _as_box(b: Sequence[float]) -> Box:
@@ -243,6 +287,7 @@ def _scene(req: PlacementRequest) -> _Scene:
         same_bottoms=tuple(b for b, _ in same),
         same_sizes=tuple(z for _, z in same),
         avoid=tuple(_as_box(a) for a in req.avoid),
+        footprint=req.footprint,
     )
 
 
@@ -254,7 +299,8 @@ def _score(
     area = bw * bh
     inside = _intersection(cand, (0.0, 0.0, float(scene.bg_w), float(scene.bg_h)))
     truncation = inside / area if area > 0 else 0.0
-    avoid_hit = any(_intersection(cand, a) > 0 for a in scene.avoid)
+    avoid_hit = any(_intersection(cand, a) > 0 for a in scene.avoid) or (
+        scene.footprint is not None and scene.footprint.touches(cand))
 
     max_ioa = 0.0
     reason: str | None = None
@@ -311,7 +357,8 @@ def evaluate_box(
     - ``overlap``: 1 - the largest fraction of any background object the box covers.
     - ``support``: bottom edge near the source's relative ground contact or a same-category object's.
     - ``truncation``: fraction of the box inside the frame (1 for every (s, rx, ry) placement).
-    - ``avoid``: 1 when the box overlaps no avoided box (a hard constraint: otherwise rejected).
+    - ``avoid``: 1 when the box overlaps no avoided box and no footprint pixel (a hard constraint:
+      otherwise rejected).
     """
     _validate(req)
     return _score(_scene(req), box, config)
@@ -336,10 +383,25 @@ def _draw_candidate(
 ) -> tuple[float, float, float]:
     """One (s, rx, ry) from the priors; always consumes exactly three draws so order is fixed."""
     z_size, u_bottom, u_x = rng.standard_normal(), rng.standard_normal(), rng.random()
-    fw, fh = float(req.fg_box[2]), float(req.fg_box[3])
     bg_w, bg_h = req.bg_size
     jitter = config.scale_jitter * (config.relaxed_jitter_factor if relaxed else 1.0)
-    rel = priors.rel_size * math.exp(jitter * z_size)
+    s, h_px = _size(req, priors.rel_size * math.exp(jitter * z_size), config)
+    if relaxed:
+        # crowded scenes: let the ground line go anywhere; the support term still prefers the prior
+        bottom = min(max(priors.bottom + config.relaxed_bottom_jitter * u_bottom, 0.0), 1.0)
+    else:
+        bottom = priors.bottom + config.bottom_jitter * u_bottom
+    free_y = bg_h - h_px
+    ry = (bottom * bg_h - h_px) / free_y if free_y > 1e-9 else 0.5
+    ry = min(max(ry, 0.0), 1.0)
+    return float(s), float(u_x), float(ry)
+
+
+def _size(req: PlacementRequest, rel: float, config: SamplerConfig) -> tuple[float, float]:
+    """``s`` for an object of relative size ``rel`` (sqrt of its share of the background's area), kept
+    above ``min_side_px`` and below ``max_scale``, and the placed height in pixels."""
+    fw, fh = float(req.fg_box[2]), float(req.fg_box[3])
+    bg_w, bg_h = req.bg_size
     target_area = rel * rel * bg_w * bg_h
     new_h = math.sqrt(target_area * fh / fw)
     new_w = target_area / new_h
@@ -352,15 +414,37 @@ def _draw_candidate(
     if req.max_scale is not None:
         s = min(s, (fh / bg_h if tall else fw / bg_w) * float(req.max_scale))
     h_px = s * bg_h if tall else s * bg_w * fh / fw
-    if relaxed:
-        # crowded scenes: let the ground line go anywhere; the support term still prefers the prior
-        bottom = min(max(priors.bottom + config.relaxed_bottom_jitter * u_bottom, 0.0), 1.0)
-    else:
-        bottom = priors.bottom + config.bottom_jitter * u_bottom
-    free_y = bg_h - h_px
-    ry = (bottom * bg_h - h_px) / free_y if free_y > 1e-9 else 0.5
-    ry = min(max(ry, 0.0), 1.0)
-    return float(s), float(u_x), float(ry)
+    return s, h_px
+
+
+def _scan(req: PlacementRequest, scene: _Scene, config: SamplerConfig) -> Placement | None:
+    """The best valid box on a grid of every position, at the prior size and a few smaller ones: the
+    last resort of a crowded composite, where every drawn candidate hit another target's footprint
+    though free ground is left. Deterministic (no draws), and cheap: the footprint rules out positions
+    for a whole grid at once, only the remaining ones are scored."""
+    fw, fh = float(req.fg_box[2]), float(req.fg_box[3])
+    bg_w, bg_h = req.bg_size
+    best: Placement | None = None
+    for factor in SCAN_SIZES:
+        s = _size(req, scene.priors.rel_size * factor, config)[0]
+        _, _, w, h = placement_box(s, 0.0, 0.0, fw, fh, bg_w, bg_h)
+        step = max(2, min(w, h) // 16)
+        xs = np.arange(0, bg_w - w + 1, step)
+        ys = np.arange(0, bg_h - h + 1, step)
+        free = np.ones((len(ys), len(xs)), dtype=bool)
+        if scene.footprint is not None:
+            t = scene.footprint.table
+            x0, y0 = xs[None, :], ys[:, None]
+            free = (t[y0 + h, x0 + w] - t[y0, x0 + w] - t[y0 + h, x0] + t[y0, x0]) == 0
+        for yi, xi in zip(*np.nonzero(free), strict=True):
+            ps, prx, pry = params_from_box((xs[xi], ys[yi], w, h), fw, fh, bg_w, bg_h)
+            box = placement_box(ps, prx, pry, fw, fh, bg_w, bg_h)
+            score, components, reason = _score(scene, box, config)
+            if reason is None and (best is None or score > best.score):
+                best = Placement(s=ps, rx=prx, ry=pry, box=box, score=score, components=components)
+        if best is not None:
+            return best  # the largest size that fits: shrinking further only loses the scale term
+    return None
 
 
 def sample_placement(
@@ -394,7 +478,10 @@ def sample_placement(
             continue
         if best is None or score > best.score:
             best = Placement(s=s, rx=rx, ry=ry, box=box, score=score, components=components)
+    if best is None and req.footprint is not None:
+        best = _scan(req, scene, config)
     if best is None:
         counts = ", ".join(f"{n} {r}" for r, n in sorted(rejected.items()))
-        raise PlacementError(f"no valid placement for sample {key!r} after {total} candidates ({counts})")
+        scanned = " and a scan of every position" if req.footprint is not None else ""
+        raise PlacementError(f"no valid placement for sample {key!r} after {total} candidates{scanned} ({counts})")
     return best

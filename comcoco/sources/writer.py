@@ -18,7 +18,7 @@ from typing import Any
 
 import numpy as np
 
-from comcoco.io import write_bytes_atomic
+from comcoco.io import atomic_write, write_bytes_atomic
 from comcoco.records import Annotation, Category, ImageInfo, Ref
 from comcoco.sources.format import DEFAULT_DATASET, DEFAULT_SPLIT_BY, IMAGE_KEY_ORDER
 from comcoco.sources.images import is_rle
@@ -262,12 +262,11 @@ def write_source(
     payload = [_ref_dict(r, image_by_id.get(r.image_id), intern) for r in refs]
     if ref_extras:
         _add_extras(payload, refs, ref_extras)
-    instances = {
+    parts = {
         "info": _plain_json(info if info is not None else {}, "info"),
         "images": [_image_dict(i) for i in images],
         "licenses": _plain_json(licenses if licenses is not None else [], "licenses"),
-        "annotations": [_with_extras(_annotation_dict(a), (ann_extras or {}).get(a.ann_id), "annotation")
-                        for a in annotations],
+        "annotations": None,  # streamed: one annotation's dict at a time, never the whole file in memory
         "categories": [
             {"supercategory": c.supercategory, "id": _plain_int(c.id, f"category {c.id}"), "name": c.name}
             for c in categories
@@ -276,6 +275,20 @@ def write_source(
 
     out = Path(root) / dataset
     out.mkdir(parents=True, exist_ok=True)
+    extras = ann_extras or {}
+    # instances.json first: a bad annotation then stops the write before either file is replaced
+    with atomic_write(out / "instances.json") as fh:
+        for i, (key, value) in enumerate(parts.items()):
+            fh.write(("{" if i == 0 else ",").encode("utf-8") + _json_bytes(key, end=b":"))
+            if value is not None:
+                fh.write(_json_bytes(value, end=b""))
+                continue
+            fh.write(b"[")
+            for j, a in enumerate(annotations):
+                fh.write((b"," if j else b"") + _json_bytes(
+                    _with_extras(_annotation_dict(a), extras.get(a.ann_id), "annotation"), end=b""))
+            fh.write(b"]")
+        fh.write(b"}\n")
     pickle_file, json_file = out / f"refs({split_by}).p", out / f"refs({split_by}).json"
     if refs_format == "pickle":
         write_bytes_atomic(pickle_file, pickle.dumps(payload, protocol=2))
@@ -284,9 +297,8 @@ def write_source(
         write_bytes_atomic(json_file, _json_bytes(payload))
         stale = pickle_file
     stale.unlink(missing_ok=True)  # one refs file per split_by, so readers cannot pick a stale one
-    write_bytes_atomic(out / "instances.json", _json_bytes(instances))
     return out
 
 
-def _json_bytes(obj: Any) -> bytes:
-    return (json.dumps(obj, ensure_ascii=False, separators=(",", ":"), allow_nan=False) + "\n").encode("utf-8")
+def _json_bytes(obj: Any, end: bytes = b"\n") -> bytes:
+    return json.dumps(obj, ensure_ascii=False, separators=(",", ":"), allow_nan=False).encode("utf-8") + end
