@@ -18,6 +18,7 @@ import errno
 import json
 import os
 import shutil
+import sys
 import threading
 import time
 from collections.abc import Sequence
@@ -86,13 +87,13 @@ def limit_threads() -> None:
     import cv2
 
     cv2.setNumThreads(1)
-    try:
-        import torch
-
-        if torch.get_num_threads() != 1:
-            torch.set_num_threads(1)
-    except ImportError:  # torch is a dependency, but the compose path does not need it
-        pass
+    torch = sys.modules.get("torch")
+    if torch is None:
+        # not imported: composing needs no torch (importing it costs a worker about 190 MB); a learned
+        # placer or harmonizer that imports it later starts with one thread from these
+        os.environ["OMP_NUM_THREADS"] = os.environ["MKL_NUM_THREADS"] = "1"
+    elif torch.get_num_threads() != 1:
+        torch.set_num_threads(1)
     if _LIMITER is None:
         from threadpoolctl import threadpool_limits
 

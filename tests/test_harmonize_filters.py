@@ -7,6 +7,7 @@ import pytest
 import torch
 
 from comcoco.harmonize import filters as flt
+from comcoco.harmonize import filters_torch as tflt
 from comcoco.records import FILTER_NAMES
 
 
@@ -37,7 +38,7 @@ def test_zero_arguments_are_the_identity():
         assert np.array_equal(flt.apply_filters(img, np.zeros(6)), img)
         for name in FILTER_NAMES:
             assert np.array_equal(flt.apply_filter(name, img, 0.0), img)
-        t = flt.apply_filters_torch(_to_t(img), torch.zeros(1, 6))
+        t = tflt.apply_filters_torch(_to_t(img), torch.zeros(1, 6))
         assert np.abs(_to_np(t) - img).max() <= 1e-6
 
 
@@ -94,7 +95,7 @@ def test_guards_at_extremes(x):
         for name in FILTER_NAMES:
             out = flt.apply_filter(name, img, x)
             assert np.isfinite(out).all() and out.min() >= 0.0 and out.max() <= 1.0, name
-            t = flt.apply_filter_torch(name, _to_t(img), torch.tensor([x]))
+            t = tflt.apply_filter_torch(name, _to_t(img), torch.tensor([x]))
             assert torch.isfinite(t).all(), name
     pure_red = np.zeros((4, 4, 3), np.float32)
     pure_red[..., 0] = 1.0  # a zero channel mean must not produce NaN in temperature
@@ -108,7 +109,7 @@ def test_numpy_and_torch_agree_per_filter_including_extremes():
         for name in FILTER_NAMES:
             for x in xs:
                 a = flt.apply_filter(name, img, x)
-                b = _to_np(flt.apply_filter_torch(name, _to_t(img), torch.tensor([x], dtype=torch.float32)))
+                b = _to_np(tflt.apply_filter_torch(name, _to_t(img), torch.tensor([x], dtype=torch.float32)))
                 assert np.abs(a - b).max() <= 1e-5, (name, x)
 
 
@@ -119,12 +120,12 @@ def test_numpy_and_torch_agree_on_chains_with_masks():
         args = rng.uniform(-1, 1, 6) if trial % 3 else rng.choice([-1.0, 0.0, 1.0], 6)
         mask = rng.random((23, 31)).astype(np.float32)
         a = flt.apply_filters(img, args, mask)
-        b = flt.apply_filters_torch(
+        b = tflt.apply_filters_torch(
             _to_t(img), torch.tensor(args, dtype=torch.float32)[None], torch.from_numpy(mask)[None]
         )
         assert np.abs(a - _to_np(b)).max() <= 1e-5, args
         s = flt.synthesize(img, mask, args)
-        st = flt.synthesize_torch(
+        st = tflt.synthesize_torch(
             _to_t(img), torch.from_numpy(mask)[None], torch.tensor(args, dtype=torch.float32)[None]
         )
         assert np.abs(s - _to_np(st)).max() <= 1e-5, args
@@ -134,7 +135,7 @@ def test_torch_batch_is_per_image():
     rng = np.random.default_rng(6)
     imgs = [rng.random((9, 11, 3), dtype=np.float32) for _ in range(3)]
     args = rng.uniform(-0.5, 0.5, (3, 6))
-    batch = flt.apply_filters_torch(
+    batch = tflt.apply_filters_torch(
         torch.cat([_to_t(i) for i in imgs]), torch.tensor(args, dtype=torch.float32)
     )
     for i in range(3):
@@ -145,7 +146,7 @@ def test_torch_chain_is_differentiable():
     rng = np.random.default_rng(7)
     img = _to_t(rng.random((12, 12, 3), dtype=np.float32)).requires_grad_(True)
     args = torch.tensor([[0.1, -0.2, -0.1, 0.2, 0.1, -0.1]], requires_grad=True)
-    flt.apply_filters_torch(img, args).sum().backward()
+    tflt.apply_filters_torch(img, args).sum().backward()
     assert torch.isfinite(args.grad).all() and (args.grad.abs() > 0).sum() >= 5  # contrast x<0 has a gradient
     assert torch.isfinite(img.grad).all()
 
@@ -196,3 +197,22 @@ def test_bad_inputs_are_refused():
         flt.apply_filters(img, np.zeros(6), np.zeros((3, 3)))
     with pytest.raises(ValueError, match="finite"):
         flt.apply_filters(img, [0, 0, float("nan"), 0, 0, 0])
+
+
+def test_a_robust_build_never_imports_torch(demo_source_small, tmp_path):
+    """Composing uses the numpy filters only: torch would cost every build worker about 190 MB."""
+    import subprocess
+    import sys
+
+    code = (
+        "import sys\n"
+        "from comcoco.build import build_inline\n"
+        "from comcoco.plan import BuildConfig, SourceSpec\n"
+        f"r = build_inline(SourceSpec(root={str(demo_source_small)!r}), {str(tmp_path / 'wd')!r}, "
+        "BuildConfig(limit=6, shard_size=3, seed=0))\n"
+        "print(sorted(m for m in sys.modules if m == 'torch' or m.startswith('torch.')))\n"
+    )
+    res = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=300)
+    assert res.returncode == 0, res.stderr[-2000:]
+    assert res.stdout.strip().splitlines()[-1] == "[]"
+    assert len(list((tmp_path / "wd").glob("shards/*/images/*.png"))) >= 2  # it did compose
