@@ -7,6 +7,7 @@ import functools
 import hashlib
 import http.server
 import json
+import os
 import re
 import shutil
 import tarfile
@@ -767,6 +768,35 @@ def test_release_audit_folds_keep_a_background_together(release):
     for r in records:
         by_comp.setdefault(r.composite_id, set()).add(r.fold_group)
     assert all(len(g) == 1 for g in by_comp.values())
+
+
+def test_export_and_audit_in_their_own_process_write_the_same_files(workdir, tmp_path, monkeypatch):
+    """A large release is exported and audited in child processes (their memory goes with them): the
+    same files, byte for byte, and the same results as in this process."""
+    import comcoco.release.builder as B
+
+    here, child = B.start_release(tmp_path / "A", "1.0.0"), B.start_release(tmp_path / "B", "1.0.0")
+    for staging in (here, child):
+        B.select_stage(workdir, staging, OPTIONS, child=False)
+    assert not B._large(here)  # 14 samples: inline unless asked
+    assert B.export_stage(workdir, here, OPTIONS, workers=2, child=False) == \
+        B.export_stage(workdir, child, OPTIONS, workers=2, child=True)
+    inline = B._audit_step(str(here), 0)
+    monkeypatch.setattr(B, "CHILD_SELECT_SAMPLES", 1)
+    assert B._large(child)
+    assert B._audit_step(str(child), 0) == inline
+    files = sorted(p.relative_to(here) for p in here.rglob("*") if p.is_file())
+    assert files == sorted(p.relative_to(child) for p in child.rglob("*") if p.is_file()) and len(files) > 20
+    assert all((here / f).read_bytes() == (child / f).read_bytes() for f in files)
+    with pytest.raises(ReleaseError, match="the export's process died"):
+        B.export_stage(workdir, child, OPTIONS, workers=1, child=True, progress=_Dies())
+
+
+class _Dies:
+    """A progress flag whose unpickling kills the process it arrives in (a stage's child dying)."""
+
+    def __reduce__(self):
+        return (os._exit, (9,))
 
 
 def test_selection_in_its_own_process_writes_the_same_entries(workdir, tmp_path):

@@ -56,7 +56,10 @@ SELECTION_FILE = f"{BUILD_DIR}/selection.json"
 EXPORT_FILE = f"{BUILD_DIR}/export.json"
 VALIDATION_FILE = "validation/validation.json"
 POOL_SAMPLES = 64  # samples per default export worker: a smaller release is exported in this process
-CHILD_SELECT_SAMPLES = 2000  # work directories this large are selected from in a process of their own
+# Work directories (and releases) this large are selected from, exported and audited in a process of
+# their own: each of those stages needs most of a GiB once at the paper's size, which this process
+# would otherwise keep (Python's allocator gives little back) through every later stage.
+CHILD_SELECT_SAMPLES = 2000
 
 ValidationHook = Callable[[str], dict[str, Any]]
 log = logging.getLogger(__name__)
@@ -140,12 +143,32 @@ def check_workdir_files(workdir: str | os.PathLike[str], entries: list[Any], sho
                            + "; run `comcoco build` on it again (it makes damaged shards again), then release")
 
 
+def _large(staging: str | os.PathLike[str]) -> bool:
+    """Whether the release being built holds ``CHILD_SELECT_SAMPLES`` samples or more (its selection
+    report says; a staging folder without one is small)."""
+    try:
+        return int(json.loads((Path(staging) / SELECTION_FILE).read_text())["selected"]) >= CHILD_SELECT_SAMPLES
+    except (OSError, ValueError, KeyError, TypeError):
+        return False
+
+
 def export_stage(workdir: str | os.PathLike[str], staging: str | os.PathLike[str], options: ReleaseOptions,
-                 progress: bool = False, workers: int | None = None) -> dict[str, Any]:
+                 progress: bool = False, workers: int | None = None, child: bool | None = None) -> dict[str, Any]:
     """Sample files in ``workers`` processes while this one writes the instruction pairs, then both
     variants' Parquet files in them while this one writes REFER. The bytes written do not depend on
     ``workers``; by default every core this process may use, one per ``POOL_SAMPLES`` samples (a
-    pool's start costs about a second)."""
+    pool's start costs about a second). ``child`` (None: for a large release, see ``_large``) runs it
+    all in a process of its own, whose memory (every entry, the REFER files) goes when it ends."""
+    if child is None:
+        child = _large(staging)
+    if child:
+        return in_child(_export, str(workdir), str(staging), options, progress, workers,
+                        lost=lambda: ReleaseError(f"{staging}: the export's process died (out of memory?)"))
+    return _export(workdir, staging, options, progress, workers)
+
+
+def _export(workdir: str | os.PathLike[str], staging: str | os.PathLike[str], options: ReleaseOptions,
+            progress: bool = False, workers: int | None = None) -> dict[str, Any]:
     from comcoco.progress import Progress
     from comcoco.release.parquet import start_parquet
 
@@ -380,6 +403,9 @@ def _validate_arg(validate: Any) -> Any:
 def _audit_step(staging: str, seed: int) -> dict:
     from comcoco.release.audit import write_audit
 
+    if _large(staging):  # it parses the whole instances.json: about 0.4 GB at the paper's size
+        return in_child(write_audit, staging, seed,
+                        lost=lambda: ReleaseError(f"{staging}: the audit's process died (out of memory?)"))
     return write_audit(staging, seed=seed)
 
 
