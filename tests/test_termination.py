@@ -92,3 +92,29 @@ def test_a_signalled_build_stops_promptly_and_leaves_no_process(demo_source_smal
     while (left := started & set(_procs())) and time.monotonic() < deadline:
         time.sleep(0.1)
     assert not left, {p: _procs().get(p) for p in left}
+
+
+def test_a_stop_takes_only_prefect_api_log_handlers_off() -> None:
+    """The stop's own step, without the race it prevents: Prefect's API handlers leave every logger
+    (a task thread finishing during shutdown would print a traceback through them); others stay."""
+    import logging
+
+    from prefect.logging.handlers import APILogHandler
+
+    from comcoco.commands._common import _quiet_prefect_api_logs
+
+    loggers = [logging.getLogger(), *(x for x in logging.Logger.manager.loggerDict.values()
+                                      if isinstance(x, logging.Logger))]
+    kept = {lg: list(lg.handlers) for lg in loggers}
+    mine = logging.getLogger("prefect.task_runs.comcoco-stop-test")
+    api, other = APILogHandler(), logging.NullHandler()
+    mine.addHandler(api)
+    mine.addHandler(other)
+    try:
+        _quiet_prefect_api_logs()
+        assert mine.handlers == [other]
+        assert not any(isinstance(h, APILogHandler) for lg in loggers for h in lg.handlers)
+    finally:
+        mine.removeHandler(other)
+        for lg, handlers in kept.items():
+            lg.handlers[:] = handlers

@@ -169,8 +169,26 @@ def _caused_by_interrupt(exc: BaseException) -> bool:
     return False
 
 
+def _quiet_prefect_api_logs() -> None:
+    """After a stop, a task thread of the run may still finish while the interpreter shuts down, when
+    Prefect has stopped its log worker and can no longer start one: its last records would print a
+    logging error with a traceback. They go to the console only."""
+    handlers = sys.modules.get("prefect.logging.handlers")
+    if handlers is None:
+        return  # this verb ran no flow
+    import logging
+
+    loggers = [logging.getLogger(), *(x for x in logging.Logger.manager.loggerDict.values()
+                                      if isinstance(x, logging.Logger))]
+    for logger in loggers:
+        for handler in list(logger.handlers):
+            if isinstance(handler, handlers.APILogHandler):
+                logger.removeHandler(handler)
+
+
 def _interrupted() -> int:
     """One line for an interrupted verb; the exit code a shell gives a process ended by that signal."""
+    _quiet_prefect_api_logs()
     signum = _STOPPED_BY[0] if _STOPPED_BY else signal.SIGINT
     typer.echo(f"error: stopped by {signal.Signals(signum).name}; what was finished is kept, "
                "a build resumes when run again", err=True)

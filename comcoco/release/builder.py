@@ -155,9 +155,9 @@ def _large(staging: str | os.PathLike[str]) -> bool:
 def export_stage(workdir: str | os.PathLike[str], staging: str | os.PathLike[str], options: ReleaseOptions,
                  progress: bool = False, workers: int | None = None, child: bool | None = None) -> dict[str, Any]:
     """Sample files in ``workers`` processes while this one writes the instruction pairs, then both
-    variants' Parquet files in them while this one writes REFER. The bytes written do not depend on
-    ``workers``; by default every core this process may use, one per ``POOL_SAMPLES`` samples (a
-    pool's start costs about a second). ``child`` (None: for a large release, see ``_large``) runs it
+    variants' Parquet files in them, then REFER here once they have ended. The bytes written do not
+    depend on ``workers``; by default every core this process may use, one per ``POOL_SAMPLES``
+    samples (a pool's start costs about a second). ``child`` (None: for a large release, see ``_large``) runs it
     all in a process of its own, whose memory (every entry, the REFER files) goes when it ends."""
     if child is None:
         child = _large(staging)
@@ -185,15 +185,16 @@ def _export(workdir: str | os.PathLike[str], staging: str | os.PathLike[str], op
     with worker_pool(workers) as pool:
         files, exported = export_files(workdir, staging, entries, pool=pool, progress=progress, meanwhile=write_pairs)
         parquet = start_parquet(staging, entries, exported, options.rows_per_parquet, pool)
-        out: dict[str, Any] = {"files": files, "variants": {}}
-        for variant in VARIANTS:
-            write_refer(staging, entries, variant, exported,
-                        info={"description": f"{variant}: referring object removal pairs"})
-            out["variants"][variant] = {"counts": variant_counts(entries, variant), "parquet": [],
-                                        "instruct": instruct[variant]}
         with Progress("writing Parquet", sum(len(p.entries) for p in parquet.parts), unit="row",
                       enabled=progress) as bar:
             written = parquet.results(bar.advance)
+    # REFER once the workers have ended: this process's largest allocation, not beside theirs
+    out: dict[str, Any] = {"files": files, "variants": {}}
+    for variant in VARIANTS:
+        write_refer(staging, entries, variant, exported,
+                    info={"description": f"{variant}: referring object removal pairs"})
+        out["variants"][variant] = {"counts": variant_counts(entries, variant), "parquet": [],
+                                    "instruct": instruct[variant]}
     for part, rel in zip(parquet.parts, written, strict=True):
         out["variants"][part.variant]["parquet"].append(rel)
     write_text_atomic(staging / EXPORT_FILE, json.dumps(out, indent=2, sort_keys=True) + "\n")

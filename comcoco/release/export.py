@@ -238,10 +238,11 @@ def rle_geometry(entry: ReleaseEntry, rle: dict[str, Any]) -> tuple[tuple[float,
 def entry_annotation(entry: ReleaseEntry,
                      geometry: tuple[tuple[float, float, float, float], float] | None = None) -> Annotation:
     """The pasted object's COCO annotation, box and area those of its rasterisation (``geometry``
-    when already measured, as ``rle_geometry`` gives it)."""
+    when already measured, as ``rle_geometry`` gives it); its segmentation is the entry's own polygons,
+    not a copy (a release's REFER holds every target's annotation at once)."""
     bbox, area = geometry or rle_geometry(entry, placed_rle(entry))
     return Annotation(ann_id=entry.ann_id, image_id=entry.image_id, category_id=entry.category_id,
-                      bbox=bbox, area=area, iscrowd=0, segmentation=[list(p) for p in entry.polygons])
+                      bbox=bbox, area=area, iscrowd=0, segmentation=entry.polygons)
 
 
 # --- REFER / COCO ------------------------------------------------------------------------------------
