@@ -450,7 +450,8 @@ def _scan(req: PlacementRequest, scene: _Scene, config: SamplerConfig) -> Placem
 def sample_placement(
     req: PlacementRequest, seed: int, key: object, k: int = 8, config: SamplerConfig = DEFAULT_CONFIG
 ) -> Placement:
-    """The best of ``k`` prior candidates; extends to ``config.extend_factor * k`` if none is valid.
+    """The best of ``k`` prior candidates; extends to ``config.extend_factor * k`` if none is valid,
+    and for a request with a ``footprint`` then scans every position (``_scan``).
 
     ``key`` names the sample (e.g. its id) so each sample has its own stream:
     ``rng_for(seed, "placement", key)``. Same request, seed and key give the same Placement.
