@@ -20,6 +20,7 @@ import math
 from collections.abc import Sequence
 from dataclasses import dataclass
 
+import cv2
 import numpy as np
 
 from comcoco.errors import ComcocoError
@@ -49,16 +50,15 @@ class Footprint:
     """Pixels a placed box may not touch, as a summed-area table: "does this box touch any?" is four
     lookups, so every candidate is tested against the pixels themselves at the cost of a box test."""
 
-    table: np.ndarray  # (H + 1, W + 1) int64: table[y, x] = taken pixels above and left of (x, y)
+    table: np.ndarray  # (H + 1, W + 1) int32: table[y, x] = taken pixels above and left of (x, y)
 
     @classmethod
     def of(cls, taken: np.ndarray) -> Footprint:
-        """The footprint of an H×W boolean mask."""
+        """The footprint of an H×W boolean mask (OpenCV's integral image: 0.07 ms for 640×480, where
+        two numpy cumulative sums took 5 ms, once per target)."""
         if taken.ndim != 2:
             raise ValueError(f"a footprint is an H×W mask, got shape {taken.shape}")
-        table = np.zeros((taken.shape[0] + 1, taken.shape[1] + 1), dtype=np.int64)
-        np.cumsum(np.cumsum(taken, axis=0, dtype=np.int64), axis=1, out=table[1:, 1:])
-        return cls(table)
+        return cls(cv2.integral(np.ascontiguousarray(taken, dtype=bool).view(np.uint8)))
 
     @property
     def size(self) -> tuple[int, int]:
