@@ -327,14 +327,11 @@ class _Robust:
         else:
             self.scene = scenes.get(group.bg_image_id, bg, path, group.bg_annotations)  # type: ignore[arg-type]
         self.forbidden = np.zeros(bg.shape[:2], dtype=bool)
-        self._footprint: Footprint | None = None
 
     def footprint(self) -> Footprint:
         """The pixels a next target may not cover: every target so far with its shadow, grown by the
         margin (pixels, not their bounding box: a long shadow leaves the ground beside it free)."""
-        if self._footprint is None:
-            self._footprint = Footprint.of(self.forbidden)
-        return self._footprint
+        return Footprint.of(self.forbidden)
 
     def paste(self, m: ObjectPlan, row: SampleRow, canvas: np.ndarray, cut: Cutout, pl: Placement,
               config: ComposeConfig, models: ComposeModels,
@@ -350,7 +347,6 @@ class _Robust:
             ids = f"ref {m.candidate.ref_id}, ann {m.annotation.ann_id}"  # type: ignore[union-attr]
             return _failed(row, STATUS_HARMONIZE_FAILED, f"{ids} ({config.harmonize}): {type(exc).__name__}: {exc}"), None
         self.forbidden |= keep_out(p.touched)
-        self._footprint = None
         new_row = replace(_placed_row(row, replace(p.cut, box=p.box), pl, p.mask, p.args),
                           effect_area=int(np.count_nonzero(p.effect)), **p.info)  # type: ignore[arg-type]
         return ComposedSample(row=new_row, mask=p.mask, effect_mask=p.effect, touched=p.touched), p.cut

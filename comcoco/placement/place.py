@@ -20,6 +20,7 @@ from comcoco.placement import PLACEMENT_METHODS
 from comcoco.placement.sampler import (
     PlacementError,
     PlacementRequest,
+    collides,
     evaluate_box,
     params_from_box,
     placement_box,
@@ -113,13 +114,7 @@ def place(
     bg_w, bg_h = req.bg_size
     if w < 1 or h < 1 or x < 0 or y < 0 or x + w > bg_w or y + h > bg_h:
         raise PlacementError(f"box {pl.box} does not fit the {bg_w}x{bg_h} background")
-    if any(boxes_overlap((x, y, w, h), b) for b in req.avoid) or (
-            req.footprint is not None and req.footprint.touches((x, y, w, h))):
+    if collides((x, y, w, h), req.avoid, req.footprint):
         raise PlacementError(f"box {pl.box} overlaps an object already pasted into this composite "
                              "(or its shadow)")
     return pl
-
-
-def boxes_overlap(a: Sequence[float], b: Sequence[float]) -> bool:
-    """True if two x, y, w, h boxes share any area (touching edges do not count)."""
-    return min(a[0] + a[2], b[0] + b[2]) > max(a[0], b[0]) and min(a[1] + a[3], b[1] + b[3]) > max(a[1], b[1])

@@ -19,6 +19,7 @@ from __future__ import annotations
 import math
 from collections.abc import Sequence
 from dataclasses import dataclass
+from typing import Any
 
 import cv2
 import numpy as np
@@ -65,16 +66,19 @@ class Footprint:
         """(w, h) of the mask."""
         return self.table.shape[1] - 1, self.table.shape[0] - 1
 
+    def taken(self, x0: Any, y0: Any, x1: Any, y1: Any) -> Any:
+        """Taken pixels in ``[x0, x1) × [y0, y1)`` (ints inside the frame, or arrays of them: a whole
+        grid of windows at once)."""
+        t = self.table
+        return t[y1, x1] - t[y0, x1] - t[y1, x0] + t[y0, x0]
+
     def touches(self, box: Sequence[float]) -> bool:
         """True when any taken pixel lies in the pixels the x, y, w, h box covers (partly or wholly)."""
         w, h = self.size
         x0, y0 = max(math.floor(float(box[0])), 0), max(math.floor(float(box[1])), 0)
         x1 = min(math.ceil(float(box[0]) + float(box[2])), w)
         y1 = min(math.ceil(float(box[1]) + float(box[3])), h)
-        if x1 <= x0 or y1 <= y0:
-            return False
-        t = self.table
-        return bool(t[y1, x1] - t[y0, x1] - t[y1, x0] + t[y0, x0] > 0)
+        return x1 > x0 and y1 > y0 and bool(self.taken(x0, y0, x1, y1) > 0)
 
 
 @dataclass(frozen=True)
@@ -197,10 +201,16 @@ def params_from_box(
 # --- box arithmetic ----------------------------------------------------------------------------
 
 
-def _intersection(a: Box, b: Box) -> float:
+def _intersection(a: Sequence[float], b: Sequence[float]) -> float:
     ix = min(a[0] + a[2], b[0] + b[2]) - max(a[0], b[0])
     iy = min(a[1] + a[3], b[1] + b[3]) - max(a[1], b[1])
     return max(ix, 0.0) * max(iy, 0.0)
+
+
+def collides(box: Sequence[float], avoid: Sequence[Sequence[float]], footprint: Footprint | None) -> bool:
+    """Whether an x, y, w, h box shares area with an avoided box (touching edges do not count) or
+    covers a footprint pixel: the hard rule that keeps pasted objects apart."""
+    return any(_intersection(box, a) > 0 for a in avoid) or (footprint is not None and footprint.touches(box))
 
 
 def _gauss(x: float, sigma: float) -> float:
@@ -299,8 +309,7 @@ def _score(
     area = bw * bh
     inside = _intersection(cand, (0.0, 0.0, float(scene.bg_w), float(scene.bg_h)))
     truncation = inside / area if area > 0 else 0.0
-    avoid_hit = any(_intersection(cand, a) > 0 for a in scene.avoid) or (
-        scene.footprint is not None and scene.footprint.touches(cand))
+    avoid_hit = collides(cand, scene.avoid, scene.footprint)
 
     max_ioa = 0.0
     reason: str | None = None
@@ -417,7 +426,7 @@ def _size(req: PlacementRequest, rel: float, config: SamplerConfig) -> tuple[flo
     return s, h_px
 
 
-def _scan(req: PlacementRequest, scene: _Scene, config: SamplerConfig) -> Placement | None:
+def _scan(req: PlacementRequest, scene: _Scene, footprint: Footprint, config: SamplerConfig) -> Placement | None:
     """The best valid box on a grid of every position, at the prior size and a few smaller ones: the
     last resort of a crowded composite, where every drawn candidate hit another target's footprint
     though free ground is left. Deterministic (no draws), and cheap: the footprint rules out positions
@@ -431,11 +440,8 @@ def _scan(req: PlacementRequest, scene: _Scene, config: SamplerConfig) -> Placem
         step = max(2, min(w, h) // 16)
         xs = np.arange(0, bg_w - w + 1, step)
         ys = np.arange(0, bg_h - h + 1, step)
-        free = np.ones((len(ys), len(xs)), dtype=bool)
-        if scene.footprint is not None:
-            t = scene.footprint.table
-            x0, y0 = xs[None, :], ys[:, None]
-            free = (t[y0 + h, x0 + w] - t[y0, x0 + w] - t[y0 + h, x0] + t[y0, x0]) == 0
+        x0, y0 = xs[None, :], ys[:, None]
+        free = footprint.taken(x0, y0, x0 + w, y0 + h) == 0
         for yi, xi in zip(*np.nonzero(free), strict=True):
             ps, prx, pry = params_from_box((xs[xi], ys[yi], w, h), fw, fh, bg_w, bg_h)
             box = placement_box(ps, prx, pry, fw, fh, bg_w, bg_h)
@@ -480,7 +486,7 @@ def sample_placement(
         if best is None or score > best.score:
             best = Placement(s=s, rx=rx, ry=ry, box=box, score=score, components=components)
     if best is None and req.footprint is not None:
-        best = _scan(req, scene, config)
+        best = _scan(req, scene, req.footprint, config)
     if best is None:
         counts = ", ".join(f"{n} {r}" for r, n in sorted(rejected.items()))
         scanned = " and a scan of every position" if req.footprint is not None else ""
