@@ -19,6 +19,7 @@ sample of each robust step (scene measurement, matte, harmonize, camera, shadow,
 rest of the path, from extra no-cache passes over the same samples with those steps timed.
 
     python benchmarks/compose.py [--quick] [--images 48] [--composites 40] [--rounds 3] [--profile robust|paper]
+                                 [--decoys N]
 """
 
 from __future__ import annotations
@@ -144,6 +145,7 @@ def main() -> int:
     ap.add_argument("--rounds", type=int, default=3)
     ap.add_argument("--profile", default="robust", help="robust (the default profile) or paper")
     ap.add_argument("--harmonize", nargs="+", default=["fit"])
+    ap.add_argument("--decoys", type=int, default=None, help="look-alikes per target (default: the profile's)")
     args = ap.parse_args()
     if args.quick:
         args.images, args.composites, args.rounds = 16, 8, 1
@@ -162,7 +164,7 @@ def main() -> int:
         src = load_source(generate_demo_source(tmp / "source", n_images=args.images, seed=0))
         index = SourceIndex.from_source(src)
         cands = match_backgrounds(src.refs(), src.annotations(), k=5, seed=0)
-        base = ComposeConfig(profile=args.profile)
+        base = ComposeConfig(profile=args.profile, decoys=args.decoys)
         # One list for everything: composites whose samples were all ok in a first (warm-up) pass.
         groups = plan_groups(cands, index, base)
         warm = full_path(groups, index, base, tmp / "warm", cached=True)
@@ -175,8 +177,10 @@ def main() -> int:
         masks = {r.sample_id: tuple(cv2.imread(str(tmp / "warm" / p), cv2.IMREAD_GRAYSCALE)
                                     for p in (r.mask, r.effect_mask) if p) for r in warm if r.ok}
         bgs = len({g.bg_image_id for g in groups})
+        decoys = sum(len(g.decoys) for g in groups)
         print(f"compose benchmark: demo source {args.images} images, profile {args.profile}, {n} samples in "
-              f"{len(groups)} composites on {bgs} backgrounds, 1 thread, best of {args.rounds} round(s)")
+              f"{len(groups)} composites on {bgs} backgrounds ({decoys} decoys planned), 1 thread, best of "
+              f"{args.rounds} round(s)")
         best: dict = {}
         for _ in range(args.rounds):
             for enc in encoders:

@@ -33,13 +33,12 @@ from comcoco.plan import (
     BuildConfig,
     SourceSpec,
     check_resume,
-    check_source_unchanged,
     cut_into_shards,
     plan_groups,
     shard_ids,
-    source_fingerprint_of,
     write_plan,
 )
+from comcoco.plan_source import check_source_unchanged, source_fingerprint_of
 from comcoco.stages import Executor, Inline, Stage, walk
 from comcoco.workdir import (
     BUILD_RECORD,
@@ -112,6 +111,7 @@ def plan_stage(spec: SourceSpec, workdir: Workdir | str | Path, config: BuildCon
         "samples": len(rows),
         "composites": len(groups),
         "targets_per_composite": {str(n): c for n, c in group_sizes([g.members for g in groups]).items()},
+        **({"decoys_planned": n} if (n := sum(len(g.decoys) for g in groups)) else {}),
         "shards": len(shards),
         "comcoco_version": comcoco.__version__,
         "source_fingerprint": fingerprint,

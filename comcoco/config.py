@@ -37,6 +37,9 @@ def default_encoder(profile: str) -> str:
 # itself away (docs/compose.md). robust is the default.
 PROFILES: tuple[str, ...] = ("robust", "paper")
 TARGETS_PER_COMPOSITE = {"robust": 3, "paper": 1}  # objects per composite when not given
+# Look-alikes pasted per target that no sample refers to (comcoco.matching.decoys): with them, finding
+# the pasted objects is not finding the target (docs/compose.md, "Decoys").
+DECOYS_PER_TARGET = {"robust": 1, "paper": 0}
 
 
 class ComposeConfigError(ComcocoError, ValueError):
@@ -60,10 +63,13 @@ class ComposeConfig:
     harmonizer_ckpt: str | None = None
     profile: str = "robust"
     encoder: str | None = None  # None: the profile's (robust fpng; paper opencv, the bytes of earlier builds)
+    decoys: int | None = None  # look-alikes per target; None: the profile's (robust 1, paper 0)
 
     def __post_init__(self) -> None:
         if self.objects_per_image is None:
             object.__setattr__(self, "objects_per_image", TARGETS_PER_COMPOSITE.get(self.profile, 1))
+        if self.decoys is None:
+            object.__setattr__(self, "decoys", DECOYS_PER_TARGET.get(self.profile, 0))
         if self.encoder is None:
             object.__setattr__(self, "encoder", default_encoder(self.profile))
 
@@ -76,9 +82,12 @@ class ComposeConfig:
 
         The paper profile's id leaves ``profile`` out, so it names its samples exactly as comcoco did
         before profiles existed (its output is byte-identical to that recipe's); the opencv encoder's id
-        leaves ``encoder`` out for the same reason (it writes the bytes every build wrote before).
+        leaves ``encoder`` out for the same reason (it writes the bytes every build wrote before), and
+        no decoys leaves ``decoys`` out (the composites of robust builds before decoys existed).
         """
         fields_ = asdict(self)
+        if not self.decoys:
+            fields_.pop("decoys")
         if self.profile == "paper":
             fields_.pop("profile")
         if self.encoder == LEGACY_ENCODER:
@@ -103,6 +112,11 @@ class ComposeConfig:
             raise ComposeConfigError(f"unknown image format {self.image_format!r} (choose png|jpeg)")
         if self.objects_per_image < 1:
             raise ComposeConfigError(f"objects per image must be at least 1, got {self.objects_per_image}")
+        if self.decoys < 0:
+            raise ComposeConfigError(f"decoys per target must be at least 0, got {self.decoys}")
+        if self.decoys and not self.robust:
+            raise ComposeConfigError("--decoys needs --profile robust (the paper profile pastes its objects as the "
+                                     "paper did, with no look-alikes)")
         if self.candidates_per_ref < 1:
             raise ComposeConfigError(f"candidates per ref must be at least 1, got {self.candidates_per_ref}")
         if self.robust and self.candidates_per_ref != 1:
@@ -177,8 +191,8 @@ class BuildConfig:
         compose_fields = data.pop("compose", None)
         if compose_fields is None:
             compose = None
-        else:  # a plan made before profiles (encoders) existed followed the paper recipe (wrote with opencv)
-            compose = ComposeConfig(**{"profile": "paper", "encoder": LEGACY_ENCODER, **compose_fields})
+        else:  # a plan made before profiles (encoders, decoys) existed followed the paper recipe (wrote with opencv, no decoys)
+            compose = ComposeConfig(**{"profile": "paper", "encoder": LEGACY_ENCODER, "decoys": 0, **compose_fields})
         known = {f.name for f in fields(cls)}
         return cls(compose=compose, **{k: v for k, v in data.items() if k in known})
 

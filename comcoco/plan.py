@@ -14,6 +14,7 @@ from __future__ import annotations
 import json
 from collections.abc import Callable, Iterable, Mapping, Sequence
 from dataclasses import asdict, dataclass, fields
+from functools import cached_property
 from pathlib import Path
 from typing import Any
 
@@ -85,6 +86,14 @@ class SourceIndex:
     image_path: Callable[[int], Path]
     name: str = "source"
 
+    @cached_property
+    def refs_by_ann(self) -> dict[int, tuple[Ref, ...]]:
+        """Every ref of an annotation (decoys that are themselves referred must be told apart)."""
+        out: dict[int, list[Ref]] = {}
+        for rid in sorted(self.refs):
+            out.setdefault(self.refs[rid].ann_id, []).append(self.refs[rid])
+        return {a: tuple(v) for a, v in out.items()}
+
     @classmethod
     def from_source(cls, source: Any) -> SourceIndex:
         """Index a ReferSource (comcoco.sources.refer) once per run."""
@@ -118,6 +127,25 @@ class ObjectPlan:
 
 
 @dataclass(frozen=True)
+class DecoyPlan:
+    """A look-alike pasted into a composite that no sample refers to (``comcoco.matching.decoys``)."""
+
+    key: str  # stable id: seeds its placement and paste
+    annotation: Annotation
+    fg_image: ImageInfo
+    target: str  # the sample id of the target whose source photo it comes from
+
+    def as_object(self, target: ObjectPlan) -> ObjectPlan:
+        """The decoy as an object plan (placed and pasted as targets are; it makes no sample)."""
+        c = target.candidate
+        cand = Candidate(ref_id=c.ref_id, ann_id=self.annotation.ann_id, fg_image_id=self.fg_image.image_id,
+                         category_id=self.annotation.category_id, cluster=c.cluster, rank=c.rank,
+                         bg_image_id=c.bg_image_id, similarity=c.similarity)
+        return ObjectPlan(sample_id=self.key, candidate=cand, ref=None, annotation=self.annotation,
+                          fg_image=self.fg_image)
+
+
+@dataclass(frozen=True)
 class GroupPlan:
     """One composite: a background and the objects pasted into it (one unless objects_per_image > 1)."""
 
@@ -127,6 +155,7 @@ class GroupPlan:
     bg_objects: tuple[Any, ...]  # comcoco.placement.sampler.SceneObject
     members: tuple[ObjectPlan, ...]
     bg_annotations: tuple[Annotation, ...] = ()  # the background's own objects (their shadows show the light)
+    decoys: tuple[DecoyPlan, ...] = ()  # robust: look-alikes no sample refers to
 
 
 def select_candidates(
@@ -249,7 +278,23 @@ def _group_plan(ch: Sequence[Candidate], index: SourceIndex, config: ComposeConf
         bg_objects=_bg_objects(index, bg_id),
         members=members,
         bg_annotations=tuple(index.anns_by_image.get(bg_id, ())) if config.robust else (),
+        decoys=_decoys(members, index, config, comp_id),
     )
+
+
+def _decoys(members: Sequence[ObjectPlan], index: SourceIndex, config: ComposeConfig,
+            comp_id: str) -> tuple[DecoyPlan, ...]:
+    """The composite's look-alikes, chosen from its usable targets' own photos (none without targets)."""
+    if not config.decoys:
+        return ()
+    from comcoco.matching.decoys import choose_decoys
+
+    usable = [m for m in members if m.problem is None]
+    chosen = choose_decoys([(m.ref, m.annotation) for m in usable], index.anns_by_image,  # type: ignore[misc]
+                           index.refs_by_ann, int(config.decoys), config.seed, comp_id)
+    return tuple(DecoyPlan(key=stable_id("decoy", comp_id, a.ann_id), annotation=a,
+                           fg_image=usable[i].fg_image, target=usable[i].sample_id)  # type: ignore[arg-type]
+                 for i, a in chosen)
 
 
 def groups_from_rows(rows: Sequence[PlanRow], index: SourceIndex, config: ComposeConfig) -> list[GroupPlan]:
@@ -399,95 +444,6 @@ def check_resume(workdir: str | Path, config: BuildConfig, source: SourceSpec) -
             "use a new work directory or the same options. Differences: " + "; ".join(diffs)
         )
     return meta
-
-
-# --- the source's fingerprint ---------------------------------------------------------------------
-
-STAMP_CACHE = ".source-stamps.json"  # hashes of the source's files by stat (comcoco.sources.fingerprint)
-
-
-def source_fingerprint_of(workdir: str | Path, source: Any, rows: Sequence[PlanRow]) -> dict[str, Any]:
-    """Size and SHA-256 of the refs file, ``instances.json`` and every image the plan's rows use."""
-    from comcoco.sources.fingerprint import StampCache, source_fingerprint
-    from comcoco.sources.images import ImageReadError
-
-    ids = sorted({int(r.fg_image_id) for r in rows} | {int(r.bg_image_id) for r in rows})
-    names: dict[int, str] = {}
-    for i in ids:
-        try:
-            names[i] = source.image(i).file_name
-        except KeyError:  # an image the plan names but instances.json lacks: its samples fail anyway
-            continue
-
-    def path(i: int) -> Path | None:
-        try:
-            return source.image_path(i)
-        except ImageReadError:  # a refused file name: never read, recorded as refused
-            return None
-
-    cache = StampCache(Path(workdir) / STAMP_CACHE)
-    fp = source_fingerprint(Path(source.refs_file), Path(source.instances_file), Path(source.ROOT_DIR), names,
-                            path, cache)
-    cache.save()
-    return fp
-
-
-def check_source_unchanged(workdir: str | Path, meta: dict[str, Any], spec: SourceSpec,
-                           retry_failed: bool = False) -> None:
-    """Refuse to resume when a source file the plan recorded changed since (naming the files).
-
-    With ``retry_failed``, an image whose every composite holds a failed sample (a missing or broken
-    image, repaired so the retry can use it) is no refusal: those composites are made again whole, and
-    the image's new stamp is recorded in ``plan.json``.
-    """
-    from comcoco.sources.fingerprint import StampCache, changed_files, stamp_files
-    from comcoco.sources.format import DEFAULT_IMAGE_SUBDIR
-    from comcoco.sources.images import MAX_IMAGE_BYTES, ImageReadError
-    from comcoco.sources.paths import short, trusted_image_file
-
-    recorded = meta.get("source_fingerprint")
-    if not isinstance(recorded, dict):
-        return  # planned before plans recorded the source: nothing to compare with
-    root = Path(spec.root)
-    image_dir = Path(spec.images) if spec.images else root / DEFAULT_IMAGE_SUBDIR
-
-    def image(name: str) -> Path | None:
-        try:
-            return trusted_image_file(image_dir, name, spec.image_root)
-        except ImageReadError:
-            return None
-
-    cache = StampCache(Path(workdir) / STAMP_CACHE)
-    current = {"files": stamp_files({n: root / n for n in recorded.get("files") or {}}, cache),
-               "images": stamp_files({n: image(n) for n in recorded.get("images") or {}}, cache,
-                                     max_bytes=MAX_IMAGE_BYTES)}
-    cache.save()
-    changed = changed_files(recorded, current)
-    repaired = _repaired_images(workdir, spec, changed, current) if retry_failed and changed else []
-    changed = [n for n in changed if n not in repaired]
-    if repaired and not changed:
-        images = {**recorded["images"], **{n: current["images"][n] for n in repaired}}
-        meta = {**meta, "source_fingerprint": {**recorded, "images": images}}
-        write_text_atomic(Path(workdir) / PLAN_META, json.dumps(meta, indent=2, sort_keys=True) + "\n")
-    if changed:
-        shown = ", ".join(short(n) for n in changed[:10]) + (f" and {len(changed) - 10} more" if len(changed) > 10 else "")
-        raise PlanMismatchError(
-            f"{Path(workdir) / PLAN_META}: the source changed since this work directory was planned "
-            f"({len(changed)} file(s): {shown}); what is built would no longer match it: restore those files, "
-            "or build into a new work directory")
-
-
-def _repaired_images(workdir: str | Path, spec: SourceSpec, changed: Sequence[str], current: dict[str, Any]) -> list[str]:
-    """The changed images a retry may use: each composite that uses one holds a failed sample."""
-    names = set(changed) & set(current["images"])
-    if not names or not (Path(workdir) / STATUS_FILE).is_file():
-        return []
-    rows = pq.read_table(Path(workdir) / STATUS_FILE, columns=["composite_id", "status"]).to_pylist()
-    failed = {r["composite_id"] for r in rows if r["status"] != "ok"}
-    images = {i.image_id: i.file_name for i in spec.load().images()}
-    unsafe = {images.get(int(i)) for r in read_plan(workdir) if r.composite_id not in failed
-              for i in (r.fg_image_id, r.bg_image_id)}
-    return sorted(names - unsafe)
 
 
 def shard_ids(rows: Sequence[PlanRow]) -> list[int]:

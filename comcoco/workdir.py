@@ -43,6 +43,7 @@ from comcoco.compose.samples import (
     ROBUST_SAMPLES_SCHEMA,
     SAMPLES_SCHEMA,
     SampleRow,
+    lists_as_tuples,
     read_samples,
     rows_table,
 )
@@ -301,9 +302,7 @@ class Workdir:
         try:  # a batch at a time: the whole table as Python dicts at once was 3x the rows' own size
             for batch in pq.ParquetFile(path).iter_batches(batch_size=STATUS_BATCH_ROWS):
                 for d in batch.to_pylist():
-                    d["objects"] = tuple(d["objects"] or ())
-                    d["object_ann_ids"] = tuple(int(v) for v in (d["object_ann_ids"] or ()))
-                    out.append(StatusRow(**d))
+                    out.append(StatusRow(**lists_as_tuples(d)))
         except (pa.ArrowException, OSError, KeyError, TypeError) as exc:
             raise WorkdirError(f"{path}: not a readable status table ({type(exc).__name__}: {exc}); "
                                "run `comcoco build` again to rewrite it") from None

@@ -13,7 +13,7 @@ FLOORS: dict[str, int] = {
     "comcoco.stages": 1, "comcoco.pixels": 1, "comcoco.pool": 1,
     "comcoco.sources": 2, "comcoco.text": 2, "comcoco.audit": 2, "comcoco.matching": 2, "comcoco.placement": 2, "comcoco.harmonize": 2,
     "comcoco.config": 3,
-    "comcoco.plan": 4,
+    "comcoco.plan": 4, "comcoco.plan_source": 4,
     "comcoco.compose": 5,
     "comcoco.decisions": 6, "comcoco.workdir": 6,
     "comcoco.shards": 7, "comcoco.build": 7, "comcoco.outcome": 7,

@@ -571,6 +571,7 @@ def test_robust_pairs_are_exact_outside_the_effect_mask_on_real_images(robust_ru
     for r in ok:
         by_comp.setdefault(r.composite_id, []).append(r)
     assert any(len(v) > 1 for v in by_comp.values())  # several targets share a composite
+    assert any(r.decoy_ann_ids for r in ok)  # and some have look-alikes no sample refers to
     for r in ok:
         comp, gt = _load(out, r.composite), _load(out, r.ground_truth)
         mask, effect = _load(out, r.mask, gray=True), _load(out, r.effect_mask, gray=True)
@@ -583,12 +584,19 @@ def test_robust_pairs_are_exact_outside_the_effect_mask_on_real_images(robust_ru
         assert r.light in ("objects", "gradient", "default") and r.matte and r.shadow_kind
         bg = cv2.cvtColor(decode_image(src.image_path(r.bg_image_id)), cv2.COLOR_RGB2BGR)
         others = [o for o in by_comp[r.composite_id] if o is not r]
-        if not others:  # alone: the ground truth is the background
+        if not others and not r.decoy_ann_ids:  # alone: the ground truth is the background
             assert np.array_equal(gt, bg)
+        targets = effect > 0
         for o in others:  # the other targets stay in this target's ground truth, untouched
             oe = _load(out, o.effect_mask, gray=True) > 0
             assert not (oe & (effect > 0)).any()  # footprints never overlap
             assert np.array_equal(gt[oe], comp[oe])
+            targets |= oe
+        assert all(o.decoy_ann_ids == r.decoy_ann_ids for o in others)  # one composite, one set of decoys
+        # the decoys: pasted where no target is, and visible in the ground truth as in the composite
+        decoys = (comp != bg).any(axis=2) & ~dilated(targets.astype(np.uint8) * 255, 8)
+        assert (decoys.sum() > 200) == bool(r.decoy_ann_ids), (r.decoy_ann_ids, int(decoys.sum()))
+        assert np.array_equal(gt[decoys], comp[decoys])
     # the shadow darkens only: outside the object, the composite is never brighter than the background
     for r in ok:
         comp = _load(out, r.composite).astype(int)

@@ -15,6 +15,7 @@ from pathlib import Path
 
 import pyarrow.parquet as pq
 import pytest
+from review_boxes import image_size, shifted
 from typer.testing import CliRunner
 
 from comcoco.build import build_inline
@@ -84,38 +85,6 @@ def decision(value: str, **extra) -> list[dict]:
 
 def tasks_by_sample(server: ReviewServer, project: int) -> dict[tuple[str, int], dict]:
     return {(t["data"]["sample_id"], t["data"]["round"]): t for t in server.list_tasks(project)}
-
-
-def image_size(path: Path) -> tuple[int, int]:
-    from PIL import Image
-
-    with Image.open(path) as im:
-        return im.size
-
-
-def shifted(workdir: Path, row: dict, by: int = 25) -> tuple[int, int, int, int]:
-    """The row's box moved by ``by`` px (sideways first, then up or down) to a spot inside the image and
-    clear of the other targets of its composite: their effect masks grown by the footprint margin (a box
-    there is refused; tests of the refusal are elsewhere)."""
-    import cv2
-    import numpy as np
-
-    from comcoco.compose.robust import FOOTPRINT_MARGIN
-
-    x, y, w, h = (int(row[k]) for k in ("box_x", "box_y", "box_w", "box_h"))
-    W, H = image_size(workdir / row["composite"])
-    taken = np.zeros((H, W), dtype=np.uint8)
-    for other in rows(workdir).values():
-        if other["composite_id"] == row["composite_id"] and other["sample_id"] != row["sample_id"] \
-                and other["status"] == "ok":
-            taken |= cv2.imread(str(workdir / other["effect_mask"]), cv2.IMREAD_GRAYSCALE)
-    k = 2 * FOOTPRINT_MARGIN + 1
-    taken = cv2.dilate(taken, np.ones((k, k), np.uint8)) > 0
-    for dx, dy in ((-by, 0), (by, 0), (0, -by), (0, by), (-2 * by, 0), (2 * by, 0)):
-        nx, ny = x + dx, y + dy
-        if nx >= 0 and ny >= 0 and nx + w <= W and ny + h <= H and not taken[ny:ny + h, nx:nx + w].any():
-            return nx, ny, w, h
-    pytest.fail(f"no free spot {by} or {2 * by} px from {row['sample_id']}'s box {(x, y, w, h)}")
 
 
 def rows(workdir: Path) -> dict[str, dict]:

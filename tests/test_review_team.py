@@ -12,6 +12,7 @@ from pathlib import Path
 
 import httpx
 import pytest
+from review_boxes import first_free
 from typer.testing import CliRunner
 
 from comcoco.build import build_inline
@@ -225,7 +226,12 @@ def test_bad_input_is_named_and_a_later_pull_continues(workdir, admin, env, labe
     by_emil = [x for x in sorted(tasks) if tasks[x]["data"]["annotator"] == emil]
     assert len(by_emil) >= 2, "the seeded assignment gives emil at least two of six tasks"
     gone_task, open_task = by_emil[:2]
-    s = [x for x in sorted(tasks) if x not in (gone_task, open_task)]  # four samples for the other cases
+    rest = [x for x in sorted(tasks) if x not in (gone_task, open_task)]  # four samples for the other cases
+    # the clipped box and the moved one must be applicable: samples with room there (review_boxes)
+    clip = first_free(workdir, [rows[x] for x in rest], lambda r: (size_of(workdir, r)[0] - r.box[2] + 15, *r.box[1:]))
+    move = first_free(workdir, [rows[x] for x in rest if x != clip.sample_id],
+                      lambda r: moved(r, 30, size_of(workdir, r)))
+    s = [x for x in rest if x not in (clip.sample_id, move.sample_id)] + [clip.sample_id, move.sample_id]
 
     # a result of an unknown shape (a hand-edited config), a reject without a reason, a box leaving the
     # image, an accept with a moved box, an answer by an annotator who is then removed

@@ -58,6 +58,7 @@ class ComposeOptions:
     jpeg_quality: int = 95
     encoder: str | None = None  # None: the profile's (robust fpng, paper opencv)
     png_level: int | None = None  # None: 1 (--encoder opencv only)
+    decoys: int | None = None  # None: the profile's (robust 1, paper 0)
 
     def check_paths(self) -> None:
         """A checkpoint the user named that is not a file is refused input (exit 3), not a usage error."""
@@ -73,7 +74,7 @@ class ComposeOptions:
             seed=seed, profile=self.profile, placement=self.placement, harmonize=self.harmonize,
             objects_per_image=self.objects_per_image, candidates_per_ref=self.candidates_per_ref,
             image_format=self.image_format, jpeg_quality=self.jpeg_quality, encoder=self.encoder,
-            png_compression=1 if self.png_level is None else self.png_level,
+            png_compression=1 if self.png_level is None else self.png_level, decoys=self.decoys,
             graconet_ckpt=str(self.graconet_ckpt.resolve()) if self.graconet_ckpt else None,
             harmonizer_ckpt=str(self.harmonizer_ckpt.resolve()) if self.harmonizer_ckpt else None,
         )
@@ -100,6 +101,9 @@ _COMPOSE_PARAMS: dict[str, tuple[Any, Any]] = {
                                          "is libpng at --png-level (smaller files). See docs/compose.md.")),
     "png_level": (int | None, typer.Option(None, "--png-level", min=0, max=9, help="PNG zlib level for --encoder opencv "
                                            "(default 1: fast; 0: no compression, 2x size; 9: smallest, slowest).")),
+    "decoys": (int | None, typer.Option(None, "--decoys", min=0, help="Look-alikes per target pasted from its own "
+                                        "photo that no sample refers to (default: robust 1, paper 0), so finding the "
+                                        "pastes is not finding the target. See docs/compose.md.")),
 }
 assert list(_COMPOSE_PARAMS) == [f.name for f in fields(ComposeOptions)]
 

@@ -32,6 +32,7 @@ from comcoco.compose.cutout import (
 from comcoco.compose.models import ComposeModels
 from comcoco.compose.samples import SampleRow
 from comcoco.config import ComposeConfig
+from comcoco.ids import stable_hash64
 from comcoco.placement.sampler import Footprint
 from comcoco.plan import GroupPlan, ObjectPlan
 from comcoco.records import (
@@ -113,7 +114,7 @@ def _place(
     req = PlacementRequest(
         fg_box=(float(rx), float(ry), float(rw), float(rh)),
         fg_image_size=(int(fg.shape[1]), int(fg.shape[0])),
-        fg_category_id=int(plan.ref.category_id),  # type: ignore[union-attr]
+        fg_category_id=int((plan.ref or plan.annotation).category_id),  # type: ignore[union-attr]
         bg_size=(int(bg_w), int(bg_h)),
         bg_objects=group.bg_objects,
         avoid=() if isinstance(avoid, Footprint) else tuple(tuple(float(v) for v in b) for b in avoid),  # type: ignore[misc]
@@ -217,17 +218,19 @@ def _paste_paper(m: ObjectPlan, row: SampleRow, canvas: np.ndarray, cut: Cutout,
     return ComposedSample(row=_placed_row(row, cut, pl, mask, args), mask=mask), cut
 
 
-def _ground_truths(done: list[tuple[ComposedSample, Cutout]], canvas: np.ndarray, bg: np.ndarray) -> None:
+def _ground_truths(done: list[tuple[ComposedSample, Cutout]], canvas: np.ndarray, bg: np.ndarray,
+                   decoys: tuple[int, ...] = ()) -> None:
     """Each object's ground truth: the final composite with only its own pixels restored to the
-    background (the plain background when it is alone), and the other objects named in its row."""
+    background (the plain background when it is alone), and the other objects and decoys named in its row."""
     for cs, cut in done:
         others = [o for o, _ in done if o is not cs]
         cs.row = replace(
             cs.row,
             objects=tuple(o.row.sample_id for o in others),
             object_ann_ids=tuple(o.row.fg_ann_id for o in others),
+            decoy_ann_ids=decoys,
         )
-        if not others:
+        if not others and not decoys:
             cs.ground_truth, cs.gt_is_background = bg, True
         else:
             gt = canvas.copy()
@@ -285,18 +288,20 @@ def compose_group(
         bg = loaded
     canvas = bg.copy() if bg is not None else None
     robust = _Robust(bg, images.path(group.bg_image_id), group, scenes) if config.robust and bg is not None else None
-    done: list[tuple[ComposedSample, Cutout]] = []
+    results: dict[str, ComposedSample] = {}
+    done: dict[str, tuple[ComposedSample, Cutout]] = {}
+    decoys: list[int] = []
     avoid: list[tuple[int, int, int, int]] = []
-    for m, row in zip(group.members, rows, strict=True):
+    for m, row, target in _paste_order(group, rows, config.seed):
         if m.problem is not None:
-            out.samples.append(_failed(row, *m.problem))
+            results[m.sample_id] = _failed(row, *m.problem)
             continue
         assert canvas is not None and bg is not None
-        given = boxes.get(m.sample_id) if boxes else None
+        given = boxes.get(m.sample_id) if boxes and target else None
         taken = avoid if robust is None else robust.footprint()
         prepared = _cut(m, row, bg, group, taken, images, config, models, given)
         if isinstance(prepared, ComposedSample):
-            out.samples.append(prepared)
+            results[m.sample_id] = prepared
             continue
         cut, pl = prepared
         if robust is None:
@@ -305,14 +310,35 @@ def compose_group(
                 avoid.append(kept.box)
         else:
             cs, kept = robust.paste(m, row, canvas, cut, pl, config, models, images.get(m.fg_image))
-        out.samples.append(cs)
+        results[m.sample_id] = cs
         if kept is not None:
-            done.append((cs, kept))
+            if target:
+                done[m.sample_id] = (cs, kept)
+            else:
+                decoys.append(m.annotation.ann_id)  # type: ignore[union-attr]
+    out.samples.extend(results[m.sample_id] for m in group.members)
     if done:
         assert canvas is not None and bg is not None
         out.composite = canvas
-        _ground_truths(done, canvas, bg)
+        _ground_truths([done[m.sample_id] for m in group.members if m.sample_id in done], canvas, bg,
+                       tuple(sorted(decoys)))
     return out
+
+
+def _paste_order(group: GroupPlan, rows: Sequence[SampleRow],
+                 seed: int) -> list[tuple[ObjectPlan, SampleRow, bool]]:
+    """(object, row, is a target) in paste order: the members in order, then the decoys in a seeded order.
+
+    Targets go first so a decoy never costs a target its place (a crowded frame drops the decoy instead).
+    """
+    items = [(m, r, True) for m, r in zip(group.members, rows, strict=True)]
+    by_id = {m.sample_id: (m, r) for m, r, _ in items}
+    decoys = []
+    for d in sorted(group.decoys, key=lambda d: (stable_hash64(seed, "paste-order", group.composite_id, d.key), d.key)):
+        m, r = by_id[d.target]
+        decoy = d.as_object(m)
+        decoys.append((decoy, replace(r, sample_id=decoy.sample_id, fg_ann_id=d.annotation.ann_id), False))
+    return items + decoys
 
 
 class _Robust:

@@ -81,6 +81,7 @@ class SampleRow:
     noise: float | None = None  # luma noise std (0–255) added to the object
     jpeg_quality: int | None = None  # quality of the re-encoding on the scene's grid (None: not done)
     matte: str | None = None  # refined, or kept: why the refinement was not used
+    decoy_ann_ids: tuple[int, ...] = field(default=())  # look-alikes in the composite no sample refers to
 
     @property
     def ok(self) -> bool:
@@ -143,10 +144,11 @@ _TYPES: dict[str, pa.DataType] = {
     "noise": _F64,
     "jpeg_quality": _I32,
     "matte": _STR,
+    "decoy_ann_ids": pa.list_(_I64),
 }
 # Columns only a robust-profile table has; a paper-profile table keeps the original schema (and bytes).
 ROBUST_COLUMNS: tuple[str, ...] = ("effect_mask", "effect_area", "light", "shadow_kind", "shadow_strength", "blur",
-                                   "noise", "jpeg_quality", "matte")
+                                   "noise", "jpeg_quality", "matte", "decoy_ann_ids")
 _REQUIRED = {"sample_id", "composite_id", "status", "reason", "fg_ref_id", "fg_ann_id", "fg_image_id",
              "bg_image_id", "category_id", "candidate_rank", "seed", "config"}
 ROBUST_SAMPLES_SCHEMA = pa.schema(
@@ -154,6 +156,17 @@ ROBUST_SAMPLES_SCHEMA = pa.schema(
 )
 SAMPLES_SCHEMA = pa.schema([f for f in ROBUST_SAMPLES_SCHEMA if f.name not in ROBUST_COLUMNS])
 assert [f.name for f in fields(SampleRow)] == ROBUST_SAMPLES_SCHEMA.names
+
+
+LIST_COLUMNS: tuple[str, ...] = ("objects", "object_ann_ids", "decoy_ann_ids")
+
+
+def lists_as_tuples(d: dict[str, Any]) -> dict[str, Any]:
+    """A row read from Parquet with its list columns as tuples (ids as int), in place; absent ones stay absent."""
+    for name in LIST_COLUMNS:
+        if name in d:
+            d[name] = tuple(v if name == "objects" else int(v) for v in (d[name] or ()))
+    return d
 
 
 def samples_schema(robust: bool) -> pa.Schema:
@@ -182,7 +195,7 @@ def rows_table(rows: Sequence[Any], schema: pa.Schema, row_type: type, statuses:
             v = getattr(r, name)
             if name in floats:
                 v = _clean_float(v)
-            elif name in ("objects", "object_ann_ids"):
+            elif name in LIST_COLUMNS:
                 v = list(v)
             cols[name].append(v)
     return pa.table(cols, schema=schema)
@@ -221,7 +234,5 @@ def read_samples(path: str | Path) -> list[SampleRow]:
     for i, d in enumerate(data):
         if d["sample_id"] is None or d["status"] not in STATUSES:
             raise SamplesFileError(f"{path}: row {i} has no sample_id or an unknown status {d['status']!r}")
-        d["objects"] = tuple(d["objects"] or ())
-        d["object_ann_ids"] = tuple(int(v) for v in (d["object_ann_ids"] or ()))
-        out.append(SampleRow(**d))
+        out.append(SampleRow(**lists_as_tuples(d)))
     return out

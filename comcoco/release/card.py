@@ -228,7 +228,7 @@ def _table(headers: Sequence[str], rows: Sequence[Sequence[Any]]) -> tuple[str, 
 
 _PROFILE_TEXT = {
     "robust": "Built with the **robust** profile: up to three targets per composite, told apart only by their "
-              "expressions; each pasted with its shadow, a refined matte and the scene's noise, blur and JPEG "
+              "expressions, and look-alike decoys no sample refers to; each pasted with its shadow, a refined matte and the scene's noise, blur and JPEG "
               "grid. A removal model should inpaint the effect mask (object and shadow), not only the mask.",
     "paper": "Built with the **paper** profile (the ComCOCO paper's recipe): one object per composite, pasted as "
              "cut, without shadow or camera matching. Models can find such pastes without reading the "
@@ -236,10 +236,15 @@ _PROFILE_TEXT = {
 }
 
 
-def audit_section(audit: dict[str, Any] | None, profile: str) -> tuple[str, str]:
+def audit_section(audit: dict[str, Any] | None, profile: str,
+                  decoys: dict[str, int] | None = None) -> tuple[str, str]:
     """The card's artifact-audit section (markdown, html): how well pasted objects can be told from the
     scenes' own, per cue family, and the profile the release was built with."""
     intro = _PROFILE_TEXT.get(profile, f"Built with the {profile} profile.")
+    if decoys and decoys.get("decoys"):
+        intro += (f" The composites hold {decoys['decoys']} decoys (in {decoys['composites_with_decoys']} "
+                  "composites): objects from the targets' own photos, pasted alike and never referred to, so "
+                  "finding the pasted objects is not finding the target (each sample's `decoy_ann_ids`).")
     if not audit:
         text = "No artifact audit was run for this release."
         return f"{intro}\n\n{text}", f"<p>{html.escape(intro)}</p><p>{text}</p>"
@@ -356,7 +361,7 @@ def write_card(release: Path, version: str, entries: Sequence[ReleaseEntry], sel
     shown = pair_grid(release, entries, card / _IMAGES["pairs"], pairs=pairs)
     sections = _sections(version, stats, selection, export, validation, shown)
     sections.insert(next(i for i, s in enumerate(sections) if s[0] == "Validation"),
-                    ("Artifact audit", *audit_section(audit, selection.get("profile", "paper"))))
+                    ("Artifact audit", *audit_section(audit, selection.get("profile", "paper"), selection.get("decoys"))))
 
     total = sum(c["samples"] for c in export["variants"]["ComCOCO"]["counts"].values())
     intro = (f"ComCOCO {version}: referring object removal pairs. Each sample is a composite image with an "

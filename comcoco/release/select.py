@@ -68,6 +68,7 @@ def _provenance(r: StatusRow, placement: ReviewDecision | None, expr_dec: Review
                       "box": [r.box_x, r.box_y, r.box_w, r.box_h]},
         "filter_args": {k: getattr(r, k) for k in FILTER_NAMES},
         "other_objects_ann_ids": [int(a) for a in r.object_ann_ids],
+        **({"decoy_ann_ids": [int(a) for a in r.decoy_ann_ids]} if r.decoy_ann_ids else {}),
         "review": _review_dict(placement),
         "expressions_review": (None if expr_dec is None else {
             "reviewer": expr_dec.reviewer, "reviewed_at": expr_dec.reviewed_at,
@@ -187,10 +188,17 @@ def select_entries(workdir: Workdir | str | os.PathLike[str], options: ReleaseOp
                                                  "spatial_phrases_added")},
         "unreviewed_policy": options.unreviewed,
         "profile": wd.config().compose.profile,
+        "decoys": _decoy_count(placed),
         "agreement": agreement_of(wd.root),  # inter-annotator agreement on the samples answered twice
         "splits": splits.report(),
     }
     return entries, report
+
+
+def _decoy_count(placed: list[_Chosen]) -> dict[str, int]:
+    """How many look-alikes no sample refers to the selected composites hold, and in how many composites."""
+    per = {c.row.composite_id: len(c.row.decoy_ann_ids) for c in placed}
+    return {"decoys": sum(per.values()), "composites_with_decoys": sum(1 for n in per.values() if n)}
 
 
 def _background_objects(wd: Workdir, placed: list[_Chosen]) -> dict[int, tuple[dict[str, Any], ...]]:
