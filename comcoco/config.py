@@ -191,7 +191,7 @@ class BuildConfig:
         compose_fields = data.pop("compose", None)
         if compose_fields is None:
             compose = None
-        else:  # a plan made before profiles (encoders, decoys) existed followed the paper recipe (wrote with opencv, no decoys)
+        else:  # a plan made before profiles (encoders, decoys) existed: the paper recipe, opencv, no decoys
             compose = ComposeConfig(**{"profile": "paper", "encoder": LEGACY_ENCODER, "decoys": 0, **compose_fields})
         known = {f.name for f in fields(cls)}
         return cls(compose=compose, **{k: v for k, v in data.items() if k in known})

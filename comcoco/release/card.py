@@ -228,7 +228,7 @@ def _table(headers: Sequence[str], rows: Sequence[Sequence[Any]]) -> tuple[str, 
 
 _PROFILE_TEXT = {
     "robust": "Built with the **robust** profile: up to three targets per composite, told apart only by their "
-              "expressions, and look-alike decoys no sample refers to; each pasted with its shadow, a refined matte and the scene's noise, blur and JPEG "
+              "expressions; each pasted with its shadow, a refined matte and the scene's noise, blur and JPEG "
               "grid. A removal model should inpaint the effect mask (object and shadow), not only the mask.",
     "paper": "Built with the **paper** profile (the ComCOCO paper's recipe): one object per composite, pasted as "
              "cut, without shadow or camera matching. Models can find such pastes without reading the "

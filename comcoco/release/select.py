@@ -188,7 +188,7 @@ def select_entries(workdir: Workdir | str | os.PathLike[str], options: ReleaseOp
                                                  "spatial_phrases_added")},
         "unreviewed_policy": options.unreviewed,
         "profile": wd.config().compose.profile,
-        "decoys": _decoy_count(placed),
+        **({"decoys": d} if (d := _decoy_count(placed))["decoys"] else {}),  # none: the report of earlier releases
         "agreement": agreement_of(wd.root),  # inter-annotator agreement on the samples answered twice
         "splits": splits.report(),
     }
