@@ -61,6 +61,17 @@ def test_a_referred_decoy_must_be_told_apart_from_every_target():
     refs_by_ann = {2: (twin_ref,), 3: (other_ref,)}
     got = choose_decoys([(target, man)], {10: [man, twin, other]}, refs_by_ann, n=2, seed=0, key="c")
     assert [a.ann_id for _, a in got] == [3]  # the twin's expression would also name the target
+    # a sibling whose expression is contrastive shares most words with the target's: that is how RefCOCO+
+    # siblings read, and it is kept; beside another target of its category it would be refused
+    blue = ann(5, 10, PERSON)
+    blue_ref = ref(5, blue, "man in blue shirt")
+    assert why_not_distinguishable(blue_ref, target) is not None  # Jaccard 0.6: two targets could not pair
+    sib = {5: (blue_ref,)}
+    assert [a.ann_id for _, a in choose_decoys([(target, man)], {10: [man, blue]}, sib, n=1, seed=0, key="c")] == [5]
+    jacket = ann(6, 30, PERSON)
+    beside = [(target, man), (ref(6, jacket, "man in blue jacket"), jacket)]
+    got = choose_decoys(beside, {10: [man, blue], 30: [jacket]}, sib, n=1, seed=0, key="c")
+    assert 5 not in [a.ann_id for _, a in got]
     # a referred decoy of another target's category is fine when the expressions tell them apart
     car = ann(4, 20, CAR)
     mixed = [(ref(4, car, "red car"), car), (target, man)]

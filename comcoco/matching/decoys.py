@@ -10,8 +10,12 @@ own photo, a decoy adds no image to the composite's leak group (release splits g
 images they show).
 
 A decoy must not fit another target's sentence. A decoy that is itself referred must pass the targets'
-distinctness rule (``comcoco.matching.targets``) against every target, its own included; one without
-expressions of its own may not share a category with any *other* target. It is at least ``MIN_AREA_SHARE``
+distinctness rule (``comcoco.matching.targets``) against every *other* target; against its own target,
+whose photo it shares, only the rule's attribute half: RefCOCO+ kept an expression only when a second
+player could pick its object out of that very photo, so siblings' expressions are contrastive and often
+share most words ("man in blue shirt" / "man in red shirt", Jaccard 0.6), but two with no attribute word
+of each that the other lacks are still refused. A decoy without expressions of its own may not share a
+category with any other target. It is at least ``MIN_AREA_SHARE``
 of its target's area (so decoys are sized like targets, not crumbs) and ``MIN_SIDE`` px on each side,
 never a crowd annotation, never one of the composite's targets, and never chosen twice.
 """
@@ -26,6 +30,7 @@ from comcoco.records import Annotation, Ref
 
 MIN_AREA_SHARE = 0.25  # a decoy's area at least this share of its target's
 MIN_SIDE = 8.0  # px, each side of its box in the source photo
+SIBLING_JACCARD = 1.0  # against its own target no similarity limit: only the attribute rule (docstring)
 
 
 def choose_decoys(
@@ -69,4 +74,5 @@ def _fits(d: Annotation, own: Ref, others: Sequence[tuple[Ref, Annotation]],
     refs = refs_by_ann.get(d.ann_id, ())
     if not refs:  # no expression of its own to compare: it may not share another target's category
         return all(d.category_id != a.category_id for _, a in others)
-    return all(why_not_distinguishable(dr, t) is None for dr in refs for t in (own, *(r for r, _ in others)))
+    return all(why_not_distinguishable(dr, own, threshold=SIBLING_JACCARD) is None
+               and all(why_not_distinguishable(dr, t) is None for t, _ in others) for dr in refs)
