@@ -118,6 +118,11 @@ def summary_markdown(workdir: str, summary: dict[str, Any], outcome: BuildOutcom
     lines += ["## Samples by status", "", "| status | samples |", "|---|---:|"]
     lines += [f"| {k} | {v} |" for k, v in sorted(status.get("by_status", {}).items())]
     lines += [f"| **all** | {status.get('samples', 0)} |", ""]
+    if decoys := status.get("decoys"):
+        left = ", ".join(f"{k} {v}" for k, v in decoys["skipped_by_status"].items())
+        lines += [f"Decoys: {decoys['pasted']} pasted in {decoys['composites']} composites"
+                  + (f"; {decoys['skipped']} left out ({_md(left)}; each row's `decoys_skipped` says why)"
+                     if decoys["skipped"] else ""), ""]
     gap_lines = (summary.get("matching") or {}).get("lines") or []
     if gap_lines:
         lines += ["## Objects without enough backgrounds", ""] + [f"- {_md(g)}" for g in gap_lines] + [""]

@@ -37,7 +37,18 @@ def straight(demo_source_small, prefect_api, tmp_path_factory) -> Path:
     proc = comcoco(["build", str(demo_source_small), "-o", str(out), *BUILD_ARGS], prefect_api)
     assert proc.returncode == 0, proc.stderr
     assert "24 of 24 samples ok" in proc.stdout, proc.stdout
+    (out.parent / "stdout.txt").write_text(proc.stdout)
     return out
+
+
+def test_summary_counts_the_decoys(straight):
+    counts = json.loads((straight / "manifest.json").read_text())["counts"]["decoys"]
+    rows = pq.read_table(straight / "status.parquet").to_pylist()
+    per_composite = {r["composite_id"]: r for r in rows}.values()
+    assert counts["pasted"] == sum(len(r["decoy_ann_ids"]) for r in per_composite) > 0
+    assert counts["skipped"] == sum(len(r["decoys_skipped"]) for r in per_composite)
+    line = next(x for x in (straight.parent / "stdout.txt").read_text().splitlines() if x.startswith("decoys: "))
+    assert line.startswith(f"decoys: {counts['pasted']} pasted in {counts['composites']} composites")
 
 
 def test_work_directory_layout(straight):

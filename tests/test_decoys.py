@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import json
+
 import pytest
 
 from comcoco.build import build_inline
@@ -115,8 +117,15 @@ def test_planned_decoys_on_the_demo_and_the_resume_rule(demo_source_small, tmp_p
     built = groups_from_rows(wd.plan_rows(), wd.index(), cfg.compose)
     assert wd.plan_meta()["decoys_planned"] == sum(len(g.decoys) for g in built) > 0
     planned = {g.composite_id: {d.annotation.ann_id for d in g.decoys} for g in built}
-    for r in rows:  # a decoy that found no room is left out; none appears that was not planned
-        assert set(r.decoy_ann_ids) <= planned[r.composite_id]
+    for r in rows:  # a decoy that found no room is left out, and said so; none appears that was not planned
+        skipped = {int(s.split(": ")[0]) for s in r.decoys_skipped}
+        assert set(r.decoy_ann_ids) | skipped == planned[r.composite_id] and not skipped & set(r.decoy_ann_ids)
+    from comcoco.build import decoy_counts
+
+    got = decoy_counts(wd.status())
+    assert got["pasted"] == sum(len(r.decoy_ann_ids) for r in {r.composite_id: r for r in rows}.values()) > 0
+    assert got["pasted"] + got["skipped"] == wd.plan_meta()["decoys_planned"]
+    assert json.loads((tmp_path / "manifest.json").read_text())["counts"]["decoys"] == got
     with pytest.raises(PlanMismatchError, match="compose.decoys: 1 \\(planned\\) vs 0 \\(now\\)"):
         check_resume(tmp_path, BuildConfig(seed=0, limit=8, shard_size=8, compose=ComposeConfig(decoys=0)), spec)
 
@@ -156,6 +165,11 @@ def test_a_decoy_that_cannot_be_cut_is_left_out_and_the_targets_are_untouched(de
     assert all(s.row.ok for s in bad.samples)
     assert broken.annotation.ann_id not in bad.samples[0].row.decoy_ann_ids
     assert all(s.row.decoy_ann_ids == bad.samples[0].row.decoy_ann_ids for s in bad.samples)
+    # and every target's row says which planned decoy was left out, and why
+    assert all(len(s.row.decoys_skipped) == 1 for s in bad.samples)
+    assert bad.samples[0].row.decoys_skipped[0].startswith(f"{broken.annotation.ann_id}: ")
+    assert not good.samples[0].row.decoys_skipped or all(
+        int(x.split(": ")[0]) != broken.annotation.ann_id for x in good.samples[0].row.decoys_skipped)
     # no decoys at all: the targets' rows are those of the same composite made without them
     none = compose_group(replace(group, decoys=()), images, ComposeConfig())
     assert [s.row.box for s in none.samples] == [s.row.box for s in good.samples]  # targets are placed first

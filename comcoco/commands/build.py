@@ -115,6 +115,11 @@ def _print_summary(out: Path, summary: dict) -> None:
                f" ({record['runner']}, {record['workers']} worker(s))")
     for line in (summary.get("matching") or {}).get("headline", []):
         typer.echo(f"matching: {line}")
+    if decoys := status.get("decoys"):
+        left = ", ".join(f"{why} {n}" for why, n in decoys["skipped_by_status"].items())
+        typer.echo(f"decoys: {decoys['pasted']} pasted in {decoys['composites']} composites"
+                   + (f"; {decoys['skipped']} left out ({left}; each row's decoys_skipped says why)"
+                      if decoys["skipped"] else ""))
     if failed:
         typer.echo("failed: " + ", ".join(f"{k} {v}" for k, v in sorted(failed.items())))
         shown = [r for r in failure_summary(out, limit=None) if r.status != STATUS_NOT_BUILT][:5]

@@ -219,9 +219,10 @@ def _paste_paper(m: ObjectPlan, row: SampleRow, canvas: np.ndarray, cut: Cutout,
 
 
 def _ground_truths(done: list[tuple[ComposedSample, Cutout]], canvas: np.ndarray, bg: np.ndarray,
-                   decoys: tuple[int, ...] = ()) -> None:
+                   decoys: tuple[int, ...] = (), skipped: tuple[str, ...] = ()) -> None:
     """Each object's ground truth: the final composite with only its own pixels restored to the
-    background (the plain background when it is alone), and the other objects and decoys named in its row."""
+    background (the plain background when it is alone), and the other objects and decoys named in its row
+    (with the planned decoys left out, and why)."""
     for cs, cut in done:
         others = [o for o, _ in done if o is not cs]
         cs.row = replace(
@@ -229,6 +230,7 @@ def _ground_truths(done: list[tuple[ComposedSample, Cutout]], canvas: np.ndarray
             objects=tuple(o.row.sample_id for o in others),
             object_ann_ids=tuple(o.row.fg_ann_id for o in others),
             decoy_ann_ids=decoys,
+            decoys_skipped=skipped,
         )
         if not others and not decoys:
             cs.ground_truth, cs.gt_is_background = bg, True
@@ -291,37 +293,43 @@ def compose_group(
     results: dict[str, ComposedSample] = {}
     done: dict[str, tuple[ComposedSample, Cutout]] = {}
     decoys: list[int] = []
+    skipped: list[tuple[int, str]] = []
     avoid: list[tuple[int, int, int, int]] = []
-    for m, row, target in _paste_order(group, rows, config.seed):
+
+    def paste(m: ObjectPlan, row: SampleRow, target: bool) -> tuple[ComposedSample, Cutout | None]:
+        """One object cut, placed and pasted onto the canvas, or its failure row."""
         if m.problem is not None:
-            results[m.sample_id] = _failed(row, *m.problem)
-            continue
+            return _failed(row, *m.problem), None
         assert canvas is not None and bg is not None
         given = boxes.get(m.sample_id) if boxes and target else None
         taken = avoid if robust is None else robust.footprint()
         prepared = _cut(m, row, bg, group, taken, images, config, models, given)
         if isinstance(prepared, ComposedSample):
-            results[m.sample_id] = prepared
-            continue
+            return prepared, None
         cut, pl = prepared
-        if robust is None:
-            cs, kept = _paste_paper(m, row, canvas, cut, pl, config, models)
-            if kept is not None:
-                avoid.append(kept.box)
-        else:
-            cs, kept = robust.paste(m, row, canvas, cut, pl, config, models, images.get(m.fg_image))
-        results[m.sample_id] = cs
+        if robust is not None:
+            return robust.paste(m, row, canvas, cut, pl, config, models, images.get(m.fg_image))
+        cs, kept = _paste_paper(m, row, canvas, cut, pl, config, models)
         if kept is not None:
-            if target:
-                done[m.sample_id] = (cs, kept)
-            else:
+            avoid.append(kept.box)
+        return cs, kept
+
+    for m, row, target in _paste_order(group, rows, config.seed):
+        cs, kept = paste(m, row, target)
+        results[m.sample_id] = cs
+        if target and kept is not None:
+            done[m.sample_id] = (cs, kept)
+        elif not target:
+            if kept is not None:
                 decoys.append(m.annotation.ann_id)  # type: ignore[union-attr]
+            else:
+                skipped.append((m.annotation.ann_id, f"{cs.row.status}: {cs.row.reason}"))  # type: ignore[union-attr]
     out.samples.extend(results[m.sample_id] for m in group.members)
     if done:
         assert canvas is not None and bg is not None
         out.composite = canvas
         _ground_truths([done[m.sample_id] for m in group.members if m.sample_id in done], canvas, bg,
-                       tuple(sorted(decoys)))
+                       tuple(sorted(decoys)), tuple(f"{a}: {why}" for a, why in sorted(skipped)))
     return out
 
 

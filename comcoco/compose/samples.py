@@ -82,6 +82,7 @@ class SampleRow:
     jpeg_quality: int | None = None  # quality of the re-encoding on the scene's grid (None: not done)
     matte: str | None = None  # refined, or kept: why the refinement was not used
     decoy_ann_ids: tuple[int, ...] = field(default=())  # look-alikes in the composite no sample refers to
+    decoys_skipped: tuple[str, ...] = field(default=())  # planned decoys left out: "ann_id: status: reason"
 
     @property
     def ok(self) -> bool:
@@ -145,10 +146,11 @@ _TYPES: dict[str, pa.DataType] = {
     "jpeg_quality": _I32,
     "matte": _STR,
     "decoy_ann_ids": pa.list_(_I64),
+    "decoys_skipped": pa.list_(_STR),
 }
 # Columns only a robust-profile table has; a paper-profile table keeps the original schema (and bytes).
 ROBUST_COLUMNS: tuple[str, ...] = ("effect_mask", "effect_area", "light", "shadow_kind", "shadow_strength", "blur",
-                                   "noise", "jpeg_quality", "matte", "decoy_ann_ids")
+                                   "noise", "jpeg_quality", "matte", "decoy_ann_ids", "decoys_skipped")
 _REQUIRED = {"sample_id", "composite_id", "status", "reason", "fg_ref_id", "fg_ann_id", "fg_image_id",
              "bg_image_id", "category_id", "candidate_rank", "seed", "config"}
 ROBUST_SAMPLES_SCHEMA = pa.schema(
@@ -158,14 +160,15 @@ SAMPLES_SCHEMA = pa.schema([f for f in ROBUST_SAMPLES_SCHEMA if f.name not in RO
 assert [f.name for f in fields(SampleRow)] == ROBUST_SAMPLES_SCHEMA.names
 
 
-LIST_COLUMNS: tuple[str, ...] = ("objects", "object_ann_ids", "decoy_ann_ids")
+LIST_COLUMNS: tuple[str, ...] = ("objects", "object_ann_ids", "decoy_ann_ids", "decoys_skipped")
+_TEXT_LISTS = frozenset({"objects", "decoys_skipped"})
 
 
 def lists_as_tuples(d: dict[str, Any]) -> dict[str, Any]:
     """A row read from Parquet with its list columns as tuples (ids as int), in place; absent ones stay absent."""
     for name in LIST_COLUMNS:
         if name in d:
-            d[name] = tuple(v if name == "objects" else int(v) for v in (d[name] or ()))
+            d[name] = tuple(v if name in _TEXT_LISTS else int(v) for v in (d[name] or ()))
     return d
 
 
