@@ -7,6 +7,8 @@ output must not change by a single byte when the path gets faster.
 
 from __future__ import annotations
 
+import math
+
 import numpy as np
 import pytest
 
@@ -315,6 +317,17 @@ def test_noise_samples_equal_the_3x3_kernel_and_plans_change_nothing(size):
         a = a[a <= camera._q(a, 0.75)]
         expected.append(float(a.mean()) / (camera._TRIM_MEAN * 6.0))
     assert camera._noise_from(samples) == camera.NoiseLevel(*expected)
+
+
+def test_counted_quantile_is_the_partitioned_one():
+    from comcoco.compose import camera_estimate as ce
+
+    rng = np.random.default_rng(5)
+    for n in (0, 1, 7, 300, 20000, 45001):  # above 20,000 both read the same strided subsample
+        a = np.abs(np.rint(rng.standard_normal(n) * rng.uniform(1, 900))).astype(np.float32)
+        for q in (0.0, 0.25, 0.5, 0.75, 0.999, 1.0):
+            want, got = ce._q(a, q), ce._q_whole(a, q)
+            assert (math.isnan(want) and math.isnan(got)) or want == got, (n, q, want, got)
 
 
 def test_trial_noise_equals_the_plain_expression():

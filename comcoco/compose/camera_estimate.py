@@ -60,6 +60,16 @@ def _q(a: np.ndarray, q: float) -> float:
     return float(np.partition(sub, k)[k])
 
 
+def _q_whole(a: np.ndarray, q: float) -> float:
+    """``_q`` of non-negative whole numbers (the |Immerkær| responses, below 4,096): the same order
+    statistic, read off the values' counts instead of a partition (a third of its cost)."""
+    sub = a[:: max(1, a.size // 20000)]
+    if sub.size == 0:
+        return math.nan
+    k = min(sub.size - 1, max(0, int(q * (sub.size - 1))))
+    return float(np.searchsorted(np.cumsum(np.bincount(sub.astype(np.intp))), k + 1))
+
+
 def _valid(mask: np.ndarray | None, shape: tuple[int, ...], border: int) -> np.ndarray:
     if mask is None:  # the erosion of the whole region: all but its ``border``-px frame
         m = np.zeros(shape[:2], bool)
@@ -112,7 +122,7 @@ def _noise_from(samples: np.ndarray) -> NoiseLevel | None:
         return None
     out = []
     for a in np.ascontiguousarray(samples.T):  # per channel, contiguous (the same values)
-        a = a[a <= _q(a, 0.75)]  # trimmed: the texture left in the flat part sits in the tail
+        a = a[a <= _q_whole(a, 0.75)]  # trimmed: the texture left in the flat part sits in the tail
         out.append(float(a.mean()) / (_TRIM_MEAN * 6.0))
     return NoiseLevel(y=out[0], cr=out[1], cb=out[2])
 
