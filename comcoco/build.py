@@ -20,13 +20,14 @@ import logging
 import os
 import subprocess
 from collections import Counter
-from collections.abc import Iterable, Sequence
+from collections.abc import Sequence
 from dataclasses import asdict, dataclass, field
 from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
 
 import comcoco
+from comcoco.compose.samples import decoy_counts
 from comcoco.io import sha256_file, write_text_atomic
 from comcoco.outcome import BuildOutcome, build_outcome
 from comcoco.plan import (
@@ -190,21 +191,6 @@ def collect_status(workdir: Workdir | str | Path, errors: dict[int, str] | None 
     counts = Counter(r.status for r in rows)
     decoys = decoy_counts(rows)
     return {"samples": len(rows), "by_status": dict(sorted(counts.items())), **({"decoys": decoys} if decoys else {})}
-
-
-def decoy_counts(rows: Iterable[StatusRow]) -> dict[str, Any]:
-    """Decoys pasted and left out over the composites that were made (each composite's rows all list the
-    same ones), the left-out ones counted by their failure status; empty when the build planned none."""
-    seen: dict[str, StatusRow] = {}
-    for r in rows:
-        if r.ok:
-            seen.setdefault(r.composite_id, r)
-    pasted = sum(len(r.decoy_ann_ids) for r in seen.values())
-    why = Counter(s.split(": ")[1] for r in seen.values() for s in r.decoys_skipped)
-    if not pasted and not why:
-        return {}
-    return {"pasted": pasted, "composites": sum(1 for r in seen.values() if r.decoy_ann_ids),
-            "skipped": sum(why.values()), "skipped_by_status": dict(sorted(why.items()))}
 
 
 def write_manifest(workdir: Workdir | str | Path, status_counts: dict[str, Any]) -> dict[str, Any]:

@@ -101,6 +101,13 @@ def failed_table(rows: Sequence[StatusRow], limit: int = TABLE_ROWS) -> tuple[li
     return table, max(0, len(failed) - limit)
 
 
+def decoys_line(decoys: dict[str, Any], column: str = "decoys_skipped") -> str:
+    """The build's decoys in one line (``comcoco.compose.samples.decoy_counts``), the column named as given."""
+    left = ", ".join(f"{why} {n}" for why, n in decoys["skipped_by_status"].items())
+    return (f"{decoys['pasted']} pasted in {decoys['composites']} composites"
+            + (f"; {decoys['skipped']} left out ({left}; each row's {column} says why)" if decoys["skipped"] else ""))
+
+
 def _md(text: Any) -> str:
     return str(text).replace("|", "\\|").replace("\n", " ")
 
@@ -119,10 +126,7 @@ def summary_markdown(workdir: str, summary: dict[str, Any], outcome: BuildOutcom
     lines += [f"| {k} | {v} |" for k, v in sorted(status.get("by_status", {}).items())]
     lines += [f"| **all** | {status.get('samples', 0)} |", ""]
     if decoys := status.get("decoys"):
-        left = ", ".join(f"{k} {v}" for k, v in decoys["skipped_by_status"].items())
-        lines += [f"Decoys: {decoys['pasted']} pasted in {decoys['composites']} composites"
-                  + (f"; {decoys['skipped']} left out ({_md(left)}; each row's `decoys_skipped` says why)"
-                     if decoys["skipped"] else ""), ""]
+        lines += [f"Decoys: {_md(decoys_line(decoys, '`decoys_skipped`'))}", ""]
     gap_lines = (summary.get("matching") or {}).get("lines") or []
     if gap_lines:
         lines += ["## Objects without enough backgrounds", ""] + [f"- {_md(g)}" for g in gap_lines] + [""]

@@ -120,7 +120,7 @@ def test_planned_decoys_on_the_demo_and_the_resume_rule(demo_source_small, tmp_p
     for r in rows:  # a decoy that found no room is left out, and said so; none appears that was not planned
         skipped = {int(s.split(": ")[0]) for s in r.decoys_skipped}
         assert set(r.decoy_ann_ids) | skipped == planned[r.composite_id] and not skipped & set(r.decoy_ann_ids)
-    from comcoco.build import decoy_counts
+    from comcoco.compose.samples import decoy_counts
 
     got = decoy_counts(wd.status())
     assert got["pasted"] == sum(len(r.decoy_ann_ids) for r in {r.composite_id: r for r in rows}.values()) > 0

@@ -105,6 +105,7 @@ def build(
 
 def _print_summary(out: Path, summary: dict) -> None:
     from comcoco.build import failure_summary, outcome_of
+    from comcoco.outcome import decoys_line
     from comcoco.records import STATUS_NOT_BUILT
 
     status, record = summary["status"], summary["record"]
@@ -116,10 +117,7 @@ def _print_summary(out: Path, summary: dict) -> None:
     for line in (summary.get("matching") or {}).get("headline", []):
         typer.echo(f"matching: {line}")
     if decoys := status.get("decoys"):
-        left = ", ".join(f"{why} {n}" for why, n in decoys["skipped_by_status"].items())
-        typer.echo(f"decoys: {decoys['pasted']} pasted in {decoys['composites']} composites"
-                   + (f"; {decoys['skipped']} left out ({left}; each row's decoys_skipped says why)"
-                      if decoys["skipped"] else ""))
+        typer.echo(f"decoys: {decoys_line(decoys)}")
     if failed:
         typer.echo("failed: " + ", ".join(f"{k} {v}" for k, v in sorted(failed.items())))
         shown = [r for r in failure_summary(out, limit=None) if r.status != STATUS_NOT_BUILT][:5]

@@ -8,7 +8,8 @@ from __future__ import annotations
 
 import io
 import math
-from collections.abc import Sequence
+from collections import Counter
+from collections.abc import Iterable, Sequence
 from dataclasses import dataclass, field, fields, replace
 from pathlib import Path
 from typing import Any
@@ -170,6 +171,21 @@ def lists_as_tuples(d: dict[str, Any]) -> dict[str, Any]:
         if name in d:
             d[name] = tuple(v if name in _TEXT_LISTS else int(v) for v in (d[name] or ()))
     return d
+
+
+def decoy_counts(rows: Iterable[SampleRow]) -> dict[str, Any]:
+    """Decoys pasted and left out over the composites of ``rows`` that were made (each composite's ok rows
+    all list the same ones), the left-out ones counted by their failure status; empty when none were planned."""
+    seen: dict[str, SampleRow] = {}
+    for r in rows:
+        if r.ok:
+            seen.setdefault(r.composite_id, r)
+    pasted = sum(len(r.decoy_ann_ids) for r in seen.values())
+    why = Counter(s.split(": ")[1] for r in seen.values() for s in r.decoys_skipped)
+    if not pasted and not why:
+        return {}
+    return {"pasted": pasted, "composites": sum(1 for r in seen.values() if r.decoy_ann_ids),
+            "skipped": sum(why.values()), "skipped_by_status": dict(sorted(why.items()))}
 
 
 def samples_schema(robust: bool) -> pa.Schema:

@@ -14,6 +14,7 @@ from collections import Counter
 from dataclasses import dataclass
 from typing import Any
 
+from comcoco.compose.samples import decoy_counts
 from comcoco.decisions import agreement_of
 from comcoco.matching.clusters import cluster_of
 from comcoco.records import FILTER_NAMES, STATUS_OK, ReviewDecision, release_split_of
@@ -188,17 +189,12 @@ def select_entries(workdir: Workdir | str | os.PathLike[str], options: ReleaseOp
                                                  "spatial_phrases_added")},
         "unreviewed_policy": options.unreviewed,
         "profile": wd.config().compose.profile,
-        **({"decoys": d} if (d := _decoy_count(placed))["decoys"] else {}),  # none: the report of earlier releases
+        **({"decoys": {"decoys": d["pasted"], "composites_with_decoys": d["composites"]}}
+           if (d := decoy_counts(c.row for c in placed)).get("pasted") else {}),  # none: the report of earlier releases
         "agreement": agreement_of(wd.root),  # inter-annotator agreement on the samples answered twice
         "splits": splits.report(),
     }
     return entries, report
-
-
-def _decoy_count(placed: list[_Chosen]) -> dict[str, int]:
-    """How many look-alikes no sample refers to the selected composites hold, and in how many composites."""
-    per = {c.row.composite_id: len(c.row.decoy_ann_ids) for c in placed}
-    return {"decoys": sum(per.values()), "composites_with_decoys": sum(1 for n in per.values() if n)}
 
 
 def _background_objects(wd: Workdir, placed: list[_Chosen]) -> dict[int, tuple[dict[str, Any], ...]]:
