@@ -101,6 +101,7 @@ def main() -> None:
     to_validate = [p for p in PROFILES if p in args.validate.split(",")]
     sys.path.insert(0, str(REPO))
     from comcoco.release.audit import audit_release
+    from comcoco.sahm.validate import pasted_note
 
     args.out.mkdir(parents=True, exist_ok=True)
     t0 = time.perf_counter()
@@ -138,6 +139,8 @@ def main() -> None:
         print(f"{'blind / full IoU':<28}" + "".join(f"{ratio(lb[p]):>26}" for p in PROFILES))
         for p in PROFILES:
             print(f"verdict {p}: {lb[p].get('verdict', 'not validated in this run')}")
+            if note := pasted_note(lb[p]):
+                print(f"  {note}")
     print("goals: audit paper >= 0.8, robust <= 0.65; blind/full robust <= 0.35 with its interval below 0.5")
     print(f"seconds: build, release and audit {t1 - t0:.0f}; validation {t2 - t1:.0f}; all numbers in "
           f"{args.out / 'shortcut.json'}")

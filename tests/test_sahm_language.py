@@ -5,7 +5,13 @@ from __future__ import annotations
 import numpy as np
 import pytest
 
-from comcoco.sahm.validate import COLLAPSE_RATIO, MIN_JUDGE_OBJECTS, judge_language
+from comcoco.sahm.validate import (
+    COLLAPSE_RATIO,
+    MIN_JUDGE_OBJECTS,
+    blind_by_pasted,
+    judge_language,
+    pasted_note,
+)
 
 
 def _items(n_objects: int, per_object: int, seed: int = 0):
@@ -84,6 +90,26 @@ def test_same_inputs_and_seed_give_the_same_interval():
     groups, orig, rng = _items(40, 2)
     ious = {"original": orig, "random": orig * rng.uniform(0, 1, len(orig)), "null": orig * 0.4}
     assert judge_language(ious, groups, seed=5) == judge_language(ious, groups, seed=5)
+
+
+def test_the_blind_share_is_broken_down_by_pastes_per_composite():
+    """A lone paste is found without reading, one of four is not: each row has its own share and interval."""
+    groups, orig, rng = _items(60, 3)
+    pasted = [1 if int(g[3:]) < 20 else 4 for g in groups]  # objects 0-19 alone in their composites
+    blind = np.where(np.array(pasted) == 1, orig * rng.uniform(0.9, 1.0, len(orig)), orig * 0.25)
+    ious = {"original": orig, "random": orig * 0.2, "null": orig * 0.1, "blind": blind}
+    rows = blind_by_pasted(ious, groups, pasted, seed=2)
+    assert [(r["pasted"], r["objects"], r["items"]) for r in rows] == [(1, 20, 60), (4, 40, 120)]
+    lone, crowd = rows
+    assert lone["ratio"] > 0.9 and lone["ratio_ci95"][0] > 0.85
+    assert crowd["ratio"] == pytest.approx(0.25) and crowd["ratio_ci95"][1] < 0.3
+    assert lone["original"] == pytest.approx(orig[:60].mean()) and lone["blind"] == pytest.approx(blind[:60].mean())
+    assert blind_by_pasted(ious, groups, pasted, seed=2) == rows
+    note = pasted_note({"blind_by_pasted": rows})
+    assert note.startswith("trained without text, by objects pasted per composite: 1: 0.9") and "4: 0.25 (40 objects)" in note
+    assert blind_by_pasted(ious, groups, [3] * len(groups)) == []  # one count (the paper profile): no breakdown
+    assert blind_by_pasted({k: v for k, v in ious.items() if k != "blind"}, groups, pasted) == []
+    assert pasted_note({}) == ""
 
 
 @pytest.mark.parametrize("layout", ["fair", "shortcut"])

@@ -307,7 +307,18 @@ def test_validate_reports_metrics_and_language_baseline(validated, release):
     blind_cfg = json.loads((out / "blind" / "config.json").read_text())["options"]
     assert blind_cfg["text"] == "null" and blind_cfg["max_steps"] == 2
     assert result["metrics"]["iou_mean, trained without text"] == round(lb["blind"]["iou_mean"], 4)
-    assert lb["objects"] == len(set(ReleaseSamples(release, "test", 64, False).ref_ids()))
+    test = ReleaseSamples(release, "test", 64, False)
+    assert lb["objects"] == len(set(test.ref_ids()))
+    # Pastes per composite, read from the REFER file itself: the item's target, its other targets, its decoys.
+    refs = {r["ref_id"]: r["comcoco"] for r in load_plain_pickle(release / "ComCOCO" / "refs(unc).p")}
+    counts = [1 + len(refs[r]["other_objects_ann_ids"]) + len(refs[r].get("decoy_ann_ids", [])) for r in test.ref_ids()]
+    assert test.pasted_counts() == counts
+    rows = lb["blind_by_pasted"]
+    assert len(set(counts)) > 1  # the robust build: lone targets, pairs and decoys
+    assert [r["pasted"] for r in rows] == sorted(set(counts))
+    assert sum(r["items"] for r in rows) == n_test
+    assert [r["objects"] for r in rows] == [len({g for g, c in zip(test.ref_ids(), counts, strict=True) if c == n})
+                                            for n in sorted(set(counts))]
     assert out.is_dir() and not (release / "sahm-runs").exists()
     # A published release never changes: the report goes beside it, every byte of the release stays.
     before = {p: p.read_bytes() for p in sorted(release.rglob("*")) if p.is_file()}

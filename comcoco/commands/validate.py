@@ -43,7 +43,7 @@ def validate(
     """Validate RELEASE with SAHM: train, evaluate on test, and compare original / random / null text IoU."""
     from comcoco.commands.sahm import _errors
     from comcoco.sahm.runs import Runtime
-    from comcoco.sahm.validate import ValidationOptions, validate_release, write_validation
+    from comcoco.sahm.validate import ValidationOptions, pasted_note, validate_release, write_validation
 
     with _errors():
         if config not in ("auto", "tiny", "paper"):
@@ -66,6 +66,8 @@ def validate(
     for name, value in result["metrics"].items():
         typer.echo(f"  {name:<{width}} {value}")
     typer.echo(f"language baseline: {result['language_baseline']['verdict']}")
+    if note := pasted_note(result["language_baseline"]):
+        typer.echo(f"  {note}")
     typer.echo(f"run      {result['run']['path']}")
     if write:
         typer.echo(f"written  {path}")

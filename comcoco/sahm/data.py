@@ -179,6 +179,15 @@ class ReleaseSamples(Dataset):
     def expressions(self) -> list[str]:
         return [self.expression(i) for i in range(len(self))]
 
+    def pasted_counts(self) -> list[int]:
+        """How many objects were pasted into each item's composite: its target, the other targets and the
+        decoys (the release's provenance: ``other_objects_ann_ids``, ``decoy_ann_ids``)."""
+        out = []
+        for ref_id, _ in self.base.items:
+            made = self.base.refer.Refs[ref_id].get("comcoco") or {}
+            out.append(1 + len(made.get("other_objects_ann_ids") or ()) + len(made.get("decoy_ann_ids") or ()))
+        return out
+
     def category_names(self) -> list[str]:
         return sorted(set(self.base.refer.Cats.values()))
 

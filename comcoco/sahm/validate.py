@@ -128,22 +128,9 @@ def judge_language(ious: dict[str, Sequence[float]], groups: Sequence[Any], seed
         out["ratio"] = {m: None for m in ("random", "null", "blind") if m in ious}
         out["verdict"] = "inconclusive: the model finds no object with the original text; train longer"
         return out
-    counts = np.bincount(g, minlength=n_obj).astype(np.float64)
-    rng = rng_for(seed, "sahm-language-bootstrap")
-    draws = np.stack([np.bincount(rng.integers(n_obj, size=n_obj), minlength=n_obj)
-                      for _ in range(resamples)]).astype(np.float64)  # (B, objects) resampling weights
-    sums_orig = np.bincount(g, weights=orig, minlength=n_obj)
-    boot_orig = (draws @ sums_orig) / np.maximum(draws @ counts, 1)
-    out["ratio"], out["ratio_ci95"] = {}, {}
-    below = {}
-    for mode in [m for m in ("random", "null", "blind") if m in ious]:
-        vals = np.asarray(ious[mode], dtype=np.float64)
-        out["ratio"][mode] = float(vals.mean() / orig.mean())
-        boot = ((draws @ np.bincount(g, weights=vals, minlength=n_obj)) / np.maximum(draws @ counts, 1)
-                / np.maximum(boot_orig, 1e-12))
-        lo, hi = np.quantile(boot, [0.025, 0.975])
-        out["ratio_ci95"][mode] = [float(lo), float(hi)]
-        below[mode] = hi < 1.0
+    out["ratio"], out["ratio_ci95"] = _ratios(ious, [m for m in ("random", "null", "blind") if m in ious], g,
+                                              n_obj, seed, resamples)
+    below = {mode: ci[1] < 1.0 for mode, ci in out["ratio_ci95"].items()}
     worst = max(out["ratio"]["random"], out["ratio"]["null"])
     blind = out["ratio"].get("blind")
     blind_note = f" (a model trained without expressions reaches {blind:.0%} of its IoU)" if blind is not None else ""
@@ -167,6 +154,54 @@ def judge_language(ious: dict[str, Sequence[float]], groups: Sequence[Any], seed
         out["verdict"] = ("IoU does not collapse without the expression: the object may be found without "
                           "language (possible shortcut, e.g. compositing artefacts)" + blind_note)
     return out
+
+
+def _ratios(ious: dict[str, Sequence[float]], modes: Sequence[str], g: np.ndarray, n_obj: int, seed: int,
+            resamples: int) -> tuple[dict[str, float], dict[str, list[float]]]:
+    """mean(mode) / mean(original) for each mode, and its 95 % interval from a bootstrap over objects
+    (``g``: each item's object index in ``range(n_obj)``); the original's mean must be positive."""
+    orig = np.asarray(ious["original"], dtype=np.float64)
+    counts = np.bincount(g, minlength=n_obj).astype(np.float64)
+    rng = rng_for(seed, "sahm-language-bootstrap")
+    draws = np.stack([np.bincount(rng.integers(n_obj, size=n_obj), minlength=n_obj)
+                      for _ in range(resamples)]).astype(np.float64)  # (B, objects) resampling weights
+    boot_orig = (draws @ np.bincount(g, weights=orig, minlength=n_obj)) / np.maximum(draws @ counts, 1)
+    ratio, ci95 = {}, {}
+    for mode in modes:
+        vals = np.asarray(ious[mode], dtype=np.float64)
+        ratio[mode] = float(vals.mean() / orig.mean())
+        boot = ((draws @ np.bincount(g, weights=vals, minlength=n_obj)) / np.maximum(draws @ counts, 1)
+                / np.maximum(boot_orig, 1e-12))
+        lo, hi = np.quantile(boot, [0.025, 0.975])
+        ci95[mode] = [float(lo), float(hi)]
+    return ratio, ci95
+
+
+def blind_by_pasted(ious: dict[str, Sequence[float]], groups: Sequence[Any], pasted: Sequence[int], seed: int = 0,
+                    resamples: int = BOOTSTRAP_RESAMPLES) -> list[dict[str, Any]]:
+    """Where a model that never read finds the target: the blind share by how many objects were pasted
+    into each item's composite (its targets and decoys), one row per count, with the bootstrap interval
+    over that row's objects. A lone paste is found without reading; the share should fall as pastes
+    (more targets, decoys) are added, and a row that stays high shows where the shortcut lives.
+    Empty when every item's composite holds the same number of pastes (the paper profile: one)."""
+    pasted_arr = np.asarray(pasted, dtype=np.int64)
+    if "blind" not in ious or len(set(pasted_arr.tolist())) < 2:
+        return []
+    orig, blind = np.asarray(ious["original"], dtype=np.float64), np.asarray(ious["blind"], dtype=np.float64)
+    rows = []
+    for n in sorted(set(pasted_arr.tolist())):
+        sel = np.flatnonzero(pasted_arr == n)
+        keys = sorted({groups[i] for i in sel}, key=str)
+        index = {k: j for j, k in enumerate(keys)}
+        row: dict[str, Any] = {"pasted": int(n), "objects": len(keys), "items": len(sel),
+                               "original": float(orig[sel].mean()), "blind": float(blind[sel].mean())}
+        if row["original"] > 0:
+            g = np.array([index[groups[i]] for i in sel], dtype=np.int64)
+            ratio, ci95 = _ratios({"original": orig[sel], "blind": blind[sel]}, ["blind"], g, len(keys), seed,
+                                  resamples)
+            row["ratio"], row["ratio_ci95"] = ratio["blind"], ci95["blind"]
+        rows.append(row)
+    return rows
 
 
 def language_baseline(trainer: Any, test: Any, vocabulary: list[str], batch_size: int,
@@ -203,6 +238,8 @@ def language_baseline(trainer: Any, test: Any, vocabulary: list[str], batch_size
         out["blind_model"] = "the same configuration and budget, trained on empty expressions; null text"
         per_item["blind"] = ious
     out.update(judge_language(per_item, test.ref_ids(), seed))
+    if blind is not None and hasattr(test, "pasted_counts"):
+        out["blind_by_pasted"] = blind_by_pasted(per_item, test.ref_ids(), test.pasted_counts(), seed)
     return out
 
 
@@ -215,6 +252,15 @@ def _ratio_note(baseline: dict[str, Any]) -> str:
     names = {"random": "random text", "null": "null text", "blind": "trained without text"}
     parts = [f"{names[m]} {baseline['ratio'][m]:.2f} [{cis[m][0]:.2f}, {cis[m][1]:.2f}]" for m in names if m in cis]
     return f" (IoU kept: {', '.join(parts)}; 95 % intervals over {baseline['objects']} objects)"
+
+
+def pasted_note(baseline: dict[str, Any]) -> str:
+    """``blind_by_pasted`` in one line, e.g. ``trained without text, by objects pasted per composite:
+    1: 0.81 (6 objects), 2: 0.57 (8 objects), …``; empty when there is no breakdown."""
+    rows = baseline.get("blind_by_pasted") or []
+    parts = [f"{r['pasted']}: {r['ratio']:.2f} ({r['objects']} object{'' if r['objects'] == 1 else 's'})"
+             if r.get("ratio") is not None else f"{r['pasted']}: n/a ({r['objects']} objects, no IoU)" for r in rows]
+    return f"trained without text, by objects pasted per composite: {', '.join(parts)}" if parts else ""
 
 
 def _round(v: Any) -> Any:
