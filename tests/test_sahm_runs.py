@@ -317,6 +317,7 @@ def test_validate_reports_metrics_and_language_baseline(validated, release):
     assert len(set(counts)) > 1  # the robust build: lone targets, pairs and decoys
     assert [r["pasted"] for r in rows] == sorted(set(counts))
     assert sum(r["items"] for r in rows) == n_test
+    assert "Trained without text, by objects pasted per composite: " in result["notes"]
     assert [r["objects"] for r in rows] == [len({g for g, c in zip(test.ref_ids(), counts, strict=True) if c == n})
                                             for n in sorted(set(counts))]
     assert out.is_dir() and not (release / "sahm-runs").exists()

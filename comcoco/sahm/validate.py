@@ -392,7 +392,8 @@ def validate_release(
         f"{', with a twin trained on empty expressions' if blind is not None else ''}, evaluated "
         f"on {o.split} ({len(test)} items) in {seconds} s. Language baseline (paper Table 8): {baseline['verdict']}"
         f"{_ratio_note(baseline)}. "
-        "Metrics that need weight files report 'not computed' with the reason. "
+        + (f"{note[0].upper()}{note[1:]}. " if (note := pasted_note(baseline)) else "")
+        + "Metrics that need weight files report 'not computed' with the reason. "
         + ("A short CPU run of the tiny model is a smoke test of the release, not a result comparable "
            "with the paper's." if config == "tiny" else "")
     ).strip()
