@@ -110,6 +110,11 @@ def test_the_blind_share_is_broken_down_by_pastes_per_composite():
     assert blind_by_pasted(ious, groups, [3] * len(groups)) == []  # one count (the paper profile): no breakdown
     assert blind_by_pasted({k: v for k, v in ious.items() if k != "blind"}, groups, pasted) == []
     assert pasted_note({}) == ""
+    zero = {"original": np.where(np.array(pasted) == 1, 0.0, orig), "blind": blind}
+    lone = blind_by_pasted(zero, groups, pasted)[0]
+    assert "ratio" not in lone and lone["original"] == 0.0
+    assert pasted_note({"blind_by_pasted": [lone]}) == ("trained without text, by objects pasted per composite: "
+                                                        "1: n/a (20 objects, full IoU 0)")
 
 
 @pytest.mark.parametrize("layout", ["fair", "shortcut"])

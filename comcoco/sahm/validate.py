@@ -258,8 +258,11 @@ def pasted_note(baseline: dict[str, Any]) -> str:
     """``blind_by_pasted`` in one line, e.g. ``trained without text, by objects pasted per composite:
     1: 0.81 (6 objects), 2: 0.57 (8 objects), …``; empty when there is no breakdown."""
     rows = baseline.get("blind_by_pasted") or []
-    parts = [f"{r['pasted']}: {r['ratio']:.2f} ({r['objects']} object{'' if r['objects'] == 1 else 's'})"
-             if r.get("ratio") is not None else f"{r['pasted']}: n/a ({r['objects']} objects, no IoU)" for r in rows]
+    parts = []
+    for r in rows:
+        objects = f"{r['objects']} object{'' if r['objects'] == 1 else 's'}"
+        parts.append(f"{r['pasted']}: {r['ratio']:.2f} ({objects})" if r.get("ratio") is not None
+                     else f"{r['pasted']}: n/a ({objects}, full IoU 0)")
     return f"trained without text, by objects pasted per composite: {', '.join(parts)}" if parts else ""
 
 
