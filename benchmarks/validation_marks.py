@@ -65,9 +65,9 @@ def main() -> None:
                 pred = (g(b["image"], b["input_ids"], b["attention_mask"]).mask_logits.float() > 0).cpu().numpy()[:, 0]
                 for p, i in zip(pred, idx, strict=True):
                     m, u, area = masks[ids[i]], union[ids[i]], int(p.sum())
-                    rows.append((area / max(int(m.sum()), 1), (p & m).sum() / max(int(m.sum()), 1),
-                                 (p & m).sum() / area if area else np.nan, (p & u).sum() / area if area else np.nan,
-                                 float(area == 0)))
+                    size, on_target, on_any = max(int(m.sum()), 1), int((p & m).sum()), int((p & u).sum())
+                    rows.append((area / size, on_target / size, on_target / area if area else np.nan,
+                                 on_any / area if area else np.nan, float(area == 0)))
         v = np.nanmean(np.array(rows, dtype=np.float64), axis=0)
         print(f"{name:<7}{v[0]:>13.2f}{v[1]:>16.3f}{v[2]:>15.3f}{v[3]:>15.3f}{v[4]:>7.3f}")
 

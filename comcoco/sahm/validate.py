@@ -118,10 +118,7 @@ def judge_language(ious: dict[str, Sequence[float]], groups: Sequence[Any], seed
     see one, because a model that learned to read breaks without text even where the object could be
     found by other means (benchmarks/sahm_language.py measures both on controlled data).
     """
-    keys = sorted({g: None for g in groups}, key=str)
-    index = {g: i for i, g in enumerate(keys)}
-    g = np.array([index[x] for x in groups], dtype=np.int64)
-    n_obj = len(keys)
+    g, n_obj = _object_index(groups)
     out: dict[str, Any] = {"objects": n_obj, "items": len(g)}
     orig = np.asarray(ious["original"], dtype=np.float64)
     if len(g) == 0 or orig.mean() <= 0:
@@ -156,6 +153,13 @@ def judge_language(ious: dict[str, Sequence[float]], groups: Sequence[Any], seed
     return out
 
 
+def _object_index(groups: Sequence[Any]) -> tuple[np.ndarray, int]:
+    """Each item's object as an index into the distinct objects (sorted), and how many there are."""
+    keys = sorted({g: None for g in groups}, key=str)
+    index = {k: i for i, k in enumerate(keys)}
+    return np.array([index[x] for x in groups], dtype=np.int64), len(keys)
+
+
 def _ratios(ious: dict[str, Sequence[float]], modes: Sequence[str], g: np.ndarray, n_obj: int, seed: int,
             resamples: int) -> tuple[dict[str, float], dict[str, list[float]]]:
     """mean(mode) / mean(original) for each mode, and its 95 % interval from a bootstrap over objects
@@ -185,20 +189,18 @@ def blind_by_pasted(ious: dict[str, Sequence[float]], groups: Sequence[Any], pas
     (more targets, decoys) are added, and a row that stays high shows where the shortcut lives.
     Empty when every item's composite holds the same number of pastes (the paper profile: one)."""
     pasted_arr = np.asarray(pasted, dtype=np.int64)
-    if "blind" not in ious or len(set(pasted_arr.tolist())) < 2:
+    sizes = sorted(set(pasted_arr.tolist()))
+    if "blind" not in ious or len(sizes) < 2:
         return []
     orig, blind = np.asarray(ious["original"], dtype=np.float64), np.asarray(ious["blind"], dtype=np.float64)
     rows = []
-    for n in sorted(set(pasted_arr.tolist())):
+    for n in sizes:
         sel = np.flatnonzero(pasted_arr == n)
-        keys = sorted({groups[i] for i in sel}, key=str)
-        index = {k: j for j, k in enumerate(keys)}
-        row: dict[str, Any] = {"pasted": int(n), "objects": len(keys), "items": len(sel),
+        g, n_obj = _object_index([groups[i] for i in sel])
+        row: dict[str, Any] = {"pasted": int(n), "objects": n_obj, "items": len(sel),
                                "original": float(orig[sel].mean()), "blind": float(blind[sel].mean())}
         if row["original"] > 0:
-            g = np.array([index[groups[i]] for i in sel], dtype=np.int64)
-            ratio, ci95 = _ratios({"original": orig[sel], "blind": blind[sel]}, ["blind"], g, len(keys), seed,
-                                  resamples)
+            ratio, ci95 = _ratios({"original": orig[sel], "blind": blind[sel]}, ["blind"], g, n_obj, seed, resamples)
             row["ratio"], row["ratio_ci95"] = ratio["blind"], ci95["blind"]
         rows.append(row)
     return rows
