@@ -148,7 +148,8 @@ def main() -> None:
 
         def ratio(b: dict) -> str:
             r, ci = b.get("ratio", {}).get("blind"), b.get("ratio_ci95", {}).get("blind")
-            return "n/a" if r is None else f"{r:.2f} [{ci[0]:.2f}, {ci[1]:.2f}]"
+            num = lambda v: f"{v:.2f}" if v < 100 else ">99"  # noqa: E731 (a full IoU near 0 divides)
+            return "n/a" if r is None else f"{num(r)} [{num(ci[0])}, {num(ci[1])}]"
 
         print(f"{'blind / full IoU':<28}" + "".join(f"{ratio(lb[p]):>26}" for p in PROFILES))
         for p in PROFILES:
