@@ -50,9 +50,8 @@ def summary(demo: Path, version: str, seconds: float | None = None) -> list[str]
         f"({', '.join(f'{k} {n}' for k, n in sorted(sel['workdir_status'].items()) if k != 'ok') or 'none failed'})",
         f"released    {total['samples']} samples, {total['expressions']} expressions, {total['images']} images "
         f"({splits}); every file checked against manifest.json",
-        "audit       " + (f"a detector tells pasted from native objects at AUC {auc:.2f} "
-                          f"[{audit['ci'][0]:.2f}, {audit['ci'][1]:.2f}] (0.5 = cannot tell): " if auc is not None else "")
-        + str(audit.get("verdict", "not run")),
+        "audit       " + str(audit.get("verdict", "not run"))  # the verdict carries the AUC and its interval
+        + (" (a detector telling pasted from native objects; AUC 0.5 = cannot tell)" if auc is not None else ""),
         *_validation_line(_load(release / "validation" / "validation.json")),
         "where       "
         f"{release}/card.html (open in a browser: counts, audit, validation, examples)",
