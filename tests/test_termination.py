@@ -118,9 +118,9 @@ def test_a_signalled_build_stops_promptly_and_leaves_no_process(demo_source_smal
 
 @pytest.mark.skipif(not hasattr(signal, "SIGHUP") or not Path("/proc/self/stat").exists(), reason="POSIX, reads /proc")
 def test_a_build_under_nohup_outlives_its_terminal(demo_source_small: Path, tmp_path: Path) -> None:
-    """`nohup comcoco build ... &` then closing the terminal: the group gets SIGHUP (and a Ctrl-C meant
-    for the shell may reach it as SIGINT); both were ignored by the launcher, so the build, its workers
-    and its Prefect API go on, and the build completes."""
+    """`nohup comcoco build ... &` then closing the terminal: the group gets SIGHUP, which nohup made
+    ignored (and a shell's background job ignores SIGINT, so a SIGINT to the group does nothing either):
+    the build, its workers and its Prefect API go on, and the build completes."""
     proc = _build_until_planned(demo_source_small, tmp_path, UNDER_NOHUP)
     try:
         started = _started_by(proc.pid)
