@@ -45,11 +45,12 @@ def main() -> None:
     for i, r in enumerate(ids):
         if r not in masks:
             masks[r] = (test[i]["mask"][0] > 0.5).numpy()
+    composite = {r: refs[r]["comcoco"]["composite_id"] for r in masks}
     members: dict[str, list[int]] = defaultdict(list)
     for r in sorted(masks):
-        members[refs[r]["comcoco"]["composite_id"]].append(r)
-    union = {r: np.logical_or.reduce([masks[o] for o in members[refs[r]["comcoco"]["composite_id"]]])
-             for r in masks}
+        members[composite[r]].append(r)
+    targets = {c: np.logical_or.reduce([masks[o] for o in rs]) for c, rs in members.items()}  # once per composite
+    union = {r: targets[composite[r]] for r in masks}
     print(f"{args.release} {args.split}: {len(ids)} items of {len(masks)} objects in {len(members)} composites")
     print(f"{'model':<7}{'area/target':>13}{'target covered':>16}{'on the target':>15}{'on any target':>15}{'empty':>7}")
     for name, trainer, mode in (("full", full, "original"), ("blind", None, "null")):
